@@ -1,0 +1,7 @@
+"""cgman: a cgroup resource manager and accounting service.
+
+The package is layered (see STYLE.md): model -> policy -> convert/plan (pure)
+-> drivers (v1, v2, fake) -> runtime -> cli. Nothing here runs at import time.
+"""
+
+__version__ = "0.1.0"

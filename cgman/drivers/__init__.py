@@ -1,0 +1,224 @@
+"""The factory: one ``Host`` routes each controller to the v1 or v2 driver that holds it.
+
+Only this module imports both drivers. On a hybrid host a group exists in every
+managed v1 hierarchy and in the unified one (for freeze, kill and cpu.stat).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from functools import cached_property
+
+from ..errors import Busy, CgroupIOError, NotFound
+from ..plan import Features, Layout, Write
+from .base import Driver, Usage
+from .cgfs import split_path
+from .detect import HostInfo, detect, probe_features
+from .v1 import V1Driver
+from .v2 import V2Driver
+
+__all__ = ["Host", "open_host", "HostInfo", "Usage", "split_path"]
+DEFAULT_ROOT = "cgman"
+MANAGED_V1 = ("cpu", "cpuacct", "cpuset", "memory", "io", "pids", "freezer")
+
+
+def cgroup_root(explicit: str | None = None) -> str:
+    """--cgroup-root, else $CGMAN_CGROUP_ROOT, else "cgman"; validated."""
+    root = explicit or os.environ.get("CGMAN_CGROUP_ROOT") or DEFAULT_ROOT
+    split_path(root.strip("/"))
+    return root.strip("/")
+
+
+class Host:
+    def __init__(self, info: HostInfo, root: str) -> None:
+        self.info, self.root = info, root
+        mounts = {c: m for c, m in info.v1_mounts.items() if c in MANAGED_V1}
+        self.v1 = V1Driver(mounts, root) if mounts else None
+        self.v2 = V2Driver(info.unified, root) if info.unified else None
+        self.layout: Layout = info.layout
+
+    @cached_property
+    def features(self) -> Features:
+        return probe_features(self.info, self.root)
+
+    @property
+    def drivers(self) -> list[Driver]:
+        return [d for d in (self.v1, self.v2) if d is not None]
+
+    def driver_for(self, controller: str) -> Driver:
+        d = self.v1 if self.layout.version_of(controller) == 1 else self.v2
+        if d is None:
+            raise NotFound(f"no cgroup hierarchy holds the {controller} controller")
+        return d
+
+    def describe(self, path: str = ".") -> str:
+        return " and ".join(str(t.path(path)) for d in self.drivers for t in d.hierarchies()[:1])
+
+    # ------------------------------------------------------------------------ groups
+    def create(self, path: str) -> bool:
+        created = False
+        for d in self.drivers:
+            created = d.create(path) or created
+        return created
+
+    def remove(self, path: str) -> None:
+        for d in self.drivers:
+            d.remove(path)
+
+    def exists(self, path: str) -> bool:
+        return any(d.exists(path) for d in self.drivers)
+
+    def children(self, path: str) -> list[str]:
+        names: set[str] = set()
+        for d in self.drivers:
+            names.update(d.children(path))
+        return sorted(names)
+
+    def walk(self, path: str = ".") -> list[str]:
+        """``path`` and its descendants, parents first."""
+        out = [path]
+        for c in self.children(path):
+            out.extend(self.walk(c if path == "." else f"{path}/{c}"))
+        return out
+
+    def procs(self, path: str, recursive: bool = False) -> set[int]:
+        pids: set[int] = set()
+        for p in (self.walk(path) if recursive else [path]):
+            for d in self.drivers:
+                pids |= d.procs(p)
+        return pids
+
+    def attach(self, path: str, pid: int) -> None:
+        """Move ``pid`` into ``path`` in every hierarchy (processes live in leaves)."""
+        if self.children(path):
+            raise Busy(f"cannot place a process in {path}: it has child groups, and processes "
+                       f"may live only in leaf groups; pick one of: {', '.join(self.children(path))}")
+        for d in self.drivers:
+            d.attach(path, pid)
+
+    # ------------------------------------------------------------------------- files
+    def read(self, w: Write) -> str:
+        return self.driver_for(w.controller).read(w.cgroup, w.controller, w.file)
+
+    def has_file(self, w: Write) -> bool:
+        return self.driver_for(w.controller).has_file(w.cgroup, w.controller, w.file)
+
+    def write(self, w: Write) -> None:
+        try:
+            self.driver_for(w.controller).write(w.cgroup, w.controller, w.file, w.value)
+        except CgroupIOError as e:
+            raise self._explain(w, e) from None
+
+    def _explain(self, w: Write, e: CgroupIOError) -> CgroupIOError:
+        """Turn the kernel's terse errno into what to do next."""
+        reason = e.reason
+        if e.errno == errno.EBUSY and w.file in ("memory.limit_in_bytes", "memory.max",
+                                                  "memory.memsw.limit_in_bytes"):
+            usage = self._try_read(w, "memory.usage_in_bytes" if self.layout.version_of("memory") == 1
+                                   else "memory.current")
+            reason = (f"cannot set limit {w.value}: current usage {usage} bytes is higher and "
+                      f"could not be reclaimed; raise the limit or stop some processes")
+        elif e.errno == errno.EBUSY and w.file == "cgroup.subtree_control":
+            reason = ("the group has processes of its own; processes may live only in leaf "
+                      "groups: move them to a child group first")
+        elif e.errno == errno.EINVAL and w.file in ("cpuset.cpus", "cpuset.mems"):
+            parent = w.cgroup.rsplit("/", 1)[0] if "/" in w.cgroup else "."
+            have = self._try_read(Write(parent, w.controller, w.file, ""), w.file)
+            reason = f"{w.value} is not within the parent's {w.file} ({have or 'empty'})"
+        elif e.errno == errno.EINVAL and w.file == "cpu.cfs_quota_us":
+            reason = "invalid quota: on cgroup v1 a child's quota may not exceed its parent's"
+        elif e.errno == errno.EINVAL and w.file == "memory.memsw.limit_in_bytes":
+            reason = "memory+swap limit must not be below memory.limit_in_bytes"
+        elif e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP) and "weight" in w.file:
+            reason = "the device does not use the BFQ scheduler (echo bfq > /sys/block/DEV/queue/scheduler)"
+        return CgroupIOError(e.directory, e.file, e.value, e.errno, reason)
+
+    def _try_read(self, w: Write, file: str) -> str:
+        try:
+            return self.driver_for(w.controller).read(w.cgroup, w.controller, file).strip()
+        except Exception:
+            return "?"
+
+    # ----------------------------------------------------------------------- control
+    def _freezer(self) -> Driver:
+        return self.driver_for("freezer")
+
+    def freeze(self, path: str, timeout_s: float = 10.0) -> None:
+        self._freezer().freeze(path, timeout_s)
+
+    def thaw(self, path: str, timeout_s: float = 10.0) -> None:
+        self._freezer().thaw(path, timeout_s)
+
+    def is_frozen(self, path: str) -> bool | None:
+        return self._freezer().is_frozen(path)
+
+    def kill(self, path: str, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> int:
+        """Signal every process in ``path`` and below; for SIGKILL wait until empty.
+
+        v2: cgroup.kill kills atomically, no fork race. v1: freeze, signal every
+        task, thaw (as runc does), repeated until the group is empty. Returns
+        how many processes were signalled.
+        """
+        victims = self.procs(path, recursive=True)
+        if not victims:
+            return 0
+        if sig == signal.SIGKILL and self.v2 is not None and self.v2.exists(path) \
+                and self.v2.kill(path) and not (self.v1 and self.v1.procs(path)):
+            return self._wait_empty(path, timeout_s, len(victims))
+        deadline = time.monotonic() + timeout_s
+        sent: set[int] = set()
+        can_freeze = sig == signal.SIGKILL and self.v1 is not None \
+            and self.layout.version_of("freezer") == 1
+        while True:
+            pids = self.procs(path, recursive=True)
+            if not pids or (sig != signal.SIGKILL and pids <= sent):
+                break
+            if can_freeze:
+                self.freeze(path, max(0.1, deadline - time.monotonic()))
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                    sent.add(pid)
+                except ProcessLookupError:
+                    pass
+            if can_freeze:
+                self.thaw(path)
+            if sig != signal.SIGKILL:
+                break
+            if time.monotonic() >= deadline:
+                raise Busy(f"{path}: {len(pids)} processes still alive after {timeout_s:g}s")
+            time.sleep(0.005)
+        if sig == signal.SIGKILL:
+            self._wait_empty(path, max(0.1, deadline - time.monotonic()), len(sent))
+        return len(sent)
+
+    def _wait_empty(self, path: str, timeout_s: float, n: int) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.procs(path, recursive=True):
+            if time.monotonic() >= deadline:
+                raise Busy(f"{path}: processes still alive {timeout_s:g}s after SIGKILL")
+            time.sleep(0.002)
+        return n
+
+    def usage(self, path: str) -> Usage:
+        """Merge what each hierarchy reports (v1 first; v2 fills the gaps)."""
+        parts = [d.usage(path) for d in self.drivers if d.exists(path)]
+        if not parts:
+            raise NotFound(f"no group {path} under the cgman root {self.root}")
+        merged: dict[str, object] = {}
+        for u in parts:
+            for k, v in vars(u).items():
+                if merged.get(k) is None and v is not None:
+                    merged[k] = v
+        return Usage(**merged)  # type: ignore[arg-type]
+
+
+def open_host(root: str | None = None, mountinfo: str | None = None) -> Host:
+    """Detect the host's hierarchies and bind a Host to the cgman root (no I/O beyond detection)."""
+    info = detect(mountinfo) if mountinfo else detect()
+    if not info.v1_mounts and not info.unified:
+        raise NotFound("no cgroup hierarchy is mounted (see /proc/self/mountinfo)")
+    return Host(info, cgroup_root(root))

@@ -1,0 +1,216 @@
+"""Confined file I/O beneath one cgroup hierarchy's cgman root.
+
+Every path is walked one component at a time with O_NOFOLLOW from a descriptor
+of the mount, so no name, symlink or ``..`` can lead outside the root (the
+effect of runc's openat2 RESOLVE_BENEATH, which Python does not expose).
+Errors carry the directory, file, value and errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+
+from ..errors import CgroupIOError, NotFound, PermissionDenied, UnsafePath
+
+log = logging.getLogger(__name__)
+_COMPONENT = re.compile(r"^[A-Za-z0-9_@:][A-Za-z0-9_.@:\\-]{0,254}$")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def split_path(rel: str) -> list[str]:
+    """Validate a group path relative to the root ("." is the root itself)."""
+    if rel in ("", "."):
+        return []
+    parts = rel.split("/")
+    for p in parts:
+        if p in ("", ".", "..") or not _COMPONENT.match(p):
+            raise UnsafePath(f"refusing cgroup name {rel!r}: each part must be a plain name "
+                             f"(no '/', '..' or leading '.')")
+    return parts
+
+
+class CgroupTree:
+    """The cgman root (``root``, relative) inside one mounted hierarchy (``mount``)."""
+
+    def __init__(self, mount: str, root: str) -> None:
+        self.mount = mount
+        self.root = root
+        self._root_parts = split_path(root)
+        if not self._root_parts:
+            raise UnsafePath("the cgman root must be a named group below the mount, not the mount")
+
+    def __repr__(self) -> str:
+        return f"CgroupTree({self.mount!r}, {self.root!r})"
+
+    def path(self, rel: str = ".", file: str = "") -> str:
+        parts = [self.mount, *self._root_parts, *split_path(rel)]
+        return os.path.join(*parts, file) if file else os.path.join(*parts)
+
+    # --------------------------------------------------------------------- directories
+    def _open(self, rel: str) -> int:
+        fd = os.open(self.mount, _DIR_FLAGS)
+        try:
+            for part in self._root_parts + split_path(rel):
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.ENOENT:
+                raise NotFound(f"no cgroup {self.path(rel)}") from None
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePath(f"refusing {self.path(rel)}: a symlink or non-directory "
+                                 f"in the path") from None
+            raise self._err(rel, "", None, e) from None
+        return fd
+
+    def exists(self, rel: str = ".", file: str = "") -> bool:
+        try:
+            fd = self._open(rel)
+        except NotFound:
+            return False
+        try:
+            if file:
+                os.stat(file, dir_fd=fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+
+    def mkdir(self, rel: str) -> bool:
+        """Create the group (its parent must exist). True if it was created now."""
+        parts = split_path(rel)
+        parent = "/".join(parts[:-1]) or "."
+        if not parts:     # the root itself: create each missing component of it
+            return self._mkdir_root()
+        fd = self._open(parent)
+        try:
+            os.mkdir(parts[-1], 0o755, dir_fd=fd)
+            log.debug("mkdir %s", self.path(rel))
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise self._err(rel, "", None, e) from None
+        finally:
+            os.close(fd)
+
+    def _mkdir_root(self) -> bool:
+        fd = os.open(self.mount, _DIR_FLAGS)
+        created = False
+        try:
+            for part in self._root_parts:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    created = True
+                    log.debug("mkdir %s/%s", self.mount, part)
+                except FileExistsError:
+                    pass
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except OSError as e:
+            raise self._err(".", "", None, e) from None
+        finally:
+            os.close(fd)
+        return created
+
+    def rmdir(self, rel: str) -> None:
+        parts = split_path(rel)
+        if not parts:
+            fd = os.open(self.mount, _DIR_FLAGS)
+            parent_parts, name = self._root_parts[:-1], self._root_parts[-1]
+            try:
+                for part in parent_parts:
+                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = nfd
+            except OSError:
+                os.close(fd)
+                raise
+        else:
+            fd = self._open("/".join(parts[:-1]) or ".")
+            name = parts[-1]
+        try:
+            os.rmdir(name, dir_fd=fd)
+            log.debug("rmdir %s", self.path(rel))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise CgroupIOError(self.path(rel), "", None, e.errno,
+                                    "group still has processes or child groups") from None
+            raise self._err(rel, "", None, e) from None
+        finally:
+            os.close(fd)
+
+    def children(self, rel: str = ".") -> list[str]:
+        """Names of child groups, sorted."""
+        try:
+            fd = self._open(rel)
+        except NotFound:
+            return []
+        try:
+            with os.scandir(fd) as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        finally:
+            os.close(fd)
+
+    def walk(self, rel: str = ".") -> list[str]:
+        """``rel`` and all descendants, parents before children."""
+        out = [rel]
+        for c in self.children(rel):
+            out.extend(self.walk(c if rel == "." else f"{rel}/{c}"))
+        return out
+
+    # --------------------------------------------------------------------------- files
+    def read(self, rel: str, file: str) -> str:
+        fd = self._open(rel)
+        try:
+            ffd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as e:
+            os.close(fd)
+            raise self._err(rel, file, None, e) from None
+        os.close(fd)
+        try:
+            chunks = []
+            while True:
+                b = os.read(ffd, 65536)
+                if not b:
+                    break
+                chunks.append(b)
+            return b"".join(chunks).decode()
+        except OSError as e:
+            raise self._err(rel, file, None, e) from None
+        finally:
+            os.close(ffd)
+
+    def write(self, rel: str, file: str, value: str) -> None:
+        """One value, one write(2); never creates files."""
+        fd = self._open(rel)
+        try:
+            ffd = os.open(file, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as e:
+            raise self._err(rel, file, value, e) from None
+        finally:
+            os.close(fd)
+        try:
+            log.debug("write %s = %r", self.path(rel, file), value)
+            os.write(ffd, value.encode())
+        except OSError as e:
+            raise self._err(rel, file, value, e) from None
+        finally:
+            os.close(ffd)
+
+    def _err(self, rel: str, file: str, value: str | None, e: OSError) -> Exception:
+        if e.errno in (errno.EACCES, errno.EPERM) and file not in ("cgroup.procs", "freezer.state"):
+            return PermissionDenied(f"permission denied on {self.path(rel, file)}")
+        if e.errno == errno.ENOENT and file:
+            return CgroupIOError(self.path(rel), file, value, e.errno,
+                                 "the kernel has no such file here: is the controller available "
+                                 "and enabled for this group? (see `cgman doctor`)")
+        return CgroupIOError(self.path(rel), file, value, e.errno or 0, e.strerror or str(e))

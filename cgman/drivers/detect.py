@@ -1,0 +1,105 @@
+"""Which cgroup hierarchies a host has: v1, v2 (unified) or hybrid, from mountinfo."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+
+from ..plan import RESOURCE_CONTROLLERS, Features, Layout, Target
+
+MOUNTINFO = "/proc/self/mountinfo"
+# cgman controller name -> v1 subsystem name
+V1_SUBSYS = {"cpu": "cpu", "cpuacct": "cpuacct", "cpuset": "cpuset", "memory": "memory",
+             "io": "blkio", "pids": "pids", "freezer": "freezer"}
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    mode: Target
+    v1_mounts: dict[str, str] = field(default_factory=dict)   # cgman controller -> mountpoint
+    unified: str | None = None                                  # cgroup2 mountpoint
+    unified_controllers: frozenset[str] = frozenset()
+
+    @property
+    def layout(self) -> Layout:
+        v1 = frozenset(c for c in self.v1_mounts if c != "cpuacct")
+        return Layout(self.mode, v1, self.unified is not None)
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def parse_mountinfo(text: str) -> tuple[dict[str, str], str | None]:
+    """(v1 mounts by cgman controller, cgroup2 mountpoint) from mountinfo text."""
+    v1: dict[str, str] = {}
+    unified: str | None = None
+    for line in text.splitlines():
+        pre, sep, post = line.partition(" - ")
+        if not sep:
+            continue
+        fields, tail = pre.split(), post.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        mountpoint, fstype, superopts = _unescape(fields[4]), tail[0], tail[2]
+        if fstype == "cgroup2" and unified is None:
+            unified = mountpoint
+        elif fstype == "cgroup":
+            opts = set(superopts.split(","))
+            for ours, subsys in V1_SUBSYS.items():
+                if subsys in opts and ours not in v1:
+                    v1[ours] = mountpoint
+    return v1, unified
+
+
+def detect(mountinfo: str = MOUNTINFO) -> HostInfo:
+    """Read the host's cgroup layout. Raises NotFound-like errors via the CLI when none."""
+    with open(mountinfo, encoding="utf-8") as f:
+        v1, unified = parse_mountinfo(f.read())
+    ctl: frozenset[str] = frozenset()
+    if unified:
+        try:
+            with open(os.path.join(unified, "cgroup.controllers"), encoding="utf-8") as f:
+                ctl = frozenset(f.read().split())
+        except OSError:
+            pass
+    resource_v1 = [c for c in v1 if c in RESOURCE_CONTROLLERS]
+    if unified and not resource_v1:
+        mode: Target = "v2"
+    elif unified:
+        mode = "hybrid"
+    else:
+        mode = "v1"
+    return HostInfo(mode, v1, unified, ctl)
+
+
+def probe_features(info: HostInfo, root: str) -> Features:
+    """Optional kernel files that change the translation (SPEC §2 'where the file exists')."""
+    schedulers = " ".join(_read(p) for p in glob.glob("/sys/block/*/queue/scheduler"))
+    bfq = "bfq" in schedulers.replace("[", " ").replace("]", " ").split()
+    cmdline = _read("/proc/cmdline").split()
+    mem_v1 = info.v1_mounts.get("memory")
+    blkio_v1 = info.v1_mounts.get("io")
+    available: frozenset[str] = frozenset()
+    if info.unified:
+        parent = os.path.dirname(os.path.join(info.unified, root.strip("/")))
+        # what the cgman root can enable = its parent's subtree_control
+        available = frozenset(_read(os.path.join(parent, "cgroup.subtree_control")).split())
+    return Features(
+        io_bfq_weight=bfq,
+        io_weight=bool(info.unified) and os.path.exists(os.path.join(info.unified, "io.cost.qos")),
+        blkio_bfq=bool(blkio_v1) and (bfq or os.path.exists(
+            os.path.join(blkio_v1 or "/", "blkio.bfq.io_service_bytes"))),
+        memsw=bool(mem_v1) and os.path.exists(os.path.join(mem_v1 or "/", "memory.memsw.limit_in_bytes")),
+        memory_swap="swapaccount=0" not in cmdline,
+        v2_available=available,
+    )
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return ""

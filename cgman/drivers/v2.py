@@ -1,0 +1,127 @@
+"""cgroup v2 driver: one unified tree, cgroup.freeze confirmed through cgroup.events."""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import CgroupIOError, FreezeTimeout, NotFound
+from .base import Usage
+from .cgfs import CgroupTree
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """"key value" lines (cpu.stat, cgroup.events, memory.stat) -> dict."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            continue
+    return out
+
+
+class V2Driver:
+    version = 2
+
+    def __init__(self, mount: str, root: str) -> None:
+        self.t = CgroupTree(mount, root)
+
+    def hierarchies(self) -> list[CgroupTree]:
+        return [self.t]
+
+    def create(self, path: str) -> bool:
+        return self.t.mkdir(path)
+
+    def remove(self, path: str) -> None:
+        self.t.rmdir(path)
+
+    def exists(self, path: str) -> bool:
+        return self.t.exists(path)
+
+    def read(self, path: str, controller: str, file: str) -> str:
+        return self.t.read(path, file)
+
+    def write(self, path: str, controller: str, file: str, value: str) -> None:
+        self.t.write(path, file, value)
+
+    def has_file(self, path: str, controller: str, file: str) -> bool:
+        return self.t.exists(path, file)
+
+    def children(self, path: str) -> list[str]:
+        return self.t.children(path)
+
+    def procs(self, path: str) -> set[int]:
+        try:
+            return {int(x) for x in self.t.read(path, "cgroup.procs").split()}
+        except NotFound:
+            return set()
+
+    def attach(self, path: str, pid: int) -> None:
+        self.t.write(path, "cgroup.procs", str(pid))
+
+    def events(self, path: str) -> dict[str, int]:
+        return parse_flat_keyed(self.t.read(path, "cgroup.events"))
+
+    def _set_freeze(self, path: str, frozen: bool, timeout_s: float) -> bool:
+        self.t.write(path, "cgroup.freeze", "1" if frozen else "0")
+        deadline = time.monotonic() + timeout_s
+        delay = 0.0005
+        while True:
+            if self.events(path).get("frozen") == int(frozen):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def freeze(self, path: str, timeout_s: float) -> None:
+        """Freeze and wait until cgroup.events reports ``frozen 1``; thaw on failure."""
+        try:
+            ok = self._set_freeze(path, True, timeout_s)
+        except BaseException:
+            self._thaw_quietly(path)
+            raise
+        if not ok:
+            self._thaw_quietly(path)
+            raise FreezeTimeout(f"{self.t.path(path)} did not report frozen within {timeout_s:g}s; "
+                                f"it was thawed again")
+
+    def _thaw_quietly(self, path: str) -> None:
+        try:
+            self.t.write(path, "cgroup.freeze", "0")
+        except Exception:  # best effort: the original error is what matters
+            pass
+
+    def thaw(self, path: str, timeout_s: float) -> None:
+        if not self._set_freeze(path, False, timeout_s):
+            raise CgroupIOError(self.t.path(path), "cgroup.freeze", "0", 0,
+                                "still frozen: is a parent group frozen?")
+
+    def is_frozen(self, path: str) -> bool | None:
+        return bool(self.events(path).get("frozen", 0))
+
+    def kill(self, path: str) -> bool:
+        """SIGKILL the whole subtree via cgroup.kill (Linux 5.14+). False if unsupported."""
+        if not self.t.exists(path, "cgroup.kill"):
+            return False
+        self.t.write(path, "cgroup.kill", "1")
+        return True
+
+    def usage(self, path: str) -> Usage:
+        def one(file: str) -> int | None:
+            try:
+                return int(self.t.read(path, file).split()[0])
+            except (NotFound, CgroupIOError, ValueError, IndexError):
+                return None
+        try:
+            cpu = parse_flat_keyed(self.t.read(path, "cpu.stat")).get("usage_usec")
+        except (NotFound, CgroupIOError):
+            cpu = None
+        try:
+            ev = self.events(path)
+        except (NotFound, CgroupIOError):
+            ev = {}
+        return Usage(cpu_usage_usec=cpu, memory_bytes=one("memory.current"), pids=one("pids.current"),
+                     frozen=bool(ev["frozen"]) if "frozen" in ev else None,
+                     populated=bool(ev["populated"]) if "populated" in ev else None)

@@ -1,0 +1,63 @@
+"""The one exception tree of cgman. Every error carries the facts an operator needs."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class CgmanError(Exception):
+    """Root of every error cgman raises on purpose; the CLI prints it as one line."""
+
+    hint: str = ""
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"{msg} ({self.hint})" if self.hint else msg
+
+
+class PolicyError(CgmanError):
+    """A policy file is invalid. Names the file, line, column and key path."""
+
+    def __init__(self, message: str, file: str = "<input>", line: int = 0,
+                 column: int = 0, key: str = "") -> None:
+        self.message, self.file, self.line, self.column, self.key = message, file, line, column, key
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class NotFound(CgmanError):
+    """A group, container or file that the command needs does not exist."""
+
+
+class UnsafePath(CgmanError):
+    """A name would escape the cgman root (`/`, `..`, a symlink)."""
+
+
+class PermissionDenied(CgmanError):
+    """The kernel refused access; usually not root or not delegated."""
+
+    hint = "run as root, or delegate the cgroup root to this user (see `cgman doctor`)"
+
+
+class Busy(CgmanError):
+    """A group cannot be changed or removed because of live processes or children."""
+
+
+class FreezeTimeout(CgmanError):
+    """A freeze did not complete in time; the group was thawed again."""
+
+
+class CgroupIOError(CgmanError):
+    """A cgroup file read or write failed. Carries the directory, file, value and errno."""
+
+    def __init__(self, directory: str, file: str, value: str | None, err: int,
+                 reason: str = "") -> None:
+        self.directory, self.file, self.value, self.errno = directory, file, value, err
+        self.reason = reason or os.strerror(err)
+        op = f"write {value!r} to" if value is not None else "read"
+        super().__init__(f"cannot {op} {directory}/{file}: {self.reason}"
+                         f" [{_errno.errorcode.get(err, err)}]")

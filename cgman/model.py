@@ -1,0 +1,155 @@
+"""Version-neutral values: what a policy asks for, with units in the names.
+
+``None`` always means "leave as is"; ``UNLIMITED`` means the kernel's max.
+Pure data: no I/O, no parsing (see policy.py), no kernel names (see plan.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class Unlimited:
+    """The explicit "max" value. A singleton; compare with ``is UNLIMITED``."""
+
+    _instance: "Unlimited | None" = None
+
+    def __new__(cls) -> "Unlimited":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNLIMITED"
+
+    def __reduce__(self) -> str:
+        return "UNLIMITED"
+
+
+UNLIMITED = Unlimited()
+
+Bytes = int | Unlimited
+WeightFormula = Literal["oci", "systemd"]
+NetworkMode = Literal["none", "loopback", "bridge"]
+NAMESPACES = ("uts", "ipc", "pid", "net", "mount", "user", "cgroup")
+DEFAULT_NAMESPACES = ("uts", "ipc", "pid", "net", "mount", "cgroup")
+DEFAULT_CPU_PERIOD_USEC = 100_000
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a value came from, for error messages."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class CpuLimits:
+    weight: int | None = None              # v2 scale 1..10000
+    shares: int | None = None              # v1 scale 2..262144
+    max_cpus: float | Unlimited | None = None
+    period_usec: int | None = None
+    cpus: frozenset[int] | None = None     # cpuset.cpus
+    mems: frozenset[int] | None = None     # cpuset.mems
+
+
+@dataclass(frozen=True)
+class MemoryLimits:
+    max_bytes: Bytes | None = None
+    high_bytes: Bytes | None = None
+    low_bytes: Bytes | None = None
+    min_bytes: Bytes | None = None
+    swap_bytes: Bytes | None = None        # swap alone, as v2 memory.swap.max
+
+
+@dataclass(frozen=True)
+class IODevice:
+    device: str                            # "MAJ:MIN"
+    weight: int | None = None
+    rbps: Bytes | None = None
+    wbps: Bytes | None = None
+    riops: int | Unlimited | None = None
+    wiops: int | Unlimited | None = None
+
+
+@dataclass(frozen=True)
+class IOLimits:
+    weight: int | None = None
+    devices: tuple[IODevice, ...] = ()
+
+
+@dataclass(frozen=True)
+class PidsLimits:
+    max: int | Unlimited | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: CpuLimits = field(default_factory=CpuLimits)
+    memory: MemoryLimits = field(default_factory=MemoryLimits)
+    io: IOLimits = field(default_factory=IOLimits)
+    pids: PidsLimits = field(default_factory=PidsLimits)
+    frozen: bool | None = None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    mode: NetworkMode = "none"
+    bridge: str = "cgman0"
+    subnet: str | None = None
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    path: str | None = None
+    layers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    namespaces: tuple[str, ...] = DEFAULT_NAMESPACES
+    hostname: str | None = None
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    rootfs: RootfsSpec | None = None
+    user_map_uid: int | None = None        # host uid that container root maps to (user ns)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One declared cgroup: ``path`` is relative to the cgman root, e.g. "acme/web"."""
+
+    path: str
+    tenant: str
+    resources: Resources
+    location: Location
+    formula: WeightFormula = "oci"
+    container: Resources | None = None
+    launch: LaunchSpec | None = None
+
+    @property
+    def parent(self) -> str | None:
+        return self.path.rsplit("/", 1)[0] if "/" in self.path else None
+
+    @property
+    def depth(self) -> int:
+        return self.path.count("/")
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """Every group of one or more policy files, parents before children."""
+
+    groups: tuple[Group, ...]
+    files: tuple[str, ...] = ()
+
+    def get(self, path: str) -> Group | None:
+        for g in self.groups:
+            if g.path == path:
+                return g
+        return None

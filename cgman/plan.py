@@ -1,0 +1,284 @@
+"""Translation: version-neutral Resources -> ordered kernel file writes (SPEC §2). Pure.
+
+``plan()`` is what ``cgman plan`` prints and what ``apply`` reconciles. The only
+place besides drivers/ that knows the v1 and v2 file names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from . import convert
+from .model import DEFAULT_CPU_PERIOD_USEC, UNLIMITED, Group, PolicySet, Resources, Unlimited
+from .units import format_cpu_list
+
+Target = Literal["v1", "v2", "hybrid"]
+ROOT = "."                     # the cgman root group itself, in Write.cgroup
+RESOURCE_CONTROLLERS = ("cpu", "cpuset", "memory", "io", "pids")
+# Enabled in every inner v2 group so usage is accounted per child even without limits.
+ACCOUNTING_CONTROLLERS = ("cpu", "io", "memory", "pids")
+V1_UNLIMITED = "-1"
+
+
+@dataclass(frozen=True)
+class Write:
+    """One kernel write: ``value`` to ``file`` of ``cgroup`` (relative to the cgman root)."""
+
+    cgroup: str
+    controller: str            # cpu cpuset memory io pids freezer, or "cgroup" for core files
+    file: str
+    value: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"cgroup": self.cgroup, "controller": self.controller, "file": self.file,
+                "value": self.value}
+
+
+@dataclass(frozen=True)
+class Features:
+    """Optional kernel files. Explicit targets assume all present; apply probes the host."""
+
+    io_bfq_weight: bool = True     # v2 io.bfq.weight (BFQ scheduler registered)
+    io_weight: bool = True         # v2 io.weight (blk-iocost)
+    blkio_bfq: bool = True         # v1 blkio.bfq.weight; else legacy CFQ blkio.weight
+    memsw: bool = True             # v1 memory.memsw.* (swap accounting)
+    memory_swap: bool = True       # v2 memory.swap.max
+    v2_available: frozenset[str] = frozenset(RESOURCE_CONTROLLERS)  # in the root's cgroup.controllers
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which cgroup version serves each controller on a host (pure description)."""
+
+    mode: Target
+    v1_controllers: frozenset[str]   # cgman controller names served by v1 hierarchies
+    has_unified: bool                # a cgroup2 mount exists (v2, or hybrid's unified)
+
+    def version_of(self, controller: str) -> int:
+        """1 or 2: which hierarchy a write for ``controller`` goes to."""
+        if controller == "cgroup":
+            return 2
+        if controller in self.v1_controllers:
+            return 1
+        if self.has_unified:
+            return 2
+        raise KeyError(controller)
+
+    @classmethod
+    def for_target(cls, target: Target) -> "Layout":
+        if target == "v2":
+            return cls("v2", frozenset(), True)
+        every = frozenset(RESOURCE_CONTROLLERS + ("freezer",))
+        return cls(target, every, target == "hybrid")
+
+
+@dataclass
+class Plan:
+    target: Target
+    groups: list[str] = field(default_factory=list)
+    writes: list[Write] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"target": self.target, "groups": self.groups,
+                "writes": [w.as_dict() for w in self.writes], "warnings": self.warnings}
+
+
+def _bytes(v: int | Unlimited, unlimited: str) -> str:
+    return unlimited if isinstance(v, Unlimited) else str(v)
+
+
+def _count(v: int | Unlimited) -> str:
+    return "max" if isinstance(v, Unlimited) else str(v)
+
+
+def translate(cgroup: str, res: Resources, layout: Layout, feat: Features,
+              formula: convert.WeightFormula = "oci", *, who: str = "") -> tuple[list[Write], list[str]]:
+    """Resources of one cgroup -> (writes in apply order, warnings). Freezing not included."""
+    who = who or cgroup
+    writes: list[Write] = []
+    warns: list[str] = []
+
+    def w(controller: str, file: str, value: str) -> None:
+        writes.append(Write(cgroup, controller, file, value))
+
+    cpu, mem, io, pids = res.cpu, res.memory, res.io, res.pids
+    v1 = layout.version_of
+    # cpu ------------------------------------------------------------------------------
+    if cpu.weight is not None or cpu.shares is not None:
+        if v1("cpu") == 1:
+            shares = cpu.shares if cpu.shares is not None else \
+                convert.weight_to_shares(cpu.weight or 100, formula)
+            w("cpu", "cpu.shares", str(shares))
+        else:
+            weight = cpu.weight if cpu.weight is not None else \
+                convert.shares_to_weight(cpu.shares or 1024, formula)
+            w("cpu", "cpu.weight", str(weight))
+    if cpu.max_cpus is not None:
+        period = cpu.period_usec or DEFAULT_CPU_PERIOD_USEC
+        quota = convert.cpu_quota_usec(cpu.max_cpus, period)
+        if v1("cpu") == 1:
+            w("cpu", "cpu.cfs_period_us", str(period))
+            w("cpu", "cpu.cfs_quota_us", V1_UNLIMITED if quota is None else str(quota))
+        else:
+            w("cpu", "cpu.max", f"{'max' if quota is None else quota} {period}")
+    if cpu.cpus is not None:
+        w("cpuset", "cpuset.cpus", format_cpu_list(cpu.cpus))
+    if cpu.mems is not None:
+        w("cpuset", "cpuset.mems", format_cpu_list(cpu.mems))
+    # memory ---------------------------------------------------------------------------
+    if v1("memory") == 1:
+        if mem.max_bytes is not None:
+            w("memory", "memory.limit_in_bytes", _bytes(mem.max_bytes, V1_UNLIMITED))
+        if mem.swap_bytes is not None:
+            if not feat.memsw:
+                warns.append(f"{who}: memory.swap is not enforceable: swap accounting is off "
+                             f"(boot with swapaccount=1)")
+            elif mem.max_bytes is not None:
+                memsw: int | Unlimited = UNLIMITED if isinstance(mem.max_bytes, Unlimited) or \
+                    isinstance(mem.swap_bytes, Unlimited) else mem.max_bytes + mem.swap_bytes
+                w("memory", "memory.memsw.limit_in_bytes", _bytes(memsw, V1_UNLIMITED))
+        if mem.low_bytes is not None:
+            w("memory", "memory.soft_limit_in_bytes", _bytes(mem.low_bytes, V1_UNLIMITED))
+        if mem.high_bytes is not None:
+            warns.append(f"{who}: memory.high is not enforceable on cgroup v1 (ignored)")
+        if mem.min_bytes is not None:
+            warns.append(f"{who}: memory.min is not enforceable on cgroup v1 (ignored)")
+    else:
+        for key, file in (("min_bytes", "memory.min"), ("low_bytes", "memory.low"),
+                          ("high_bytes", "memory.high"), ("max_bytes", "memory.max")):
+            val = getattr(mem, key)
+            if val is not None:
+                w("memory", file, _bytes(val, "max"))
+        if mem.swap_bytes is not None:
+            if feat.memory_swap:
+                w("memory", "memory.swap.max", _bytes(mem.swap_bytes, "max"))
+            else:
+                warns.append(f"{who}: memory.swap is not enforceable: the kernel has no swap "
+                             f"accounting (memory.swap.max is missing)")
+    # io -------------------------------------------------------------------------------
+    if v1("io") == 1:
+        if io.weight is not None:
+            if feat.blkio_bfq:
+                w("io", "blkio.bfq.weight", str(convert.bfq_weight(io.weight)))
+            else:
+                w("io", "blkio.weight", str(convert.blkio_cfq_weight(io.weight)))
+        for d in io.devices:
+            if d.weight is not None:
+                if feat.blkio_bfq:
+                    w("io", "blkio.bfq.weight_device", f"{d.device} {convert.bfq_weight(d.weight)}")
+                else:
+                    w("io", "blkio.weight_device", f"{d.device} {convert.blkio_cfq_weight(d.weight)}")
+            for key, file in (("rbps", "read_bps"), ("wbps", "write_bps"),
+                              ("riops", "read_iops"), ("wiops", "write_iops")):
+                val = getattr(d, key)
+                if val is not None:   # v1 throttle: 0 removes the rule (= unlimited)
+                    w("io", f"blkio.throttle.{file}_device", f"{d.device} {_bytes(val, '0')}")
+    else:
+        weights = [(None, io.weight)] + [(d.device, d.weight) for d in io.devices]
+        for dev, weight in weights:
+            if weight is None:
+                continue
+            prefix = f"{dev} " if dev else "default "
+            wrote = False
+            if feat.io_bfq_weight:
+                w("io", "io.bfq.weight", prefix + str(convert.bfq_weight(weight)))
+                wrote = True
+            if feat.io_weight:
+                w("io", "io.weight", prefix + str(weight))
+                wrote = True
+            if not wrote:
+                warns.append(f"{who}: io.weight is not enforceable: neither BFQ nor io.cost "
+                             f"is available (echo bfq > /sys/block/DEV/queue/scheduler)")
+        for d in io.devices:
+            parts = [f"{k}={_count(getattr(d, k))}" for k in ("rbps", "wbps", "riops", "wiops")
+                     if getattr(d, k) is not None]
+            if parts:
+                w("io", "io.max", f"{d.device} {' '.join(parts)}")
+    # pids -----------------------------------------------------------------------------
+    if pids.max is not None:
+        w("pids", "pids.max", _count(pids.max))
+    return writes, warns
+
+
+def controllers_used(res: Resources) -> set[str]:
+    """Controllers a Resources value needs (for v2 subtree_control)."""
+    out: set[str] = set()
+    c = res.cpu
+    if c.weight is not None or c.shares is not None or c.max_cpus is not None:
+        out.add("cpu")
+    if c.cpus is not None or c.mems is not None:
+        out.add("cpuset")
+    if any(v is not None for v in vars(res.memory).values()):
+        out.add("memory")
+    if res.io.weight is not None or res.io.devices:
+        out.add("io")
+    if res.pids.max is not None:
+        out.add("pids")
+    return out
+
+
+def freeze_write(cgroup: str, frozen: bool, layout: Layout) -> Write:
+    """The write that freezes or thaws ``cgroup`` (apply confirms it through control)."""
+    if "freezer" in layout.v1_controllers:
+        return Write(cgroup, "freezer", "freezer.state", "FROZEN" if frozen else "THAWED")
+    return Write(cgroup, "cgroup", "cgroup.freeze", "1" if frozen else "0")
+
+
+def plan(policies: PolicySet, layout: Layout, feat: Features | None = None) -> Plan:
+    """Every write needed to make the cgman root match ``policies``, in apply order.
+
+    Order (SPEC §2): per group, parents before children; on v2 a group's
+    ``cgroup.subtree_control`` is written before any child file; freezer
+    changes come last so limits land before a group stops.
+    """
+    feat = feat or Features()
+    out = Plan(target=layout.mode, groups=[g.path for g in policies.groups])
+    v2_used = [c for c in RESOURCE_CONTROLLERS if layout.version_of(c) == 2] \
+        if layout.has_unified else []
+    needs: dict[str, set[str]] = {}       # controllers needed below each inner group
+    for g in policies.groups:
+        used = controllers_used(g.resources) | (controllers_used(g.container) if g.container else set())
+        for anc in _ancestors(g.path):
+            needs.setdefault(anc, set()).update(used)
+        if g.container is not None:        # containers are children of g
+            needs.setdefault(g.path, set()).update(used)
+    parents = {g.parent for g in policies.groups if g.parent}
+    inner = [ROOT] + [g.path for g in policies.groups if g.path in parents or g.container]
+    enable: dict[str, list[str]] = {}
+    for cg in inner:
+        wanted = needs.get(cg, set()) | set(ACCOUNTING_CONTROLLERS)
+        ctl = [c for c in v2_used if c in wanted and c in feat.v2_available]
+        missing = sorted(c for c in needs.get(cg, set()) if c in v2_used and c not in feat.v2_available)
+        if missing and cg == ROOT:
+            out.warnings.append(f"controllers {', '.join(missing)} are not delegated to the cgman "
+                                f"root: their settings will fail (see `cgman doctor`)")
+        if ctl:
+            enable[cg] = ctl
+    if ROOT in enable:
+        out.writes.append(_subtree(ROOT, enable[ROOT]))
+    freezes: list[Write] = []
+    for g in policies.groups:
+        writes, warns = translate(g.path, g.resources, layout, feat, g.formula,
+                                  who=f"{g.path} ({g.location})")
+        out.writes.extend(writes)
+        out.warnings.extend(warns)
+        if g.path in enable:
+            out.writes.append(_subtree(g.path, enable[g.path]))
+        if g.resources.frozen is not None:
+            freezes.append(freeze_write(g.path, g.resources.frozen, layout))
+        if g.container is not None:      # validate container limits translate cleanly
+            _, cwarns = translate(g.path + "/<container>", g.container, layout, feat, g.formula)
+            out.warnings.extend(cwarns)
+    out.writes.extend(freezes)
+    return out
+
+
+def _subtree(cgroup: str, controllers: list[str]) -> Write:
+    return Write(cgroup, "cgroup", "cgroup.subtree_control", " ".join(f"+{c}" for c in controllers))
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return [ROOT] + ["/".join(parts[:i]) for i in range(1, len(parts))]

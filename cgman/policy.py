@@ -1,0 +1,265 @@
+"""Loading policy files: YAML -> validated model, with file:line:column on every error.
+
+The only module that imports yaml. It walks the composed node tree (not the
+constructed dict) so that each value keeps its position, and so that duplicate
+keys, which PyYAML would silently merge, are caught.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from . import schema as S
+from .convert import cpu_quota_usec
+from .errors import PolicyError
+from .model import (DEFAULT_CPU_PERIOD_USEC, CpuLimits, Group, IODevice, IOLimits, LaunchSpec,
+                    Location, MemoryLimits, NetworkSpec, PidsLimits, PolicySet, Resources,
+                    RootfsSpec, Unlimited)
+
+class _Walker:
+    """Checks one file's node tree against the schema; raises PolicyError."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, node: yaml.Node, key: str, message: str) -> PolicyError:
+        m = node.start_mark
+        return PolicyError(message, self.file, m.line + 1, m.column + 1, key)
+
+    def loc(self, node: yaml.Node) -> Location:
+        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def scalar(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
+            raise ValueError(f"expected a single value, got {kind}")
+        return _LOADER.construct_object(node, deep=True)
+
+    def items(self, node: yaml.Node, key: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, key, "expected a mapping (key: value)")
+        seen: dict[str, yaml.Node] = {}
+        out = []
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise self.fail(knode, key, "keys must be plain names")
+            k = str(knode.value)
+            if k in seen:
+                prev = seen[k].start_mark
+                raise self.fail(knode, _join(key, k),
+                                f"duplicate key (first defined at line {prev.line + 1})")
+            seen[k] = knode
+            out.append((k, knode, vnode))
+        return out
+
+    def check(self, node: yaml.Node, f: S.Field, key: str) -> Any:
+        """Validate ``node`` against field ``f``; return parsed values (dicts for objects)."""
+        if isinstance(f, S.Ref):
+            f = f.target()
+        if isinstance(f, S.Obj):
+            if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
+                node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
+            out: dict[str, Any] = {"__node__": node}
+            for k, knode, vnode in self.items(node, key):
+                sub = f.fields.get(k)
+                if sub is None:
+                    allowed = ", ".join(f.fields)
+                    raise self.fail(knode, _join(key, k), f"unknown key; expected one of: {allowed}")
+                out[k] = self.check(vnode, sub, _join(key, k))
+                out["__key__" + k] = knode
+            for r in f.required:
+                if r not in out:
+                    raise self.fail(node, _join(key, r), "required key is missing")
+            return out
+        if isinstance(f, S.MapOf):
+            result: dict[str, Any] = {}
+            for k, knode, vnode in self.items(node, key):
+                if "/" in k or k in (".", ".."):
+                    raise self.fail(knode, _join(key, k),
+                                    "group names cannot contain '/' or be '.'/'..'; "
+                                    "nest groups with children: instead")
+                if not S.NAME_RE.match(k):
+                    raise self.fail(knode, _join(key, k),
+                                    "bad name: use letters, digits, '_', '.', '-' (max 64), "
+                                    "starting with a letter or digit")
+                result[k] = (knode, self.check(vnode, f.value(), _join(key, k)))
+            return result
+        if isinstance(f, S.ListOf):
+            if not isinstance(node, yaml.SequenceNode):
+                raise self.fail(node, key, "expected a list")
+            return [(item, self.check(item, f.item, f"{key}[{i}]"))
+                    for i, item in enumerate(node.value)]
+        try:
+            return f.check(self.scalar(node))
+        except (ValueError, yaml.YAMLError) as e:
+            raise self.fail(node, key, str(e)) from None
+
+
+def _join(key: str, k: str) -> str:
+    return f"{key}.{k}" if key else k
+
+
+_LOADER = yaml.SafeLoader("")
+
+
+def _resolve_device(w: _Walker, node: yaml.Node, key: str, dev: str) -> str:
+    if not dev.startswith("/dev/"):
+        return dev
+    try:
+        st = os.stat(dev)
+    except OSError as e:
+        raise w.fail(node, key, f"cannot stat {dev}: {e.strerror}") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise w.fail(node, key, f"{dev} is not a block device")
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def _resources(w: _Walker, d: dict[str, Any], key: str) -> Resources:
+    cpu_d = d.get("cpu", {})
+    if "weight" in cpu_d and "shares" in cpu_d:
+        raise w.fail(cpu_d["__key__shares"], f"{key}.cpu.shares",
+                     "set cpu.weight or cpu.shares, not both")
+    if "period" in cpu_d and "max" not in cpu_d:
+        raise w.fail(cpu_d["__key__period"], f"{key}.cpu.period", "cpu.period needs cpu.max")
+    if "max" in cpu_d:
+        try:
+            cpu_quota_usec(cpu_d["max"], cpu_d.get("period", DEFAULT_CPU_PERIOD_USEC))
+        except ValueError as e:
+            raise w.fail(cpu_d["__key__max"], f"{key}.cpu.max", str(e)) from None
+    cpu = CpuLimits(weight=cpu_d.get("weight"), shares=cpu_d.get("shares"),
+                    max_cpus=cpu_d.get("max"),
+                    period_usec=cpu_d.get("period", DEFAULT_CPU_PERIOD_USEC if "max" in cpu_d else None),
+                    cpus=cpu_d.get("cpus"), mems=cpu_d.get("mems"))
+    mem_d = d.get("memory", {})
+    if "swap" in mem_d and "max" not in mem_d:
+        raise w.fail(mem_d["__key__swap"], f"{key}.memory.swap",
+                     "memory.swap needs memory.max in the same group "
+                     "(cgroup v1 limits memory+swap together)")
+    if "swap" in mem_d and isinstance(mem_d["max"], Unlimited) and not isinstance(mem_d["swap"], Unlimited):
+        raise w.fail(mem_d["__key__swap"], f"{key}.memory.swap",
+                     "a finite memory.swap needs a finite memory.max")
+    memory = MemoryLimits(max_bytes=mem_d.get("max"), high_bytes=mem_d.get("high"),
+                          low_bytes=mem_d.get("low"), min_bytes=mem_d.get("min"),
+                          swap_bytes=mem_d.get("swap"))
+    io_d = d.get("io", {})
+    devices = []
+    seen: set[str] = set()
+    for i, (node, dev_d) in enumerate(io_d.get("devices", [])):
+        dkey = f"{key}.io.devices[{i}]"
+        dev = _resolve_device(w, dev_d["__node__"], dkey + ".device", dev_d["device"])
+        if dev in seen:
+            raise w.fail(node, dkey + ".device", f"device {dev} is listed twice")
+        seen.add(dev)
+        if len([k for k in dev_d if not k.startswith("__") and k != "device"]) == 0:
+            raise w.fail(node, dkey, "give at least one of weight, rbps, wbps, riops, wiops")
+        devices.append(IODevice(device=dev, weight=dev_d.get("weight"), rbps=dev_d.get("rbps"),
+                                wbps=dev_d.get("wbps"), riops=dev_d.get("riops"),
+                                wiops=dev_d.get("wiops")))
+    io = IOLimits(weight=io_d.get("weight"), devices=tuple(devices))
+    pids = PidsLimits(max=d.get("pids", {}).get("max"))
+    return Resources(cpu=cpu, memory=memory, io=io, pids=pids, frozen=d.get("frozen"))
+
+
+def _launch(w: _Walker, d: dict[str, Any], key: str) -> LaunchSpec:
+    ns = tuple(v for _, v in d.get("namespaces", [(None, n) for n in LaunchSpec().namespaces]))
+    net_d = d.get("network", {})
+    subnet = net_d.get("subnet")
+    if subnet is not None:
+        try:
+            net = ipaddress.IPv4Network(subnet, strict=True)
+        except ValueError as e:
+            raise w.fail(net_d["__key__subnet"], f"{key}.network.subnet",
+                         f"bad IPv4 subnet: {e}") from None
+        if net.num_addresses < 4:
+            raise w.fail(net_d["__key__subnet"], f"{key}.network.subnet",
+                         "subnet too small: needs room for the bridge and one container")
+    mode = net_d.get("mode", "bridge" if subnet else "none")
+    if mode == "bridge" and "net" not in ns:
+        raise w.fail(d["__node__"], f"{key}.network.mode", "bridge networking needs the net namespace")
+    rootfs = None
+    if "rootfs" in d:
+        r = d["rootfs"]
+        if ("path" in r) == ("layers" in r):
+            raise w.fail(r["__node__"], f"{key}.rootfs", "give exactly one of path or layers")
+        rootfs = RootfsSpec(path=r.get("path"), layers=tuple(v for _, v in r.get("layers", [])))
+    uid = d.get("user", {}).get("uid")
+    if "user" in d and "user" not in ns:
+        raise w.fail(d["__key__user"], f"{key}.user", "a user mapping needs 'user' in namespaces")
+    return LaunchSpec(namespaces=ns, hostname=d.get("hostname"),
+                      network=NetworkSpec(mode=mode, bridge=net_d.get("bridge", "cgman0"),
+                                          subnet=subnet),
+                      rootfs=rootfs, user_map_uid=uid)
+
+
+def _groups(w: _Walker, tree: dict[str, Any], parent: str, tenant: str | None,
+            formula: Any, key: str) -> Iterable[Group]:
+    for name, (knode, d) in tree.items():
+        path = f"{parent}/{name}" if parent else name
+        gkey = _join(key, name)
+        t = d.get("tenant", tenant or name)
+        yield Group(path=path, tenant=t, resources=_resources(w, d, gkey), location=w.loc(knode),
+                    formula=formula,
+                    container=_resources(w, d["container"], gkey + ".container")
+                    if "container" in d else None,
+                    launch=_launch(w, d["launch"], gkey + ".launch") if "launch" in d else None)
+        yield from _groups(w, d.get("children", {}), path, t, formula, gkey + ".children")
+
+
+def parse_text(text: str, file: str = "<input>") -> list[Group]:
+    """Parse one policy document; raises PolicyError naming file:line:column."""
+    w = _Walker(file)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise PolicyError(f"YAML syntax error: {e.problem or e}", file, line, col) from None
+    except yaml.YAMLError as e:
+        raise PolicyError(f"YAML error: {e}", file) from None
+    if root is None:
+        raise PolicyError("empty policy file: expected 'version: 1' and 'policies:'", file, 1, 1)
+    d = w.check(root, S.FILE, "")
+    return list(_groups(w, d["policies"], "", None, d.get("cpu_weight_formula", "oci"),
+                        "policies"))
+
+
+def load_files(paths: Iterable[str | os.PathLike[str]]) -> PolicySet:
+    """Load and validate every file before anything is applied (all or nothing).
+
+    Directories are expanded to their *.yaml / *.yml files in name order.
+    """
+    files = list(_expand(paths))
+    if not files:
+        raise PolicyError("no policy files given (pass files or a directory of *.yaml)")
+    groups: dict[str, Group] = {}
+    for f in files:
+        try:
+            text = Path(f).read_text(encoding="utf-8")
+        except OSError as e:
+            raise PolicyError(f"cannot read: {e.strerror}", str(f)) from None
+        except UnicodeDecodeError as e:
+            raise PolicyError(f"not UTF-8 text: {e.reason}", str(f)) from None
+        for g in parse_text(text, str(f)):
+            if g.path in groups:
+                prev = groups[g.path].location
+                raise PolicyError(f"group '{g.path}' is already defined at {prev}",
+                                  g.location.file, g.location.line, g.location.column,
+                                  "policies." + g.path.replace("/", ".children."))
+            groups[g.path] = g
+    # Insertion order is depth-first per file, so parents always precede children.
+    return PolicySet(groups=tuple(groups.values()), files=tuple(str(f) for f in files))
+
+
+def _expand(paths: Iterable[str | os.PathLike[str]]) -> Iterable[Path]:
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            yield from sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml") and x.is_file())
+        else:
+            yield p

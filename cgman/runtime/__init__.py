@@ -1,0 +1,1 @@
+"""Runtime: reconcile (apply), control and, later, launch and the ledger."""

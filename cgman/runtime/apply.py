@@ -1,0 +1,209 @@
+"""Apply is a reconcile: read each live value, write only what differs, all or nothing.
+
+If a kernel write fails mid-way, every change this run made is undone in
+reverse order (values restored, new groups removed) and the error names the
+file, the value and the kernel's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..drivers import Host
+from ..drivers.kfiles import satisfied, undo_value
+from ..errors import Busy, CgmanError, NotFound
+from ..model import PolicySet
+from ..plan import ROOT, Plan, Write, plan
+
+log = logging.getLogger(__name__)
+FREEZER_FILES = ("cgroup.freeze", "freezer.state")
+
+
+class ApplyError(CgmanError):
+    """A kernel write failed; what this run changed has been restored."""
+
+
+@dataclass
+class Change:
+    write: Write
+    old: str | None          # live value before (None: group is new / not readable)
+
+
+@dataclass
+class Result:
+    plan: Plan
+    created: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    unchanged: int = 0
+    pruned: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {"dry_run": self.dry_run, "created": self.created,
+                "writes": [dict(c.write.as_dict(), old=c.old) for c in self.changes],
+                "unchanged": self.unchanged, "pruned": self.pruned,
+                "warnings": self.plan.warnings}
+
+
+def _is_frozen_write(w: Write) -> bool:
+    return w.file in FREEZER_FILES
+
+
+def _wants_frozen(w: Write) -> bool:
+    return w.value in ("1", "FROZEN")
+
+
+def _order_memsw(host: Host, writes: list[Write], exists: Callable[[str], bool]) -> list[Write]:
+    """v1: memsw must stay >= the memory limit, so raise memsw first when growing it."""
+    out = list(writes)
+    for i, w in enumerate(out):
+        if w.file != "memory.limit_in_bytes" or i + 1 >= len(out):
+            continue
+        nxt = out[i + 1]
+        if nxt.file == "memory.memsw.limit_in_bytes" and nxt.cgroup == w.cgroup and exists(w.cgroup):
+            live = host.read(nxt).strip()
+            new = -1 if nxt.value == "-1" else int(nxt.value)
+            cur = int(live)
+            if new == -1 or (cur < (1 << 62) and new > cur):
+                out[i], out[i + 1] = nxt, w
+    return out
+
+
+def apply(policies: PolicySet, host: Host, *, dry_run: bool = False, prune: bool = False,
+          force: bool = False, timeout_s: float = 10.0,
+          keep: Callable[[str], bool] = lambda path: False,
+          progress: Callable[[str], None] | None = None) -> Result:
+    """Make the live tree under the cgman root match ``policies``.
+
+    ``keep(path)`` protects groups that are not in the files but must survive
+    ``prune`` (containers). Raises ApplyError after rolling back on failure.
+    """
+    p = plan(policies, host.layout, host.features)
+    res = Result(plan=p, dry_run=dry_run)
+    existed: dict[str, bool] = {}
+
+    def exists(cg: str) -> bool:
+        if cg not in existed:
+            existed[cg] = host.exists(cg)
+        return existed[cg]
+
+    try:
+        for cg in [ROOT] + p.groups:
+            if not exists(cg):
+                res.created.append(cg)
+                if not dry_run:
+                    host.create(cg)
+                existed[cg] = not dry_run
+        writes = _order_memsw(host, p.writes, exists)
+        for i, w in enumerate(writes):
+            if progress and i % 200 == 0 and len(writes) > 400:
+                progress(f"checked {i}/{len(writes)} settings")
+            if not exists(w.cgroup):         # dry run of a new group: every write is a change
+                res.changes.append(Change(w, None))
+                continue
+            if _is_frozen_write(w):
+                live_frozen = host.is_frozen(w.cgroup)
+                if live_frozen == _wants_frozen(w):
+                    res.unchanged += 1
+                    continue
+                res.changes.append(Change(w, "1" if live_frozen else "0"))
+                if not dry_run:
+                    (host.freeze if _wants_frozen(w) else host.thaw)(w.cgroup, timeout_s)
+                continue
+            live = host.read(w)
+            if satisfied(w.file, w.value, live):
+                res.unchanged += 1
+                continue
+            res.changes.append(Change(w, live))
+            if not dry_run:
+                host.write(w)
+        if prune:
+            res.pruned = _prune(policies, host, dry_run=dry_run, force=force, keep=keep)
+    except CgmanError as err:
+        if dry_run:
+            raise
+        undone = _rollback(host, res)
+        raise ApplyError(f"{_source(policies, err)}{err}; rolled back {undone} change(s), "
+                         f"nothing was applied") from err
+    return res
+
+
+def _source(policies: PolicySet, err: CgmanError) -> str:
+    """Name the policy file of the group whose write failed."""
+    directory = getattr(err, "directory", "")
+    for g in reversed(policies.groups):
+        if directory.endswith("/" + g.path):
+            return f"{g.location.file}: group {g.path}: "
+    return ""
+
+
+def _rollback(host: Host, res: Result) -> int:
+    n = 0
+    for ch in reversed(res.changes):
+        w = ch.write
+        try:
+            if _is_frozen_write(w):
+                (host.freeze if ch.old == "1" else host.thaw)(w.cgroup, 10.0)
+            elif ch.old is not None:
+                host.write(Write(w.cgroup, w.controller, w.file, undo_value(w.file, w.value, ch.old)))
+            n += 1
+        except CgmanError as e:           # keep going: restore as much as possible
+            log.error("rollback of %s/%s failed: %s", w.cgroup, w.file, e)
+    for cg in reversed(res.created):
+        try:
+            host.remove(cg)
+            n += 1
+        except CgmanError as e:
+            log.error("rollback: cannot remove %s: %s", cg, e)
+    return n
+
+
+def _prune(policies: PolicySet, host: Host, *, dry_run: bool, force: bool,
+           keep: Callable[[str], bool]) -> list[str]:
+    wanted = {g.path for g in policies.groups}
+    everything = host.walk(ROOT)[1:]
+    kept = [cg for cg in everything if keep(cg)]
+    extra = [cg for cg in everything if cg not in wanted and not keep(cg)
+             and not any(k.startswith(cg + "/") for k in kept)        # a kept group keeps its ancestors
+             and not any(cg.startswith(k + "/") for k in kept)]       # and its own subtree
+    busy = [cg for cg in extra if host.procs(cg, recursive=True)]
+    top_busy = [cg for cg in busy if not any(cg.startswith(b + "/") for b in busy)]
+    if top_busy and not force:
+        raise Busy(f"cannot prune {', '.join(top_busy)}: processes are running there "
+                   f"(use --force to kill them, or stop them first)")
+    removed = []
+    for cg in sorted(extra, key=lambda c: -c.count("/")):
+        if not dry_run:
+            if force and host.procs(cg, recursive=True):
+                host.kill(cg)
+            try:
+                host.remove(cg)
+            except NotFound:
+                pass
+        removed.append(cg)
+    return removed
+
+
+def diff(policies: PolicySet, host: Host) -> list[dict[str, str | None]]:
+    """Drift: every planned setting whose live value differs (live None: group missing)."""
+    p = plan(policies, host.layout, host.features)
+    out: list[dict[str, str | None]] = []
+    for cg in p.groups:
+        if not host.exists(cg):
+            out.append({"cgroup": cg, "file": None, "want": "group exists", "live": None})
+    for w in p.writes:
+        if not host.exists(w.cgroup):
+            continue
+        if _is_frozen_write(w):
+            fz = host.is_frozen(w.cgroup)
+            if fz != _wants_frozen(w):
+                out.append({"cgroup": w.cgroup, "file": w.file, "want": w.value,
+                            "live": "frozen" if fz else "thawed"})
+            continue
+        live = host.read(w)
+        if not satisfied(w.file, w.value, live):
+            out.append({"cgroup": w.cgroup, "file": w.file, "want": w.value,
+                        "live": live.strip().replace("\n", "; ")})
+    return out
