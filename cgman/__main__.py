@@ -1,0 +1,4 @@
+"""python -m cgman"""
+from .cli.main import main
+
+main()

@@ -1,0 +1,351 @@
+"""The `cgman` command line: thin wrappers that parse, call the library, render.
+
+Domain errors become one line on stderr and exit 1; `-v` shows the traceback.
+Heavy imports happen inside each command so `cgman --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(
+    name="cgman", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    help="cgman: declare cgroup limits in YAML and apply them to cgroup v1, v2 or hybrid hosts.\n\n"
+         "Typical session:  cgman validate policies/  ->  cgman plan policies/  ->  "
+         "cgman apply policies/  ->  cgman status  ->  cgman freeze acme/web  ->  cgman thaw acme/web",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+_state: dict[str, Any] = {"verbose": False, "root": None}
+
+FilesArg = typer.Argument(None, help="Policy files or directories (default: --policy-dir, "
+                          "$CGMAN_POLICY_DIR, /etc/cgman/policies, else ./policies).",
+                          show_default=False)
+JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
+TimeoutOpt = typer.Option("10s", "--timeout", help="How long to wait, e.g. 500ms, 10s.")
+
+
+@app.callback()
+def _global(
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Log every cgroup write and show "
+                                 "tracebacks on errors."),
+    cgroup_root: Optional[str] = typer.Option(None, "--cgroup-root", envvar="CGMAN_CGROUP_ROOT",
+                                              help="Name of cgman's root group in each hierarchy "
+                                              "(default: cgman)."),
+) -> None:
+    _state["verbose"] = verbose
+    _state["root"] = cgroup_root
+    if verbose:
+        import logging
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _host():
+    from ..drivers import open_host
+    return open_host(_state["root"])
+
+
+def _policy_files(files: Optional[list[Path]]) -> list[Path]:
+    if files:
+        return list(files)
+    env = os.environ.get("CGMAN_POLICY_DIR")
+    for d in ([env] if env else []) + ["/etc/cgman/policies", "policies"]:
+        if Path(d).is_dir():
+            return [Path(d)]
+    from ..errors import PolicyError
+    raise PolicyError("no policy files given and no policy directory found "
+                      "(pass FILE..., or set CGMAN_POLICY_DIR)")
+
+
+def _load(files: Optional[list[Path]]):
+    from ..policy import load_files
+    return load_files(_policy_files(files))
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _seconds(text: str) -> float:
+    from ..units import UnitError, parse_duration_usec
+    try:
+        return parse_duration_usec(text) / 1e6
+    except UnitError as e:
+        raise typer.BadParameter(str(e), param_hint="--timeout") from None
+
+
+def _target(host, target: str) -> str:
+    """TARGET: a group path relative to the cgman root (containers arrive with `cgman run`)."""
+    from ..drivers import split_path
+    from ..errors import NotFound
+    path = target.strip("/") or "."
+    split_path(path)
+    if not host.exists(path):
+        raise NotFound(f"no group or container named {target!r} under the cgman root "
+                       f"{host.root!r} (see `cgman status`)")
+    return path
+
+
+# ------------------------------------------------------------------------------- policy
+@app.command()
+def validate(files: Optional[list[Path]] = FilesArg, as_json: bool = JsonOpt) -> None:
+    """Check policy files; print each group, or the first error as file:line:column: key: message."""
+    ps = _load(files)
+    if as_json:
+        _print_json({"files": ps.files, "groups": [
+            {"path": g.path, "tenant": g.tenant, "source": str(g.location)} for g in ps.groups]})
+    else:
+        typer.echo(f"ok: {len(ps.groups)} groups in {len(ps.files)} file(s)")
+        for g in ps.groups:
+            typer.echo(f"  {g.path:<32} tenant={g.tenant:<12} {g.location}")
+
+
+@app.command()
+def plan(files: Optional[list[Path]] = FilesArg,
+         target: str = typer.Option("auto", "--target", help="auto (this host), v1, v2 or hybrid. "
+                                    "An explicit target needs no root and no cgroup access."),
+         as_json: bool = JsonOpt) -> None:
+    """Show every kernel write `apply` would make, in order, without touching the host."""
+    from ..plan import Layout, plan as make_plan
+    if target not in ("auto", "v1", "v2", "hybrid"):
+        raise typer.BadParameter("use auto, v1, v2 or hybrid", param_hint="--target")
+    ps = _load(files)
+    if target == "auto":
+        host = _host()
+        p = make_plan(ps, host.layout, host.features)
+    else:
+        p = make_plan(ps, Layout.for_target(target))  # type: ignore[arg-type]
+    if as_json:
+        _print_json(p.as_dict())
+        return
+    typer.echo(f"target: {p.target}   groups: {len(p.groups)}   writes: {len(p.writes)}")
+    for w in p.writes:
+        typer.echo(f"  {w.cgroup:<28} {w.file:<32} {w.value}")
+    for warn in p.warnings:
+        typer.echo(f"warning: {warn}", err=True)
+
+
+@app.command()
+def apply(files: Optional[list[Path]] = FilesArg,
+          dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; change nothing."),
+          prune: bool = typer.Option(False, "--prune", help="Remove empty groups that are no longer "
+                                     "in the files."),
+          force: bool = typer.Option(False, "--force", help="With --prune: kill processes in groups "
+                                     "being removed."),
+          timeout: str = TimeoutOpt, as_json: bool = JsonOpt) -> None:
+    """Reconcile the host with the files: write only what differs; all or nothing."""
+    from ..runtime.apply import apply as do_apply
+    ps = _load(files)
+    host = _host()
+    res = do_apply(ps, host, dry_run=dry_run, prune=prune, force=force, timeout_s=_seconds(timeout),
+                   progress=lambda msg: typer.echo(msg, err=True))
+    if as_json:
+        _print_json(res.as_dict())
+        return
+    for warn in res.plan.warnings:
+        typer.echo(f"warning: {warn}", err=True)
+    verb = "would " if dry_run else ""
+    for cg in res.created:
+        typer.echo(f"{verb}create {cg}")
+    for ch in res.changes:
+        old = (ch.old or "").strip().replace("\n", "; ") or "-"
+        typer.echo(f"{verb}set {ch.write.cgroup}/{ch.write.file} = {ch.write.value}   (was {old})")
+    for cg in res.pruned:
+        typer.echo(f"{verb}remove {cg}")
+    if not res.created and not res.changes and not res.pruned:
+        typer.echo(f"nothing to do: {res.unchanged} settings already match ({len(res.plan.groups)} groups)")
+    else:
+        typer.echo(f"{'dry run: ' if dry_run else ''}{len(res.created)} groups created, "
+                   f"{len(res.changes)} settings changed, {res.unchanged} already matched"
+                   + (f", {len(res.pruned)} removed" if res.pruned else ""))
+
+
+@app.command()
+def diff(files: Optional[list[Path]] = FilesArg, as_json: bool = JsonOpt) -> None:
+    """Show drift: settings whose live value differs from the files. Exit 2 when there is drift."""
+    from ..runtime.apply import diff as do_diff
+    drift = do_diff(_load(files), _host())
+    if as_json:
+        _print_json(drift)
+    elif not drift:
+        typer.echo("no drift: the host matches the files")
+    else:
+        for d in drift:
+            if d["file"] is None:
+                typer.echo(f"{d['cgroup']}: missing")
+            else:
+                typer.echo(f"{d['cgroup']}/{d['file']}: want {d['want']}, live {d['live']}")
+    if drift:
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of policy files (for editors and CI linters)."""
+    from ..schema import json_schema
+    _print_json(json_schema())
+
+
+# ------------------------------------------------------------------------------ runtime
+@app.command()
+def status(path: str = typer.Argument(".", help="Group to show (default: the whole cgman root)."),
+           as_json: bool = JsonOpt) -> None:
+    """Tree of groups with their limits and current usage."""
+    from ..runtime.status import status as do_status
+    from ..units import format_bytes
+    host = _host()
+    rows = do_status(host, _target(host, path))
+    if as_json:
+        _print_json({"mode": host.info.mode, "root": host.root, "groups": rows})
+        return
+    typer.echo(f"{'GROUP':<30} {'PROCS':>5} {'STATE':<7} {'CPU(s)':>9} {'MEMORY':>9} "
+               f"{'MEM MAX':>9} {'CPU MAX':>7} {'PIDS':>5} {'PIDS MAX':>8}")
+    base = rows[0]["depth"] if rows else 0
+    for r in rows:
+        lim = r["limits"]
+        name = ("  " * max(0, r["depth"] - max(base, 1))) + (host.root if r["group"] == "." else
+                                                  r["group"].rsplit("/", 1)[-1])
+        mem_max = lim.get("memory_max_bytes")
+        typer.echo(f"{name:<30} {r['procs']:>5} {'frozen' if r['frozen'] else 'running':<7} "
+                   f"{(r['cpu_usage_seconds'] or 0):>9.2f} {format_bytes(r['memory_bytes']):>9} "
+                   f"{'max' if mem_max == 'max' else format_bytes(mem_max):>9} "
+                   f"{str(lim.get('cpu_max') or '-'):>7} {str(r['pids'] if r['pids'] is not None else '-'):>5} "
+                   f"{str(lim.get('pids_max') or '-'):>8}")
+
+
+@app.command()
+def freeze(target: str = typer.Argument(..., help="Group path (acme/web)."),
+           timeout: str = TimeoutOpt) -> None:
+    """Freeze every process in TARGET and below; confirmed, or thawed again on timeout."""
+    host = _host()
+    path = _target(host, target)
+    host.freeze(path, _seconds(timeout))
+    typer.echo(f"frozen {target}")
+
+
+def _thaw(target: str, timeout: str) -> None:
+    host = _host()
+    path = _target(host, target)
+    host.thaw(path, _seconds(timeout))
+    typer.echo(f"thawed {target}")
+
+
+@app.command()
+def thaw(target: str = typer.Argument(..., help="Group path (acme/web)."),
+         timeout: str = TimeoutOpt) -> None:
+    """Resume a frozen TARGET (alias: resume)."""
+    _thaw(target, timeout)
+
+
+@app.command("resume")
+def resume(target: str = typer.Argument(..., help="Group path (acme/web)."),
+           timeout: str = TimeoutOpt) -> None:
+    """Alias of thaw."""
+    _thaw(target, timeout)
+
+
+def _signal(name: str) -> int:
+    import signal as sigmod
+    n = name.upper()
+    if n.isdigit():
+        return int(n)
+    n = n if n.startswith("SIG") else "SIG" + n
+    try:
+        return int(getattr(sigmod, n))
+    except AttributeError:
+        raise typer.BadParameter(f"unknown signal {name!r} (e.g. KILL, TERM, 9)",
+                                 param_hint="--signal") from None
+
+
+@app.command()
+def kill(target: str = typer.Argument(..., help="Group path (acme/web)."),
+         sig: str = typer.Option("KILL", "--signal", "-s", help="Signal name or number."),
+         timeout: str = TimeoutOpt) -> None:
+    """Signal every process in TARGET and below (KILL waits until the group is empty)."""
+    host = _host()
+    path = _target(host, target)
+    n = host.kill(path, _signal(sig), _seconds(timeout))
+    typer.echo(f"signalled {n} process(es) in {target}")
+
+
+@app.command()
+def rm(target: str = typer.Argument(..., help="Group path (acme/web)."),
+       force: bool = typer.Option(False, "--force", "-f", help="Kill processes first.")) -> None:
+    """Remove TARGET and its child groups (refused while processes run, unless --force)."""
+    from ..errors import Busy
+    host = _host()
+    path = _target(host, target)
+    if host.procs(path, recursive=True):
+        if not force:
+            raise Busy(f"{target} has running processes: stop them, or use --force to kill them")
+        host.kill(path)
+    groups = host.walk(path)
+    for cg in reversed(groups):
+        host.remove(cg)
+    typer.echo(f"removed {len(groups)} group(s) under {target}")
+
+
+@app.command()
+def attach(target: str = typer.Argument(..., help="Leaf group path (acme/batch)."),
+           command: Optional[list[str]] = typer.Argument(None, help="Command to run after `--`."),
+           pid: Optional[list[int]] = typer.Option(None, "--pid", "-p", help="Move existing PIDs instead.")) -> None:
+    """Place processes in a group: `--pid N`, or run `-- CMD...` inside it (like cgexec).
+
+    The command joins the group before exec, so its first instruction runs inside it.
+    """
+    host = _host()
+    path = _target(host, target)
+    if pid:
+        for p in pid:
+            host.attach(path, p)
+        typer.echo(f"moved {len(pid)} process(es) into {target}")
+        return
+    if not command:
+        raise typer.BadParameter("give a command after `--`, or --pid", param_hint="COMMAND")
+    host.attach(path, os.getpid())
+    try:
+        os.execvp(command[0], command)
+    except OSError as e:
+        from ..errors import NotFound
+        raise NotFound(f"cannot run {command[0]!r}: {e.strerror}") from None
+
+
+@app.command()
+def doctor(as_json: bool = JsonOpt) -> None:
+    """Check what this host offers cgman and how to fix what is missing. Exit 1 on problems."""
+    from ..runtime.doctor import run_checks
+    checks = run_checks(_host())
+    if as_json:
+        _print_json([c.as_dict() for c in checks])
+    else:
+        for c in checks:
+            mark = "ok" if c.ok else ("warn" if c.warn else "FAIL")
+            typer.echo(f"[{mark}] {c.name}: {c.detail}")
+            if c.fix:
+                typer.echo(f"       fix: {c.fix}")
+    if not all(c.ok or c.warn for c in checks):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point: run the app; print CgmanError as one line (traceback with -v)."""
+    from ..errors import CgmanError
+    try:
+        app()
+    except CgmanError as e:
+        if _state["verbose"]:
+            import traceback
+            traceback.print_exc()
+        typer.echo(f"cgman: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

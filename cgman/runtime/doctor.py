@@ -1,0 +1,95 @@
+"""Host checks for `cgman doctor`: what cgman can use here, and how to fix what it can't."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import asdict, dataclass
+
+from ..drivers import Host
+from ..plan import ACCOUNTING_CONTROLLERS, RESOURCE_CONTROLLERS
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warn: bool = False         # a limitation worth knowing, not a failure (exit 0)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def run_checks(host: Host) -> list[Check]:
+    info, root = host.info, host.root
+    checks = [Check("hierarchy", True, f"cgroup {info.mode}: "
+                    + ", ".join(f"{c}@{m}" for c, m in sorted(info.v1_mounts.items()))
+                    + (f"; unified at {info.unified}" if info.unified else ""))]
+    checks.append(Check("root privileges", os.geteuid() == 0,
+                        f"running as uid {os.geteuid()}",
+                        "" if os.geteuid() == 0 else "run as root, or delegate the cgman root to this "
+                        "user (systemd: Delegate=yes)"))
+    for c in RESOURCE_CONTROLLERS + ("freezer",):
+        where = host.layout.version_of(c) if (c in host.layout.v1_controllers or info.unified) else None
+        if where == 1:
+            checks.append(Check(f"controller {c}", True, f"cgroup v1 at {info.v1_mounts[c]}"))
+    if info.unified:
+        parent = os.path.dirname(os.path.join(info.unified, root))
+        delegated = set(_read(os.path.join(parent, "cgroup.subtree_control")).split())
+        for c in RESOURCE_CONTROLLERS:
+            if c in host.layout.v1_controllers:
+                continue
+            ok = c in delegated
+            checks.append(Check(
+                f"controller {c}", ok or c not in ACCOUNTING_CONTROLLERS and c != "cpuset",
+                f"cgroup v2: {'enabled' if ok else 'not enabled'} in {parent}/cgroup.subtree_control",
+                "" if ok else f"enable it in the parent of the cgman root: echo +{c} > "
+                f"{parent}/cgroup.subtree_control (or run cgman under systemd with Delegate=yes)"))
+        kill = os.path.exists(os.path.join(info.unified, "cgroup.kill")) or \
+            bool(glob.glob(os.path.join(info.unified, "*", "cgroup.kill")))
+        checks.append(Check("cgroup.kill", kill, "v2 cgroup.kill " + ("available" if kill else "missing"),
+                            "" if kill else "Linux 5.14+ needed; cgman falls back to signalling each task"))
+        freeze = bool(glob.glob(os.path.join(info.unified, "*", "cgroup.freeze")))
+        checks.append(Check("cgroup.freeze", freeze or "freezer" in host.layout.v1_controllers,
+                            "v2 cgroup.freeze " + ("available" if freeze else "missing"),
+                            "" if freeze else "Linux 5.2+ needed, or mount the v1 freezer"))
+    for sched in sorted(glob.glob("/sys/block/*/queue/scheduler")):
+        dev = sched.split("/")[3]
+        if dev.startswith(("loop", "ram", "zram")):
+            continue
+        text = _read(sched)
+        active = text[text.find("[") + 1:text.find("]")] if "[" in text else text
+        majmin = _read(f"/sys/block/{dev}/dev")
+        checks.append(Check(f"BFQ on {dev} ({majmin})", active == "bfq",
+                            f"scheduler {active}; available: {text}",
+                            "" if active == "bfq" else
+                            f"io weights need BFQ: echo bfq > /sys/block/{dev}/queue/scheduler "
+                            f"(throttles work with any scheduler)", warn=True))
+    feat = host.features
+    if "memory" in host.layout.v1_controllers:
+        checks.append(Check("swap accounting", feat.memsw,
+                            "memory.memsw.* " + ("present" if feat.memsw else "missing"),
+                            "" if feat.memsw else "boot with swapaccount=1 to enforce memory.swap"))
+    else:
+        checks.append(Check("swap accounting", feat.memory_swap,
+                            "memory.swap.max " + ("available" if feat.memory_swap else "disabled"),
+                            "" if feat.memory_swap else "remove swapaccount=0 from the kernel command line"))
+    for d in host.drivers:
+        for t in d.hierarchies():
+            target = t.path(".") if os.path.isdir(t.path(".")) else os.path.dirname(t.path("."))
+            ok = os.access(target, os.W_OK)
+            checks.append(Check(f"write access {target}", ok, "writable" if ok else "not writable",
+                                "" if ok else "run as root or chown the cgman root to this user"))
+            if d.version == 2:
+                break
+    return checks

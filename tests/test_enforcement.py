@@ -1,0 +1,249 @@
+"""Real-kernel enforcement: the limits cgman writes are the limits processes feel.
+
+Runs on whatever this host is (hybrid here; pure v2 in the cgroup2 VM with
+`-m cgroup2`), through the same library and CLI paths operators use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cgman.plan import Write
+from cgman.policy import load_files
+from cgman.runtime.apply import apply
+
+from .conftest import write_policy
+
+pytestmark = [pytest.mark.kernel, pytest.mark.cgroup2]
+PY = sys.executable
+
+
+def spawn_in(host, group: str, argv: list[str], **kw) -> subprocess.Popen:
+    """Start argv already inside ``group`` (the child joins before exec)."""
+    return subprocess.Popen(argv, preexec_fn=lambda: host.attach(group, os.getpid()), **kw)
+
+
+def test_apply_then_reapply_writes_nothing(host, cli, tmp_path):
+    pol = write_policy(tmp_path, "p.yaml", """
+version: 1
+policies:
+  acme:
+    cpu: {weight: 300}
+    memory: {max: 1Gi}
+    children:
+      web:
+        cpu: {max: 0.5}
+        memory: {max: 256Mi, swap: 0}
+        pids: {max: 64}
+      batch:
+        cpu: {shares: 512}
+        pids: {max: max}
+""")
+    first = cli("apply", str(pol), "--json", check=True)
+    assert '"created"' in first.stdout
+    import json
+    r1 = json.loads(first.stdout)
+    assert set(r1["created"]) == {".", "acme", "acme/web", "acme/batch"}
+    assert len(r1["writes"]) > 0
+    second = json.loads(cli("apply", str(pol), "--json", check=True).stdout)
+    assert second["created"] == [] and second["writes"] == []
+    assert second["unchanged"] == len(r1["writes"]) + r1["unchanged"]
+    assert "nothing to do" in cli("apply", str(pol), check=True).stdout
+    # the kernel holds what the policy said
+    v = host.layout.version_of
+    if v("memory") == 1:
+        assert host.read(Write("acme/web", "memory", "memory.limit_in_bytes", "")).strip() == str(256 << 20)
+    else:
+        assert host.read(Write("acme/web", "memory", "memory.max", "")).strip() == str(256 << 20)
+    assert host.read(Write("acme/web", "pids", "pids.max", "")).strip() == "64"
+    assert cli("diff", str(pol)).returncode == 0
+
+
+def test_diff_reports_hand_edits_and_apply_corrects_them(host, cli, tmp_path):
+    pol = write_policy(tmp_path, "p.yaml", "version: 1\npolicies:\n  t:\n    pids: {max: 50}\n")
+    cli("apply", str(pol), check=True)
+    host.write(Write("t", "pids", "pids.max", "7"))           # someone edits by hand
+    d = cli("diff", str(pol))
+    assert d.returncode == 2 and "pids.max: want 50, live 7" in d.stdout
+    dry = cli("apply", str(pol), "--dry-run")
+    assert "would set t/pids.max = 50" in dry.stdout
+    assert host.read(Write("t", "pids", "pids.max", "")).strip() == "7"   # dry run changed nothing
+    cli("apply", str(pol), check=True)
+    assert host.read(Write("t", "pids", "pids.max", "")).strip() == "50"
+
+
+def test_over_memory_max_the_process_is_oom_killed(host, tmp_path):
+    apply(load_files([write_policy(tmp_path, "m.yaml",
+                                   "version: 1\npolicies:\n  m:\n    memory: {max: 32Mi, swap: 0}\n")]), host)
+    p = spawn_in(host, "m", [PY, "-c", "b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096])"])
+    assert p.wait(timeout=60) == -signal.SIGKILL
+
+
+def test_over_pids_max_fork_fails(host, tmp_path):
+    apply(load_files([write_policy(tmp_path, "p.yaml",
+                                   "version: 1\npolicies:\n  p:\n    pids: {max: 4}\n")]), host)
+    code = ("import os, time\nn = 0\nkids = []\n"
+            "try:\n    while n < 50:\n        pid = os.fork()\n        if pid == 0:\n"
+            "            time.sleep(5); os._exit(0)\n        kids.append(pid); n += 1\n"
+            "except OSError as e:\n    print('fork failed', e.errno, n)\n"
+            "for k in kids: os.kill(k, 9)\n")
+    p = spawn_in(host, "p", [PY, "-c", code], stdout=subprocess.PIPE, text=True)
+    out, _ = p.communicate(timeout=30)
+    assert out.startswith("fork failed 11 3"), out       # EAGAIN after 3 children + itself
+
+
+def _counter(host, group: str, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    f = tmp_path / "count"
+    code = (f"import time\ni = 0\nwhile True:\n    i += 1\n    open({str(f)!r}, 'w').write(str(i))\n"
+            "    time.sleep(0.005)\n")
+    p = spawn_in(host, group, [PY, "-c", code])
+    for _ in range(400):
+        if f.exists() and f.read_text():
+            break
+        time.sleep(0.01)
+    return p, f
+
+
+def _value(f: Path) -> int:
+    for _ in range(10):
+        t = f.read_text()
+        if t:
+            return int(t)
+        time.sleep(0.005)
+    raise AssertionError("counter file stayed empty")
+
+
+def test_frozen_counter_stops_and_resumes_after_thaw(host, cli, tmp_path):
+    pol = write_policy(tmp_path, "f.yaml", "version: 1\npolicies:\n  f: {}\n")
+    cli("apply", str(pol), check=True)
+    p, f = _counter(host, "f", tmp_path)
+    try:
+        assert cli("freeze", "f", "--timeout", "5s").returncode == 0
+        assert host.is_frozen("f") is True
+        a = _value(f)
+        time.sleep(0.3)
+        assert _value(f) == a, "a frozen process kept counting"
+        st = cli("status", "f", "--json", check=True)
+        assert '"frozen": true' in st.stdout
+        assert cli("resume", "f").returncode == 0
+        time.sleep(0.3)
+        assert _value(f) > a, "the counter did not resume after thaw"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_frozen_in_policy_is_honoured_by_apply(host, cli, tmp_path):
+    pol = write_policy(tmp_path, "f.yaml", "version: 1\npolicies:\n  f: {frozen: false}\n")
+    cli("apply", str(pol), check=True)
+    p, f = _counter(host, "f", tmp_path)
+    try:
+        pol.write_text("version: 1\npolicies:\n  f: {frozen: true}\n")
+        cli("apply", str(pol), check=True)
+        a = _value(f)
+        time.sleep(0.3)
+        assert _value(f) == a
+        assert "nothing to do" in cli("apply", str(pol), check=True).stdout
+        pol.write_text("version: 1\npolicies:\n  f: {frozen: false}\n")
+        cli("apply", str(pol), check=True)
+        time.sleep(0.3)
+        assert _value(f) > a
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_cpu_max_bounds_cpu_time(host, tmp_path):
+    apply(load_files([write_policy(tmp_path, "c.yaml",
+                                   "version: 1\npolicies:\n  c:\n    cpu: {max: 0.2, period: 100ms}\n")]), host)
+    code = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 1.5: pass\n"
+    p = spawn_in(host, "c", [PY, "-c", code])
+    p.wait(timeout=30)
+    used = host.usage("c").cpu_usage_usec / 1e6
+    # 0.2 CPU for ~1.5 s of wall time is ~0.3 s; unthrottled it would be ~1.5 s.
+    assert 0.05 < used < 0.6, f"cpu used {used:.3f}s under a 0.2 CPU cap"
+
+
+def test_kill_empties_the_group_and_rm_removes_it(host, cli, tmp_path):
+    pol = write_policy(tmp_path, "k.yaml", "version: 1\npolicies:\n  k:\n    children: {a: {}, b: {}}\n")
+    cli("apply", str(pol), check=True)
+    procs = [spawn_in(host, g, ["sleep", "300"]) for g in ("k/a", "k/a", "k/b")]
+    assert len(host.procs("k", recursive=True)) == 3
+    r = cli("rm", "k")
+    assert r.returncode == 1 and "running processes" in r.stderr
+    out = cli("kill", "k", check=True)
+    assert "signalled 3" in out.stdout
+    for p in procs:
+        assert p.wait(timeout=10) == -signal.SIGKILL
+    assert host.procs("k", recursive=True) == set()
+    cli("rm", "k", check=True)
+    assert not host.exists("k")
+
+
+def test_kill_with_term_signal(host, cli, tmp_path):
+    cli("apply", str(write_policy(tmp_path, "k.yaml", "version: 1\npolicies:\n  k: {}\n")), check=True)
+    p = spawn_in(host, "k", ["sleep", "300"])
+    cli("kill", "k", "--signal", "TERM", check=True)
+    assert p.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_prune_removes_groups_dropped_from_the_files(host, cli, tmp_path):
+    pol = write_policy(tmp_path, "p.yaml", "version: 1\npolicies:\n  a: {}\n  b: {children: {c: {}}}\n")
+    cli("apply", str(pol), check=True)
+    pol.write_text("version: 1\npolicies:\n  a: {}\n")
+    p = spawn_in(host, "b/c", ["sleep", "300"])
+    try:
+        r = cli("apply", str(pol), "--prune")
+        assert r.returncode == 1 and "b" in r.stderr and "--force" in r.stderr
+        assert host.exists("b/c")
+        r = cli("apply", str(pol), "--prune", "--force", check=True)
+        assert "remove b/c" in r.stdout and "remove b" in r.stdout
+        assert not host.exists("b") and host.exists("a")
+        assert p.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_attach_runs_the_command_inside_the_group(host, cli, tmp_path):
+    cli("apply", str(write_policy(tmp_path, "a.yaml", "version: 1\npolicies:\n  a: {children: {b: {}}}\n")),
+        check=True)
+    r = cli("attach", "a/b", "--", "cat", "/proc/self/cgroup", check=True)
+    lines = [ln for ln in r.stdout.splitlines() if "pids" in ln or ln.startswith("0::")]
+    assert lines and all(ln.endswith(f"/{host.root}/a/b") for ln in lines), r.stdout
+    r = cli("attach", "a", "--", "true")
+    assert r.returncode == 1 and "leaf" in r.stderr
+
+
+def test_status_json_shows_usage_and_limits(host, cli, tmp_path):
+    cli("apply", str(write_policy(tmp_path, "s.yaml",
+                                  "version: 1\npolicies:\n  s:\n    memory: {max: 64Mi}\n    pids: {max: 10}\n")),
+        check=True)
+    p = spawn_in(host, "s", ["sleep", "300"])
+    try:
+        import json
+        st = json.loads(cli("status", "--json", check=True).stdout)
+        row = next(r for r in st["groups"] if r["group"] == "s")
+        assert row["procs"] == 1 and row["pids"] == 1
+        assert row["limits"]["memory_max_bytes"] == 64 << 20 and row["limits"]["pids_max"] == 10
+        assert row["memory_bytes"] > 0
+        assert "s" in cli("status", check=True).stdout
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_doctor_reports_this_host(host, cli):
+    import json
+    r = cli("doctor", "--json")
+    checks = json.loads(r.stdout)
+    assert checks[0]["name"] == "hierarchy" and host.info.mode in checks[0]["detail"]
+    assert r.returncode == (0 if all(c["ok"] or c["warn"] for c in checks) else 1)
