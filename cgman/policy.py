@@ -84,7 +84,7 @@ class _Walker:
                     raise self.fail(knode, _join(key, k),
                                     "group names cannot contain '/' or be '.'/'..'; "
                                     "nest groups with children: instead")
-                if not S.NAME_RE.match(k):
+                if not S.NAME_RE.fullmatch(k):
                     raise self.fail(knode, _join(key, k),
                                     "bad name: use letters, digits, '_', '.', '-' (max 64), "
                                     "starting with a letter or digit")

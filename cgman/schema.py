@@ -142,7 +142,7 @@ class Str(Field):
     def check(self, value: Any) -> Any:
         if not isinstance(value, str):
             raise Invalid(f"expected a string, got {value!r}")
-        if self.pattern and not re.match(self.pattern, value):
+        if self.pattern and not re.fullmatch(self.pattern.rstrip("$"), value):
             raise Invalid(f"{value!r} is not valid{': ' + self.hint if self.hint else ''}")
         return value
 

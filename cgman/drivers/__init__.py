@@ -124,7 +124,7 @@ class Host:
         elif e.errno == errno.EBUSY and w.file == "cgroup.subtree_control":
             reason = ("the group has processes of its own; processes may live only in leaf "
                       "groups: move them to a child group first")
-        elif e.errno == errno.EINVAL and w.file in ("cpuset.cpus", "cpuset.mems"):
+        elif e.errno in (errno.EINVAL, errno.ERANGE) and w.file in ("cpuset.cpus", "cpuset.mems"):
             parent = w.cgroup.rsplit("/", 1)[0] if "/" in w.cgroup else "."
             have = self._try_read(Write(parent, w.controller, w.file, ""), w.file)
             reason = f"{w.value} is not within the parent's {w.file} ({have or 'empty'})"

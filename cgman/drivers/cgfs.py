@@ -26,7 +26,7 @@ def split_path(rel: str) -> list[str]:
         return []
     parts = rel.split("/")
     for p in parts:
-        if p in ("", ".", "..") or not _COMPONENT.match(p):
+        if p in ("", ".", "..") or not _COMPONENT.fullmatch(p):
             raise UnsafePath(f"refusing cgroup name {rel!r}: each part must be a plain name "
                              f"(no '/', '..' or leading '.')")
     return parts
