@@ -55,6 +55,12 @@ def _wants_frozen(w: Write) -> bool:
     return w.value in ("1", "FROZEN")
 
 
+def _freeze_value(file: str, frozen: bool) -> str:
+    if file == "freezer.state":
+        return "FROZEN" if frozen else "THAWED"
+    return "1" if frozen else "0"
+
+
 def _order_memsw(host: Host, writes: list[Write], exists: Callable[[str], bool]) -> list[Write]:
     """v1: memsw must stay >= the memory limit, so raise memsw first when growing it."""
     out = list(writes)
@@ -108,7 +114,7 @@ def apply(policies: PolicySet, host: Host, *, dry_run: bool = False, prune: bool
                 if live_frozen == _wants_frozen(w):
                     res.unchanged += 1
                     continue
-                res.changes.append(Change(w, "1" if live_frozen else "0"))
+                res.changes.append(Change(w, _freeze_value(w.file, bool(live_frozen))))
                 if not dry_run:
                     (host.freeze if _wants_frozen(w) else host.thaw)(w.cgroup, timeout_s)
                 continue
@@ -145,7 +151,7 @@ def _rollback(host: Host, res: Result) -> int:
         w = ch.write
         try:
             if _is_frozen_write(w):
-                (host.freeze if ch.old == "1" else host.thaw)(w.cgroup, 10.0)
+                (host.freeze if ch.old in ("1", "FROZEN") else host.thaw)(w.cgroup, 10.0)
             elif ch.old is not None:
                 host.write(Write(w.cgroup, w.controller, w.file, undo_value(w.file, w.value, ch.old)))
             n += 1

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what cgman and its tests need on a fresh Debian 12 machine (as root):
+# Debian packages, then a virtualenv in .venv with cgman and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+need=()
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v cgconfigparser >/dev/null || need+=(cgroup-tools)   # benchmarks compare with libcgroup
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need[*]}" >&2
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
+.venv/bin/python -c 'import cgman, typer, yaml, psutil, prometheus_client, pytest' \
+  || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }
