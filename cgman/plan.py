@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import convert
-from .model import DEFAULT_CPU_PERIOD_USEC, UNLIMITED, Group, PolicySet, Resources, Unlimited
+from .model import DEFAULT_CPU_PERIOD_USEC, UNLIMITED, PolicySet, Resources, Unlimited
 from .units import format_cpu_list
 
 Target = Literal["v1", "v2", "hybrid"]
@@ -176,17 +176,18 @@ def translate(cgroup: str, res: Resources, layout: Layout, feat: Features,
                 if val is not None:   # v1 throttle: 0 removes the rule (= unlimited)
                     w("io", f"blkio.throttle.{file}_device", f"{d.device} {_bytes(val, '0')}")
     else:
-        weights = [(None, io.weight)] + [(d.device, d.weight) for d in io.devices]
-        for dev, weight in weights:
-            if weight is None:
+        weights: list[tuple[str | None, int | None]] = [(None, io.weight)]
+        weights += [(d.device, d.weight) for d in io.devices]
+        for dev, wt in weights:
+            if wt is None:
                 continue
             prefix = f"{dev} " if dev else "default "
             wrote = False
             if feat.io_bfq_weight:
-                w("io", "io.bfq.weight", prefix + str(convert.bfq_weight(weight)))
+                w("io", "io.bfq.weight", prefix + str(convert.bfq_weight(wt)))
                 wrote = True
             if feat.io_weight:
-                w("io", "io.weight", prefix + str(weight))
+                w("io", "io.weight", prefix + str(wt))
                 wrote = True
             if not wrote:
                 warns.append(f"{who}: io.weight is not enforceable: neither BFQ nor io.cost "

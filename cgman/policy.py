@@ -45,7 +45,7 @@ class _Walker:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, key, "expected a mapping (key: value)")
         seen: dict[str, yaml.Node] = {}
-        out = []
+        out: list[tuple[str, yaml.Node, yaml.Node]] = []
         for knode, vnode in node.value:
             if not isinstance(knode, yaml.ScalarNode):
                 raise self.fail(knode, key, "keys must be plain names")
@@ -105,6 +105,8 @@ def _join(key: str, k: str) -> str:
     return f"{key}.{k}" if key else k
 
 
+# libyaml's composer is ~5x faster than the pure-Python one and keeps the same marks.
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LOADER = yaml.SafeLoader("")
 
 
@@ -215,7 +217,7 @@ def parse_text(text: str, file: str = "<input>") -> list[Group]:
     """Parse one policy document; raises PolicyError naming file:line:column."""
     w = _Walker(file)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_COMPOSER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)

@@ -7,6 +7,7 @@ k M G T decimal; ``max`` means unlimited.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from .model import UNLIMITED, Unlimited
 
@@ -63,8 +64,8 @@ def parse_duration_usec(value: object) -> int:
     if not m:
         raise UnitError(f"bad duration {value!r}: use a number with us, ms, s or m (e.g. 100ms)")
     number, unit = m.groups()
-    usec = float(number) * _DUR_USEC[unit]
-    if usec != int(usec):
+    usec = Decimal(number) * _DUR_USEC[unit]     # Decimal: 2.01ms is exactly 2010us
+    if usec != usec.to_integral_value():
         raise UnitError(f"duration {value!r} is finer than a microsecond")
     return int(usec)
 

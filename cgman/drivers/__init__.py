@@ -54,9 +54,6 @@ class Host:
             raise NotFound(f"no cgroup hierarchy holds the {controller} controller")
         return d
 
-    def describe(self, path: str = ".") -> str:
-        return " and ".join(str(t.path(path)) for d in self.drivers for t in d.hierarchies()[:1])
-
     # ------------------------------------------------------------------------ groups
     def create(self, path: str) -> bool:
         created = False

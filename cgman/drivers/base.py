@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .cgfs import CgroupTree
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class Driver(Protocol):
 
     version: int
 
-    def hierarchies(self) -> list[object]: ...
+    def hierarchies(self) -> "list[CgroupTree]": ...
     def create(self, path: str) -> bool: ...
     def remove(self, path: str) -> None: ...
     def exists(self, path: str) -> bool: ...

@@ -88,7 +88,7 @@ def probe_features(info: HostInfo, root: str) -> Features:
         available = frozenset(_read(os.path.join(parent, "cgroup.subtree_control")).split())
     return Features(
         io_bfq_weight=bfq,
-        io_weight=bool(info.unified) and os.path.exists(os.path.join(info.unified, "io.cost.qos")),
+        io_weight=info.unified is not None and os.path.exists(os.path.join(info.unified, "io.cost.qos")),
         blkio_bfq=bool(blkio_v1) and (bfq or os.path.exists(
             os.path.join(blkio_v1 or "/", "blkio.bfq.io_service_bytes"))),
         memsw=bool(mem_v1) and os.path.exists(os.path.join(mem_v1 or "/", "memory.memsw.limit_in_bytes")),

@@ -61,8 +61,8 @@ def satisfied(file: str, desired: str, live: str) -> bool:
         key, _, want = desired.partition(" ")
         entries = _keyed(live)
         if file == "io.max":
-            have = _kv(entries.get(key, ""))
-            return all(have.get(k, "max") == v for k, v in _kv(want).items())
+            kv = _kv(entries.get(key, ""))
+            return all(kv.get(k, "max") == v for k, v in _kv(want).items())
         if file.startswith("blkio.throttle.") and want == "0":
             return key not in entries          # 0 = no rule
         if file.startswith("blkio.throttle."):
@@ -87,8 +87,8 @@ def undo_value(file: str, desired: str, live: str) -> str:
         entries = _keyed(live)
         old = entries.get(key)
         if file == "io.max":
-            have = _kv(old or "")
-            return key + " " + " ".join(f"{k}={have.get(k, 'max')}" for k in _kv(want))
+            kv = _kv(old or "")
+            return key + " " + " ".join(f"{k}={kv.get(k, 'max')}" for k in _kv(want))
         if file.startswith("blkio.throttle."):
             return f"{key} {old if old is not None else 0}"
         return f"{key} {old if old is not None else 'default'}"

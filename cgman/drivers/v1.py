@@ -38,8 +38,13 @@ class V1Driver:
         for t in self._trees:
             if t.mkdir(path):
                 created = True
-                if t is self._by_ctl.get("cpuset"):
+                if t is self._by_ctl.get("cpuset") and path == ".":
                     self._inherit_cpuset(t, path)
+                    # From here on the kernel copies cpus/mems into each new child
+                    # at mkdir (cpuset's clone_children), saving two writes a group.
+                    t.write(path, "cgroup.clone_children", "1")
+                elif t is self._by_ctl.get("cpuset"):
+                    self._inherit_cpuset(t, path)      # no-op when clone_children did it
         return created
 
     @staticmethod
