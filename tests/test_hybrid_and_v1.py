@@ -20,7 +20,7 @@ from cgman.runtime.apply import ApplyError, apply
 from .conftest import write_policy
 from .test_enforcement import spawn_in
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.v1host]
 
 
 def test_unified_v2_freeze_and_kill_on_this_host(host):
