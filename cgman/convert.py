@@ -13,6 +13,7 @@ SHARES_MIN, SHARES_DEFAULT, SHARES_MAX = 2, 1024, 262144
 WEIGHT_MIN, WEIGHT_DEFAULT, WEIGHT_MAX = 1, 100, 10000
 BFQ_MIN, BFQ_MAX = 1, 1000
 BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX = 10, 1000
+CFS_QUOTA_MAX_USEC = (1 << 44) - 1      # kernel/sched/core.c max_cfs_quota_period / runtime limit
 
 
 def _check(name: str, value: int, lo: int, hi: int) -> None:
@@ -81,6 +82,9 @@ def cpu_quota_usec(cpus: float | Unlimited, period_usec: int) -> int | None:
     if period_usec < 1000 or period_usec > 1_000_000:
         raise ValueError(f"cpu period must be 1ms..1s, got {period_usec}us")
     quota = round(cpus * period_usec)
+    if quota > CFS_QUOTA_MAX_USEC:
+        raise ValueError(f"cpu quota {quota}us is above the kernel maximum of {CFS_QUOTA_MAX_USEC}us "
+                         f"(use max for unlimited)")
     if quota < 1000:
         raise ValueError(f"cpu quota {quota}us is below the kernel minimum of 1000us "
                          f"(raise cpu.max or cpu.period)")

@@ -26,7 +26,13 @@ class PolicyError(CgmanError):
 
     def _render(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    """Errors are one line (SPEC §4): escape control characters from user input."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class NotFound(CgmanError):

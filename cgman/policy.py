@@ -27,6 +27,9 @@ class _Walker:
 
     def __init__(self, file: str) -> None:
         self.file = file
+        # A loader per file: construct_object caches every node it builds, so a
+        # shared one would grow for the life of a long-running agent.
+        self.loader = yaml.SafeLoader("")
 
     def fail(self, node: yaml.Node, key: str, message: str) -> PolicyError:
         m = node.start_mark
@@ -39,7 +42,7 @@ class _Walker:
         if not isinstance(node, yaml.ScalarNode):
             kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
             raise ValueError(f"expected a single value, got {kind}")
-        return _LOADER.construct_object(node, deep=True)
+        return self.loader.construct_object(node, deep=True)
 
     def items(self, node: yaml.Node, key: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):
@@ -107,7 +110,6 @@ def _join(key: str, k: str) -> str:
 
 # libyaml's composer is ~5x faster than the pure-Python one and keeps the same marks.
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_LOADER = yaml.SafeLoader("")
 
 
 def _resolve_device(w: _Walker, node: yaml.Node, key: str, dev: str) -> str:

@@ -6,6 +6,7 @@ k M G T decimal; ``max`` means unlimited.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 
@@ -83,8 +84,8 @@ def parse_cpus(value: object) -> float | Unlimited:
             raise UnitError(f"expected a number of CPUs or max, got {value!r}") from None
     if not isinstance(value, (int, float)):
         raise UnitError(f"expected a number of CPUs or max, got {value!r}")
-    if value <= 0:
-        raise UnitError(f"CPUs must be positive, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise UnitError(f"CPUs must be a positive finite number, got {value}")
     return float(value)
 
 
