@@ -45,6 +45,9 @@ class Features:
     memsw: bool = True             # v1 memory.memsw.* (swap accounting)
     memory_swap: bool = True       # v2 memory.swap.max
     v2_available: frozenset[str] = frozenset(RESOURCE_CONTROLLERS)  # in the root's cgroup.controllers
+    # Devices with blk-iocost enabled (io.cost.qos "enable=1"); per-device io.weight
+    # lines fail with ENOTSUP elsewhere. None: unknown (explicit target), assume all.
+    iocost_devices: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,9 +189,13 @@ def translate(cgroup: str, res: Resources, layout: Layout, feat: Features,
             if feat.io_bfq_weight:
                 w("io", "io.bfq.weight", prefix + str(convert.bfq_weight(wt)))
                 wrote = True
-            if feat.io_weight:
+            if feat.io_weight and (dev is None or feat.iocost_devices is None
+                                   or dev in feat.iocost_devices):
                 w("io", "io.weight", prefix + str(wt))
                 wrote = True
+            elif feat.io_weight and wrote:
+                warns.append(f"{who}: io.weight for {dev} is left to BFQ only: blk-iocost is not "
+                             f"enabled on that device (io.cost.qos)")
             if not wrote:
                 warns.append(f"{who}: io.weight is not enforceable: neither BFQ nor io.cost "
                              f"is available (echo bfq > /sys/block/DEV/queue/scheduler)")

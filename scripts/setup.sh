@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
-command -v cgconfigparser >/dev/null || need+=(cgroup-tools)   # benchmarks compare with libcgroup
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}" >&2
   apt-get update -qq >&2

@@ -473,3 +473,17 @@ def test_mixed_layout_routes_per_controller():
 def test_write_as_dict():
     assert Write("a", "cpu", "cpu.weight", "5").as_dict() == {
         "cgroup": "a", "controller": "cpu", "file": "cpu.weight", "value": "5"}
+
+
+def test_per_device_io_weight_only_where_blk_iocost_is_enabled():
+    res = Resources(io=IOLimits(weight=200, devices=(IODevice("8:0", weight=300),
+                                                     IODevice("8:16", weight=400))))
+    g = Group(path="g", tenant="g", resources=res, location=Location("f.yaml", 1, 1))
+    p = plan(PolicySet(groups=(g,)), Layout.for_target("v2"),
+             Features(iocost_devices=frozenset({"8:16"})))
+    io_weight = [w.value for w in p.writes if w.file == "io.weight"]
+    bfq = [w.value for w in p.writes if w.file == "io.bfq.weight"]
+    assert io_weight == ["default 200", "8:16 400"]
+    assert bfq == ["default 109", "8:0 118", "8:16 127"]
+    assert any("8:0" in x and "blk-iocost" in x for x in p.warnings)
+    assert not any("8:16" in x for x in p.warnings)

@@ -129,6 +129,8 @@ class Host:
             reason = "invalid quota: on cgroup v1 a child's quota may not exceed its parent's"
         elif e.errno == errno.EINVAL and w.file == "memory.memsw.limit_in_bytes":
             reason = "memory+swap limit must not be below memory.limit_in_bytes"
+        elif e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP) and w.file == "io.weight":
+            reason = "blk-iocost is not enabled for this device (see io.cost.qos); use BFQ weights instead"
         elif e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP) and "weight" in w.file:
             reason = "the device does not use the BFQ scheduler (echo bfq > /sys/block/DEV/queue/scheduler)"
         return CgroupIOError(e.directory, e.file, e.value, e.errno, reason)

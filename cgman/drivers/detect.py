@@ -94,6 +94,9 @@ def probe_features(info: HostInfo, root: str) -> Features:
         memsw=bool(mem_v1) and os.path.exists(os.path.join(mem_v1 or "/", "memory.memsw.limit_in_bytes")),
         memory_swap="swapaccount=0" not in cmdline,
         v2_available=available,
+        iocost_devices=frozenset(
+            line.split()[0] for line in _read(os.path.join(info.unified, "io.cost.qos")).splitlines()
+            if "enable=1" in line.split()) if info.unified else frozenset(),
     )
 
 
