@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from functools import cached_property
+from typing import Any
 
 from ..errors import Busy, CgroupIOError, NotFound
 from ..plan import Features, Layout, Write
@@ -39,6 +40,17 @@ class Host:
         self.v1 = V1Driver(mounts, root) if mounts else None
         self.v2 = V2Driver(info.unified, root) if info.unified else None
         self.layout: Layout = info.layout
+
+    @classmethod
+    def with_drivers(cls, layout: Layout, root: str, *, v1: Any = None, v2: Any = None,
+                     features: Features | None = None) -> "Host":
+        """A Host over given drivers (the fake one, in tests) instead of detected mounts."""
+        h = cls.__new__(cls)
+        h.info = HostInfo(layout.mode, {}, "/fake" if v2 is not None else None)
+        h.root, h.v1, h.v2, h.layout = root, v1, v2, layout
+        if features is not None:
+            h.__dict__["features"] = features
+        return h
 
     @cached_property
     def features(self) -> Features:
