@@ -101,7 +101,10 @@ def test_over_pids_max_fork_fails(host, tmp_path):
 
 def _counter(host, group: str, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     f = tmp_path / "count"
-    code = (f"import time\ni = 0\nwhile True:\n    i += 1\n    open({str(f)!r}, 'w').write(str(i))\n"
+    # write-then-rename, so a freeze between truncate and write cannot leave it empty
+    code = (f"import os, time\ni = 0\nwhile True:\n    i += 1\n"
+            f"    open({str(f) + '.tmp'!r}, 'w').write(str(i))\n"
+            f"    os.replace({str(f) + '.tmp'!r}, {str(f)!r})\n"
             "    time.sleep(0.005)\n")
     p = spawn_in(host, group, [PY, "-c", code])
     for _ in range(400):
