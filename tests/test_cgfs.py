@@ -67,3 +67,15 @@ def test_writes_never_create_files(tmp_path):
     with pytest.raises(NotFound):
         t.read("missing", "x")
     assert t.children() == [] and t.exists() and not t.exists("missing")
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["apply", "--cgroup-root", "x", "f.yaml"], ["--cgroup-root", "x", "apply", "f.yaml"]),
+    (["status", "-v", "--cgroup-root=y"], ["-v", "--cgroup-root=y", "status"]),
+    (["attach", "g", "--", "cmd", "-v", "--cgroup-root", "z"],
+     ["attach", "g", "--", "cmd", "-v", "--cgroup-root", "z"]),
+    (["-v", "plan", "p.yaml"], ["-v", "plan", "p.yaml"]),
+])
+def test_global_options_may_follow_the_command(argv, want):
+    from cgman.cli.main import hoist_global_options
+    assert hoist_global_options(argv) == want

@@ -85,6 +85,9 @@ def _target(host, target: str) -> str:
     from ..errors import NotFound
     path = target.strip("/") or "."
     split_path(path)
+    if not host.exists(path) and path == ".":
+        raise NotFound(f"the cgman root {host.root!r} does not exist yet: run `cgman apply` first, "
+                       f"or check --cgroup-root / $CGMAN_CGROUP_ROOT")
     if not host.exists(path):
         raise NotFound(f"no group or container named {target!r} under the cgman root "
                        f"{host.root!r} (see `cgman status`)")
@@ -332,11 +335,36 @@ def doctor(as_json: bool = JsonOpt) -> None:
         raise typer.Exit(1)
 
 
+_GLOBAL_FLAGS = ("-v", "--verbose")
+_GLOBAL_VALUED = ("--cgroup-root",)
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Let global options follow the command too (`cgman apply --cgroup-root X f.yaml`).
+
+    Only arguments before a `--` are looked at, so `attach g -- cmd -v` is left alone.
+    """
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head, tail, moved = [], argv[cut:], []
+    i = 0
+    while i < cut:
+        a = argv[i]
+        if a in _GLOBAL_FLAGS or any(a.startswith(v + "=") for v in _GLOBAL_VALUED):
+            moved.append(a)
+        elif a in _GLOBAL_VALUED and i + 1 < cut:
+            moved += [a, argv[i + 1]]
+            i += 1
+        else:
+            head.append(a)
+        i += 1
+    return moved + head + tail
+
+
 def main() -> None:
     """Entry point: run the app; print CgmanError as one line (traceback with -v)."""
     from ..errors import CgmanError
     try:
-        app()
+        app(args=hoist_global_options(sys.argv[1:]), prog_name="cgman")
     except CgmanError as e:
         if _state["verbose"]:
             import traceback
