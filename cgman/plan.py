@@ -66,7 +66,9 @@ class Layout:
             return 1
         if self.has_unified:
             return 2
-        raise KeyError(controller)
+        from .errors import NotFound
+        raise NotFound(f"no cgroup hierarchy on this host holds the {controller} controller "
+                       f"(see `cgman doctor`)")
 
     @classmethod
     def for_target(cls, target: Target) -> "Layout":
@@ -107,7 +109,10 @@ def translate(cgroup: str, res: Resources, layout: Layout, feat: Features,
         writes.append(Write(cgroup, controller, file, value))
 
     cpu, mem, io, pids = res.cpu, res.memory, res.io, res.pids
-    v1 = layout.version_of
+    used = controllers_used(res)
+
+    def v1(controller: str) -> int:        # ask only for controllers this group uses
+        return layout.version_of(controller) if controller in used else 0
     # cpu ------------------------------------------------------------------------------
     if cpu.weight is not None or cpu.shares is not None:
         if v1("cpu") == 1:
@@ -165,14 +170,15 @@ def translate(cgroup: str, res: Resources, layout: Layout, feat: Features,
         if io.weight is not None:
             if feat.blkio_bfq:
                 w("io", "blkio.bfq.weight", str(convert.bfq_weight(io.weight)))
-            else:
-                w("io", "blkio.weight", str(convert.blkio_cfq_weight(io.weight)))
+            else:   # CFQ's blkio.weight is gone since Linux 5.0: nothing left to write
+                warns.append(f"{who}: io.weight is not enforceable: no BFQ on this cgroup v1 host "
+                             f"(modprobe bfq)")
         for d in io.devices:
-            if d.weight is not None:
-                if feat.blkio_bfq:
-                    w("io", "blkio.bfq.weight_device", f"{d.device} {convert.bfq_weight(d.weight)}")
-                else:
-                    w("io", "blkio.weight_device", f"{d.device} {convert.blkio_cfq_weight(d.weight)}")
+            if d.weight is not None and feat.blkio_bfq:
+                w("io", "blkio.bfq.weight_device", f"{d.device} {convert.bfq_weight(d.weight)}")
+            elif d.weight is not None:
+                warns.append(f"{who}: io weight for {d.device} is not enforceable: no BFQ on this "
+                             f"cgroup v1 host (modprobe bfq)")
             for key, file in (("rbps", "read_bps"), ("wbps", "write_bps"),
                               ("riops", "read_iops"), ("wiops", "write_iops")):
                 val = getattr(d, key)

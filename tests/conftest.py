@@ -118,8 +118,9 @@ def tree_snapshot():
             for dirpath, _, files in os.walk(top):
                 out[dirpath] = ""
                 for f in files:
-                    if f.endswith(("limit_in_bytes", ".max", "shares", "quota_us", ".weight", "cpus",
-                                   "mems")):
+                    if f.endswith(("limit_in_bytes", ".max", "shares", "quota_us", "period_us", ".weight",
+                                   "cpus", "mems", "_device", "freezer.state", "cgroup.freeze",
+                                   "subtree_control", ".high", ".low", ".min", "weight_device")):
                         try:
                             out[os.path.join(dirpath, f)] = Path(dirpath, f).read_text()
                         except OSError:

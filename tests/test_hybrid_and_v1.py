@@ -115,3 +115,20 @@ def test_memsw_is_raised_before_the_limit_when_growing(host, tmp_path):
     files = [c.write.file for c in res.changes]
     assert files.index("memory.limit_in_bytes") < files.index("memory.memsw.limit_in_bytes")
     assert host.read(Write("m", "memory", "memory.memsw.limit_in_bytes", "")).strip() == str(32 << 20)
+
+
+def test_v1_nested_cpusets_parent_narrowed_before_children_exist(host, cli, tmp_path):
+    """Groups are created right before their own writes, so a child inherits its
+    parent's narrowed cpus; a child outside its parent's set is a one-line error."""
+    pol = write_policy(tmp_path, "c.yaml", "version: 1\npolicies:\n  p:\n    cpu: {cpus: '0'}\n"
+                       "    children:\n      c: {pids: {max: 5}}\n")
+    cli("apply", str(pol), check=True)
+    assert host.read(Write("p/c", "cpuset", "cpuset.cpus", "")).strip() == "0"
+    assert "nothing to do" in cli("apply", str(pol), check=True).stdout
+    if (os.cpu_count() or 1) < 2:
+        return
+    bad = write_policy(tmp_path, "d.yaml", "version: 1\npolicies:\n  p:\n    cpu: {cpus: '0'}\n"
+                       "    children:\n      c: {cpu: {cpus: '1'}}\n")
+    r = cli("apply", str(bad))
+    assert r.returncode == 1 and "not within the parent's cpuset.cpus (0)" in r.stderr, r.stderr
+    assert "d.yaml: group p/c" in r.stderr and "nothing was applied" in r.stderr

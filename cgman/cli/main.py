@@ -83,7 +83,10 @@ def _target(host, target: str) -> str:
     """TARGET: a group path relative to the cgman root (containers arrive with `cgman run`)."""
     from ..drivers import split_path
     from ..errors import NotFound
-    path = target.strip("/") or "."
+    if target.strip("/") == "":
+        raise typer.BadParameter("empty target: name a group (acme/web), or '.' for the whole cgman root",
+                                 param_hint="TARGET")
+    path = target.strip("/")
     split_path(path)
     if not host.exists(path) and path == ".":
         raise NotFound(f"the cgman root {host.root!r} does not exist yet: run `cgman apply` first, "
@@ -256,6 +259,9 @@ def _signal(name: str) -> int:
     import signal as sigmod
     n = name.upper()
     if n.isdigit():
+        if not 1 <= int(n) <= sigmod.SIGRTMAX:
+            raise typer.BadParameter(f"signal {n} is out of range 1..{int(sigmod.SIGRTMAX)}",
+                                     param_hint="--signal")
         return int(n)
     n = n if n.startswith("SIG") else "SIG" + n
     try:

@@ -7,13 +7,14 @@ managed v1 hierarchy and in the unified one (for freeze, kill and cpu.stat).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import time
 from functools import cached_property
 from typing import Any
 
-from ..errors import Busy, CgroupIOError, NotFound
+from ..errors import Busy, CgroupIOError, FreezeTimeout, NotFound
 from ..plan import Features, Layout, Write
 from .base import Driver, Usage
 from .cgfs import split_path
@@ -23,6 +24,7 @@ from .v2 import V2Driver
 
 __all__ = ["Host", "open_host", "HostInfo", "Usage", "split_path"]
 DEFAULT_ROOT = "cgman"
+log = logging.getLogger(__name__)
 MANAGED_V1 = ("cpu", "cpuacct", "cpuset", "memory", "io", "pids", "freezer")
 
 
@@ -106,7 +108,14 @@ class Host:
             raise Busy(f"cannot place a process in {path}: it has child groups, and processes "
                        f"may live only in leaf groups; pick one of: {', '.join(self.children(path))}")
         for d in self.drivers:
-            d.attach(path, pid)
+            try:
+                d.attach(path, pid)
+            except CgroupIOError as e:
+                if e.errno == errno.EBUSY:
+                    raise Busy(f"cannot place a process in {path}: it has controllers enabled for "
+                               f"child groups (a group with a container: block hosts containers, "
+                               f"not processes); use a leaf group") from None
+                raise
 
     # ------------------------------------------------------------------------- files
     def read(self, w: Write) -> str:
@@ -133,7 +142,10 @@ class Host:
         elif e.errno == errno.EBUSY and w.file == "cgroup.subtree_control":
             reason = ("the group has processes of its own; processes may live only in leaf "
                       "groups: move them to a child group first")
-        elif e.errno in (errno.EINVAL, errno.ERANGE) and w.file in ("cpuset.cpus", "cpuset.mems"):
+        elif e.errno == errno.EBUSY and w.file in ("cpuset.cpus", "cpuset.mems"):
+            reason = (f"cannot narrow {w.file} to {w.value}: a child group still uses CPUs or nodes "
+                      f"outside it (cgroup v1 cpusets nest): narrow the children first")
+        elif e.errno in (errno.EINVAL, errno.ERANGE, errno.EACCES) and w.file in ("cpuset.cpus", "cpuset.mems"):
             parent = w.cgroup.rsplit("/", 1)[0] if "/" in w.cgroup else "."
             have = self._try_read(Write(parent, w.controller, w.file, ""), w.file)
             reason = f"{w.value} is not within the parent's {w.file} ({have or 'empty'})"
@@ -166,29 +178,37 @@ class Host:
     def is_frozen(self, path: str) -> bool | None:
         return self._freezer().is_frozen(path)
 
+    def self_frozen(self, path: str) -> bool | None:
+        return self._freezer().self_frozen(path)
+
     def kill(self, path: str, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> int:
         """Signal every process in ``path`` and below; for SIGKILL wait until empty.
 
-        v2: cgroup.kill kills atomically, no fork race. v1: freeze, signal every
-        task, thaw (as runc does), repeated until the group is empty. Returns
-        how many processes were signalled.
+        v2: cgroup.kill kills atomically, no fork race. v1 (and v1-only tasks on
+        hybrid): freeze so nothing forks, signal every task, thaw so frozen tasks
+        can die (as runc does), until empty. Returns how many were signalled.
         """
         victims = self.procs(path, recursive=True)
         if not victims:
             return 0
-        if sig == signal.SIGKILL and self.v2 is not None and self.v2.exists(path) \
-                and self.v2.kill(path) and not (self.v1 and self.v1.procs(path)):
-            return self._wait_empty(path, timeout_s, len(victims))
         deadline = time.monotonic() + timeout_s
+        if sig == signal.SIGKILL and self.v2 is not None and self.v2.exists(path) and self.v2.kill(path):
+            try:
+                return self._wait_empty(path, min(1.0, timeout_s), len(victims))
+            except Busy:
+                pass        # tasks that live only in v1 hierarchies: signal them below
         sent: set[int] = set()
         can_freeze = sig == signal.SIGKILL and self.v1 is not None \
-            and self.layout.version_of("freezer") == 1
+            and "freezer" in self.layout.v1_controllers
         while True:
             pids = self.procs(path, recursive=True)
             if not pids or (sig != signal.SIGKILL and pids <= sent):
                 break
             if can_freeze:
-                self.freeze(path, max(0.1, deadline - time.monotonic()))
+                try:
+                    self.freeze(path, max(0.05, min(1.0, deadline - time.monotonic())))
+                except FreezeTimeout as e:        # runc too signals anyway
+                    log.warning("kill %s: %s; signalling anyway", path, e)
             for pid in pids:
                 try:
                     os.kill(pid, sig)
@@ -196,15 +216,16 @@ class Host:
                 except ProcessLookupError:
                     pass
             if can_freeze:
-                self.thaw(path)
+                self.thaw(path, max(0.05, deadline - time.monotonic()))
             if sig != signal.SIGKILL:
                 break
             if time.monotonic() >= deadline:
-                raise Busy(f"{path}: {len(pids)} processes still alive after {timeout_s:g}s")
+                raise Busy(f"{path}: {len(pids)} processes still alive after {timeout_s:g}s "
+                           f"(is an ancestor group frozen? thaw it first)")
             time.sleep(0.005)
         if sig == signal.SIGKILL:
             self._wait_empty(path, max(0.1, deadline - time.monotonic()), len(sent))
-        return len(sent)
+        return len(victims | sent)
 
     def _wait_empty(self, path: str, timeout_s: float, n: int) -> int:
         deadline = time.monotonic() + timeout_s

@@ -50,8 +50,15 @@ class CgroupTree:
         return os.path.join(*parts, file) if file else os.path.join(*parts)
 
     # --------------------------------------------------------------------- directories
+    def _mount_fd(self) -> int:
+        try:
+            return os.open(self.mount, _DIR_FLAGS)
+        except OSError as e:
+            raise CgroupIOError(self.mount, "", None, e.errno or 0,
+                                f"cannot open the cgroup mount: {e.strerror}") from None
+
     def _open(self, rel: str) -> int:
-        fd = os.open(self.mount, _DIR_FLAGS)
+        fd = self._mount_fd()
         try:
             for part in self._root_parts + split_path(rel):
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
@@ -100,7 +107,7 @@ class CgroupTree:
             os.close(fd)
 
     def _mkdir_root(self) -> bool:
-        fd = os.open(self.mount, _DIR_FLAGS)
+        fd = self._mount_fd()
         created = False
         try:
             for part in self._root_parts:
@@ -122,16 +129,18 @@ class CgroupTree:
     def rmdir(self, rel: str) -> None:
         parts = split_path(rel)
         if not parts:
-            fd = os.open(self.mount, _DIR_FLAGS)
+            fd = self._mount_fd()
             parent_parts, name = self._root_parts[:-1], self._root_parts[-1]
             try:
                 for part in parent_parts:
                     nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                     os.close(fd)
                     fd = nfd
-            except OSError:
+            except OSError as e:
                 os.close(fd)
-                raise
+                if e.errno == errno.ENOENT:
+                    return
+                raise self._err(".", "", None, e) from None
         else:
             fd = self._open("/".join(parts[:-1]) or ".")
             name = parts[-1]
@@ -207,7 +216,9 @@ class CgroupTree:
             os.close(ffd)
 
     def _err(self, rel: str, file: str, value: str | None, e: OSError) -> Exception:
-        if e.errno in (errno.EACCES, errno.EPERM) and file not in ("cgroup.procs", "freezer.state"):
+        # As root, EACCES/EPERM is the kernel refusing a value (v1 cpusets), not a permission.
+        if e.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0 and \
+                file not in ("cgroup.procs", "freezer.state"):
             return PermissionDenied(f"permission denied on {self.path(rel, file)}")
         if e.errno == errno.ENOENT and file:
             return CgroupIOError(self.path(rel), file, value, e.errno,

@@ -158,6 +158,9 @@ class FakeDriver:
         g = self._group(path)
         return g["freezer.state"] != "THAWED" if self.version == 1 else g["cgroup.freeze"] == "1"
 
+    def self_frozen(self, path: str) -> bool | None:
+        return self.is_frozen(path)
+
     def kill(self, path: str) -> bool:
         self._group(path)["cgroup.procs"] = ""
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import time
 
 from ..errors import CgroupIOError, FreezeTimeout, NotFound
@@ -55,9 +56,13 @@ class V1Driver:
             if t.read(path, f).strip():
                 continue
             if path == ".":
-                import os
-                with open(os.path.join(os.path.dirname(t.path(".")), f), encoding="utf-8") as fh:
-                    value = fh.read().strip()
+                src = os.path.join(os.path.dirname(t.path(".")), f)
+                try:
+                    with open(src, encoding="utf-8") as fh:
+                        value = fh.read().strip()
+                except OSError as e:
+                    raise CgroupIOError(os.path.dirname(src), f, None, e.errno or 0,
+                                        e.strerror or str(e)) from None
             else:
                 parent = path.rsplit("/", 1)[0] if "/" in path else "."
                 value = t.read(parent, f).strip()
@@ -142,15 +147,26 @@ class V1Driver:
             t.write(path, "freezer.state", "THAWED")
             if t.read(path, "freezer.state").strip() == "THAWED":
                 return
+            # under a frozen ancestor our own flag is all we can clear
+            if t.read(path, "freezer.self_freezing").strip() == "0" and \
+                    t.read(path, "freezer.parent_freezing").strip() == "1":
+                return
             if time.monotonic() >= deadline:
                 raise CgroupIOError(t.path(path), "freezer.state", "THAWED", errno.ETIMEDOUT,
                                     "still not THAWED: is a parent group frozen?")
             time.sleep(0.005)
 
     def is_frozen(self, path: str) -> bool | None:
+        """Effective state (FREEZING counts: the group is not running freely)."""
         if "freezer" not in self._by_ctl:
             return None
         return self.tree("freezer").read(path, "freezer.state").strip() != "THAWED"
+
+    def self_frozen(self, path: str) -> bool | None:
+        """This group's own flag (freezer.self_freezing), which a policy's ``frozen`` sets."""
+        if "freezer" not in self._by_ctl:
+            return None
+        return self.tree("freezer").read(path, "freezer.self_freezing").strip() == "1"
 
     # -------------------------------------------------------------------------- usage
     def usage(self, path: str) -> Usage:

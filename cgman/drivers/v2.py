@@ -67,8 +67,13 @@ class V2Driver:
         self.t.write(path, "cgroup.freeze", "1" if frozen else "0")
         deadline = time.monotonic() + timeout_s
         delay = 0.0005
+        parent = path.rsplit("/", 1)[0] if "/" in path else ("." if path != "." else None)
         while True:
             if self.events(path).get("frozen") == int(frozen):
+                return True
+            # Thawing under a frozen ancestor: our own flag is cleared, which is all
+            # this group can do; it runs again when the ancestor thaws.
+            if not frozen and parent is not None and self.events(parent).get("frozen") == 1:
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -99,7 +104,12 @@ class V2Driver:
                                 "still frozen: is a parent group frozen?")
 
     def is_frozen(self, path: str) -> bool | None:
+        """Effective state (a frozen ancestor freezes this group too)."""
         return bool(self.events(path).get("frozen", 0))
+
+    def self_frozen(self, path: str) -> bool | None:
+        """This group's own flag, which is what a policy's ``frozen`` sets."""
+        return self.t.read(path, "cgroup.freeze").strip() == "1"
 
     def kill(self, path: str) -> bool:
         """SIGKILL the whole subtree via cgroup.kill (Linux 5.14+). False if unsupported."""

@@ -7,15 +7,16 @@ file, the value and the kernel's reason.
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..drivers import Host
 from ..drivers.kfiles import satisfied, undo_value
-from ..errors import Busy, CgmanError, NotFound
+from ..errors import Busy, CgmanError, CgroupIOError, NotFound
 from ..model import PolicySet
-from ..plan import ROOT, Plan, Write, plan
+from ..plan import ROOT, Plan, Write, _ancestors, plan
 
 log = logging.getLogger(__name__)
 FREEZER_FILES = ("cgroup.freeze", "freezer.state")
@@ -88,65 +89,94 @@ def apply(policies: PolicySet, host: Host, *, dry_run: bool = False, prune: bool
     """
     p = plan(policies, host.layout, host.features)
     res = Result(plan=p, dry_run=dry_run)
-    existed: dict[str, bool] = {}
+    before: dict[str, bool] = {}
+    ready: set[str] = set()
 
-    def exists(cg: str) -> bool:
-        if cg not in existed:
-            existed[cg] = host.exists(cg)
-        return existed[cg]
+    def existed(cg: str) -> bool:
+        if cg not in before:
+            before[cg] = host.exists(cg)
+        return before[cg]
+
+    def ensure(cg: str) -> None:
+        """Create ``cg`` and its ancestors just before their first write.
+
+        Creating lazily, parents' settings land before children exist, so v1
+        cpuset children inherit a parent's narrowed cpus at mkdir. create() is
+        idempotent in every hierarchy, so a group missing from one hierarchy
+        (removed by hand, controller mounted later) is recreated there.
+        """
+        for anc in _ancestors(cg) + [cg]:
+            if anc in ready:
+                continue
+            if dry_run:
+                if not existed(anc):
+                    res.created.append(anc)
+            elif host.create(anc):
+                res.created.append(anc)
+            ready.add(anc)
 
     try:
-        for cg in [ROOT] + p.groups:
-            if not exists(cg):
-                res.created.append(cg)
-                if not dry_run:
-                    host.create(cg)
-                existed[cg] = not dry_run
-        writes = _order_memsw(host, p.writes, exists)
+        writes = _order_memsw(host, p.writes, existed)
         for i, w in enumerate(writes):
             if progress and i % 200 == 0 and len(writes) > 400:
                 progress(f"checked {i}/{len(writes)} settings")
-            if not exists(w.cgroup):         # dry run of a new group: every write is a change
+            ensure(w.cgroup)
+            if dry_run and not existed(w.cgroup):     # a new group: every write is a change
                 res.changes.append(Change(w, None))
                 continue
             if _is_frozen_write(w):
-                live_frozen = host.is_frozen(w.cgroup)
-                if live_frozen == _wants_frozen(w):
+                # the group's own flag: a frozen ancestor does not make it "frozen: true"
+                own = bool(host.self_frozen(w.cgroup))
+                if own == _wants_frozen(w):
                     res.unchanged += 1
                     continue
-                res.changes.append(Change(w, _freeze_value(w.file, bool(live_frozen))))
                 if not dry_run:
                     (host.freeze if _wants_frozen(w) else host.thaw)(w.cgroup, timeout_s)
+                res.changes.append(Change(w, _freeze_value(w.file, own)))
                 continue
-            live = host.read(w)
+            try:
+                live = host.read(w)
+            except CgroupIOError as e:
+                # dry run: a controller this plan enables is not enabled yet
+                if dry_run and e.errno == errno.ENOENT:
+                    res.changes.append(Change(w, None))
+                    continue
+                raise
             if satisfied(w.file, w.value, live):
                 res.unchanged += 1
                 continue
-            res.changes.append(Change(w, live))
             if not dry_run:
                 host.write(w)
-        if prune:
-            res.pruned = _prune(policies, host, dry_run=dry_run, force=force, keep=keep)
-    except CgmanError as err:
+            res.changes.append(Change(w, live))     # only once the write succeeded
+        for cg in [ROOT] + p.groups:                  # groups without settings of their own
+            ensure(cg)
+    except BaseException as err:                      # Ctrl-C too: never leave it half-applied
         if dry_run:
             raise
-        undone = _rollback(host, res)
-        raise ApplyError(f"{_source(policies, err)}{err}; rolled back {undone} change(s), "
-                         f"nothing was applied") from err
+        undone, failed = _rollback(host, res)
+        if not isinstance(err, CgmanError):
+            raise
+        outcome = "nothing was applied" if not failed else \
+            f"but {failed} could NOT be restored (see the log; run `cgman diff`)"
+        raise ApplyError(f"{_source(policies, host, err)}{err}; rolled back {undone} change(s), "
+                         f"{outcome}") from err
+    if prune:        # after the writes are in: removals cannot be rolled back, so they go last
+        res.pruned = _prune(policies, host, dry_run=dry_run, force=force, keep=keep)
     return res
 
 
-def _source(policies: PolicySet, err: CgmanError) -> str:
+def _source(policies: PolicySet, host: Host, err: CgmanError) -> str:
     """Name the policy file of the group whose write failed."""
     directory = getattr(err, "directory", "")
-    for g in reversed(policies.groups):
-        if directory.endswith("/" + g.path):
+    for g in policies.groups:
+        if directory.endswith(f"/{host.root}/{g.path}"):
             return f"{g.location.file}: group {g.path}: "
     return ""
 
 
-def _rollback(host: Host, res: Result) -> int:
-    n = 0
+def _rollback(host: Host, res: Result) -> tuple[int, int]:
+    """Undo in reverse order; returns (restored, could not be restored)."""
+    n = failed = 0
     for ch in reversed(res.changes):
         w = ch.write
         try:
@@ -156,14 +186,16 @@ def _rollback(host: Host, res: Result) -> int:
                 host.write(Write(w.cgroup, w.controller, w.file, undo_value(w.file, w.value, ch.old)))
             n += 1
         except CgmanError as e:           # keep going: restore as much as possible
+            failed += 1
             log.error("rollback of %s/%s failed: %s", w.cgroup, w.file, e)
     for cg in reversed(res.created):
         try:
             host.remove(cg)
             n += 1
         except CgmanError as e:
+            failed += 1
             log.error("rollback: cannot remove %s: %s", cg, e)
-    return n
+    return n, failed
 
 
 def _prune(policies: PolicySet, host: Host, *, dry_run: bool, force: bool,
@@ -192,23 +224,35 @@ def _prune(policies: PolicySet, host: Host, *, dry_run: bool, force: bool,
     return removed
 
 
-def diff(policies: PolicySet, host: Host) -> list[dict[str, str | None]]:
+def diff(policies: PolicySet, host: Host,
+         keep: Callable[[str], bool] | None = lambda path: False) -> list[dict[str, str | None]]:
     """Drift: every planned setting whose live value differs (live None: group missing)."""
     p = plan(policies, host.layout, host.features)
     out: list[dict[str, str | None]] = []
     for cg in p.groups:
         if not host.exists(cg):
             out.append({"cgroup": cg, "file": None, "want": "group exists", "live": None})
+    wanted = set(p.groups)
+    for cg in host.walk(ROOT)[1:] if host.exists(ROOT) else []:
+        if cg not in wanted and keep is not None and not keep(cg):
+            out.append({"cgroup": cg, "file": None, "want": None, "live": "not in the files (--prune removes it)"})
     for w in p.writes:
         if not host.exists(w.cgroup):
             continue
         if _is_frozen_write(w):
-            fz = host.is_frozen(w.cgroup)
+            fz = host.self_frozen(w.cgroup)
             if fz != _wants_frozen(w):
                 out.append({"cgroup": w.cgroup, "file": w.file, "want": w.value,
                             "live": "frozen" if fz else "thawed"})
             continue
-        live = host.read(w)
+        try:
+            live = host.read(w)
+        except CgroupIOError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            out.append({"cgroup": w.cgroup, "file": w.file, "want": w.value,
+                        "live": "missing (controller not enabled for this group yet)"})
+            continue
         if not satisfied(w.file, w.value, live):
             out.append({"cgroup": w.cgroup, "file": w.file, "want": w.value,
                         "live": live.strip().replace("\n", "; ")})

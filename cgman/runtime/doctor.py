@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
+import re
 from dataclasses import asdict, dataclass
 
 from ..drivers import Host
@@ -28,6 +30,11 @@ def _read(path: str) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    nums = re.findall(r"\d+", platform.release())[:2]
+    return len(nums) == 2 and (int(nums[0]), int(nums[1])) >= (major, minor)
 
 
 def run_checks(host: Host) -> list[Check]:
@@ -55,11 +62,12 @@ def run_checks(host: Host) -> list[Check]:
                 f"cgroup v2: {'enabled' if ok else 'not enabled'} in {parent}/cgroup.subtree_control",
                 "" if ok else f"enable it in the parent of the cgman root: echo +{c} > "
                 f"{parent}/cgroup.subtree_control (or run cgman under systemd with Delegate=yes)"))
-        kill = os.path.exists(os.path.join(info.unified, "cgroup.kill")) or \
-            bool(glob.glob(os.path.join(info.unified, "*", "cgroup.kill")))
+        # Only non-root groups carry these files, so ask the kernel version, not the tree.
+        kill = _kernel_at_least(5, 14)
         checks.append(Check("cgroup.kill", kill, "v2 cgroup.kill " + ("available" if kill else "missing"),
-                            "" if kill else "Linux 5.14+ needed; cgman falls back to signalling each task"))
-        freeze = bool(glob.glob(os.path.join(info.unified, "*", "cgroup.freeze")))
+                            "" if kill else "Linux 5.14+ needed; cgman falls back to signalling each task",
+                            warn=True))
+        freeze = _kernel_at_least(5, 2)
         checks.append(Check("cgroup.freeze", freeze or "freezer" in host.layout.v1_controllers,
                             "v2 cgroup.freeze " + ("available" if freeze else "missing"),
                             "" if freeze else "Linux 5.2+ needed, or mount the v1 freezer"))
