@@ -30,6 +30,15 @@ def spawn_in(host, group: str, argv: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(argv, preexec_fn=lambda: host.attach(group, os.getpid()), **kw)
 
 
+def start_memory_hog(host, group: str, mib: int) -> subprocess.Popen:
+    """A process in ``group`` holding ``mib`` MiB of touched memory; returns once it holds it."""
+    code = (f"import time\nb = bytearray({mib} << 20)\nb[::4096] = b'x' * len(b[::4096])\n"
+            "print('ready', flush=True)\ntime.sleep(300)\n")
+    p = spawn_in(host, group, [PY, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
 def test_apply_then_reapply_writes_nothing(host, cli, tmp_path):
     pol = write_policy(tmp_path, "p.yaml", """
 version: 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,7 +17,7 @@ from cgman.policy import load_files
 from cgman.runtime.apply import ApplyError, apply
 
 from .conftest import write_policy
-from .test_enforcement import spawn_in
+from .test_enforcement import spawn_in, start_memory_hog
 
 pytestmark = [pytest.mark.kernel, pytest.mark.v1host]
 
@@ -68,11 +67,8 @@ def test_v1_memory_limit_below_usage_names_the_usage(host, tmp_path):
         pytest.fail("host has no v1 memory controller (this test is for hybrid/v1 hosts)")
     pol = write_policy(tmp_path, "m.yaml", "version: 1\npolicies:\n  m:\n    memory: {max: 256Mi}\n")
     apply(load_files([pol]), host)
-    code = "import sys, time\nb = bytearray(64 << 20)\nb[::4096] = b'x' * len(b[::4096])\n" \
-           "print('ready', flush=True)\ntime.sleep(300)\n"
-    p = spawn_in(host, "m", [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    p = start_memory_hog(host, "m", 64)
     try:
-        assert p.stdout.readline().strip() == "ready"
         pol.write_text("version: 1\npolicies:\n  m:\n    memory: {max: 1Mi, swap: 0}\n")
         with pytest.raises(ApplyError) as ei:
             apply(load_files([pol]), host)

@@ -18,7 +18,7 @@ from cgman.policy import load_files
 from cgman.runtime.apply import apply
 
 from .conftest import write_policy
-from .test_enforcement import spawn_in
+from .test_enforcement import spawn_in, start_memory_hog
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cgroup2, pytest.mark.v2host]
 
@@ -71,11 +71,8 @@ def test_memory_max_below_usage_oom_kills_on_v2(host, tmp_path):
     """v2 reclaims, then OOM-kills, where v1 refuses with EBUSY (see test_hybrid_and_v1)."""
     pol = write_policy(tmp_path, "m.yaml", "version: 1\npolicies:\n  m:\n    memory: {max: 256Mi, swap: 0}\n")
     apply(load_files([pol]), host)
-    code = "import time\nb = bytearray(64 << 20)\nb[::4096] = b'x' * len(b[::4096])\n" \
-           "print('ready', flush=True)\ntime.sleep(300)\n"
-    p = spawn_in(host, "m", [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    p = start_memory_hog(host, "m", 64)
     try:
-        assert p.stdout.readline().strip() == "ready"
         pol.write_text("version: 1\npolicies:\n  m:\n    memory: {max: 16Mi, swap: 0}\n")
         apply(load_files([pol]), host)
         assert p.wait(timeout=60) == -signal.SIGKILL
