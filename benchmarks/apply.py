@@ -178,6 +178,12 @@ def _under(path: str, mounts: list[str]) -> bool:
     return any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts)
 
 
+
+def _at_path(fm: "re.Match[str]") -> str:
+    """Absolute path of an *at() call's (dirfd<dir>, "name") arguments as strace -y prints them."""
+    base, name = fm.group(1) or "", fm.group(2)
+    return name if name.startswith("/") else os.path.join(base, name)
+
 def count_trace(trace_file: str) -> dict[str, int]:
     """Count cgroupfs-modifying syscalls in an ``strace -f -y`` log."""
     mounts = cgroup_mounts()
@@ -205,8 +211,7 @@ def count_trace(trace_file: str) -> dict[str, int]:
                     fm = _FD.match(rest)
                     if not fm:
                         continue
-                    base, name = fm.group(1) or "", fm.group(2)
-                    path = name if name.startswith("/") else os.path.join(base, name)
+                    path = _at_path(fm)
                     flags = rest[fm.end():].lstrip(", ").split(",")[0]
                 if not _under(path, mounts) or "O_DIRECTORY" in flags:
                     continue
@@ -222,8 +227,7 @@ def count_trace(trace_file: str) -> dict[str, int]:
                     fm = _FD.match(rest)
                     if not fm:
                         continue
-                    base, name = fm.group(1) or "", fm.group(2)
-                    path = name if name.startswith("/") else os.path.join(base, name)
+                    path = _at_path(fm)
                 if not _under(path, mounts):
                     continue
                 if call.startswith("mkdir"):
