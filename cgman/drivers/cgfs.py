@@ -169,13 +169,6 @@ class CgroupTree:
         finally:
             os.close(fd)
 
-    def walk(self, rel: str = ".") -> list[str]:
-        """``rel`` and all descendants, parents before children."""
-        out = [rel]
-        for c in self.children(rel):
-            out.extend(self.walk(c if rel == "." else f"{rel}/{c}"))
-        return out
-
     # --------------------------------------------------------------------------- files
     def read(self, rel: str, file: str) -> str:
         fd = self._open(rel)

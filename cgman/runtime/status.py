@@ -14,7 +14,7 @@ _UNLIMITED_V1 = 1 << 62
 def _read(host: Host, path: str, controller: str, file: str) -> str | None:
     try:
         return host.read(Write(path, controller, file, "")).strip()
-    except (CgmanError, KeyError):
+    except CgmanError:          # file or controller absent on this host
         return None
 
 
