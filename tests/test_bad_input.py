@@ -105,6 +105,12 @@ def test_bad_cli_values_are_usage_errors(host, cli, tmp_path):
     assert r.returncode == 2 and "bad duration" in r.stderr
     r = cli("kill", "base", "--signal", "NOPE")
     assert r.returncode == 2 and "unknown signal" in r.stderr
+    r = cli("kill", "base", "--signal", "99")
+    assert r.returncode == 2 and "out of range" in r.stderr
+    for empty in ("", "/"):
+        r = cli("rm", "--force", empty)
+        assert r.returncode == 2 and "empty target" in r.stderr
+    assert host.exists("base")
     r = cli("plan", "--target", "v3", str(tmp_path / "g.yaml"))
     assert r.returncode == 2 and "auto, v1, v2 or hybrid" in r.stderr
     r = cli("validate", str(tmp_path / "missing.yaml"))

@@ -133,3 +133,21 @@ def test_dry_run_writes_nothing():
     h, d = _fake_host(2)
     res = apply(PolicySet(groups=tuple(parse_text(POL, "p.yaml"))), h, dry_run=True)
     assert res.created == [".", "a", "b"] and res.changes and d.writes == [] and d.files == {}
+
+
+def test_rollback_that_cannot_restore_says_so():
+    h, d = _fake_host(2)
+    apply(PolicySet(groups=tuple(parse_text("version: 1\npolicies:\n  a:\n    pids: {max: 5}\n", "p.yaml"))), h)
+    d.fail[("b", "cpu.weight")] = errno.EINVAL
+    real_write = d.write
+
+    def write(path, controller, file, value):
+        if (path, file, value) == ("a", "pids.max", "5"):      # the undo of a's change
+            raise CgroupIOError("/fake/a", file, value, errno.EIO)
+        real_write(path, controller, file, value)
+    d.write = write  # type: ignore[method-assign]
+    with pytest.raises(ApplyError) as ei:
+        apply(PolicySet(groups=tuple(parse_text(POL, "p.yaml"))), h)
+    msg = str(ei.value)
+    assert "could NOT be restored" in msg and "nothing was applied" not in msg
+    assert d.files["a"]["pids.max"] == "10"                    # the one change left behind

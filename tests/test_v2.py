@@ -51,6 +51,24 @@ policies:
     assert _read(host, "acme/web", "cpu.weight") == "200"
     r = cli("attach", "acme", "--", "true")
     assert r.returncode == 1 and "leaf" in r.stderr
+    # a group that hosts containers has controllers enabled for them: no processes of its own
+    pol.write_text(pol.read_text().replace("pids: {max: 20}}", "pids: {max: 20}, container: {pids: {max: 5}}}"))
+    cli("apply", str(pol), check=True)
+    r = cli("attach", "acme/web", "--", "true")
+    assert r.returncode == 1 and "container" in r.stderr and "leaf" in r.stderr, r.stderr
+
+
+def test_dry_run_and_diff_of_a_controller_not_enabled_yet(host, cli, tmp_path):
+    pol = write_policy(tmp_path, "c.yaml", "version: 1\npolicies:\n  a:\n    children: {b: {}}\n")
+    cli("apply", str(pol), check=True)
+    assert "cpuset" not in _read(host, ".", "cgroup.subtree_control").split()
+    pol.write_text("version: 1\npolicies:\n  a:\n    children:\n      b: {cpu: {cpus: '0'}}\n")
+    r = cli("apply", "--dry-run", str(pol))
+    assert r.returncode == 0 and "would set a/b/cpuset.cpus = 0" in r.stdout, r.stderr
+    d = cli("diff", str(pol))
+    assert d.returncode == 2 and "controller not enabled" in d.stdout
+    cli("apply", str(pol), check=True)
+    assert _read(host, "a/b", "cpuset.cpus") == "0"
 
 
 def test_v2_memory_files_hold_the_policy(host, tmp_path):
