@@ -1,0 +1,474 @@
+/*
+ * cgman._spawn: start a process in new namespaces and a cgroup, with no Python
+ * code in the child.
+ *
+ * Why C: between clone and exec the child may only run async-signal-safe code
+ * (the parent may be multi-threaded), and a forked Python child costs ~0.8 ms
+ * more. The child here makes raw system calls only; it never touches malloc,
+ * the GIL or glibc's fork handlers. Everything it needs (argv, envp, mounts) is
+ * laid out by the parent before clone.
+ *
+ * Protocol (the parent side lives in cgman/runtime/launch.py):
+ *   1. spawn() clones with clone3(CLONE_INTO_CGROUP) where a cgroup2 directory
+ *      fd is given, so the child is born inside its unified cgroup; it returns
+ *      (pid, in_cgroup, release_fd, error_fd) to the parent.
+ *   2. The child blocks reading release_fd. Meanwhile the parent writes the pid
+ *      to each cgroup v1 cgroup.procs, the uid/gid maps and sets up networking.
+ *      So the workload's first instruction runs inside all of its cgroups.
+ *   3. The parent writes one byte to release the child (closing without the byte
+ *      aborts it). The child joins/unshares the remaining namespaces, sets the
+ *      hostname, brings up lo, performs the mount operations (overlay, bind,
+ *      pivot_root, /proc), then either execs the workload (it is PID 1) or stays
+ *      as a minimal init that forks the workload, forwards every signal to it,
+ *      reaps zombies and exits with its status (128+N for signal N).
+ *   4. error_fd is close-on-exec: EOF means exec succeeded; otherwise the child
+ *      wrote {stage, errno} and exited 127.
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef CLONE_NEWCGROUP
+#define CLONE_NEWCGROUP 0x02000000
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+
+struct clone_args_v2 {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+        set_tid, set_tid_size, cgroup;
+};
+
+/* Stages a failing child reports; the parent maps them to words. */
+enum {
+    ST_RELEASE = 1, ST_SETNS, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_UNSHARE, ST_HOSTNAME,
+    ST_LOOPBACK, ST_MOUNT, ST_MKDIR, ST_TOUCH, ST_PIVOT, ST_CHDIR, ST_FORK, ST_EXEC, ST_SETSID,
+    ST_UMOUNT, ST_SYMLINK,
+};
+
+enum { OP_MOUNT = 1, OP_MKDIR, OP_TOUCH, OP_PIVOT, OP_CHDIR, OP_UMOUNT, OP_SYMLINK };
+
+struct op {
+    int kind;
+    const char *a, *b, *c, *data;   /* mount: source, target, fstype, data */
+    unsigned long flags;
+};
+
+struct job {
+    char **argv, **envp;
+    const char *path_env;           /* PATH from envp, for the search */
+    struct op *ops;
+    Py_ssize_t n_ops;
+    int *setns_fds;
+    Py_ssize_t n_setns;
+    unsigned long unshare_flags;    /* after release (cgroup ns: after joining the cgroups) */
+    const char *hostname;
+    int lo_up, init, setsid_, pdeathsig;
+    long uid, gid;                  /* setresuid/gid inside, -1: leave */
+    int release_rd, error_wr;
+    int cur_op;                     /* which op failed, for the error message */
+};
+
+static void report(int fd, int stage, int err, int op)
+{
+    int msg[3] = {stage, err, op};
+    ssize_t r = write(fd, msg, sizeof msg);
+    (void)r;
+}
+
+static void fail(struct job *j, int stage)
+{
+    report(j->error_wr, stage, errno, j->cur_op);
+    syscall(SYS_exit_group, 127);
+    _exit(127);
+}
+
+/* execvp without malloc: PATH comes from the workload's environment. */
+static void exec_search(struct job *j)
+{
+    const char *file = j->argv[0];
+    if (strchr(file, '/')) {
+        execve(file, j->argv, j->envp);
+        return;
+    }
+    const char *p = j->path_env ? j->path_env : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    char buf[4096];
+    size_t flen = strlen(file);
+    int saw_eacces = 0;
+    while (*p) {
+        const char *end = strchr(p, ':');
+        size_t dlen = end ? (size_t)(end - p) : strlen(p);
+        if (dlen + flen + 2 <= sizeof buf) {
+            if (dlen == 0) { buf[0] = '.'; dlen = 1; } else memcpy(buf, p, dlen);
+            buf[dlen] = '/';
+            memcpy(buf + dlen + 1, file, flen + 1);
+            execve(buf, j->argv, j->envp);
+            if (errno == EACCES) saw_eacces = 1;
+            else if (errno != ENOENT && errno != ENOTDIR) return;
+        }
+        if (!end) break;
+        p = end + 1;
+    }
+    errno = saw_eacces ? EACCES : ENOENT;
+}
+
+/* The child is a copy of the parent, fds and all: keep none of them past exec. */
+static void cloexec_all(void)
+{
+    syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+}
+
+static void reset_signals(void)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    for (int s = 1; s < NSIG; s++)
+        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);   /* Python ignores SIGPIPE, SIGXFSZ */
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static int loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    int r = ioctl(s, SIOCGIFFLAGS, &ifr);
+    if (r == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        r = ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    int e = errno;
+    close(s);
+    errno = e;
+    return r;
+}
+
+static void run_ops(struct job *j)
+{
+    for (Py_ssize_t i = 0; i < j->n_ops; i++) {
+        struct op *o = &j->ops[i];
+        j->cur_op = (int)i;
+        switch (o->kind) {
+        case OP_MOUNT:
+            if (mount(o->a, o->b, o->c, o->flags, o->data) < 0) fail(j, ST_MOUNT);
+            break;
+        case OP_MKDIR:
+            if (mkdir(o->a, 0755) < 0 && errno != EEXIST) fail(j, ST_MKDIR);
+            break;
+        case OP_TOUCH: {
+            int fd = open(o->a, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+            if (fd < 0) fail(j, ST_TOUCH);
+            close(fd);
+            break;
+        }
+        case OP_PIVOT:   /* runc's pivot_root(".", "."): no put_old directory needed */
+            if (chdir(o->a) < 0) fail(j, ST_CHDIR);
+            if (syscall(SYS_pivot_root, ".", ".") < 0) fail(j, ST_PIVOT);
+            if (umount2(".", MNT_DETACH) < 0) fail(j, ST_UMOUNT);
+            if (chdir("/") < 0) fail(j, ST_CHDIR);
+            break;
+        case OP_CHDIR:
+            if (chdir(o->a) < 0) fail(j, ST_CHDIR);
+            break;
+        case OP_UMOUNT:
+            if (umount2(o->a, (int)o->flags) < 0) fail(j, ST_UMOUNT);
+            break;
+        case OP_SYMLINK:
+            if (symlink(o->a, o->b) < 0 && errno != EEXIST) fail(j, ST_SYMLINK);
+            break;
+        }
+    }
+}
+
+/* Minimal init: forward signals to the workload, reap everything, exit with its status. */
+static void init_loop(struct job *j, pid_t child)
+{
+    sigset_t all;
+    sigfillset(&all);
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&all, &si);
+        if (sig < 0) continue;
+        if (sig == SIGCHLD) {
+            int st;
+            pid_t p;
+            while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+                if (p == child) {
+                    if (WIFEXITED(st)) _exit(WEXITSTATUS(st));
+                    _exit(128 + WTERMSIG(st));
+                }
+            }
+            continue;
+        }
+        kill(child, sig);
+    }
+}
+
+static int child_main(struct job *j)
+{
+    char c;
+    if (j->pdeathsig) prctl(PR_SET_PDEATHSIG, j->pdeathsig);
+    /* EOF here means the parent died or gave up: the pdeathsig race is covered too. */
+    ssize_t n;
+    do { n = read(j->release_rd, &c, 1); } while (n < 0 && errno == EINTR);
+    if (n != 1) { errno = ECANCELED; fail(j, ST_RELEASE); }
+    close(j->release_rd);
+
+    for (Py_ssize_t i = 0; i < j->n_setns; i++)
+        if (setns(j->setns_fds[i], 0) < 0) fail(j, ST_SETNS);
+    if (j->gid >= 0) {
+        if (setgroups(0, NULL) < 0) fail(j, ST_SETGROUPS);
+        if (setresgid(j->gid, j->gid, j->gid) < 0) fail(j, ST_SETGID);
+    }
+    if (j->uid >= 0 && setresuid(j->uid, j->uid, j->uid) < 0) fail(j, ST_SETUID);
+    if (j->unshare_flags && unshare(j->unshare_flags) < 0) fail(j, ST_UNSHARE);
+    if (j->hostname && sethostname(j->hostname, strlen(j->hostname)) < 0) fail(j, ST_HOSTNAME);
+    if (j->lo_up && loopback_up() < 0) fail(j, ST_LOOPBACK);
+    run_ops(j);
+    j->cur_op = -1;
+    if (j->setsid_ && setsid() < 0) fail(j, ST_SETSID);
+
+    if (!j->init) {
+        reset_signals();
+        cloexec_all();
+        exec_search(j);
+        fail(j, ST_EXEC);
+    }
+    /* Block everything before forking so no signal is lost between fork and sigwaitinfo. */
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    prctl(PR_SET_NAME, "cgman-init");
+    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);   /* fork without glibc's handlers */
+    if (pid < 0) fail(j, ST_FORK);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* the workload never outlives its init */
+        reset_signals();
+        cloexec_all();
+        exec_search(j);
+        fail(j, ST_EXEC);
+    }
+    /* The init never execs: close its copies of the parent's files (pipes, sockets, logs). */
+    syscall(SYS_close_range, 3U, ~0U, 0U);
+    init_loop(j, pid);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- Python glue */
+
+static int bytes_list(PyObject *seq, char ***out, PyObject **keep)
+{
+    PyObject *fast = PySequence_Fast(seq, "expected a sequence of bytes");
+    if (!fast) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    char **arr = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (!arr) { Py_DECREF(fast); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyBytes_Check(it)) {
+            PyMem_Free(arr); Py_DECREF(fast);
+            PyErr_SetString(PyExc_TypeError, "argv/envp items must be bytes");
+            return -1;
+        }
+        arr[i] = PyBytes_AS_STRING(it);
+    }
+    *out = arr;
+    *keep = fast;
+    return 0;
+}
+
+static const char *opt_str(PyObject *o)
+{
+    return (o == Py_None) ? NULL : PyBytes_AsString(o);
+}
+
+static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"argv", "envp", "clone_flags", "cgroup_fd", "unshare_flags", "hostname",
+                             "lo_up", "ops", "init", "setsid", "pdeathsig", "uid", "gid", "setns_fds",
+                             NULL};
+    PyObject *argv_o, *envp_o, *hostname_o = Py_None, *ops_o = NULL, *setns_o = NULL;
+    unsigned long long clone_flags = 0;
+    unsigned long unshare_flags = 0;
+    int cgroup_fd = -1, lo_up = 0, init = 1, setsid_ = 1, pdeathsig = SIGKILL;
+    long uid = -1, gid = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOppillO", kwlist, &argv_o, &envp_o,
+                                     &clone_flags, &cgroup_fd, &unshare_flags, &hostname_o, &lo_up,
+                                     &ops_o, &init, &setsid_, &pdeathsig, &uid, &gid, &setns_o))
+        return NULL;
+
+    struct job j;
+    memset(&j, 0, sizeof j);
+    PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_ops = NULL, *result = NULL;
+    int release[2] = {-1, -1}, errp[2] = {-1, -1};
+
+    if (bytes_list(argv_o, &j.argv, &keep_argv) < 0) goto out;
+    if (!j.argv[0]) { PyErr_SetString(PyExc_ValueError, "empty argv"); goto out; }
+    if (bytes_list(envp_o, &j.envp, &keep_envp) < 0) goto out;
+    for (char **e = j.envp; *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0) j.path_env = *e + 5;
+    j.hostname = opt_str(hostname_o);
+    if (PyErr_Occurred()) goto out;
+
+    if (ops_o && ops_o != Py_None) {
+        keep_ops = PySequence_Fast(ops_o, "ops must be a sequence");
+        if (!keep_ops) goto out;
+        j.n_ops = PySequence_Fast_GET_SIZE(keep_ops);
+        j.ops = PyMem_Calloc((size_t)j.n_ops + 1, sizeof(struct op));
+        if (!j.ops) { PyErr_NoMemory(); goto out; }
+        for (Py_ssize_t i = 0; i < j.n_ops; i++) {
+            PyObject *t = PySequence_Fast_GET_ITEM(keep_ops, i);
+            PyObject *a = Py_None, *b = Py_None, *c = Py_None, *d = Py_None;
+            unsigned long fl = 0;
+            if (!PyArg_ParseTuple(t, "i|OOOkO", &j.ops[i].kind, &a, &b, &c, &fl, &d)) goto out;
+            j.ops[i].a = opt_str(a); j.ops[i].b = opt_str(b);
+            j.ops[i].c = opt_str(c); j.ops[i].data = opt_str(d);
+            j.ops[i].flags = fl;
+            if (PyErr_Occurred()) goto out;
+        }
+    }
+    if (setns_o && setns_o != Py_None) {
+        PyObject *f = PySequence_Fast(setns_o, "setns_fds must be a sequence");
+        if (!f) goto out;
+        j.n_setns = PySequence_Fast_GET_SIZE(f);
+        j.setns_fds = PyMem_Calloc((size_t)j.n_setns + 1, sizeof(int));
+        for (Py_ssize_t i = 0; j.setns_fds && i < j.n_setns; i++)
+            j.setns_fds[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(f, i));
+        Py_DECREF(f);
+        if (!j.setns_fds) { PyErr_NoMemory(); goto out; }
+        if (PyErr_Occurred()) goto out;
+    }
+    j.unshare_flags = unshare_flags;
+    j.lo_up = lo_up; j.init = init; j.setsid_ = setsid_; j.pdeathsig = pdeathsig;
+    j.uid = uid; j.gid = gid; j.cur_op = -1;
+
+    if (pipe2(release, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    j.release_rd = release[0];
+    j.error_wr = errp[1];
+
+    pid_t pid = -1;
+    int in_cgroup = 0;
+    struct clone_args_v2 ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = clone_flags;
+    ca.exit_signal = SIGCHLD;
+    if (cgroup_fd >= 0) {
+        ca.flags |= CLONE_INTO_CGROUP;
+        ca.cgroup = (uint64_t)cgroup_fd;
+    }
+    pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid < 0 && cgroup_fd >= 0 && (errno == E2BIG || errno == ENOSYS || errno == EINVAL)) {
+        ca.flags &= ~CLONE_INTO_CGROUP;     /* kernel < 5.7: the parent attaches instead */
+        ca.cgroup = 0;
+        pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+    } else if (pid >= 0) {
+        in_cgroup = cgroup_fd >= 0;
+    }
+    if (pid < 0 && errno == ENOSYS)
+        pid = (pid_t)syscall(SYS_clone, (unsigned long)(clone_flags & 0xffffffffULL) | SIGCHLD, 0, 0, 0, 0);
+    if (pid == 0) {
+        close(release[1]);
+        close(errp[0]);
+        child_main(&j);
+        _exit(127);
+    }
+    if (pid < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    close(release[0]); release[0] = -1;
+    close(errp[1]); errp[1] = -1;
+    result = Py_BuildValue("(iOii)", (int)pid, in_cgroup ? Py_True : Py_False, release[1], errp[0]);
+    release[1] = errp[0] = -1;
+
+out:
+    for (int i = 0; i < 2; i++) {
+        if (release[i] >= 0) close(release[i]);
+        if (errp[i] >= 0) close(errp[i]);
+    }
+    PyMem_Free(j.argv);
+    PyMem_Free(j.envp);
+    PyMem_Free(j.ops);
+    PyMem_Free(j.setns_fds);
+    Py_XDECREF(keep_argv);
+    Py_XDECREF(keep_envp);
+    Py_XDECREF(keep_ops);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_VARARGS | METH_KEYWORDS,
+     "spawn(argv, envp, clone_flags=0, cgroup_fd=-1, unshare_flags=0, hostname=None, lo_up=False,\n"
+     "      ops=None, init=True, setsid=True, pdeathsig=SIGKILL, uid=-1, gid=-1, setns_fds=None)\n"
+     "      -> (pid, in_cgroup, release_fd, error_fd)\n\n"
+     "Clone a child that waits for one byte on release_fd, then sets itself up and execs argv.\n"
+     "See cgman/runtime/launch.py for the protocol."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "cgman._spawn", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__spawn(void)
+{
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m) return NULL;
+    PyModule_AddIntConstant(m, "OP_MOUNT", OP_MOUNT);
+    PyModule_AddIntConstant(m, "OP_MKDIR", OP_MKDIR);
+    PyModule_AddIntConstant(m, "OP_TOUCH", OP_TOUCH);
+    PyModule_AddIntConstant(m, "OP_PIVOT", OP_PIVOT);
+    PyModule_AddIntConstant(m, "OP_CHDIR", OP_CHDIR);
+    PyModule_AddIntConstant(m, "OP_UMOUNT", OP_UMOUNT);
+    PyModule_AddIntConstant(m, "OP_SYMLINK", OP_SYMLINK);
+    PyModule_AddIntConstant(m, "CLONE_NEWCGROUP", CLONE_NEWCGROUP);
+    PyModule_AddIntConstant(m, "CLONE_NEWUTS", CLONE_NEWUTS);
+    PyModule_AddIntConstant(m, "CLONE_NEWIPC", CLONE_NEWIPC);
+    PyModule_AddIntConstant(m, "CLONE_NEWPID", CLONE_NEWPID);
+    PyModule_AddIntConstant(m, "CLONE_NEWNET", CLONE_NEWNET);
+    PyModule_AddIntConstant(m, "CLONE_NEWNS", CLONE_NEWNS);
+    PyModule_AddIntConstant(m, "CLONE_NEWUSER", CLONE_NEWUSER);
+    static const char *stages[] = {"", "waiting for the parent", "joining a namespace", "dropping groups",
+                                   "setting the gid", "setting the uid", "creating namespaces",
+                                   "setting the hostname", "bringing up lo", "mounting",
+                                   "creating a directory", "creating a mount point", "pivot_root",
+                                   "changing directory", "forking the workload", "exec",
+                                   "creating a session", "unmounting", "creating a symlink"};
+    PyObject *names = PyTuple_New(sizeof stages / sizeof *stages);
+    if (!names) return NULL;
+    for (size_t i = 0; i < sizeof stages / sizeof *stages; i++)
+        PyTuple_SET_ITEM(names, i, PyUnicode_FromString(stages[i]));
+    PyModule_AddObject(m, "STAGES", names);
+    return m;
+}
