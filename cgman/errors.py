@@ -67,3 +67,14 @@ class CgroupIOError(CgmanError):
         op = f"write {value!r} to" if value is not None else "read"
         super().__init__(f"cannot {op} {directory}/{file}: {self.reason}"
                          f" [{_errno.errorcode.get(err, err)}]")
+
+
+class LaunchError(CgmanError):
+    """A container could not be started (its setup failed before the workload ran).
+
+    ``exit_code`` follows the shells and Docker: 127 command not found, 126 not executable.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -118,6 +118,8 @@ class LaunchSpec:
     network: NetworkSpec = field(default_factory=NetworkSpec)
     rootfs: RootfsSpec | None = None
     user_map_uid: int | None = None        # host uid that container root maps to (user ns)
+    user_map_gid: int | None = None        # host gid of container root (default: the uid)
+    user_map_count: int | None = None      # how many ids are mapped (default 65536)
 
 
 @dataclass(frozen=True)

@@ -192,13 +192,15 @@ def _launch(w: _Walker, d: dict[str, Any], key: str) -> LaunchSpec:
         if ("path" in r) == ("layers" in r):
             raise w.fail(r["__node__"], f"{key}.rootfs", "give exactly one of path or layers")
         rootfs = RootfsSpec(path=r.get("path"), layers=tuple(v for _, v in r.get("layers", [])))
-    uid = d.get("user", {}).get("uid")
+    user = d.get("user", {})
+    uid = user.get("uid")
     if "user" in d and "user" not in ns:
         raise w.fail(d["__key__user"], f"{key}.user", "a user mapping needs 'user' in namespaces")
     return LaunchSpec(namespaces=ns, hostname=d.get("hostname"),
                       network=NetworkSpec(mode=mode, bridge=net_d.get("bridge", "cgman0"),
                                           subnet=subnet),
-                      rootfs=rootfs, user_map_uid=uid)
+                      rootfs=rootfs, user_map_uid=uid, user_map_gid=user.get("gid"),
+                      user_map_count=user.get("count"))
 
 
 def _groups(w: _Walker, tree: dict[str, Any], parent: str, tenant: str | None,

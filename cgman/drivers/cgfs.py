@@ -74,6 +74,10 @@ class CgroupTree:
             raise self._err(rel, "", None, e) from None
         return fd
 
+    def open_dir(self, rel: str) -> int:
+        """A directory fd of ``rel`` (walked without following symlinks); the caller closes it."""
+        return self._open(rel)
+
     def exists(self, rel: str = ".", file: str = "") -> bool:
         try:
             fd = self._open(rel)

@@ -1,0 +1,375 @@
+"""Container lifecycle for the CLI: run (foreground or detached), exec, ps, stop, rm, gc.
+
+Who waits: a foreground ``cgman run`` waits on its container itself; ``run -d``
+forks a small supervisor (its own session, output to the container's log) that
+waits, records the final usage and cleans up. The container's first process has
+PR_SET_PDEATHSIG=SIGKILL towards whoever waits, so if that waiter is SIGKILLed
+the container dies with it rather than running unaccounted; the next cgman
+command (or ``cgman gc``) then reads what is left of its usage and removes
+everything it held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import signal
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import Busy, CgmanError, LaunchError, NotFound
+from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
+from .launch import CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, finish, launch, start_process
+from .records import Record, Store, alive, proc_start_ticks
+
+if TYPE_CHECKING:
+    from ..drivers import Host
+
+HostFactory = Callable[[str], "Host"]
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+EXIT_TIMEOUT = 124          # as timeout(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    """Command-line flags that override a group's container/launch blocks (None: keep)."""
+
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    pids: int | None = None
+    hostname: str | None = None
+    network: str | None = None
+    rootfs: str | None = None
+    layers: tuple[str, ...] = ()
+    userns: bool = False
+    init: bool = True
+    env: tuple[tuple[str, str], ...] = ()
+    auto_remove: bool = False
+
+
+def _check_dir(path: str, what: str) -> str:
+    if not os.path.isabs(path):
+        path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise LaunchError(f"{what} {path} does not exist or is not a directory")
+    return path
+
+
+def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str], o: Overrides) -> ContainerSpec:
+    """The container spec for ``group`` from its policy blocks plus the overrides."""
+    group = group.strip("/")
+    g = policies.get(group)
+    if g is None:
+        known = ", ".join(x.path for x in policies.groups) or "none"
+        raise NotFound(f"no group {group!r} in the policies (known: {known}); see `cgman validate`")
+    if not argv:
+        raise LaunchError("no command given: put it after --, e.g. `cgman run --policy acme/web -- sleep 60`")
+    name = name or f"{group.rsplit('/', 1)[-1]}-{secrets.token_hex(3)}"
+    res = g.container or Resources()
+    if o.cpus is not None:
+        if o.cpus <= 0:
+            raise LaunchError(f"--cpus must be above 0, not {o.cpus:g}")
+        res = dataclasses.replace(res, cpu=dataclasses.replace(res.cpu, max_cpus=o.cpus))
+    if o.memory_bytes is not None:
+        res = dataclasses.replace(res, memory=dataclasses.replace(res.memory, max_bytes=o.memory_bytes))
+    if o.pids is not None:
+        res = dataclasses.replace(res, pids=dataclasses.replace(res.pids, max=o.pids if o.pids > 0 else UNLIMITED))
+    ls = g.launch or LaunchSpec()
+    ns = set(ls.namespaces)
+    net = ls.network
+    if o.network is not None:
+        if o.network not in ("none", "loopback", "bridge"):
+            raise LaunchError(f"--network must be none, loopback or bridge, not {o.network!r}")
+        net = dataclasses.replace(net, mode=o.network)  # type: ignore[arg-type]
+        ns.add("net")
+    user_map = None
+    if o.userns or "user" in ns:
+        ns.add("user")
+        user_map = (ls.user_map_uid or DEFAULT_USER_MAP[0],
+                    ls.user_map_gid or ls.user_map_uid or DEFAULT_USER_MAP[1],
+                    ls.user_map_count or DEFAULT_USER_MAP[2])
+    rootfs = ls.rootfs
+    if o.rootfs and o.layers:
+        raise LaunchError("give --rootfs or --layer, not both")
+    if o.rootfs:
+        rootfs = RootfsSpec(path=o.rootfs)
+    elif o.layers:
+        rootfs = RootfsSpec(layers=o.layers)
+    if rootfs is not None:
+        rootfs = RootfsSpec(path=_check_dir(rootfs.path, "rootfs") if rootfs.path else None,
+                            layers=tuple(_check_dir(p, "layer") for p in rootfs.layers))
+        ns.add("mount")
+    hostname = o.hostname or (ls.hostname or "{name}").replace("{name}", name)
+    return ContainerSpec(name=name, group=group, tenant=g.tenant, argv=tuple(argv), resources=res,
+                         formula=g.formula, namespaces=frozenset(ns), hostname=hostname[:64],
+                         network=NetworkSpec(mode=net.mode, bridge=net.bridge, subnet=net.subnet),
+                         rootfs=rootfs, user_map=user_map, env=o.env, init=o.init, auto_remove=o.auto_remove)
+
+
+# ------------------------------------------------------------------------------ running
+def run_foreground(host: "Host", store: Store, spec: ContainerSpec, timeout_s: float | None = None,
+                   stop_grace_s: float = 10.0, on_timeout: Callable[[], None] | None = None) -> int:
+    """Run and wait; forward SIGINT/SIGTERM/…; return the exit code (128+N for signal N)."""
+    c = launch(host, store, spec)
+    old = {s: signal.signal(s, lambda sig, _f: c.signal(sig)) for s in FORWARDED}
+    reason = "exited"
+    try:
+        code = c.wait(timeout_s)
+        if code is None:
+            if on_timeout:
+                on_timeout()
+            c.stop(stop_grace_s)
+            code, reason = EXIT_TIMEOUT, "timeout"
+    except BaseException:
+        c.stop(0)
+        c.finish("interrupted")
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    c.finish(reason)
+    return code
+
+
+def run_detached(host: "Host", store: Store, spec: ContainerSpec, timeout_s: float | None = None,
+                 stop_grace_s: float = 10.0) -> Record:
+    """Fork a supervisor that launches and waits; return once the container runs (or failed)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                            # the supervisor
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            _supervise(host, store, spec, w, timeout_s, stop_grace_s)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = b""
+    while chunk := os.read(r, 65536):
+        msg += chunk
+    os.close(r)
+    if not msg.startswith(b"ok"):
+        os.waitpid(pid, 0)
+        raise LaunchError(msg.decode(errors="replace").removeprefix("error: ") or
+                          "the supervisor died before the container started")
+    return store.load(spec.name)
+
+
+def _supervise(host: "Host", store: Store, spec: ContainerSpec, w: int, timeout_s: float | None,
+               stop_grace_s: float) -> None:
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    dev_null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(dev_null, 0)
+    os.close(dev_null)
+
+    def to_log() -> None:
+        fd = os.open(store.log_path(spec.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    try:
+        c = launch(host, store, spec, detached=True, before_spawn=to_log)
+    except BaseException as e:
+        os.write(w, f"error: {e}".encode())
+        os.close(w)
+        raise SystemExit(1) from None
+    os.write(w, b"ok")
+    os.close(w)
+    signal.signal(signal.SIGTERM, lambda sig, _f: c.signal(sig))
+    code = c.wait(timeout_s)
+    reason = "exited"
+    if code is None:
+        c.stop(stop_grace_s)
+        code, reason = EXIT_TIMEOUT, "timeout"
+    c.finish(reason)
+
+
+# --------------------------------------------------------------------------------- exec
+NS_ORDER = ("user", "ipc", "uts", "net", "pid", "mnt", "cgroup")   # user first: it owns the rest
+
+
+def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[tuple[str, str], ...] = ()) -> int:
+    """Run ``argv`` inside a running container: every namespace it has, and its cgroup."""
+    if not argv:
+        raise LaunchError(f"no command given: `cgman exec {name} -- CMD...`")
+    rec = store.load(name)
+    if rec.state != "running" or not alive(rec.pid, rec.pid_start):
+        raise Busy(f"container {name} is not running (state: {state_of(host, rec)})")
+    assert rec.pid is not None
+    fds: list[int] = []
+    joined_user = False
+    try:
+        for ns in NS_ORDER:
+            theirs = f"/proc/{rec.pid}/ns/{ns}"
+            try:
+                if os.stat(theirs).st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino:
+                    continue
+                fds.append(os.open(theirs, os.O_RDONLY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                raise Busy(f"container {name} exited while joining it") from None
+            joined_user = joined_user or ns == "user"
+        base = dict(os.environ) if not rec.rootfs else {"PATH": CLEAN_PATH, "HOME": "/root"}
+        base.update(env)
+        envp = [os.fsencode(f"{k}={v}") for k, v in base.items()]
+        proc = start_process(host, rec.cgroup, [os.fsencode(a) for a in argv], envp, setns_fds=fds,
+                             init=True, uid=0 if joined_user else -1, gid=0 if joined_user else -1)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    proc.release()
+    c = Container(host, store, dataclasses.replace(rec, pid=proc.pid), None)  # type: ignore[arg-type]
+    old = {s: signal.signal(s, lambda sig, _f: c.signal(sig)) for s in FORWARDED}
+    try:
+        code = c.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    assert code is not None
+    return code
+
+
+# ------------------------------------------------------------------------ ps, stop, rm, gc
+def state_of(host: "Host | None", rec: Record) -> str:
+    if rec.state == "exited":
+        return "exited"
+    if not alive(rec.pid, rec.pid_start):
+        return "created" if rec.state == "created" and alive(rec.supervisor_pid, rec.supervisor_start) else "dead"
+    if host is not None:
+        try:
+            if host.is_frozen(rec.cgroup):
+                return "frozen"
+        except (CgmanError, OSError):
+            pass
+    return "running"
+
+
+def ps(store: Store, hosts: HostFactory, all_: bool = False) -> list[dict[str, Any]]:
+    """One row per container (running and frozen; with ``all_`` also exited)."""
+    import psutil
+    rows = []
+    now = time.time()
+    for rec in store.records():
+        host = hosts(rec.cgroup_root)
+        st = state_of(host, rec)
+        if st == "exited" and not all_:
+            continue
+        row: dict[str, Any] = {"name": rec.name, "id": rec.id[:12], "group": rec.group, "tenant": rec.tenant,
+                               "pid": rec.pid, "state": st, "command": " ".join(rec.argv),
+                               "address": rec.network.get("address"), "exit_code": rec.exit_code,
+                               "uptime_s": None, "cpu_s": None, "memory_bytes": None, "processes": None}
+        if st in ("running", "frozen"):
+            try:
+                assert rec.pid is not None
+                p = psutil.Process(rec.pid)
+                row["uptime_s"] = round(now - p.create_time(), 1)
+                row["processes"] = 1 + len(p.children(recursive=True))
+            except (psutil.Error, AssertionError):
+                pass
+            try:
+                u = host.usage(rec.cgroup)
+                row["cpu_s"] = None if u.cpu_usage_usec is None else u.cpu_usage_usec / 1e6
+                row["memory_bytes"] = u.memory_bytes
+            except CgmanError:
+                pass
+        elif rec.final_usage:
+            cpu = rec.final_usage.get("cpu_usage_usec")
+            row["cpu_s"] = None if cpu is None else cpu / 1e6
+            row["memory_bytes"] = rec.final_usage.get("memory_bytes")
+            if rec.started and rec.ended:
+                row["uptime_s"] = round(rec.ended - rec.started, 3)
+        rows.append(row)
+    return rows
+
+
+def _wait_gone(pid: int | None, start: int | None, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while alive(pid, start):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def stop(store: Store, hosts: HostFactory, name: str, grace_s: float = 10.0) -> Record:
+    """SIGTERM the container's init (it forwards), SIGKILL the cgroup after ``grace_s``,
+    then wait until its supervisor has recorded it (or collect it ourselves)."""
+    rec = store.load(name)
+    host = hosts(rec.cgroup_root)
+    if rec.state == "exited":
+        return rec
+    if alive(rec.pid, rec.pid_start):
+        assert rec.pid is not None
+        if host.is_frozen(rec.cgroup):
+            host.thaw(rec.cgroup)       # a frozen process cannot act on SIGTERM
+        try:
+            os.kill(rec.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if not _wait_gone(rec.pid, rec.pid_start, grace_s) and host.exists(rec.cgroup):
+            host.kill(rec.cgroup)
+            _wait_gone(rec.pid, rec.pid_start, 5.0)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        rec = store.load(name) if store.exists(name) else rec
+        if rec.state == "exited" or not store.exists(name):
+            return rec
+        if not alive(rec.supervisor_pid, rec.supervisor_start):
+            return finish(host, store, rec, None, "stopped; collected (its supervisor was gone)")
+        time.sleep(0.01)
+    raise Busy(f"container {name} stopped, but its supervisor (pid {rec.supervisor_pid}) has not recorded "
+               f"it after 10s; try `cgman gc`")
+
+
+def rm(store: Store, hosts: HostFactory, name: str, force: bool = False) -> None:
+    """Remove an exited container's record (``force``: stop it first)."""
+    rec = store.load(name)
+    host = hosts(rec.cgroup_root)
+    st = state_of(host, rec)
+    if st in ("running", "frozen", "created"):
+        if not force:
+            raise Busy(f"container {name} is {st}: stop it first (`cgman stop {name}`) or use `cgman rm --force`")
+        stop(store, hosts, name, grace_s=0)
+    elif st == "dead":
+        finish(host, store, rec, None, "collected (its supervisor was gone)")
+    store.delete(name)
+
+
+def gc(store: Store, hosts: HostFactory) -> list[str]:
+    """Collect containers whose waiter died: kill what is left, record final usage, free everything."""
+    collected = []
+    with store.lock("gc"):
+        for rec in store.records():
+            if rec.state == "exited" or alive(rec.supervisor_pid, rec.supervisor_start):
+                continue
+            host = hosts(rec.cgroup_root)
+            if alive(rec.pid, rec.pid_start) and host.exists(rec.cgroup):
+                host.kill(rec.cgroup)
+            finish(host, store, rec, None, "collected (its supervisor was gone)")
+            collected.append(rec.name)
+        _sweep_scratch(store)
+    return collected
+
+
+def _sweep_scratch(store: Store) -> None:
+    """Scratch dirs whose record is gone (a crash between delete steps)."""
+    import shutil
+    base = os.path.join(store.state, "containers")
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return
+    for n in names:
+        if not store.exists(n):
+            shutil.rmtree(os.path.join(base, n), ignore_errors=True)
+
+
+def supervisor_alive(rec: Record) -> bool:
+    return alive(rec.supervisor_pid, rec.supervisor_start)
+
+
+__all__ = ["Overrides", "spec_for", "run_foreground", "run_detached", "exec_in", "ps", "stop", "rm", "gc",
+           "state_of", "proc_start_ticks", "supervisor_alive"]

@@ -1,0 +1,424 @@
+"""Launch a container: its leaf cgroup, namespaces, network and root, race-free.
+
+The sequence (the child side is C, in cgman/_spawn.c):
+
+1. Claim the name (records.Store.reserve) and create ``<root>/<group>/<name>`` with
+   the group's ``container`` limits plus the command-line overrides.
+2. clone3(CLONE_INTO_CGROUP | CLONE_NEW*): the child is born inside its cgroup2
+   leaf and blocks on a pipe.
+3. The parent writes the pid into every cgroup v1 hierarchy, writes the user
+   namespace maps and plugs in the network, then releases the child.
+4. The child unshares its cgroup namespace (now rooted at its own cgroup), sets the
+   hostname, mounts its root and /proc, and runs a minimal init that execs the
+   workload. Its first instruction therefore runs inside every one of its cgroups.
+
+Whoever launched waits (``Container.wait``), then ``Container.finish`` reads the
+final usage from the cgroup once it is empty, removes the cgroup, veth, lease and
+scratch, and records usage and exit status in the record. Any failure during
+launch undoes every step, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import shutil
+import signal
+import struct
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import Busy, CgmanError, CgroupIOError, LaunchError, NotFound
+from ..model import NetworkSpec, Resources, RootfsSpec
+from ..plan import ROOT, Write, controllers_used, translate
+from . import rootfs as rfs
+from .records import Record, Store, proc_start_ticks
+
+if TYPE_CHECKING:
+    from ..drivers import Host
+
+log = logging.getLogger(__name__)
+
+NS_FLAGS = {"uts": 0x04000000, "ipc": 0x08000000, "pid": 0x20000000, "net": 0x40000000,
+            "mount": 0x00020000, "user": 0x10000000}
+CLONE_NEWCGROUP = 0x02000000
+DEFAULT_USER_MAP = (100000, 100000, 65536)    # host uid, host gid, count (container root -> 100000)
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to start one container (built by ``containers.spec_for``)."""
+
+    name: str
+    group: str
+    tenant: str
+    argv: tuple[str, ...]
+    resources: Resources = field(default_factory=Resources)
+    formula: str = "oci"
+    namespaces: frozenset[str] = frozenset({"uts", "ipc", "pid", "net", "mount", "cgroup"})
+    hostname: str | None = None
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    rootfs: RootfsSpec | None = None
+    user_map: tuple[int, int, int] | None = None      # (host uid, host gid, count) with the user ns
+    env: tuple[tuple[str, str], ...] = ()
+    init: bool = True
+    auto_remove: bool = False
+
+
+def _spawn_module() -> Any:
+    try:
+        from .. import _spawn
+    except ImportError as e:
+        raise LaunchError(f"cgman's launch helper (cgman._spawn, C) is not built: {e}; "
+                          f"reinstall with `pip install -e .` (needs gcc and the Python headers)") from None
+    return _spawn
+
+
+def _env(spec: ContainerSpec) -> list[bytes]:
+    if spec.rootfs is None:       # a host command: keep the caller's environment, as unshare(1) does
+        env = dict(os.environ)
+    else:                         # a foreign root: the host's environment means nothing there
+        env = {"PATH": CLEAN_PATH, "HOME": "/root"}
+        if "TERM" in os.environ:
+            env["TERM"] = os.environ["TERM"]
+    if spec.hostname:
+        env["HOSTNAME"] = spec.hostname
+    env["container"] = "cgman"
+    env.update(spec.env)
+    return [os.fsencode(f"{k}={v}") for k, v in env.items()]
+
+
+def _cgroup_limits(host: "Host", leaf: str, spec: ContainerSpec) -> None:
+    """Create the leaf and write its limits (v2: enable the controllers it needs above it)."""
+    writes, warns = translate(leaf, spec.resources, host.layout, host.features, spec.formula,  # type: ignore[arg-type]
+                              who=f"container {spec.name}")
+    for warning in warns:
+        log.warning("%s", warning)
+    v2_needed = sorted(c for c in controllers_used(spec.resources) if host.layout.version_of(c) == 2) \
+        if host.layout.mode == "v2" else []
+    if v2_needed:
+        parts = leaf.split("/")
+        for anc in [ROOT] + ["/".join(parts[:i]) for i in range(1, len(parts))]:
+            have = set(host.read(Write(anc, "cgroup", "cgroup.subtree_control", "")).split())
+            missing = [c for c in v2_needed if c not in have]
+            if missing:
+                host.write(Write(anc, "cgroup", "cgroup.subtree_control", " ".join(f"+{c}" for c in missing)))
+    host.create(leaf)
+    for w in writes:
+        host.write(w)
+
+
+def _usage_dict(host: "Host", leaf: str) -> dict[str, Any] | None:
+    try:
+        u = host.usage(leaf)
+    except NotFound:
+        return None
+    return {k: v for k, v in asdict(u).items() if k not in ("frozen", "populated")}
+
+
+@dataclass
+class Process:
+    """A started child: its host pid and the handles to release it and learn its fate."""
+
+    pid: int
+    release_fd: int
+    error_fd: int
+
+    def release(self) -> None:
+        """Let the child go on; raise LaunchError if it then fails before exec."""
+        try:
+            os.write(self.release_fd, b"x")
+        finally:
+            os.close(self.release_fd)
+        try:
+            data = b""
+            while len(data) < 12:
+                chunk = os.read(self.error_fd, 12 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(self.error_fd)
+        if len(data) == 12:
+            stage, err, op = struct.unpack("3i", data)
+            os.waitpid(self.pid, 0)
+            raise _setup_error(stage, err, op)
+
+    def abort(self) -> None:
+        """Kill the child before it ran anything of the workload, and reap it."""
+        for fd in (self.release_fd, self.error_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        except ProcessLookupError:
+            pass
+
+
+_CURRENT_OPS: list[Any] = []
+_CURRENT_ARGV0 = ""
+
+
+def _setup_error(stage: int, err: int, op: int) -> LaunchError:
+    names = _spawn_module().STAGES
+    what = names[stage] if 0 < stage < len(names) else f"stage {stage}"
+    detail = ""
+    if 0 <= op < len(_CURRENT_OPS):
+        o = _CURRENT_OPS[op]
+        detail = " " + " ".join(os.fsdecode(x) for x in o[1:4] if isinstance(x, bytes))
+    hint = ""
+    if what == "exec":
+        what = f"running {_CURRENT_ARGV0!r}"
+        if err == errno.ENOENT:
+            hint = ": command not found in the container (give a full path, or check --rootfs)"
+    elif what == "pivot_root" or (what == "mounting" and err == errno.EINVAL):
+        hint = " (is the root a directory with /bin inside, on a filesystem that allows it?)"
+    code = 127 if what.startswith("running") and err == errno.ENOENT else \
+        126 if what.startswith("running") and err in (errno.EACCES, errno.ENOEXEC) else 1
+    return LaunchError(f"container setup failed while {what}{detail}: {os.strerror(err)}{hint}", code)
+
+
+def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes], *, clone_flags: int = 0,
+                  unshare_flags: int = 0, hostname: str | None = None, lo_up: bool = False,
+                  ops: list[Any] | None = None, init: bool = True, uid: int = -1, gid: int = -1,
+                  setns_fds: list[int] | None = None) -> Process:
+    """Clone a child into ``leaf`` (v2 at birth, v1 before release). It waits for release()."""
+    sp = _spawn_module()
+    cg_fd = -1
+    if host.v2 is not None:
+        try:
+            cg_fd = host.v2.t.open_dir(leaf)
+        except NotFound:
+            cg_fd = -1
+    global _CURRENT_OPS, _CURRENT_ARGV0
+    _CURRENT_OPS, _CURRENT_ARGV0 = list(ops or []), os.fsdecode(argv[0]) if argv else ""
+    try:
+        pid, in_cgroup, rel, err = sp.spawn(argv, envp, clone_flags=clone_flags, cgroup_fd=cg_fd,
+                                            unshare_flags=unshare_flags,
+                                            hostname=os.fsencode(hostname) if hostname else None,
+                                            lo_up=lo_up, ops=ops or None, init=init, uid=uid, gid=gid,
+                                            setns_fds=setns_fds)
+    except OSError as e:
+        raise LaunchError(f"cannot create the container's process: {e.strerror}"
+                          f"{' (too many processes? check pids.max)' if e.errno == errno.EAGAIN else ''}") from None
+    finally:
+        if cg_fd >= 0:
+            os.close(cg_fd)
+    proc = Process(pid, rel, err)
+    try:
+        if host.v2 is not None and not in_cgroup and host.v2.exists(leaf):
+            host.v2.attach(leaf, pid)
+        if host.v1 is not None:
+            host.v1.attach(leaf, pid)
+    except BaseException:
+        proc.abort()
+        raise
+    return proc
+
+
+class Container:
+    """A launched container that this process waits on."""
+
+    def __init__(self, host: "Host", store: Store, rec: Record, spec: ContainerSpec) -> None:
+        self.host, self.store, self.rec, self.spec = host, store, rec, spec
+        self.status: int | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.rec.pid is not None
+        return self.rec.pid
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Wait for the container's first process; its exit code (128+N for signal N), or None on timeout."""
+        if self.status is not None:
+            return self.status
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pidfd = os.pidfd_open(self.pid) if deadline is not None else -1
+        try:
+            while True:
+                if pidfd >= 0:
+                    assert deadline is not None
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    p = select.poll()
+                    p.register(pidfd, select.POLLIN)
+                    if not p.poll(left * 1000):
+                        continue
+                try:
+                    pid, st = os.waitpid(self.pid, 0 if pidfd < 0 else os.WNOHANG)
+                except ChildProcessError:
+                    self.status = 255
+                    return self.status
+                if pid == self.pid:
+                    self.status = os.waitstatus_to_exitcode(st)
+                    if self.status < 0:
+                        self.status = 128 - self.status
+                    return self.status
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        """SIGTERM (the init forwards it), then SIGKILL the whole cgroup after ``grace_s``."""
+        self.signal(signal.SIGTERM)
+        code = self.wait(grace_s)
+        if code is None:
+            self.host.kill(self.rec.cgroup)
+            code = self.wait()
+        assert code is not None
+        return code
+
+    def finish(self, reason: str = "exited") -> Record:
+        """After the first process has exited: final usage, cleanup, the record. Idempotent."""
+        return finish(self.host, self.store, self.rec, self.status, reason)
+
+
+def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str) -> Record:
+    """Collect a container whose first process is gone: kill stragglers, read the final
+    usage from the still-existing cgroup, then remove cgroup, veth, lease, scratch."""
+    leaf = rec.cgroup
+    problems: list[str] = []
+    if host.exists(leaf):
+        try:
+            if host.procs(leaf, recursive=True):
+                host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
+            rec.final_usage = _usage_dict(host, leaf)
+            _remove_cgroup(host, leaf)
+        except CgmanError as e:
+            problems.append(str(e))
+    if rec.network.get("mode") == "bridge" and rec.network.get("address"):
+        from . import network
+        try:
+            network.release(store, rec.network["bridge"], rec.id)
+        except CgmanError as e:
+            problems.append(str(e))
+    shutil.rmtree(store.scratch(rec.name), ignore_errors=True)
+    rec.state = "exited"
+    rec.exit_code = code
+    rec.exit_reason = reason
+    rec.ended = time.time()
+    if problems:
+        rec.exit_reason = f"{reason}; cleanup incomplete: {'; '.join(problems)}"
+        log.warning("container %s: %s", rec.name, rec.exit_reason)
+    if rec.auto_remove and not problems:
+        store.delete(rec.name)
+    else:
+        store.save(rec)
+    return rec
+
+
+def _remove_cgroup(host: "Host", leaf: str) -> None:
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            host.remove(leaf)
+            return
+        except (Busy, CgroupIOError) as e:
+            # v1 may keep an exiting task listed for a moment after its parent reaped it.
+            if getattr(e, "errno", errno.EBUSY) not in (errno.EBUSY, None) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: int | None = None,
+           detached: bool = False, before_spawn: "Callable[[], None] | None" = None) -> Container:
+    """Start ``spec``; the caller (its supervisor) must wait() and finish() it.
+
+    ``before_spawn`` runs once the name is claimed, just before the clone (the detached
+    supervisor points stdout and stderr at the container's log there)."""
+    sup = supervisor_pid or os.getpid()
+    ns = set(spec.namespaces)
+    leaf = f"{spec.group}/{spec.name}"
+    rec = Record(id=uuid.uuid4().hex, name=spec.name, group=spec.group, tenant=spec.tenant, cgroup=leaf,
+                 cgroup_root=host.root, argv=list(spec.argv), created=time.time(), supervisor_pid=sup,
+                 supervisor_start=proc_start_ticks(sup), detached=detached, namespaces=sorted(ns),
+                 hostname=spec.hostname, network={"mode": spec.network.mode if "net" in ns else "host"},
+                 user_map=dict(zip(("uid", "gid", "count"), spec.user_map, strict=True)) if spec.user_map else None,
+                 limits=_limits_summary(spec.resources), auto_remove=spec.auto_remove)
+    if not host.exists(spec.group):
+        raise NotFound(f"group {spec.group!r} does not exist under the cgman root {host.root!r}: "
+                       f"apply its policy first (`cgman apply FILE`)")
+    store.reserve(rec)
+    proc: Process | None = None
+    try:
+        _cgroup_limits(host, leaf, spec)
+        overlay = None
+        if spec.rootfs is not None and spec.rootfs.layers:
+            scratch = store.scratch(spec.name)
+            overlay = rfs.Overlay(spec.rootfs.layers, f"{scratch}/upper", f"{scratch}/work", f"{scratch}/merged")
+            for d in (overlay.upper, overlay.work, overlay.merged):
+                os.makedirs(d, mode=0o755)
+                if spec.user_map and "user" in ns:
+                    os.chown(d, spec.user_map[0], spec.user_map[1])
+            rec.rootfs = {"layers": list(spec.rootfs.layers), "upper": overlay.upper}
+        elif spec.rootfs is not None and spec.rootfs.path:
+            rec.rootfs = {"path": spec.rootfs.path}
+        ops = rfs.mount_ops(root=spec.rootfs.path if spec.rootfs else None, overlay=overlay,
+                            pid_ns="pid" in ns, net_ns="net" in ns, ipc_ns="ipc" in ns,
+                            userns="user" in ns) if "mount" in ns else []
+        if before_spawn is not None:
+            before_spawn()
+        flags = 0
+        for n in ns:
+            flags |= NS_FLAGS.get(n, 0)
+        userns = "user" in ns
+        proc = start_process(host, leaf, [os.fsencode(a) for a in spec.argv], _env(spec), clone_flags=flags,
+                             unshare_flags=CLONE_NEWCGROUP if "cgroup" in ns else 0,
+                             hostname=spec.hostname if "uts" in ns else None,
+                             lo_up="net" in ns and spec.network.mode in ("loopback", "bridge"),
+                             ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1)
+        rec.pid, rec.pid_start = proc.pid, proc_start_ticks(proc.pid)
+        if userns:
+            uid, gid, count = spec.user_map or DEFAULT_USER_MAP
+            _write_map(proc.pid, "uid_map", f"0 {uid} {count}\n")
+            _write_map(proc.pid, "gid_map", f"0 {gid} {count}\n")
+        if "net" in ns and spec.network.mode == "bridge":
+            from . import network
+            rec.network.update(bridge=spec.network.bridge, subnet=spec.network.subnet or network.DEFAULT_SUBNET)
+            rec.network["address"] = "pending"
+            lease = network.attach(store, spec.network.bridge, spec.network.subnet, rec.id, proc.pid)
+            rec.network.update(address=lease.address, gateway=lease.gateway, veth=lease.host_veth)
+        rec.state, rec.started = "running", time.time()
+        store.save(rec)
+        proc.release()
+    except BaseException:
+        if proc is not None:
+            proc.abort()
+        finish(host, store, rec, None, "failed to start")
+        store.delete(spec.name)
+        raise
+    return Container(host, store, rec, spec)
+
+
+def _write_map(pid: int, which: str, text: str) -> None:
+    try:
+        with open(f"/proc/{pid}/{which}", "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise LaunchError(f"writing the user namespace {which} ({text.strip()!r}): {e.strerror}") from None
+
+
+def _limits_summary(res: Resources) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in ("cpu", "memory", "pids"):
+        for k, v in vars(getattr(res, part)).items():
+            if v is not None:
+                out[f"{part}_{k}"] = v if isinstance(v, (int, float, str)) else str(v)
+    return out
