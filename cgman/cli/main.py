@@ -21,7 +21,7 @@ app = typer.Typer(
          "cgman apply policies/  ->  cgman status  ->  cgman freeze acme/web  ->  cgman thaw acme/web",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-_state: dict[str, Any] = {"verbose": False, "root": None}
+_state: dict[str, Any] = {"verbose": False, "root": None, "run_dir": None, "state_dir": None}
 
 FilesArg = typer.Argument(None, help="Policy files or directories (default: --policy-dir, "
                           "$CGMAN_POLICY_DIR, /etc/cgman/policies, else ./policies).",
@@ -37,9 +37,14 @@ def _global(
     cgroup_root: Optional[str] = typer.Option(None, "--cgroup-root", envvar="CGMAN_CGROUP_ROOT",
                                               help="Name of cgman's root group in each hierarchy "
                                               "(default: cgman)."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", envvar="CGMAN_RUN_DIR",
+                                          help="Live container records (default: /run/cgman)."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="CGMAN_STATE_DIR",
+                                            help="Ledger and container scratch (default: /var/lib/cgman)."),
 ) -> None:
     _state["verbose"] = verbose
     _state["root"] = cgroup_root
+    _state["run_dir"], _state["state_dir"] = run_dir, state_dir
     if verbose:
         import logging
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
@@ -79,8 +84,31 @@ def _seconds(text: str) -> float:
         raise typer.BadParameter(str(e), param_hint="--timeout") from None
 
 
+def _container(target: str):
+    """The record of container ``target``, or None when TARGET names a group."""
+    if "/" in target or target == ".":
+        return None
+    from ..runtime.records import Store
+    st = Store(_state["run_dir"], _state["state_dir"])
+    return st.load(target) if st.exists(target) else None
+
+
+def _resolve(target: str):
+    """TARGET -> (host, cgroup path): a container name (its leaf cgroup) or a group path."""
+    rec = _container(target)
+    if rec is not None:
+        from ..drivers import open_host
+        from ..errors import NotFound
+        host = open_host(rec.cgroup_root)
+        if rec.state == "exited" or not host.exists(rec.cgroup):
+            raise NotFound(f"container {target} has exited (see `cgman ps -a`)")
+        return host, rec.cgroup
+    host = _host()
+    return host, _target(host, target)
+
+
 def _target(host, target: str) -> str:
-    """TARGET: a group path relative to the cgman root (containers arrive with `cgman run`)."""
+    """TARGET: a group path relative to the cgman root."""
     from ..drivers import split_path
     from ..errors import NotFound
     if target.strip("/") == "":
@@ -225,31 +253,29 @@ def status(path: str = typer.Argument(".", help="Group to show (default: the who
 
 
 @app.command()
-def freeze(target: str = typer.Argument(..., help="Group path (acme/web)."),
+def freeze(target: str = typer.Argument(..., help="Group path (acme/web) or container name."),
            timeout: str = TimeoutOpt) -> None:
     """Freeze every process in TARGET and below; confirmed, or thawed again on timeout."""
-    host = _host()
-    path = _target(host, target)
+    host, path = _resolve(target)
     host.freeze(path, _seconds(timeout))
     typer.echo(f"frozen {target}")
 
 
 def _thaw(target: str, timeout: str) -> None:
-    host = _host()
-    path = _target(host, target)
+    host, path = _resolve(target)
     host.thaw(path, _seconds(timeout))
     typer.echo(f"thawed {target}")
 
 
 @app.command()
-def thaw(target: str = typer.Argument(..., help="Group path (acme/web)."),
+def thaw(target: str = typer.Argument(..., help="Group path (acme/web) or container name."),
          timeout: str = TimeoutOpt) -> None:
     """Resume a frozen TARGET (alias: resume)."""
     _thaw(target, timeout)
 
 
 @app.command("resume")
-def resume(target: str = typer.Argument(..., help="Group path (acme/web)."),
+def resume(target: str = typer.Argument(..., help="Group path (acme/web) or container name."),
            timeout: str = TimeoutOpt) -> None:
     """Alias of thaw."""
     _thaw(target, timeout)
@@ -272,21 +298,27 @@ def _signal(name: str) -> int:
 
 
 @app.command()
-def kill(target: str = typer.Argument(..., help="Group path (acme/web)."),
+def kill(target: str = typer.Argument(..., help="Group path (acme/web) or container name."),
          sig: str = typer.Option("KILL", "--signal", "-s", help="Signal name or number."),
          timeout: str = TimeoutOpt) -> None:
     """Signal every process in TARGET and below (KILL waits until the group is empty)."""
-    host = _host()
-    path = _target(host, target)
+    host, path = _resolve(target)
     n = host.kill(path, _signal(sig), _seconds(timeout))
     typer.echo(f"signalled {n} process(es) in {target}")
 
 
 @app.command()
-def rm(target: str = typer.Argument(..., help="Group path (acme/web)."),
+def rm(target: str = typer.Argument(..., help="Group path (acme/web) or container name."),
        force: bool = typer.Option(False, "--force", "-f", help="Kill processes first.")) -> None:
-    """Remove TARGET and its child groups (refused while processes run, unless --force)."""
+    """Remove a container's record, or a group and its child groups (refused while processes
+    run, unless --force)."""
     from ..errors import Busy
+    if _container(target) is not None:
+        from .containers import hosts, store
+        from ..runtime.containers import rm as rm_container
+        rm_container(store(), hosts(), target, force)
+        typer.echo(f"removed container {target}")
+        return
     host = _host()
     path = _target(host, target)
     if host.procs(path, recursive=True):
@@ -342,7 +374,7 @@ def doctor(as_json: bool = JsonOpt) -> None:
 
 
 _GLOBAL_FLAGS = ("-v", "--verbose")
-_GLOBAL_VALUED = ("--cgroup-root",)
+_GLOBAL_VALUED = ("--cgroup-root", "--run-dir", "--state-dir")
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:
@@ -376,10 +408,12 @@ def main() -> None:
             import traceback
             traceback.print_exc()
         typer.echo(f"cgman: error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(getattr(e, "exit_code", 1))
     except KeyboardInterrupt:
         sys.exit(130)
 
+
+from . import containers as _containers  # noqa: E402,F401  (registers run, exec, ps, stop, gc, logs)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,208 @@
+"""Container commands: run, exec, ps, stop, gc, logs (registered on the main app).
+
+Thin: parse, call cgman.runtime.containers, render. Imports stay inside the
+commands, because interpreter start-up is part of `cgman run`'s latency.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .main import JsonOpt, _host, _load, _print_json, _seconds, _state, app
+
+
+def store():
+    from ..runtime.records import Store
+    return Store(_state.get("run_dir"), _state.get("state_dir"))
+
+
+def hosts():
+    """Host per cgroup root (records remember theirs), opened once each."""
+    from ..drivers import open_host
+    cache: dict[str, Any] = {}
+
+    def get(root: str):
+        if root not in cache:
+            cache[root] = open_host(root)
+        return cache[root]
+    return get
+
+
+def _collect_quietly() -> None:
+    """The next cgman command collects containers whose waiter died (see `cgman gc`)."""
+    from ..errors import CgmanError
+    from ..runtime.containers import gc
+    try:
+        for name in gc(store(), hosts()):
+            typer.echo(f"cgman: collected container {name} (its supervisor had died)", err=True)
+    except (CgmanError, OSError) as e:
+        typer.echo(f"cgman: warning: gc: {e}", err=True)
+
+
+def _argv(command: Optional[list[str]]) -> list[str]:
+    """The words after `--` (click keeps the `--` when it follows a positional)."""
+    words = list(command or [])
+    return words[1:] if words[:1] == ["--"] else words
+
+
+def _env(pairs: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for p in pairs or []:
+        k, sep, v = p.partition("=")
+        if not sep:
+            v = os.environ.get(k, "")
+        if not k:
+            raise typer.BadParameter(f"{p!r}: use KEY=VALUE", param_hint="--env")
+        out.append((k, v))
+    return tuple(out)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    command: Optional[list[str]] = typer.Argument(None, help="The workload, after `--`.", show_default=False),
+    policy: str = typer.Option(..., "--policy", "-p", help="Group the container belongs to (acme/web); its "
+                               "`container:` limits and `launch:` settings apply."),
+    name: Optional[str] = typer.Option(None, "--name", help="Unique name (default: <group>-<6 hex>)."),
+    detach: bool = typer.Option(False, "-d", "--detach", help="Run in the background; a supervisor waits, "
+                                "records usage and cleans up. Output goes to `cgman logs NAME`."),
+    cpus: Optional[float] = typer.Option(None, "--cpus", help="CPU limit in CPUs, e.g. 0.5."),
+    memory: Optional[str] = typer.Option(None, "--memory", "-m", help="Memory limit, e.g. 256Mi."),
+    pids: Optional[int] = typer.Option(None, "--pids", help="Most processes (0: unlimited)."),
+    hostname: Optional[str] = typer.Option(None, "--hostname", help="Hostname inside (default: the name)."),
+    network: Optional[str] = typer.Option(None, "--network", help="none (own netns, nothing up), loopback "
+                                          "(lo only) or bridge (veth on the group's bridge)."),
+    rootfs: Optional[Path] = typer.Option(None, "--rootfs", help="Directory to use as / (pivot_root)."),
+    layer: Optional[list[Path]] = typer.Option(None, "--layer", help="Read-only lower layer, bottom first; "
+                                               "repeat. An overlayfs with a private upper dir becomes /."),
+    userns: bool = typer.Option(False, "--userns", help="Also a user namespace: root inside maps to an "
+                                "unprivileged host uid (policy launch.user, default 100000)."),
+    init: bool = typer.Option(True, "--init/--no-init", help="A minimal init as PID 1 that reaps zombies and "
+                              "forwards signals (default); --no-init makes the workload PID 1."),
+    env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE for the workload; repeat."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", help="Stop it after this long (e.g. 30s); "
+                                          "exit code 124, as timeout(1)."),
+    rm: bool = typer.Option(False, "--rm", help="Remove the record when it exits (usage is still read)."),
+    files: Optional[list[Path]] = typer.Option(None, "--file", "-f", help="Policy file(s) to find the group "
+                                               "in (default: the policy dir)."),
+) -> None:
+    """Run CMD in a new container under a policy group; exit with its status (128+N for signal N).
+
+    The container gets a leaf cgroup <root>/<group>/<name> with the group's `container` limits plus
+    --cpus/--memory/--pids, and new namespaces (uts, ipc, pid, net, mount, cgroup; user with --userns).
+    Its first instruction already runs inside its cgroup. Examples:
+
+      cgman run --policy acme/web -- sleep 10
+
+      cgman run -p acme/web --name web1 -d --network bridge -- python3 -m http.server
+
+      cgman run -p batch --layer /srv/base --layer /srv/app --timeout 1h -- /app/job
+    """
+    from ..runtime import containers as C
+    from ..units import UnitError, parse_quantity
+    mem: int | None = None
+    if memory is not None:
+        try:
+            q = parse_quantity(memory)
+        except UnitError as e:
+            raise typer.BadParameter(str(e), param_hint="--memory") from None
+        if not isinstance(q, int) or q <= 0:
+            raise typer.BadParameter("give a size like 256Mi (unlimited: leave it out)", param_hint="--memory")
+        mem = q
+    timeout_s = _seconds(timeout) if timeout else None
+    o = C.Overrides(cpus=cpus, memory_bytes=mem, pids=pids, hostname=hostname, network=network,
+                    rootfs=str(rootfs) if rootfs else None, layers=tuple(str(p) for p in layer or ()),
+                    userns=userns, init=init, env=_env(env), auto_remove=rm)
+    spec = C.spec_for(_load(files), policy, name, _argv(command), o)
+    host, st = _host(), store()
+    _collect_quietly()
+    if detach:
+        rec = C.run_detached(host, st, spec, timeout_s)
+        typer.echo(rec.name)
+        return
+    code = C.run_foreground(host, st, spec, timeout_s, on_timeout=lambda: typer.echo(
+        f"cgman: container {spec.name} timed out after {timeout}; stopping it", err=True))
+    raise typer.Exit(code)
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(name: str = typer.Argument(..., help="Container name."),
+          command: Optional[list[str]] = typer.Argument(None, help="Command, after `--`.", show_default=False),
+          env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE; repeat.")) -> None:
+    """Run CMD inside a running container: all of its namespaces and its cgroup; exit with its status."""
+    from ..runtime.containers import exec_in
+    st = store()
+    rec = st.load(name)
+    code = exec_in(hosts()(rec.cgroup_root), st, name, _argv(command), _env(env))
+    raise typer.Exit(code)
+
+
+def _fmt_bytes(n: Optional[int]) -> str:
+    from ..units import format_bytes
+    return "-" if n is None else format_bytes(n)
+
+
+@app.command()
+def ps(all_: bool = typer.Option(False, "--all", "-a", help="Also exited containers."),
+       as_json: bool = JsonOpt) -> None:
+    """List containers: name, group, tenant, pid, state (running/frozen/exited), uptime, CPU, memory."""
+    from ..runtime.containers import ps as list_ps
+    _collect_quietly()
+    rows = list_ps(store(), hosts(), all_)
+    if as_json:
+        _print_json(rows)
+        return
+    fmt = "{:<20} {:<16} {:<10} {:>7} {:<8} {:>9} {:>9} {:>9}  {}"
+    typer.echo(fmt.format("NAME", "GROUP", "TENANT", "PID", "STATE", "UPTIME", "CPU", "MEMORY", "COMMAND"))
+    for r in rows:
+        state = r["state"] if r["state"] != "exited" else f"exit {r['exit_code']}"
+        up = "-" if r["uptime_s"] is None else f"{r['uptime_s']:.1f}s"
+        cpu = "-" if r["cpu_s"] is None else f"{r['cpu_s']:.3f}s"
+        typer.echo(fmt.format(r["name"], r["group"], r["tenant"], r["pid"] or "-", state, up, cpu,
+                              _fmt_bytes(r["memory_bytes"]), r["command"][:40]))
+
+
+@app.command()
+def stop(names: list[str] = typer.Argument(..., help="Container name(s)."),
+         timeout: str = typer.Option("10s", "--timeout", "-t", help="Grace period between TERM and KILL.")) -> None:
+    """Stop containers: SIGTERM to their init (forwarded to the workload), SIGKILL after --timeout."""
+    from ..runtime.containers import stop as do_stop
+    grace = _seconds(timeout)
+    for n in names:
+        rec = do_stop(store(), hosts(), n, grace)
+        typer.echo(f"stopped {n} (exit {rec.exit_code})")
+
+
+@app.command()
+def gc(as_json: bool = JsonOpt) -> None:
+    """Collect containers whose supervisor died: record their usage, free cgroup, veth, address, scratch."""
+    from ..runtime.containers import gc as do_gc
+    names = do_gc(store(), hosts())
+    if as_json:
+        _print_json({"collected": names})
+    else:
+        typer.echo(f"collected {len(names)} container(s){': ' + ', '.join(names) if names else ''}")
+
+
+@app.command()
+def logs(name: str = typer.Argument(..., help="Container name.")) -> None:
+    """Print a detached container's output (stdout and stderr)."""
+    st = store()
+    st.load(name)
+    try:
+        with open(st.log_path(name), "rb") as f:
+            while chunk := f.read(65536):
+                sys.stdout.buffer.write(chunk)
+    except FileNotFoundError:
+        typer.echo(f"{name} has no log (only detached containers have one)", err=True)
+
+
+@app.command()
+def inspect(name: str = typer.Argument(..., help="Container name.")) -> None:
+    """Print a container's full record as JSON (limits, network, final usage, exit status)."""
+    from dataclasses import asdict
+    _print_json(asdict(store().load(name)))
