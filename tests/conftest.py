@@ -90,11 +90,17 @@ def host(root_name: str) -> Iterator[object]:
         assert not left, f"test left cgroups behind: {left}"
 
 
+def cli_env(root_name: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for `python -m cgman`: this test's cgroup root, run dir and state dir."""
+    return dict(os.environ, CGMAN_CGROUP_ROOT=root_name, PYTHONPATH=str(REPO),
+                CGMAN_RUN_DIR=str(tmp_path / "run"), CGMAN_STATE_DIR=str(tmp_path / "state"))
+
+
 @pytest.fixture
-def cli(root_name: str):
+def cli(root_name: str, tmp_path: Path):
     """Run `python -m cgman ARGS` with this test's cgroup root; returns CompletedProcess."""
     def run(*args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
-        env = dict(os.environ, CGMAN_CGROUP_ROOT=root_name, PYTHONPATH=str(REPO))
+        env = cli_env(root_name, tmp_path)
         p = subprocess.run([sys.executable, "-m", "cgman", *args], capture_output=True, text=True,
                            env=env, timeout=timeout, cwd=REPO)
         if check and p.returncode != 0:

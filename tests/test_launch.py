@@ -1,0 +1,618 @@
+"""Containers on the real kernel: namespaces, race-free placement, networking, rootfs,
+lifecycle and cleanup. Everything runs `python -m cgman` as an operator would.
+
+Tests marked cgroup2 also run in the pure-v2 VM (scripts/test.sh); bridge and
+overlay tests run on this host only (the VM's filesystem is shared over 9p).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, cli_env, write_policy
+
+pytestmark = pytest.mark.kernel
+PY = sys.executable
+
+POLICY = """
+version: 1
+policies:
+  acme:
+    memory: {max: 1Gi}
+    children:
+      web:
+        container:
+          memory: {max: 128Mi}
+          pids: {max: 64}
+        launch:
+          network: {mode: loopback}
+      plain:
+        container:
+          pids: {max: 32}
+        launch:
+          namespaces: [uts, ipc, pid, net, mount]
+"""
+
+
+@pytest.fixture
+def pol(tmp_path, cli):
+    p = write_policy(tmp_path, "p.yaml", POLICY)
+    cli("apply", str(p), check=True)
+    return p
+
+
+@pytest.fixture
+def run(cli, pol):
+    """`cgman run -f POLICY -p GROUP [flags] -- CMD`."""
+    def go(group: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        cut = args.index("--") if "--" in args else len(args)
+        return cli("run", "-f", str(pol), "-p", group, *args[:cut], *args[cut:], timeout=timeout)
+    return go
+
+
+def record(tmp_path: Path, name: str) -> dict:
+    return json.loads((tmp_path / "run" / "containers" / name / "record.json").read_text())
+
+
+def leaf_dirs(host, leaf: str) -> list[str]:
+    out = []
+    for d in host.drivers:
+        for t in d.hierarchies():
+            out.append(os.path.join(t.mount, host.root, leaf))
+    return out
+
+
+def assert_no_leftovers(host, tmp_path: Path, leaf: str) -> None:
+    assert not [d for d in leaf_dirs(host, leaf) if os.path.exists(d)], "container cgroup left behind"
+    scratch = tmp_path / "state" / "containers"
+    assert not scratch.exists() or not list(scratch.iterdir()), "scratch dir left behind"
+
+
+# ------------------------------------------------------------------------ namespaces
+@pytest.mark.cgroup2
+def test_hostname_is_the_containers_own(run, host):
+    p = run("acme/web", "--name", "h1", "--hostname", "box-1", "--", "hostname")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "box-1"
+    assert socket.gethostname() != "box-1"
+    p = run("acme/web", "--name", "h2", "--", "hostname")
+    assert p.stdout.strip() == "h2", "the hostname defaults to the container name"
+
+
+@pytest.mark.cgroup2
+def test_first_read_of_proc_self_cgroup_is_the_container_cgroup(run, host, tmp_path):
+    """acme/plain has no cgroup namespace: the paths are the host's view."""
+    p = run("acme/plain", "--name", "c1", "--", "cat", "/proc/self/cgroup")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    want = f"/{host.root}/acme/plain/c1"
+    hierarchies = [t for d in host.drivers for t in d.hierarchies()]
+    inside = [ln for ln in lines if ln.endswith(":" + want)]
+    # One line per hierarchy cgman manages (v1 controllers and cgroup2), all at the leaf.
+    assert len(inside) == len(hierarchies), (lines, hierarchies)
+    if host.v2 is not None:
+        assert f"0::{want}" in lines
+    assert_no_leftovers(host, tmp_path, "acme/plain/c1")
+
+
+@pytest.mark.cgroup2
+def test_cgroup_namespace_shows_its_own_cgroup_as_root(run, host):
+    p = run("acme/web", "--name", "c2", "--", "cat", "/proc/self/cgroup")
+    assert p.returncode == 0, p.stderr
+    for line in p.stdout.strip().splitlines():
+        if "name=systemd" in line:      # not a hierarchy cgman places processes in
+            continue
+        assert line.rsplit(":", 1)[1] == "/", line
+
+
+@pytest.mark.cgroup2
+def test_pid_1_inside(run, host):
+    p = run("acme/web", "--no-init", "--", "sh", "-c", "echo $$")
+    assert p.stdout.strip() == "1", "without an init the workload is PID 1"
+    p = run("acme/web", "--", "sh", "-c", "echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'")
+    pid, comm, count = p.stdout.split()
+    assert (pid, comm) == ("2", "cgman-init")
+    assert int(count) <= 4, "/proc shows only the container's pid namespace"
+
+
+@pytest.mark.cgroup2
+def test_init_reaps_orphaned_zombies(run, host):
+    # The orphan's parent exits at once; it is reparented to PID 1, which must reap it.
+    code = ("import os, time\n"
+            "if os.fork() == 0:\n"
+            "    if os.fork() == 0: os._exit(0)\n"
+            "    os._exit(0)\n"
+            "os.wait(); time.sleep(0.3)\n"
+            "zombies = [p for p in os.listdir('/proc') if p.isdigit() and\n"
+            "           open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0] == 'Z']\n"
+            "print(len(zombies))\n")
+    p = run("acme/web", "--", PY, "-c", code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "0"
+
+
+LOOP_CHECK = ("import socket\n"
+              "devs = [l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]]\n"
+              "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+              "try:\n"
+              "    c = socket.create_connection(s.getsockname(), timeout=2); up = 'up'\n"
+              "except OSError as e:\n"
+              "    up = 'down'\n"
+              "print(','.join(sorted(devs)), up)\n")
+
+
+def test_loopback_network_has_only_lo_and_it_is_up(run, host):
+    p = run("acme/web", "--network", "loopback", "--", PY, "-c", LOOP_CHECK)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["lo", "up"]
+
+
+def test_none_network_has_nothing_up(run, host):
+    p = run("acme/web", "--network", "none", "--", PY, "-c", LOOP_CHECK)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["lo", "down"]
+
+
+def test_user_namespace_root_is_an_unprivileged_host_uid(run, host, tmp_path):
+    import tempfile
+    # pytest's tmp_path sits under a 0700 directory: uid 100000 could not reach it.
+    out = Path(tempfile.mkdtemp(prefix="cgman-test-userns-"))
+    out.chmod(0o777)
+    try:
+        _userns_checks(run, out)
+    finally:
+        shutil.rmtree(out)
+
+
+def _userns_checks(run, out: Path) -> None:
+    p = run("acme/web", "--userns", "--", "sh", "-c", f"id -u; cat /proc/self/uid_map; touch {out}/made")
+    assert p.returncode == 0, p.stderr
+    uid, *mapping = p.stdout.split()
+    assert uid == "0", "root inside"
+    assert mapping == ["0", "100000", "65536"]
+    assert (out / "made").stat().st_uid == 100000, "...which is uid 100000 on the host"
+    # And it cannot do what host root can: the file is owned by host root.
+    p = run("acme/web", "--userns", "--", "sh", "-c", "echo x >> /etc/hostname")
+    assert p.returncode != 0
+
+
+# ---------------------------------------------------------------------- rootfs
+@pytest.fixture
+def img_dir():
+    """A world-traversable temp dir: in a user namespace the mapped root (uid 100000) must
+    reach layers and scratch, and pytest's tmp_path sits under a 0700 directory."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="cgman-test-img-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.fixture
+def busybox_layers(img_dir):
+    tmp_path = img_dir
+    bb = shutil.which("busybox")
+    if bb is None or b"statically linked" not in subprocess.run(["file", "-L", bb], capture_output=True).stdout:
+        pytest.fail("these tests need a static busybox: apt-get install busybox-static file (scripts/setup.sh)")
+    base = tmp_path / "img" / "base"
+    (base / "bin").mkdir(parents=True)
+    shutil.copy(bb, base / "bin" / "busybox")
+    for tool in ("sh", "cat", "ls", "echo", "hostname", "id", "ps", "sleep", "touch", "rm"):
+        (base / "bin" / tool).symlink_to("busybox")
+    (base / "etc").mkdir()
+    (base / "etc" / "motd").write_text("base\n")
+    app = tmp_path / "img" / "app"
+    app.mkdir()
+    (app / "motd-app").write_text("app\n")
+    (app / "etc").mkdir()
+    (app / "etc" / "motd").write_text("app wins\n")
+    return base, app
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
+            for p in sorted(path.rglob("*"))}
+
+
+def test_overlay_writes_never_reach_a_lower_layer(run, host, tmp_path, busybox_layers):
+    base, app = busybox_layers
+    before = (_tree(base), _tree(app))
+    p = run("acme/web", "--name", "ov", "--layer", str(base), "--layer", str(app), "--",
+            "sh", "-c", "cat /etc/motd; echo changed > /etc/motd; echo new > /new; rm /motd-app; "
+                        "cat /etc/motd /new; ls /motd-app 2>&1; ls /")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[:3] == ["app wins", "changed", "new"], "upper layers win; writes are visible inside"
+    assert (_tree(base), _tree(app)) == before, "no lower layer changed"
+    assert not (tmp_path / "state" / "containers" / "ov").exists(), "the upper dir is removed at exit"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(base) not in mounts and "overlay" not in [ln.split()[-3] for ln in mounts.splitlines()
+                                                         if str(tmp_path) in ln]
+
+
+def test_rootfs_pivot_root_and_minimal_dev(run, host, busybox_layers):
+    base, _ = busybox_layers
+    p = run("acme/web", "--rootfs", str(base), "--", "sh", "-c",
+            "ls /; ls /dev; echo x > /dev/null && echo devnull-ok; ls /proc/1/comm")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.split()
+    assert {"bin", "etc", "dev", "proc"} <= set(out)
+    assert "tmp" not in out and "home" not in out, "the host's / is not visible"
+    assert {"null", "zero", "urandom", "tty"} <= set(out) and "devnull-ok" in out
+    assert "sda" not in out and "vda" not in out, "no host disks in /dev"
+
+
+def test_user_namespace_with_overlay(run, host, busybox_layers, img_dir):
+    base, _ = busybox_layers
+    state = img_dir / "state"
+    p = run("acme/web", "--state-dir", str(state), "--userns", "--layer", str(base), "--",
+            "sh", "-c", "id -u; echo hi > /f; cat /f")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["0", "hi"]
+
+
+# ---------------------------------------------------------------------- placement and limits
+@pytest.mark.cgroup2
+def test_container_limits_are_the_groups_container_block_plus_flags(run, host, tmp_path, cli):
+    p = run("acme/web", "-d", "--name", "lim", "--memory", "64Mi", "--pids", "7", "--cpus", "0.5", "--",
+            "sleep", "30")
+    assert p.returncode == 0, p.stderr
+    try:
+        mem = "memory.limit_in_bytes" if host.layout.version_of("memory") == 1 else "memory.max"
+        from cgman.plan import Write
+        assert host.read(Write("acme/web/lim", "memory", mem, "")).strip() == str(64 << 20)
+        assert host.read(Write("acme/web/lim", "pids", "pids.max", "")).strip() == "7"
+        if host.layout.version_of("cpu") == 1:
+            assert host.read(Write("acme/web/lim", "cpu", "cpu.cfs_quota_us", "")).strip() == "50000"
+        else:
+            assert host.read(Write("acme/web/lim", "cpu", "cpu.max", "")).split() == ["50000", "100000"]
+        rec = record(tmp_path, "lim")
+        assert rec["limits"]["memory_max_bytes"] == 64 << 20 and rec["state"] == "running"
+        assert host.procs("acme/web/lim") == {rec["pid"]} | host.procs("acme/web/lim")
+        assert rec["pid"] in host.procs("acme/web/lim")
+    finally:
+        cli("stop", "lim", "-t", "0s")
+    assert_no_leftovers(host, tmp_path, "acme/web/lim")
+
+
+@pytest.mark.cgroup2
+def test_memory_limit_kills_the_workload(run, host):
+    p = run("acme/web", "--memory", "32Mi", "--", PY, "-c",
+            "b = bytearray(200 << 20)\nb[::4096] = b'x' * len(b[::4096])\nprint('survived')")
+    assert p.returncode == 137, (p.returncode, p.stdout, p.stderr)
+    assert "survived" not in p.stdout
+
+
+@pytest.mark.cgroup2
+def test_pids_limit_applies_inside(run, host):
+    p = run("acme/web", "--pids", "5", "--", PY, "-c",
+            "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+            "            import time; time.sleep(5); os._exit(0)\n        n += 1\n"
+            "except OSError as e:\n    print(n, e.errno)\n")
+    assert p.returncode == 0, p.stderr
+    n, err = p.stdout.split()
+    assert int(n) == 5 - 2 and err == "11", "init + python + 3 children = pids.max 5; then EAGAIN"
+
+
+# ---------------------------------------------------------------------- lifecycle
+@pytest.mark.cgroup2
+def test_exit_codes_and_signals_propagate(run, host):
+    assert run("acme/web", "--", "sh", "-c", "exit 3").returncode == 3
+    assert run("acme/web", "--", "sh", "-c", "kill -TERM $$").returncode == 128 + 15
+    assert run("acme/web", "--no-init", "--", "sh", "-c", "exit 4").returncode == 4
+    assert run("acme/web", "--", "/nonexistent/cmd").returncode == 127
+
+
+@pytest.mark.cgroup2
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_forwards_signals_to_the_workload(host, pol, root_name, tmp_path, sig):
+    ready = tmp_path / "ready"
+    script = (f"trap 'echo got-it; exit 42' {sig.name[3:]}; touch {ready}; "
+              "while :; do sleep 0.05; done")
+    p = subprocess.Popen([PY, "-m", "cgman", "run", "-f", str(pol), "-p", "acme/web", "--name", "fw", "--",
+                          "sh", "-c", script], env=cli_env(root_name, tmp_path), cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+            time.sleep(0.02)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 42, (out, err)
+    assert "got-it" in out
+    assert record(tmp_path, "fw")["exit_code"] == 42
+
+
+@pytest.mark.cgroup2
+def test_timeout_stops_the_container_and_exits_124(run, host, tmp_path):
+    t = time.monotonic()
+    p = run("acme/web", "--name", "slow", "--timeout", "300ms", "--", "sleep", "30")
+    assert p.returncode == 124 and "timed out" in p.stderr
+    assert time.monotonic() - t < 15
+    assert record(tmp_path, "slow")["exit_reason"] == "timeout"
+    assert_no_leftovers(host, tmp_path, "acme/web/slow")
+
+
+@pytest.mark.cgroup2
+def test_final_usage_is_read_before_the_cgroup_goes(run, host, tmp_path):
+    p = run("acme/web", "--name", "burn", "--", PY, "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass")
+    assert p.returncode == 0, p.stderr
+    rec = record(tmp_path, "burn")
+    assert rec["state"] == "exited" and rec["exit_code"] == 0 and rec["exit_reason"] == "exited"
+    assert rec["final_usage"]["cpu_usage_usec"] >= 300_000, rec["final_usage"]
+    assert rec["final_usage"]["cpu_usage_usec"] < 2_000_000
+    assert_no_leftovers(host, tmp_path, "acme/web/burn")
+
+
+@pytest.mark.cgroup2
+def test_detached_ps_exec_freeze_stop_rm(run, host, cli, tmp_path):
+    p = run("acme/web", "-d", "--name", "bg", "--", "sh", "-c", "echo started; exec sleep 60")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "bg"
+    try:
+        rows = json.loads(cli("ps", "--json", check=True).stdout)
+        (row,) = [r for r in rows if r["name"] == "bg"]
+        assert row["state"] == "running" and row["group"] == "acme/web" and row["tenant"] == "acme"
+        assert row["pid"] > 0 and row["memory_bytes"] > 0 and row["uptime_s"] >= 0
+
+        # exec joins every namespace and the cgroup
+        e = cli("exec", "bg", "--", "sh", "-c", "hostname; echo $$; cat /proc/self/cgroup | grep -c ':/$'; exit 7")
+        assert e.returncode == 7, e.stderr
+        name, pid, at_root = e.stdout.split()
+        assert name == "bg" and int(pid) > 2 and int(at_root) >= 1
+        procs = host.procs("acme/web/bg")
+        assert record(tmp_path, "bg")["pid"] in procs
+
+        cli("freeze", "bg", check=True)
+        (row,) = [r for r in json.loads(cli("ps", "--json").stdout) if r["name"] == "bg"]
+        assert row["state"] == "frozen"
+        cli("thaw", "bg", check=True)
+
+        r = cli("rm", "bg")
+        assert r.returncode == 1 and "stop it first" in r.stderr
+        s = cli("stop", "bg", "-t", "2s")
+        assert s.returncode == 0 and "exit 143" in s.stdout, s.stdout + s.stderr
+        assert cli("logs", "bg").stdout == "started\n"
+        rows = json.loads(cli("ps", "--json").stdout)
+        assert not [r for r in rows if r["name"] == "bg"], "ps hides exited containers"
+        (row,) = [r for r in json.loads(cli("ps", "-a", "--json").stdout) if r["name"] == "bg"]
+        assert row["state"] == "exited" and row["exit_code"] == 143
+        cli("rm", "bg", check=True)
+        assert not (tmp_path / "run" / "containers" / "bg").exists()
+    finally:
+        cli("rm", "--force", "bg")
+    assert_no_leftovers(host, tmp_path, "acme/web/bg")
+
+
+@pytest.mark.cgroup2
+def test_stop_kills_a_workload_that_ignores_sigterm(run, host, cli, tmp_path):
+    assert run("acme/web", "-d", "--name", "stubborn", "--", "sh", "-c",
+               "trap '' TERM; while :; do sleep 0.05; done").returncode == 0
+    t = time.monotonic()
+    s = cli("stop", "stubborn", "-t", "300ms")
+    assert s.returncode == 0 and "exit 137" in s.stdout, s.stdout + s.stderr
+    assert time.monotonic() - t < 10
+    assert_no_leftovers(host, tmp_path, "acme/web/stubborn")
+
+
+@pytest.mark.cgroup2
+def test_rm_force_stops_a_running_container(run, host, cli, tmp_path):
+    assert run("acme/web", "-d", "--name", "goner", "--", "sleep", "60").returncode == 0
+    cli("rm", "--force", "goner", check=True)
+    assert not (tmp_path / "run" / "containers" / "goner").exists()
+    assert_no_leftovers(host, tmp_path, "acme/web/goner")
+
+
+def _supervisor_kill_case(run, host, cli, tmp_path, *args: str) -> dict:
+    assert run("acme/web", "-d", "--name", "orphan", *args, "--", "sleep", "60").returncode == 0
+    rec = record(tmp_path, "orphan")
+    os.kill(rec["supervisor_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{rec['pid']}") and \
+            Path(f"/proc/{rec['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the container outlived its supervisor"
+        time.sleep(0.01)
+    g = cli("gc", "--json", check=True)
+    assert json.loads(g.stdout) == {"collected": ["orphan"]}
+    rec = record(tmp_path, "orphan")
+    assert rec["state"] == "exited" and rec["exit_reason"].startswith("collected")
+    assert rec["final_usage"] is not None and rec["final_usage"]["cpu_usage_usec"] > 0
+    assert_no_leftovers(host, tmp_path, "acme/web/orphan")
+    assert json.loads(cli("gc", "--json", check=True).stdout) == {"collected": []}, "exactly once"
+    return rec
+
+
+@pytest.mark.cgroup2
+def test_sigkill_of_the_supervisor_leaves_nothing_after_gc(run, host, cli, tmp_path):
+    _supervisor_kill_case(run, host, cli, tmp_path)
+
+
+def test_the_next_command_collects_a_dead_supervisors_container(run, host, cli, tmp_path):
+    assert run("acme/web", "-d", "--name", "orphan2", "--", "sleep", "60").returncode == 0
+    rec = record(tmp_path, "orphan2")
+    os.kill(rec["supervisor_pid"], signal.SIGKILL)
+    time.sleep(0.2)
+    p = cli("ps", "-a")
+    assert "collected container orphan2" in p.stderr
+    assert record(tmp_path, "orphan2")["state"] == "exited"
+    assert_no_leftovers(host, tmp_path, "acme/web/orphan2")
+
+
+# ---------------------------------------------------------------------- bridge
+@pytest.fixture
+def bridge(tmp_path):
+    """A bridge name of this test's own; whatever the test leaves is removed (and reported)."""
+    name = f"cgt{secrets.token_hex(3)}"
+    yield name
+    left = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in left.splitlines():
+        ifname = line.split(":")[1].strip().split("@")[0]
+        if ifname == name or f"master {name} " in line:
+            subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+
+
+def _links() -> str:
+    return subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+
+
+def test_two_bridge_containers_talk_over_tcp(cli, host, tmp_path, bridge):
+    pol = write_policy(tmp_path, "net.yaml", f"""
+version: 1
+policies:
+  net:
+    container: {{pids: {{max: 64}}}}
+    launch:
+      network: {{mode: bridge, bridge: {bridge}, subnet: 10.213.7.0/29}}
+""")
+    cli("apply", str(pol), check=True)
+    server = ("import socket\ns = socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen()\n"
+              "open('/proc/self/fd/1', 'w').write('listening\\n')\n"
+              "c, peer = s.accept(); c.sendall(f'hello {peer[0]}'.encode()); c.close()\n")
+    r = cli("run", "-f", str(pol), "-p", "net", "-d", "--name", "srv", "--", PY, "-u", "-c", server)
+    assert r.returncode == 0, r.stderr
+    try:
+        srv = record(tmp_path, "srv")
+        assert srv["network"]["address"] == "10.213.7.2" and srv["network"]["gateway"] == "10.213.7.1"
+        deadline = time.monotonic() + 10
+        while "listening" not in cli("logs", "srv").stdout:
+            assert time.monotonic() < deadline, cli("logs", "srv").stdout
+            time.sleep(0.05)
+        client = ("import socket\ns = socket.create_connection(('10.213.7.2', 8080), timeout=5)\n"
+                  "print(s.recv(100).decode())\n"
+                  "print(sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]))\n")
+        c = cli("run", "-f", str(pol), "-p", "net", "--name", "cl", "--", PY, "-c", client)
+        assert c.returncode == 0, c.stderr
+        hello, devs = c.stdout.strip().splitlines()
+        assert hello == "hello 10.213.7.3", "the client got the next address and reached the server"
+        assert devs == "['eth0', 'lo']"
+    finally:
+        cli("rm", "--force", "srv")
+    links = _links()
+    assert f"{bridge}:" not in links and f"master {bridge}" not in links, "bridge and veths removed"
+    assert not (tmp_path / "run" / "network" / f"{bridge}.json").exists(), "no lease left"
+    assert_no_leftovers(host, tmp_path, "net/srv")
+
+
+def test_subnet_exhausted_is_a_clear_error_and_leaves_nothing(cli, host, tmp_path, bridge):
+    pol = write_policy(tmp_path, "net.yaml", f"""
+version: 1
+policies:
+  net:
+    launch:
+      network: {{mode: bridge, bridge: {bridge}, subnet: 10.213.9.0/30}}
+""")
+    cli("apply", str(pol), check=True)
+    assert cli("run", "-f", str(pol), "-p", "net", "-d", "--name", "only", "--", "sleep", "60").returncode == 0
+    try:
+        r = cli("run", "-f", str(pol), "-p", "net", "--name", "extra", "--", "true")
+        assert r.returncode == 1
+        assert "subnet 10.213.9.0/30 is exhausted" in r.stderr and len(r.stderr.splitlines()) == 1
+        assert not (tmp_path / "run" / "containers" / "extra").exists()
+        assert not [d for d in leaf_dirs(host, "net/extra") if os.path.exists(d)]
+        leases = json.loads((tmp_path / "run" / "network" / f"{bridge}.json").read_text())["leases"]
+        assert list(leases) == ["10.213.9.2"], "the failed run took no address"
+    finally:
+        cli("rm", "--force", "only")
+    assert f"{bridge}:" not in _links()
+
+
+def test_sigkill_of_a_bridge_containers_supervisor_frees_its_address(run, host, cli, tmp_path, bridge):
+    pol = write_policy(tmp_path, "net.yaml", f"""
+version: 1
+policies:
+  net:
+    launch:
+      network: {{mode: bridge, bridge: {bridge}, subnet: 10.213.11.0/29}}
+""")
+    cli("apply", str(pol), check=True)
+    assert cli("run", "-f", str(pol), "-p", "net", "-d", "--name", "orphan", "--", "sleep", "60").returncode == 0
+    rec = record(tmp_path, "orphan")
+    os.kill(rec["supervisor_pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    assert json.loads(cli("gc", "--json", check=True).stdout) == {"collected": ["orphan"]}
+    assert f"{bridge}:" not in _links() and "cgv" + rec["id"][:11] not in _links()
+    assert not (tmp_path / "run" / "network" / f"{bridge}.json").exists()
+    assert_no_leftovers(host, tmp_path, "net/orphan")
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.cgroup2
+@pytest.mark.parametrize("args, message", [
+    (("-p", "acme/nope", "--", "true"), "no group 'acme/nope' in the policies (known: acme, acme/web, acme/plain)"),
+    (("-p", "acme/web"), "no command given"),
+    (("-p", "acme/web", "--rootfs", "/nonexistent-root", "--", "true"), "rootfs /nonexistent-root does not exist"),
+    (("-p", "acme/web", "--layer", "/nonexistent-layer", "--", "true"), "layer /nonexistent-layer does not exist"),
+    (("-p", "acme/web", "--name", "bad/name", "--", "true"), "bad container name 'bad/name'"),
+    (("-p", "acme/web", "--memory", "lots", "--", "true"), "--memory"),
+    (("-p", "acme/web", "--network", "wifi", "--", "true"), "--network must be none, loopback or bridge"),
+    (("-p", "acme/web", "--timeout", "soon", "--", "true"), "--timeout"),
+])
+def test_bad_run_input_is_one_clear_line_and_leaves_nothing(cli, pol, host, tmp_path, args, message):
+    p = cli("run", "-f", str(pol), *args)
+    assert p.returncode != 0
+    assert message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert not list((tmp_path / "run" / "containers").glob("*")) if (tmp_path / "run" / "containers").exists() else True
+    assert host.children("acme/web") == []
+
+
+@pytest.mark.cgroup2
+def test_duplicate_name_is_refused_and_the_first_is_untouched(run, host, cli, tmp_path):
+    assert run("acme/web", "-d", "--name", "dup", "--", "sleep", "60").returncode == 0
+    try:
+        first = record(tmp_path, "dup")
+        p = run("acme/web", "--name", "dup", "--", "true")
+        assert p.returncode == 1 and "a container named 'dup' already exists" in p.stderr
+        assert record(tmp_path, "dup") == first
+        assert host.children("acme/web") == ["dup"]
+    finally:
+        cli("rm", "--force", "dup")
+
+
+@pytest.mark.cgroup2
+def test_unapplied_group_is_a_clear_error(cli, host, tmp_path):
+    pol = write_policy(tmp_path, "q.yaml", "version: 1\npolicies:\n  fresh: {}\n")
+    p = cli("run", "-f", str(pol), "-p", "fresh", "--", "true")
+    assert p.returncode == 1 and "apply its policy first" in p.stderr
+    assert not (tmp_path / "run" / "containers").exists() or not list((tmp_path / "run" / "containers").iterdir())
+
+
+def test_setup_failure_in_the_child_undoes_everything(run, host, tmp_path):
+    d = tmp_path / "notaroot"
+    d.mkdir()
+    (d / "proc").write_text("a file where /proc must be a directory")
+    p = run("acme/web", "--name", "broken", "--rootfs", str(d), "--", "/bin/true")
+    assert p.returncode == 1
+    assert "container setup failed while" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "containers" / "broken").exists()
+    assert_no_leftovers(host, tmp_path, "acme/web/broken")
+
+
+def test_exec_and_stop_of_unknown_containers(cli, host):
+    for args in (("exec", "ghost", "--", "true"), ("stop", "ghost"), ("rm", "ghost"), ("logs", "ghost")):
+        p = cli(*args)
+        assert p.returncode == 1, args
+        assert "no container named 'ghost'" in p.stderr or "no group or container named 'ghost'" in p.stderr, p.stderr
+
+
+def test_exec_into_an_exited_container_is_refused(run, cli, host):
+    assert run("acme/web", "--name", "done", "--", "true").returncode == 0
+    p = cli("exec", "done", "--", "true")
+    assert p.returncode == 1 and "is not running (state: exited)" in p.stderr
