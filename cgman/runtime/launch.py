@@ -181,6 +181,9 @@ def _setup_error(stage: int, err: int, op: int) -> LaunchError:
         what = f"running {_CURRENT_ARGV0!r}"
         if err == errno.ENOENT:
             hint = ": command not found in the container (give a full path, or check --rootfs)"
+    elif what == "mounting" and err in (errno.EACCES, errno.EPERM) and "overlay" in detail:
+        hint = (" (with a user namespace, the container's root uid must be able to reach every layer "
+                "and the state dir)")
     elif what == "pivot_root" or (what == "mounting" and err == errno.EINVAL):
         hint = " (is the root a directory with /bin inside, on a filesystem that allows it?)"
     code = 127 if what.startswith("running") and err == errno.ENOENT else \
