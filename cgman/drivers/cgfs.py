@@ -9,6 +9,7 @@ Errors carry the directory, file, value and errno.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
@@ -22,14 +23,20 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def split_path(rel: str) -> list[str]:
     """Validate a group path relative to the root ("." is the root itself)."""
+    return list(_split(rel))
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(rel: str) -> tuple[str, ...]:
+    # Cached: the same few paths are validated on every operation of a launch.
     if rel in ("", "."):
-        return []
+        return ()
     parts = rel.split("/")
     for p in parts:
         if p in ("", ".", "..") or not _COMPONENT.fullmatch(p):
             raise UnsafePath(f"refusing cgroup name {rel!r}: each part must be a plain name "
                              f"(no '/', '..' or leading '.')")
-    return parts
+    return tuple(parts)
 
 
 class CgroupTree:
@@ -39,6 +46,7 @@ class CgroupTree:
         self.mount = mount
         self.root = root
         self._root_parts = split_path(root)
+        self._mfd: int | None = None
         if not self._root_parts:
             raise UnsafePath("the cgman root must be a named group below the mount, not the mount")
 
@@ -50,22 +58,33 @@ class CgroupTree:
         return os.path.join(*parts, file) if file else os.path.join(*parts)
 
     # --------------------------------------------------------------------- directories
+    def _cached_mount_fd(self) -> int:
+        # The mount itself never goes away (cgman never unmounts), so one descriptor of it is
+        # kept: resolving /sys/fs/cgroup/<controller> is the dearest step of every walk.
+        if self._mfd is None:
+            try:
+                self._mfd = os.open(self.mount, _DIR_FLAGS)
+            except OSError as e:
+                raise CgroupIOError(self.mount, "", None, e.errno or 0,
+                                    f"cannot open the cgroup mount: {e.strerror}") from None
+        return self._mfd
+
     def _mount_fd(self) -> int:
-        try:
-            return os.open(self.mount, _DIR_FLAGS)
-        except OSError as e:
-            raise CgroupIOError(self.mount, "", None, e.errno or 0,
-                                f"cannot open the cgroup mount: {e.strerror}") from None
+        """A descriptor of the mount that the caller owns (and closes)."""
+        return os.dup(self._cached_mount_fd())
 
     def _open(self, rel: str) -> int:
-        fd = self._mount_fd()
+        mfd = self._cached_mount_fd()
+        fd = mfd
         try:
             for part in self._root_parts + split_path(rel):
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
+                if fd != mfd:
+                    os.close(fd)
                 fd = nfd
         except OSError as e:
-            os.close(fd)
+            if fd != mfd:
+                os.close(fd)
             if e.errno == errno.ENOENT:
                 raise NotFound(f"no cgroup {self.path(rel)}") from None
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -101,7 +120,8 @@ class CgroupTree:
         fd = self._open(parent)
         try:
             os.mkdir(parts[-1], 0o755, dir_fd=fd)
-            log.debug("mkdir %s", self.path(rel))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("mkdir %s", self.path(rel))
             return True
         except FileExistsError:
             return False
@@ -150,7 +170,8 @@ class CgroupTree:
             name = parts[-1]
         try:
             os.rmdir(name, dir_fd=fd)
-            log.debug("rmdir %s", self.path(rel))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("rmdir %s", self.path(rel))
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -205,7 +226,8 @@ class CgroupTree:
         finally:
             os.close(fd)
         try:
-            log.debug("write %s = %r", self.path(rel, file), value)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("write %s = %r", self.path(rel, file), value)
             os.write(ffd, value.encode())
         except OSError as e:
             raise self._err(rel, file, value, e) from None

@@ -298,14 +298,14 @@ def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: st
     usage from the still-existing cgroup, then remove cgroup, veth, lease, scratch."""
     leaf = rec.cgroup
     problems: list[str] = []
-    if host.exists(leaf):
-        try:
-            if host.procs(leaf, recursive=True):
-                host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
-            rec.final_usage = _usage_dict(host, leaf)
+    try:
+        if host.procs(leaf):
+            host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
+        rec.final_usage = _usage_dict(host, leaf)
+        if rec.final_usage is not None:
             _remove_cgroup(host, leaf)
-        except CgmanError as e:
-            problems.append(str(e))
+    except CgmanError as e:
+        problems.append(str(e))
     if rec.network.get("mode") == "bridge" and rec.network.get("address"):
         from . import network
         try:
@@ -334,6 +334,11 @@ def _remove_cgroup(host: "Host", leaf: str) -> None:
             host.remove(leaf)
             return
         except (Busy, CgroupIOError) as e:
+            if host.children(leaf):       # the workload made groups of its own below its leaf
+                host.kill(leaf)
+                for cg in reversed(host.walk(leaf)[1:]):
+                    host.remove(cg)
+                continue
             # v1 may keep an exiting task listed for a moment after its parent reaped it.
             if getattr(e, "errno", errno.EBUSY) not in (errno.EBUSY, None) or time.monotonic() > deadline:
                 raise
@@ -351,7 +356,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     leaf = f"{spec.group}/{spec.name}"
     rec = Record(id=uuid.uuid4().hex, name=spec.name, group=spec.group, tenant=spec.tenant, cgroup=leaf,
                  cgroup_root=host.root, argv=list(spec.argv), created=time.time(), supervisor_pid=sup,
-                 supervisor_start=proc_start_ticks(sup), detached=detached, namespaces=sorted(ns),
+                 supervisor_start=_start_ticks(sup), detached=detached, namespaces=sorted(ns),
                  hostname=spec.hostname, network={"mode": spec.network.mode if "net" in ns else "host"},
                  user_map=dict(zip(("uid", "gid", "count"), spec.user_map, strict=True)) if spec.user_map else None,
                  limits=_limits_summary(spec.resources), auto_remove=spec.auto_remove)
@@ -408,6 +413,16 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         store.delete(spec.name)
         raise
     return Container(host, store, rec, spec)
+
+
+_START_TICKS: dict[int, int | None] = {}
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Start time of a supervisor (this process, usually): read once per pid."""
+    if pid not in _START_TICKS:
+        _START_TICKS[pid] = proc_start_ticks(pid)
+    return _START_TICKS[pid]
 
 
 def _write_map(pid: int, which: str, text: str) -> None:

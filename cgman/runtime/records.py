@@ -2,7 +2,7 @@
 
 Layout (``--run-dir``, env ``CGMAN_RUN_DIR``, default /run/cgman)::
 
-    containers/<name>/record.json   the record (replaced atomically: write tmp, fsync, rename)
+    containers/<name>/record.json   the record (replaced atomically: write tmp, rename)
     containers/<name>/log           stdout and stderr of a detached container
     network/<bridge>.json           the bridge's address leases (see network.py)
     gc.lock, network.lock           flock(2) files that serialise collection and leasing
@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..errors import Busy, CgmanError, NotFound
@@ -132,12 +132,12 @@ class Store:
         self.save(rec)
 
     def save(self, rec: Record) -> None:
+        """Replace the record atomically. No fsync: the run dir is volatile by design (tmpfs
+        on most hosts, gone at reboot, as are the containers); durable usage is the ledger's job."""
         d = self._dir(rec.name)
         tmp = os.path.join(d, f".record.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
-            json.dump(asdict(rec), f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+            f.write(json.dumps(vars(rec)))      # fields are plain JSON values; asdict() deep-copies
         os.replace(tmp, os.path.join(d, "record.json"))
 
     def load(self, name: str) -> Record:
