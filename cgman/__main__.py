@@ -1,4 +1,4 @@
 """python -m cgman"""
-from .cli.main import main
+from .cli import main
 
 main()

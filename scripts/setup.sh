@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)          # builds cgman._spawn (C)
+# Container tests: a static busybox for rootfs/overlay images, file(1) to check it is static.
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
+command -v file >/dev/null || need+=(file)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}" >&2
   apt-get update -qq >&2
@@ -15,6 +19,6 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -c 'import cgman, typer, yaml, psutil, prometheus_client, pytest' \
+.venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
+.venv/bin/python -c 'import cgman, cgman._spawn, typer, yaml, psutil, prometheus_client, pyroute2, pytest' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }

@@ -1,0 +1,33 @@
+"""The command line. ``main`` dispatches: `cgman run` takes a typer-free fast path
+(interpreter start-up is part of launch latency); everything else goes to typer."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    from .common import state
+    from .hoist import hoist_global_options
+    argv = hoist_global_options(sys.argv[1:])
+    if "run" in argv:
+        from ..errors import CgmanError
+        try:
+            from .fast import main as fast_main
+            code = fast_main(argv)
+        except CgmanError as e:
+            _fail(e, state["verbose"])
+        except KeyboardInterrupt:
+            sys.exit(130)
+        if code is not None:
+            sys.exit(code)
+    from .main import main as typer_main
+    typer_main(argv)
+
+
+def _fail(e: Exception, verbose: bool) -> None:
+    if verbose:
+        import traceback
+        traceback.print_exc()
+    print(f"cgman: error: {e}", file=sys.stderr)
+    sys.exit(getattr(e, "exit_code", 1))

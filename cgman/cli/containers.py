@@ -6,60 +6,22 @@ commands, because interpreter start-up is part of `cgman run`'s latency.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from .main import JsonOpt, _host, _load, _print_json, _seconds, _state, app
-
-
-def store():
-    from ..runtime.records import Store
-    return Store(_state.get("run_dir"), _state.get("state_dir"))
-
-
-def hosts():
-    """Host per cgroup root (records remember theirs), opened once each."""
-    from ..drivers import open_host
-    cache: dict[str, Any] = {}
-
-    def get(root: str):
-        if root not in cache:
-            cache[root] = open_host(root)
-        return cache[root]
-    return get
-
-
-def _collect_quietly() -> None:
-    """The next cgman command collects containers whose waiter died (see `cgman gc`)."""
-    from ..errors import CgmanError
-    from ..runtime.containers import gc
-    try:
-        for name in gc(store(), hosts()):
-            typer.echo(f"cgman: collected container {name} (its supervisor had died)", err=True)
-    except (CgmanError, OSError) as e:
-        typer.echo(f"cgman: warning: gc: {e}", err=True)
-
-
-def _argv(command: Optional[list[str]]) -> list[str]:
-    """The words after `--` (click keeps the `--` when it follows a positional)."""
-    words = list(command or [])
-    return words[1:] if words[:1] == ["--"] else words
+from .common import argv_after_dashes as _argv, env_pairs, hosts, store
+from .main import JsonOpt, _print_json, _seconds, app
+from .runcmd import collect_quietly
 
 
 def _env(pairs: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
-    out = []
-    for p in pairs or []:
-        k, sep, v = p.partition("=")
-        if not sep:
-            v = os.environ.get(k, "")
-        if not k:
-            raise typer.BadParameter(f"{p!r}: use KEY=VALUE", param_hint="--env")
-        out.append((k, v))
-    return tuple(out)
+    try:
+        return env_pairs(pairs)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--env") from None
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -102,8 +64,8 @@ def run(
 
       cgman run -p batch --layer /srv/base --layer /srv/app --timeout 1h -- /app/job
     """
-    from ..runtime import containers as C
     from ..units import UnitError, parse_quantity
+    from .runcmd import execute
     mem: int | None = None
     if memory is not None:
         try:
@@ -113,19 +75,11 @@ def run(
         if not isinstance(q, int) or q <= 0:
             raise typer.BadParameter("give a size like 256Mi (unlimited: leave it out)", param_hint="--memory")
         mem = q
-    timeout_s = _seconds(timeout) if timeout else None
-    o = C.Overrides(cpus=cpus, memory_bytes=mem, pids=pids, hostname=hostname, network=network,
-                    rootfs=str(rootfs) if rootfs else None, layers=tuple(str(p) for p in layer or ()),
-                    userns=userns, init=init, env=_env(env), auto_remove=rm)
-    spec = C.spec_for(_load(files), policy, name, _argv(command), o)
-    host, st = _host(), store()
-    _collect_quietly()
-    if detach:
-        rec = C.run_detached(host, st, spec, timeout_s)
-        typer.echo(rec.name)
-        return
-    code = C.run_foreground(host, st, spec, timeout_s, on_timeout=lambda: typer.echo(
-        f"cgman: container {spec.name} timed out after {timeout}; stopping it", err=True))
+    code = execute(policy=policy, command=_argv(command), name=name, detach=detach, cpus=cpus, memory_bytes=mem,
+                   pids=pids, hostname=hostname, network=network, rootfs=str(rootfs) if rootfs else None,
+                   layers=tuple(str(p) for p in layer or ()), userns=userns, init=init, env=_env(env),
+                   timeout_s=_seconds(timeout) if timeout else None, timeout_text=timeout or "", auto_remove=rm,
+                   files=files)
     raise typer.Exit(code)
 
 
@@ -151,7 +105,7 @@ def ps(all_: bool = typer.Option(False, "--all", "-a", help="Also exited contain
        as_json: bool = JsonOpt) -> None:
     """List containers: name, group, tenant, pid, state (running/frozen/exited), uptime, CPU, memory."""
     from ..runtime.containers import ps as list_ps
-    _collect_quietly()
+    collect_quietly()
     rows = list_ps(store(), hosts(), all_)
     if as_json:
         _print_json(rows)

@@ -21,7 +21,7 @@ app = typer.Typer(
          "cgman apply policies/  ->  cgman status  ->  cgman freeze acme/web  ->  cgman thaw acme/web",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-_state: dict[str, Any] = {"verbose": False, "root": None, "run_dir": None, "state_dir": None}
+from .common import state as _state  # noqa: E402
 
 FilesArg = typer.Argument(None, help="Policy files or directories (default: --policy-dir, "
                           "$CGMAN_POLICY_DIR, /etc/cgman/policies, else ./policies).",
@@ -50,26 +50,7 @@ def _global(
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _host():
-    from ..drivers import open_host
-    return open_host(_state["root"])
-
-
-def _policy_files(files: Optional[list[Path]]) -> list[Path]:
-    if files:
-        return list(files)
-    env = os.environ.get("CGMAN_POLICY_DIR")
-    for d in ([env] if env else []) + ["/etc/cgman/policies", "policies"]:
-        if Path(d).is_dir():
-            return [Path(d)]
-    from ..errors import PolicyError
-    raise PolicyError("no policy files given and no policy directory found "
-                      "(pass FILE..., or set CGMAN_POLICY_DIR)")
-
-
-def _load(files: Optional[list[Path]]):
-    from ..policy import load_files
-    return load_files(_policy_files(files))
+from .common import host as _host, load as _load  # noqa: E402,F401
 
 
 def _print_json(obj: Any) -> None:
@@ -178,6 +159,10 @@ def apply(files: Optional[list[Path]] = FilesArg,
     host = _host()
     res = do_apply(ps, host, dry_run=dry_run, prune=prune, force=force, timeout_s=_seconds(timeout),
                    progress=lambda msg: typer.echo(msg, err=True))
+    if not dry_run:
+        from ..runtime.applied import save
+        from .common import store
+        save(store(), host.root, ps, replace=prune)
     if as_json:
         _print_json(res.as_dict())
         return
@@ -312,7 +297,20 @@ def rm(target: str = typer.Argument(..., help="Group path (acme/web) or containe
        force: bool = typer.Option(False, "--force", "-f", help="Kill processes first.")) -> None:
     """Remove a container's record, or a group and its child groups (refused while processes
     run, unless --force)."""
-    from ..errors import Busy
+    from ..errors import Busy, CgmanError, NotFound
+    from .common import store as _store
+    st = _store()
+    if "/" not in target and st.exists(target):
+        try:
+            st.load(target)
+        except NotFound:
+            pass
+        except CgmanError:
+            if not force:
+                raise
+            st.delete(target)          # an unreadable record: nothing to stop, drop it
+            typer.echo(f"removed container {target} (its record was unreadable)")
+            return
     if _container(target) is not None:
         from .containers import hosts, store
         from ..runtime.containers import rm as rm_container
@@ -373,36 +371,14 @@ def doctor(as_json: bool = JsonOpt) -> None:
         raise typer.Exit(1)
 
 
-_GLOBAL_FLAGS = ("-v", "--verbose")
-_GLOBAL_VALUED = ("--cgroup-root", "--run-dir", "--state-dir")
+from .hoist import hoist_global_options  # noqa: E402  (re-exported for tests)
 
 
-def hoist_global_options(argv: list[str]) -> list[str]:
-    """Let global options follow the command too (`cgman apply --cgroup-root X f.yaml`).
-
-    Only arguments before a `--` are looked at, so `attach g -- cmd -v` is left alone.
-    """
-    cut = argv.index("--") if "--" in argv else len(argv)
-    head, tail, moved = [], argv[cut:], []
-    i = 0
-    while i < cut:
-        a = argv[i]
-        if a in _GLOBAL_FLAGS or any(a.startswith(v + "=") for v in _GLOBAL_VALUED):
-            moved.append(a)
-        elif a in _GLOBAL_VALUED and i + 1 < cut:
-            moved += [a, argv[i + 1]]
-            i += 1
-        else:
-            head.append(a)
-        i += 1
-    return moved + head + tail
-
-
-def main() -> None:
-    """Entry point: run the app; print CgmanError as one line (traceback with -v)."""
+def main(argv: list[str] | None = None) -> None:
+    """Run the typer app; print CgmanError as one line (traceback with -v)."""
     from ..errors import CgmanError
     try:
-        app(args=hoist_global_options(sys.argv[1:]), prog_name="cgman")
+        app(args=hoist_global_options(sys.argv[1:]) if argv is None else argv, prog_name="cgman")
     except CgmanError as e:
         if _state["verbose"]:
             import traceback

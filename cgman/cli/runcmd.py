@@ -1,0 +1,58 @@
+"""`cgman run` itself, shared by the typer command and the typer-free fast path.
+
+Values arrive validated (typer's BadParameter or the fast parser did that); this
+only builds the spec, launches and waits. No typer import here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .common import host, load, store
+
+
+def collect_quietly() -> None:
+    """The next cgman command collects containers whose waiter died (see `cgman gc`)."""
+    from ..errors import CgmanError
+    from ..runtime.containers import gc
+    from .common import hosts
+    try:
+        for name in gc(store(), hosts()):
+            print(f"cgman: collected container {name} (its supervisor had died)", file=sys.stderr)
+    except (CgmanError, OSError) as e:
+        print(f"cgman: warning: gc: {e}", file=sys.stderr)
+
+
+def policies_for_run(st, root: str, files: Optional[list[Path]]):
+    """-f files if given; else what `cgman apply` last applied; else the policy dir."""
+    if files:
+        return load(files)
+    from ..runtime.applied import load as load_applied
+    applied = load_applied(st, root)
+    if applied is not None:
+        return applied
+    return load(None)
+
+
+def execute(*, policy: str, command: list[str], name: Optional[str] = None, detach: bool = False,
+            cpus: Optional[float] = None, memory_bytes: Optional[int] = None, pids: Optional[int] = None,
+            hostname: Optional[str] = None, network: Optional[str] = None, rootfs: Optional[str] = None,
+            layers: tuple[str, ...] = (), userns: bool = False, init: bool = True,
+            env: tuple[tuple[str, str], ...] = (), timeout_s: Optional[float] = None,
+            timeout_text: str = "", auto_remove: bool = False, files: Optional[list[Path]] = None) -> int:
+    """Run a container; the exit code for the CLI (the workload's, or 0 after -d)."""
+    from ..runtime import containers as C
+    o = C.Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
+                    rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove)
+    h, st = host(), store()
+    spec = C.spec_for(policies_for_run(st, h.root, files), policy, name, command, o)
+    collect_quietly()
+    if detach:
+        rec = C.run_detached(h, st, spec, timeout_s)
+        print(rec.name, flush=True)
+        return 0
+    sys.stdout.flush()
+    return C.run_foreground(h, st, spec, timeout_s, on_timeout=lambda: print(
+        f"cgman: container {spec.name} timed out after {timeout_text}; stopping it", file=sys.stderr))
