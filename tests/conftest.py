@@ -99,7 +99,7 @@ def cli_env(root_name: str, tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def cli(root_name: str, tmp_path: Path):
     """Run `python -m cgman ARGS` with this test's cgroup root; returns CompletedProcess."""
-    def run(*args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(*args: str, check: bool = False, timeout: float = 180) -> subprocess.CompletedProcess:
         env = cli_env(root_name, tmp_path)
         p = subprocess.run([sys.executable, "-m", "cgman", *args], capture_output=True, text=True,
                            env=env, timeout=timeout, cwd=REPO)

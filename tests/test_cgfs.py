@@ -77,5 +77,5 @@ def test_writes_never_create_files(tmp_path):
     (["-v", "plan", "p.yaml"], ["-v", "plan", "p.yaml"]),
 ])
 def test_global_options_may_follow_the_command(argv, want):
-    from cgman.cli.main import hoist_global_options
+    from cgman.cli.hoist import hoist_global_options
     assert hoist_global_options(argv) == want
