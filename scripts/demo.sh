@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The cgman demo, as root on a fresh Debian 12 machine: apply policies/, start a
-# workload in a group, show status, freeze and thaw it, clean everything up.
+# workload in a group, show status, freeze and thaw it; then containers: a web
+# server and a client on a bridge, exec, freeze/thaw, stop with the usage it
+# used; clean everything up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/demo.sh: run as root" >&2; exit 2; }
 scripts/setup.sh
 export CGMAN_CGROUP_ROOT=cgman-demo
+export CGMAN_RUN_DIR=/run/cgman-demo CGMAN_STATE_DIR=/var/lib/cgman-demo
+PY=$PWD/.venv/bin/python
 cg() { echo "+ cgman $*" >&2; .venv/bin/cgman "$@"; }
 tick=$(mktemp); pid=""
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  .venv/bin/cgman rm --force web1 >/dev/null 2>&1 || true
+  rm -rf "$CGMAN_RUN_DIR" "$CGMAN_STATE_DIR"
   .venv/bin/cgman rm --force . >/dev/null 2>&1 || true
   rm -f "$tick"
 }
@@ -34,5 +40,20 @@ sleep 1
 echo "counter after thaw: $(cat "$tick") (running again)"
 cg kill acme/batch
 wait "$pid" 2>/dev/null || true; pid=""
+
+# Containers in acme/web: bridge cgman0, 10.88.0.0/24, 0.5 CPU and 512Mi each (policies/acme.yaml)
+cg run -p acme/web --name web1 -d -- "$PY" -u -m http.server 8080
+for _ in $(seq 50); do cg logs web1 2>/dev/null | grep -q Serving && break; sleep 0.1; done
+cg ps
+cg run -p acme/web --name client --rm -- "$PY" -c \
+  "import urllib.request; print('client got', len(urllib.request.urlopen('http://10.88.0.2:8080/').read()), 'bytes from web1')"
+cg exec web1 -- sh -c 'echo "inside web1: hostname=$(hostname) pid=$$ cgroup=$(cut -d: -f3 /proc/self/cgroup | sort -u | tr "\n" " ")"'
+cg freeze web1
+cg ps
+cg thaw web1
+cg stop web1
+cg ps -a
+cg inspect web1 | grep -A4 final_usage
+cg rm web1
 cg rm .
 echo "demo done: everything under $CGMAN_CGROUP_ROOT removed"
