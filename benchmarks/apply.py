@@ -42,6 +42,9 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cgclean import rmdir_tree  # noqa: E402
+
 PREFIX = "cgman-bench-"
 VENV_BIN = Path(sys.executable).parent
 CGMAN_CLI = VENV_BIN / "cgman"
@@ -79,25 +82,7 @@ def remove_root(root: str) -> list[str]:
     _check_name(root)
     failed = []
     for mnt in cgroup_mounts():
-        top = os.path.join(mnt, root)
-        if not os.path.isdir(top) or os.path.islink(top):
-            continue
-        dirs = []
-        for cur, subdirs, _files in os.walk(top, followlinks=False):
-            dirs.extend(os.path.join(cur, d) for d in subdirs)
-        dirs.sort(key=lambda p: -p.count("/"))
-        for d in dirs + [top]:
-            for attempt in range(50):
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if attempt == 49:
-                        failed.append(f"{d}: {e.strerror}")
-                    else:
-                        time.sleep(0.02)
+        failed += rmdir_tree(os.path.join(mnt, root))[1]
     return failed
 
 
@@ -260,7 +245,7 @@ def straced(cmd: list[str], workdir: str, label: str, env: dict[str, str] | None
     trace = os.path.join(workdir, f"strace-{label}.txt")
     full = ["strace", "-f", "-qq", "-y", "-s", "32", "-e", f"trace={STRACE_CALLS}", "-o", trace, "--"] + cmd
     p = subprocess.run(full, capture_output=True, text=True, env=env)
-    out = count_trace(trace)
+    out: dict[str, int | str] = dict(count_trace(trace))
     out["rc"] = p.returncode
     if p.returncode != 0:
         out["stderr"] = p.stderr[-2000:]

@@ -46,6 +46,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cgclean import rmdir_tree  # noqa: E402
+
 PREFIX = "cgman-bench-"
 VENV_BIN = Path(sys.executable).parent
 MEMORY_MAX_BYTES = 256 * 1024 * 1024
@@ -253,21 +256,12 @@ def ours(tag: str) -> list[str]:
 
 def cleanup(tag: str) -> tuple[set[str], list[str]]:
     """Remove every cgroup of this run, deepest first; return (paths removed, failures)."""
-    removed, failed = set(), []
+    removed: set[str] = set()
+    failed: list[str] = []
     for top in ours(tag):
-        dirs = [os.path.join(cur, d) for cur, subs, _ in os.walk(top) for d in subs] + [top]
-        for d in sorted(dirs, key=lambda p: -p.count("/")):
-            for attempt in range(50):           # a just-exited task can keep a cgroup busy briefly
-                try:
-                    os.rmdir(d)
-                    removed.add(d[len(os.path.dirname(top)) + 1:])
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if attempt == 49:
-                        failed.append(f"{d}: {e.strerror}")
-                    time.sleep(0.02)
+        gone, bad = rmdir_tree(top)
+        removed.update(d[len(os.path.dirname(top)) + 1:] for d in gone)
+        failed += bad
     return removed, failed
 
 

@@ -463,20 +463,26 @@ def bridge(tmp_path):
             subprocess.run(["ip", "link", "del", ifname], capture_output=True)
 
 
-def _links() -> str:
-    return subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-
-
-def test_two_bridge_containers_talk_over_tcp(cli, host, tmp_path, bridge):
+def bridge_policy(cli, tmp_path: Path, bridge: str, subnet: str) -> Path:
+    """Apply a group `net` whose containers get addresses from ``subnet`` on ``bridge``."""
     pol = write_policy(tmp_path, "net.yaml", f"""
 version: 1
 policies:
   net:
     container: {{pids: {{max: 64}}}}
     launch:
-      network: {{mode: bridge, bridge: {bridge}, subnet: 10.213.7.0/29}}
+      network: {{mode: bridge, bridge: {bridge}, subnet: {subnet}}}
 """)
     cli("apply", str(pol), check=True)
+    return pol
+
+
+def _links() -> str:
+    return subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+
+
+def test_two_bridge_containers_talk_over_tcp(cli, host, tmp_path, bridge):
+    pol = bridge_policy(cli, tmp_path, bridge, "10.213.7.0/29")
     server = ("import socket\ns = socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen()\n"
               "open('/proc/self/fd/1', 'w').write('listening\\n')\n"
               "c, peer = s.accept(); c.sendall(f'hello {peer[0]}'.encode()); c.close()\n")
@@ -506,14 +512,7 @@ policies:
 
 
 def test_subnet_exhausted_is_a_clear_error_and_leaves_nothing(cli, host, tmp_path, bridge):
-    pol = write_policy(tmp_path, "net.yaml", f"""
-version: 1
-policies:
-  net:
-    launch:
-      network: {{mode: bridge, bridge: {bridge}, subnet: 10.213.9.0/30}}
-""")
-    cli("apply", str(pol), check=True)
+    pol = bridge_policy(cli, tmp_path, bridge, "10.213.9.0/30")
     assert cli("run", "-f", str(pol), "-p", "net", "-d", "--name", "only", "--", "sleep", "600").returncode == 0
     try:
         r = cli("run", "-f", str(pol), "-p", "net", "--name", "extra", "--", "true")
@@ -529,14 +528,7 @@ policies:
 
 
 def test_sigkill_of_a_bridge_containers_supervisor_frees_its_address(run, host, cli, tmp_path, bridge):
-    pol = write_policy(tmp_path, "net.yaml", f"""
-version: 1
-policies:
-  net:
-    launch:
-      network: {{mode: bridge, bridge: {bridge}, subnet: 10.213.11.0/29}}
-""")
-    cli("apply", str(pol), check=True)
+    pol = bridge_policy(cli, tmp_path, bridge, "10.213.11.0/29")
     assert cli("run", "-f", str(pol), "-p", "net", "-d", "--name", "orphan", "--", "sleep", "600").returncode == 0
     rec = record(tmp_path, "orphan")
     os.kill(rec["supervisor_pid"], signal.SIGKILL)
