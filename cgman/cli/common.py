@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # Global options, set by the typer callback or by the fast path.
 state: dict[str, Any] = {"verbose": False, "root": None, "run_dir": None, "state_dir": None}
 
 
-def policy_files(files: Optional[list[Path]]) -> list[Path]:
+def policy_files(files: "Optional[list[Path]]") -> "list[Path]":
+    from pathlib import Path
     if files:
-        return list(files)
+        return [Path(f) for f in files]
     env = os.environ.get("CGMAN_POLICY_DIR")
     for d in ([env] if env else []) + ["/etc/cgman/policies", "policies"]:
         if Path(d).is_dir():
@@ -22,7 +25,7 @@ def policy_files(files: Optional[list[Path]]) -> list[Path]:
                       "(pass FILE..., or set CGMAN_POLICY_DIR)")
 
 
-def load(files: Optional[list[Path]]):
+def load(files: "Optional[list[Path]]"):
     from ..policy import load_files
     return load_files(policy_files(files))
 

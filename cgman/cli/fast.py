@@ -9,7 +9,6 @@ parse. typer then handles the command line as usual, with its usage errors.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 # option -> (destination, kind): "value" takes an argument, "multi" repeats, else a constant.
@@ -104,10 +103,10 @@ def run_kwargs(o: dict[str, Any]) -> Optional[dict[str, Any]]:
         return None
     return dict(policy=o["policy"], command=o["command"], name=o.get("name"), detach=o.get("detach", False),
                 cpus=cpus, memory_bytes=mem, pids=pids, hostname=o.get("hostname"), network=o.get("network"),
-                rootfs=str(Path(o["rootfs"])) if "rootfs" in o else None,
-                layers=tuple(str(Path(p)) for p in o["layer"]), userns=o.get("userns", False),
+                rootfs=o.get("rootfs"),
+                layers=tuple(o["layer"]), userns=o.get("userns", False),
                 init=o.get("init", True), env=env, timeout_s=timeout_s, timeout_text=o.get("timeout", ""),
-                auto_remove=o.get("rm", False), files=[Path(p) for p in o["file"]] or None)
+                auto_remove=o.get("rm", False), files=list(o["file"]) or None)
 
 
 def main(argv: list[str]) -> Optional[int]:

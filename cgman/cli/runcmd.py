@@ -7,8 +7,10 @@ only builds the spec, launches and waits. No typer import here.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from .common import host, load, store
 

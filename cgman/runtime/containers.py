@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import signal
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -65,7 +64,7 @@ def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str],
         raise NotFound(f"no group {group!r} in the policies (known: {known}); see `cgman validate`")
     if not argv:
         raise LaunchError("no command given: put it after --, e.g. `cgman run --policy acme/web -- sleep 60`")
-    name = name or f"{group.rsplit('/', 1)[-1]}-{secrets.token_hex(3)}"
+    name = name or f"{group.rsplit('/', 1)[-1]}-{os.urandom(3).hex()}"
     res = g.container or Resources()
     if o.cpus is not None:
         if o.cpus <= 0:

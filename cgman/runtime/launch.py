@@ -28,7 +28,6 @@ import shutil
 import signal
 import struct
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -354,7 +353,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     sup = supervisor_pid or os.getpid()
     ns = set(spec.namespaces)
     leaf = f"{spec.group}/{spec.name}"
-    rec = Record(id=uuid.uuid4().hex, name=spec.name, group=spec.group, tenant=spec.tenant, cgroup=leaf,
+    rec = Record(id=os.urandom(16).hex(), name=spec.name, group=spec.group, tenant=spec.tenant, cgroup=leaf,
                  cgroup_root=host.root, argv=list(spec.argv), created=time.time(), supervisor_pid=sup,
                  supervisor_start=_start_ticks(sup), detached=detached, namespaces=sorted(ns),
                  hostname=spec.hostname, network={"mode": spec.network.mode if "net" in ns else "host"},
