@@ -110,20 +110,32 @@ def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str],
 def run_foreground(host: "Host", store: Store, spec: ContainerSpec, timeout_s: float | None = None,
                    stop_grace_s: float = 10.0, on_timeout: Callable[[], None] | None = None) -> int:
     """Run and wait; forward SIGINT/SIGTERM/…; return the exit code (128+N for signal N)."""
-    c = launch(host, store, spec)
-    old = {s: signal.signal(s, lambda sig, _f: c.signal(sig)) for s in FORWARDED}
+    # Handlers go in before the launch: a signal that arrives while the workload is starting
+    # is held and forwarded once there is a process to forward it to, never lost or fatal.
+    box: dict[str, Any] = {"c": None, "held": []}
+
+    def forward(sig: int, _frame: Any) -> None:
+        if box["c"] is None:
+            box["held"].append(sig)
+        else:
+            box["c"].signal(sig)
+    old = {s: signal.signal(s, forward) for s in FORWARDED}
     reason = "exited"
     try:
-        code = c.wait(timeout_s)
-        if code is None:
-            if on_timeout:
-                on_timeout()
-            c.stop(stop_grace_s)
-            code, reason = EXIT_TIMEOUT, "timeout"
-    except BaseException:
-        c.stop(0)
-        c.finish("interrupted")
-        raise
+        c = box["c"] = launch(host, store, spec)
+        for sig in box["held"]:
+            c.signal(sig)
+        try:
+            code = c.wait(timeout_s)
+            if code is None:
+                if on_timeout:
+                    on_timeout()
+                c.stop(stop_grace_s)
+                code, reason = EXIT_TIMEOUT, "timeout"
+        except BaseException:
+            c.stop(0)
+            c.finish("interrupted")
+            raise
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -214,19 +226,28 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
         base = dict(os.environ) if not rec.rootfs else {"PATH": CLEAN_PATH, "HOME": "/root"}
         base.update(env)
         envp = [os.fsencode(f"{k}={v}") for k, v in base.items()]
-        proc = start_process(host, rec.cgroup, [os.fsencode(a) for a in argv], envp, setns_fds=fds,
-                             init=True, uid=0 if joined_user else -1, gid=0 if joined_user else -1)
+        box: dict[str, Any] = {"c": None, "held": []}
+
+        def forward(sig: int, _frame: Any) -> None:     # held until there is a process
+            box["held"].append(sig) if box["c"] is None else box["c"].signal(sig)
+        old = {s: signal.signal(s, forward) for s in FORWARDED}
+        try:
+            proc = start_process(host, rec.cgroup, [os.fsencode(a) for a in argv], envp, setns_fds=fds,
+                                 init=True, uid=0 if joined_user else -1, gid=0 if joined_user else -1)
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            proc.release()
+            c = box["c"] = Container(host, store, dataclasses.replace(rec, pid=proc.pid), None)  # type: ignore[arg-type]
+            for sig in box["held"]:
+                c.signal(sig)
+            code = c.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
     finally:
         for fd in fds:
             os.close(fd)
-    proc.release()
-    c = Container(host, store, dataclasses.replace(rec, pid=proc.pid), None)  # type: ignore[arg-type]
-    old = {s: signal.signal(s, lambda sig, _f: c.signal(sig)) for s in FORWARDED}
-    try:
-        code = c.wait()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
     assert code is not None
     return code
 
