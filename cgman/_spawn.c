@@ -32,6 +32,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -57,6 +58,9 @@
 #endif
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
 #endif
 #ifndef SYS_clone3
 #define SYS_clone3 435
@@ -94,6 +98,7 @@ struct job {
     int lo_up, init, setsid_, pdeathsig;
     long uid, gid;                  /* setresuid/gid inside, -1: leave */
     int release_rd, error_wr;
+    int parent_pidfd;               /* to notice a parent that died while pdeathsig was cleared */
     int cur_op;                     /* which op failed, for the error message */
 };
 
@@ -264,6 +269,15 @@ static int child_main(struct job *j)
         if (setresgid(j->gid, j->gid, j->gid) < 0) fail(j, ST_SETGID);
     }
     if (j->uid >= 0 && setresuid(j->uid, j->uid, j->uid) < 0) fail(j, ST_SETUID);
+    if ((j->uid >= 0 || j->gid >= 0) && j->pdeathsig) {
+        /* Changing credentials clears PR_SET_PDEATHSIG: set it again, then make sure the
+         * parent did not die in between (getppid() is 0 across a pid namespace). */
+        prctl(PR_SET_PDEATHSIG, j->pdeathsig);
+        if (j->parent_pidfd >= 0) {
+            struct pollfd pfd = {j->parent_pidfd, POLLIN, 0};
+            if (poll(&pfd, 1, 0) > 0) { errno = ECANCELED; fail(j, ST_RELEASE); }
+        }
+    }
     if (j->unshare_flags && unshare(j->unshare_flags) < 0) fail(j, ST_UNSHARE);
     if (j->hostname && sethostname(j->hostname, strlen(j->hostname)) < 0) fail(j, ST_HOSTNAME);
     if (j->lo_up && loopback_up() < 0) fail(j, ST_LOOPBACK);
@@ -339,6 +353,7 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
 
     struct job j;
     memset(&j, 0, sizeof j);
+    j.parent_pidfd = -1;
     PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_ops = NULL, *result = NULL;
     int release[2] = {-1, -1}, errp[2] = {-1, -1};
 
@@ -388,6 +403,7 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     }
     j.release_rd = release[0];
     j.error_wr = errp[1];
+    j.parent_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);   /* -1 before Linux 5.3: skip the check */
 
     pid_t pid = -1;
     int in_cgroup = 0;
@@ -425,6 +441,7 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     release[1] = errp[0] = -1;
 
 out:
+    if (j.parent_pidfd > 0) close(j.parent_pidfd);
     for (int i = 0; i < 2; i++) {
         if (release[i] >= 0) close(release[i]);
         if (errp[i] >= 0) close(errp[i]);

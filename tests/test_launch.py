@@ -626,3 +626,60 @@ def test_rm_force_drops_an_unreadable_record(cli, host, tmp_path):
     assert p.returncode == 1 and "unreadable container record" in p.stderr
     assert cli("rm", "--force", "junk").returncode == 0
     assert not d.exists()
+
+
+def test_a_name_that_is_a_policy_group_never_takes_that_group_over(cli, host, tmp_path):
+    """Review finding: `run -p acme --name svc` once reused acme/svc and removed it at exit."""
+    pol = write_policy(tmp_path, "svc.yaml", "version: 1\npolicies:\n  acme:\n    children:\n      svc: {}\n")
+    cli("apply", str(pol), check=True)
+    p = cli("run", "-f", str(pol), "-p", "acme", "--name", "svc", "--", "true")
+    assert p.returncode == 1 and "a cgroup acme/svc already exists" in p.stderr
+    assert host.exists("acme/svc"), "the policy group is untouched"
+    assert not (tmp_path / "run" / "containers" / "svc").exists()
+
+
+def test_launching_into_a_frozen_group_is_refused_at_once(cli, pol, host, tmp_path):
+    cli("freeze", "acme/web", check=True)
+    try:
+        p = cli("run", "-f", str(pol), "-p", "acme/web", "--", "true", timeout=30)
+        assert p.returncode == 1 and "group acme/web is frozen" in p.stderr
+        assert host.children("acme/web") == []
+    finally:
+        cli("thaw", "acme/web")
+
+
+def test_userns_container_dies_with_its_supervisor(run, host, cli, tmp_path):
+    """Changing credentials clears PDEATHSIG; the child sets it again after setresuid."""
+    rec = _supervisor_kill_case(run, host, cli, tmp_path, "--userns")
+    assert rec["user_map"] == {"uid": 100000, "gid": 100000, "count": 65536}
+
+
+def test_detached_run_of_a_missing_command_exits_127(run, host, tmp_path):
+    p = run("acme/web", "-d", "--name", "nocmd", "--", "/nonexistent/cmd")
+    assert p.returncode == 127 and "command not found" in p.stderr
+    assert not (tmp_path / "run" / "containers" / "nocmd").exists()
+
+
+def test_rm_leaves_a_container_to_a_supervisor_that_is_still_recording_it(run, host, cli, tmp_path):
+    """Review finding: rm once collected behind a live (here: stopped) supervisor."""
+    assert run("acme/web", "-d", "--name", "slowsup", "--", "sleep", "0.3").returncode == 0
+    rec = record(tmp_path, "slowsup")
+    os.kill(rec["supervisor_pid"], signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{rec['pid']}") and \
+                Path(f"/proc/{rec['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        p = cli("rm", "slowsup", timeout=60)
+        assert p.returncode == 1 and "still recording it" in p.stderr
+        assert record(tmp_path, "slowsup")["state"] == "running", "nobody collected behind its back"
+    finally:
+        os.kill(rec["supervisor_pid"], signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while record(tmp_path, "slowsup")["state"] != "exited":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert record(tmp_path, "slowsup")["exit_code"] == 0
+    cli("rm", "slowsup", check=True)
+    assert_no_leftovers(host, tmp_path, "acme/web/slowsup")

@@ -112,19 +112,22 @@ def run_foreground(host: "Host", store: Store, spec: ContainerSpec, timeout_s: f
     """Run and wait; forward SIGINT/SIGTERM/…; return the exit code (128+N for signal N)."""
     # Handlers go in before the launch: a signal that arrives while the workload is starting
     # is held and forwarded once there is a process to forward it to, never lost or fatal.
-    box: dict[str, Any] = {"c": None, "held": []}
+    # A second SIGINT/SIGTERM kills: a PID 1 without a handler (--no-init) ignores the first.
+    box: dict[str, Any] = {"c": None, "held": [], "stops": 0}
 
     def forward(sig: int, _frame: Any) -> None:
         if box["c"] is None:
             box["held"].append(sig)
-        else:
-            box["c"].signal(sig)
+            return
+        if sig in (signal.SIGINT, signal.SIGTERM):
+            box["stops"] += 1
+        box["c"].signal(signal.SIGKILL if box["stops"] > 1 else sig)
     old = {s: signal.signal(s, forward) for s in FORWARDED}
     reason = "exited"
     try:
         c = box["c"] = launch(host, store, spec)
         for sig in box["held"]:
-            c.signal(sig)
+            forward(sig, None)
         try:
             code = c.wait(timeout_s)
             if code is None:
@@ -136,10 +139,10 @@ def run_foreground(host: "Host", store: Store, spec: ContainerSpec, timeout_s: f
             c.stop(0)
             c.finish("interrupted")
             raise
+        c.finish(reason)          # still under our handlers: a Ctrl-C now cannot lose the usage
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    c.finish(reason)
     return code
 
 
@@ -155,6 +158,11 @@ def run_detached(host: "Host", store: Store, spec: ContainerSpec, timeout_s: flo
             os.setsid()
             _supervise(host, store, spec, w, timeout_s, stop_grace_s)
             code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()          # stderr is the container's log by now
         finally:
             os._exit(code)
     os.close(w)
@@ -164,8 +172,10 @@ def run_detached(host: "Host", store: Store, spec: ContainerSpec, timeout_s: flo
     os.close(r)
     if not msg.startswith(b"ok"):
         os.waitpid(pid, 0)
-        raise LaunchError(msg.decode(errors="replace").removeprefix("error: ") or
-                          "the supervisor died before the container started")
+        text = msg.decode(errors="replace")
+        ecode, _, text = text.removeprefix("error:").partition(":") if text.startswith("error:") else ("1", "", text)
+        raise LaunchError(text or "the supervisor died before the container started",
+                          int(ecode) if ecode.isdigit() else 1)
     return store.load(spec.name)
 
 
@@ -185,7 +195,7 @@ def _supervise(host: "Host", store: Store, spec: ContainerSpec, w: int, timeout_
     try:
         c = launch(host, store, spec, detached=True, before_spawn=to_log)
     except BaseException as e:
-        os.write(w, f"error: {e}".encode())
+        os.write(w, f"error:{getattr(e, 'exit_code', 1)}:{e}".encode())
         os.close(w)
         raise SystemExit(1) from None
     os.write(w, b"ok")
@@ -210,6 +220,9 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
     rec = store.load(name)
     if rec.state != "running" or not alive(rec.pid, rec.pid_start):
         raise Busy(f"container {name} is not running (state: {state_of(host, rec)})")
+    if host.is_frozen(rec.cgroup):
+        raise Busy(f"container {name} is frozen: a command started in it could not run "
+                   f"(`cgman thaw {name}` first)")
     assert rec.pid is not None
     fds: list[int] = []
     joined_user = False
@@ -257,7 +270,9 @@ def state_of(host: "Host | None", rec: Record) -> str:
     if rec.state == "exited":
         return "exited"
     if not alive(rec.pid, rec.pid_start):
-        return "created" if rec.state == "created" and alive(rec.supervisor_pid, rec.supervisor_start) else "dead"
+        if alive(rec.supervisor_pid, rec.supervisor_start):
+            return "created" if rec.state == "created" else "exiting"    # its supervisor is on it
+        return "dead"
     if host is not None:
         try:
             if host.is_frozen(rec.cgroup):
@@ -314,6 +329,18 @@ def _wait_gone(pid: int | None, start: int | None, timeout_s: float) -> bool:
     return True
 
 
+def _wait_recorded(store: Store, name: str, rec: Record, timeout_s: float) -> Record:
+    """Give a live supervisor time to record its container's end."""
+    deadline = time.monotonic() + timeout_s
+    while rec.state != "exited" and alive(rec.supervisor_pid, rec.supervisor_start) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+        if not store.exists(name):
+            break
+        rec = store.load(name)
+    return rec
+
+
 def stop(store: Store, hosts: HostFactory, name: str, grace_s: float = 10.0) -> Record:
     """SIGTERM the container's init (it forwards), SIGKILL the cgroup after ``grace_s``,
     then wait until its supervisor has recorded it (or collect it ourselves)."""
@@ -349,7 +376,13 @@ def rm(store: Store, hosts: HostFactory, name: str, force: bool = False) -> None
     rec = store.load(name)
     host = hosts(rec.cgroup_root)
     st = state_of(host, rec)
-    if st in ("running", "frozen", "created"):
+    if st in ("exiting", "created"):
+        rec = _wait_recorded(store, name, rec, 10.0)
+        st = state_of(host, rec)
+    if st == "exiting" and not force:
+        raise Busy(f"container {name} has exited but its supervisor (pid {rec.supervisor_pid}) is still "
+                   f"recording it; try again in a moment")
+    if st in ("running", "frozen", "created", "exiting"):
         if not force:
             raise Busy(f"container {name} is {st}: stop it first (`cgman stop {name}`) or use `cgman rm --force`")
         stop(store, hosts, name, grace_s=0)
@@ -383,8 +416,14 @@ def _sweep_scratch(store: Store) -> None:
     except FileNotFoundError:
         return
     for n in names:
-        if not store.exists(n):
-            shutil.rmtree(os.path.join(base, n), ignore_errors=True)
+        d = os.path.join(base, n)
+        try:
+            with open(os.path.join(d, "owner")) as f:
+                owner = f.read()
+        except OSError:
+            continue              # not ours to judge (another run dir may share this state dir)
+        if owner == store.run and not store.exists(n):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def supervisor_alive(rec: Record) -> bool:

@@ -47,6 +47,7 @@ NS_FLAGS = {"uts": 0x04000000, "ipc": 0x08000000, "pid": 0x20000000, "net": 0x40
 CLONE_NEWCGROUP = 0x02000000
 DEFAULT_USER_MAP = (100000, 100000, 65536)    # host uid, host gid, count (container root -> 100000)
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SETUP_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,9 @@ def _cgroup_limits(host: "Host", leaf: str, spec: ContainerSpec) -> None:
             missing = [c for c in v2_needed if c not in have]
             if missing:
                 host.write(Write(anc, "cgroup", "cgroup.subtree_control", " ".join(f"+{c}" for c in missing)))
-    host.create(leaf)
+    if not host.create(leaf):
+        raise Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
+                   f"pick another --name")
     for w in writes:
         host.write(w)
 
@@ -127,6 +130,7 @@ class Process:
     pid: int
     release_fd: int
     error_fd: int
+    reaped: bool = False
 
     def release(self) -> None:
         """Let the child go on; raise LaunchError if it then fails before exec."""
@@ -134,27 +138,38 @@ class Process:
             os.write(self.release_fd, b"x")
         finally:
             os.close(self.release_fd)
+            self.release_fd = -1
         try:
             data = b""
+            poll = select.poll()
+            poll.register(self.error_fd, select.POLLIN)
             while len(data) < 12:
+                if not poll.poll(SETUP_TIMEOUT_S * 1000):
+                    raise LaunchError(f"container setup did not finish within {SETUP_TIMEOUT_S}s "
+                                      f"(is its group frozen, or the root on a hung filesystem?)")
                 chunk = os.read(self.error_fd, 12 - len(data))
                 if not chunk:
                     break
                 data += chunk
         finally:
             os.close(self.error_fd)
+            self.error_fd = -1
         if len(data) == 12:
             stage, err, op = struct.unpack("3i", data)
             os.waitpid(self.pid, 0)
+            self.reaped = True
             raise _setup_error(stage, err, op)
 
     def abort(self) -> None:
         """Kill the child before it ran anything of the workload, and reap it."""
         for fd in (self.release_fd, self.error_fd):
             try:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             except OSError:
                 pass
+        if self.reaped:            # its pid may already belong to someone else
+            return
         try:
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
@@ -185,6 +200,8 @@ def _setup_error(stage: int, err: int, op: int) -> LaunchError:
                 "and the state dir)")
     elif what == "pivot_root" or (what == "mounting" and err == errno.EINVAL):
         hint = " (is the root a directory with /bin inside, on a filesystem that allows it?)"
+    if what == "forking the workload" and err == errno.ENOMEM:
+        return LaunchError("the container is exiting: its pid namespace takes no new processes")
     code = 127 if what.startswith("running") and err == errno.ENOENT else \
         126 if what.startswith("running") and err in (errno.EACCES, errno.ENOEXEC) else 1
     return LaunchError(f"container setup failed while {what}{detail}: {os.strerror(err)}{hint}", code)
@@ -279,6 +296,11 @@ class Container:
 
     def stop(self, grace_s: float = 10.0) -> int:
         """SIGTERM (the init forwards it), then SIGKILL the whole cgroup after ``grace_s``."""
+        try:
+            if self.host.is_frozen(self.rec.cgroup):
+                self.host.thaw(self.rec.cgroup)    # a frozen process cannot act on SIGTERM
+        except CgmanError:
+            pass
         self.signal(signal.SIGTERM)
         code = self.wait(grace_s)
         if code is None:
@@ -292,17 +314,38 @@ class Container:
         return finish(self.host, self.store, self.rec, self.status, reason)
 
 
-def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str) -> Record:
+def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str,
+           cgroup: bool = True) -> Record:
     """Collect a container whose first process is gone: kill stragglers, read the final
-    usage from the still-existing cgroup, then remove cgroup, veth, lease, scratch."""
+    usage from the still-existing cgroup, then remove cgroup, veth, lease, scratch.
+
+    Exactly once: under the container's lock, and a record already collected is returned
+    as it is (a supervisor, `stop`, `rm` and `gc` may race here)."""
+    with store.container_lock(rec.name):
+        try:
+            on_disk = store.load(rec.name)
+        except CgmanError:
+            on_disk = None
+        if on_disk is not None and on_disk.id == rec.id and on_disk.state == "exited":
+            return on_disk
+        if on_disk is not None and on_disk.id != rec.id:
+            return rec                    # the name now belongs to another container
+        return _finish(host, store, rec, code, reason, cgroup)
+
+
+def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str, cgroup: bool) -> Record:
     leaf = rec.cgroup
     problems: list[str] = []
     try:
+        if not cgroup:
+            raise _Skip
         if host.procs(leaf):
             host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
         rec.final_usage = _usage_dict(host, leaf)
         if rec.final_usage is not None:
             _remove_cgroup(host, leaf)
+    except _Skip:
+        pass
     except CgmanError as e:
         problems.append(str(e))
     if rec.network.get("mode") == "bridge" and rec.network.get("address"):
@@ -324,6 +367,10 @@ def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: st
     else:
         store.save(rec)
     return rec
+
+
+class _Skip(Exception):
+    pass
 
 
 def _remove_cgroup(host: "Host", leaf: str) -> None:
@@ -362,14 +409,23 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     if not host.exists(spec.group):
         raise NotFound(f"group {spec.group!r} does not exist under the cgman root {host.root!r}: "
                        f"apply its policy first (`cgman apply FILE`)")
+    if host.is_frozen(spec.group):
+        raise LaunchError(f"group {spec.group} is frozen: a container started there could not run "
+                          f"(`cgman thaw {spec.group}` first)")
     store.reserve(rec)
     proc: Process | None = None
     try:
+        if host.exists(leaf):
+            raise Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
+                       f"pick another --name")
         _cgroup_limits(host, leaf, spec)
         overlay = None
         if spec.rootfs is not None and spec.rootfs.layers:
             scratch = store.scratch(spec.name)
             overlay = rfs.Overlay(spec.rootfs.layers, f"{scratch}/upper", f"{scratch}/work", f"{scratch}/merged")
+            os.makedirs(scratch, mode=0o755, exist_ok=True)
+            with open(os.path.join(scratch, "owner"), "w") as f:
+                f.write(store.run)    # gc sweeps only scratch of its own run dir
             for d in (overlay.upper, overlay.work, overlay.merged):
                 os.makedirs(d, mode=0o755)
                 if spec.user_map and "user" in ns:
@@ -400,15 +456,17 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
             from . import network
             rec.network.update(bridge=spec.network.bridge, subnet=spec.network.subnet or network.DEFAULT_SUBNET)
             rec.network["address"] = "pending"
+            store.save(rec)           # so that gc frees the lease if we die while plugging in
             lease = network.attach(store, spec.network.bridge, spec.network.subnet, rec.id, proc.pid)
             rec.network.update(address=lease.address, gateway=lease.gateway, veth=lease.host_veth)
         rec.state, rec.started = "running", time.time()
         store.save(rec)
         proc.release()
-    except BaseException:
+    except BaseException as e:
         if proc is not None:
             proc.abort()
-        finish(host, store, rec, None, "failed to start")
+        ours = not (isinstance(e, Busy) and "already exists" in str(e))
+        finish(host, store, rec, None, "failed to start", cgroup=ours)
         store.delete(spec.name)
         raise
     return Container(host, store, rec, spec)

@@ -90,12 +90,21 @@ def attach(store: Store, bridge: str, subnet: str | None, cid: str, pid: int) ->
         data = _load(store, bridge)
         address, gateway, plen = allocate(data, subnet, cid)
         try:
-            if not ipr.link_lookup(ifname=bridge):
+            existing = ipr.link_lookup(ifname=bridge)
+            if existing:
+                kind = ipr.get_links(existing[0])[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+                if kind != "bridge":
+                    raise LaunchError(f"interface {bridge} exists and is not a bridge ({kind or 'a device'}): "
+                                      f"give the group's launch.network.bridge another name")
+            else:
                 ipr.link("add", ifname=bridge, kind="bridge")
                 data["created_bridge"] = True
+                data["subnet"] = subnet
+                _save(store, bridge, data)        # recorded at once, so release() can remove it
             br = ipr.link_lookup(ifname=bridge)[0]
             if not any(a.get("address") == gateway for a in ipr.get_addr(index=br, family=2)):
                 ipr.addr("add", index=br, address=gateway, prefixlen=plen)
+                data["added_address"] = f"{gateway}/{plen}"
             ipr.link("set", index=br, state="up")
             data["subnet"] = subnet
             data.setdefault("leases", {})[address] = cid
@@ -143,16 +152,24 @@ def release(store: Store, bridge: str, cid: str) -> None:
         data = _load(store, bridge)
         leases = {a: c for a, c in data.get("leases", {}).items() if c != cid}
         data["leases"] = leases
-        if not leases and data.get("created_bridge"):
+        if leases:
+            _save(store, bridge, data)
+            return
+        if data.get("created_bridge"):
             for idx in ipr.link_lookup(ifname=bridge):
                 try:
                     ipr.link("del", index=idx)
                 except NetlinkError as e:
                     if e.code != errno.ENODEV:
                         raise CgmanError(f"removing bridge {bridge}: {os.strerror(e.code)}") from None
-            try:
-                os.unlink(_leases_path(store, bridge))
-            except FileNotFoundError:
-                pass
-            return
-        _save(store, bridge, data)
+        elif data.get("added_address"):          # the host's own bridge: only our address goes
+            address, _, plen = data["added_address"].partition("/")
+            for idx in ipr.link_lookup(ifname=bridge):
+                try:
+                    ipr.addr("del", index=idx, address=address, prefixlen=int(plen))
+                except NetlinkError:
+                    pass
+        try:
+            os.unlink(_leases_path(store, bridge))
+        except FileNotFoundError:
+            pass

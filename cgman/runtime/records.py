@@ -175,11 +175,24 @@ class Store:
         shutil.rmtree(self._dir(name), ignore_errors=True)
         shutil.rmtree(self.scratch(name), ignore_errors=True)
 
+    def container_lock(self, name: str, timeout_s: float = 30.0):
+        """Serialises whoever collects container ``name`` (the lock file goes with its directory)."""
+        return self.lock(f"containers/{name}/collect", timeout_s, create_dir=False)
+
     @contextmanager
-    def lock(self, what: str, timeout_s: float = 30.0) -> Iterator[None]:
+    def lock(self, what: str, timeout_s: float = 30.0, create_dir: bool = True) -> Iterator[None]:
         """An exclusive flock on ``<run>/<what>.lock`` (released if the holder dies)."""
-        os.makedirs(self.run, mode=0o755, exist_ok=True)
-        fd = os.open(os.path.join(self.run, f"{what}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path = os.path.join(self.run, f"{what}.lock")
+        if create_dir:
+            os.makedirs(self.run, mode=0o755, exist_ok=True)
+        elif not os.path.isdir(os.path.dirname(path)):
+            yield                   # nothing on disk to protect any more
+            return
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:   # the container's directory went meanwhile
+            yield
+            return
         try:
             deadline = time.monotonic() + timeout_s
             while True:
