@@ -683,3 +683,28 @@ def test_rm_leaves_a_container_to_a_supervisor_that_is_still_recording_it(run, h
     assert record(tmp_path, "slowsup")["exit_code"] == 0
     cli("rm", "slowsup", check=True)
     assert_no_leftovers(host, tmp_path, "acme/web/slowsup")
+
+
+def test_a_failed_cleanup_is_retried_by_gc(run, host, cli, tmp_path):
+    """An exited container whose cleanup failed stays on the books until gc completes it."""
+    assert run("acme/web", "--name", "sticky", "--", "true").returncode == 0
+    path = tmp_path / "run" / "containers" / "sticky" / "record.json"
+    rec = json.loads(path.read_text())
+    # What a failed rmdir leaves: the leaf still there, the record marked.
+    host.create("acme/web/sticky")
+    rec.update(cleanup_pending=True, exit_reason="exited; cleanup incomplete: EBUSY")
+    path.write_text(json.dumps(rec))
+    p = cli("rm", "sticky")
+    assert p.returncode == 0, p.stderr       # rm retries the cleanup first, and it works now
+    assert not host.exists("acme/web/sticky")
+    # And gc does the same for records nobody removes.
+    assert run("acme/web", "--name", "sticky2", "--", "true").returncode == 0
+    path = tmp_path / "run" / "containers" / "sticky2" / "record.json"
+    rec = json.loads(path.read_text())
+    host.create("acme/web/sticky2")
+    rec.update(cleanup_pending=True)
+    path.write_text(json.dumps(rec))
+    assert json.loads(cli("gc", "--json", check=True).stdout) == {"collected": ["sticky2"]}
+    rec = record(tmp_path, "sticky2")
+    assert rec["state"] == "exited" and not rec["cleanup_pending"] and rec["final_usage"] is not None
+    assert_no_leftovers(host, tmp_path, "acme/web/sticky2")

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
-from .launch import CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, finish, launch, start_process
+from .launch import (CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, finish, launch, retry_cleanup,
+                     start_process)
 from .records import Record, Store, alive, proc_start_ticks
 
 if TYPE_CHECKING:
@@ -387,7 +388,12 @@ def rm(store: Store, hosts: HostFactory, name: str, force: bool = False) -> None
             raise Busy(f"container {name} is {st}: stop it first (`cgman stop {name}`) or use `cgman rm --force`")
         stop(store, hosts, name, grace_s=0)
     elif st == "dead":
-        finish(host, store, rec, None, "collected (its supervisor was gone)")
+        rec = finish(host, store, rec, None, "collected (its supervisor was gone)")
+    if rec.cleanup_pending:
+        rec = retry_cleanup(host, store, rec)
+        if rec.cleanup_pending and not force:
+            raise Busy(f"container {name}: cleanup is still incomplete ({rec.exit_reason}); fix the cause "
+                       f"and run `cgman rm {name}` again (--force drops the record regardless)")
     store.delete(name)
 
 
@@ -396,6 +402,10 @@ def gc(store: Store, hosts: HostFactory) -> list[str]:
     collected = []
     with store.lock("gc"):
         for rec in store.records():
+            if rec.state == "exited" and rec.cleanup_pending:
+                if not retry_cleanup(hosts(rec.cgroup_root), store, rec).cleanup_pending:
+                    collected.append(rec.name)
+                continue
             if rec.state == "exited" or alive(rec.supervisor_pid, rec.supervisor_start):
                 continue
             host = hosts(rec.cgroup_root)

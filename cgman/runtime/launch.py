@@ -359,6 +359,7 @@ def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: s
     rec.exit_code = code
     rec.exit_reason = reason
     rec.ended = time.time()
+    rec.cleanup_pending = bool(problems)
     if problems:
         rec.exit_reason = f"{reason}; cleanup incomplete: {'; '.join(problems)}"
         log.warning("container %s: %s", rec.name, rec.exit_reason)
@@ -367,6 +368,31 @@ def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: s
     else:
         store.save(rec)
     return rec
+
+
+def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
+    """Again the cleanup steps of an exited container whose first cleanup failed (usage kept)."""
+    with store.container_lock(rec.name):
+        problems = []
+        try:
+            if host.exists(rec.cgroup):
+                if host.procs(rec.cgroup, recursive=True):
+                    host.kill(rec.cgroup)
+                _remove_cgroup(host, rec.cgroup)
+        except CgmanError as e:
+            problems.append(str(e))
+        if rec.network.get("mode") == "bridge" and rec.network.get("address"):
+            from . import network
+            try:
+                network.release(store, rec.network["bridge"], rec.id)
+            except CgmanError as e:
+                problems.append(str(e))
+        shutil.rmtree(store.scratch(rec.name), ignore_errors=True)
+        rec.cleanup_pending = bool(problems)
+        if not problems:
+            rec.exit_reason = (rec.exit_reason or "").split("; cleanup incomplete")[0]
+        store.save(rec)
+        return rec
 
 
 class _Skip(Exception):

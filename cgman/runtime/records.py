@@ -69,6 +69,7 @@ class Record:
     limits: dict[str, Any] = field(default_factory=dict)
     final_usage: dict[str, Any] | None = None
     auto_remove: bool = False
+    cleanup_pending: bool = False     # exited, but a cleanup step failed: gc tries again
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Record":
