@@ -18,7 +18,9 @@ app = typer.Typer(
     name="cgman", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
     help="cgman: declare cgroup limits in YAML and apply them to cgroup v1, v2 or hybrid hosts.\n\n"
          "Typical session:  cgman validate policies/  ->  cgman plan policies/  ->  "
-         "cgman apply policies/  ->  cgman status  ->  cgman freeze acme/web  ->  cgman thaw acme/web",
+         "cgman apply policies/  ->  cgman status  ->  cgman freeze acme/web  ->  cgman thaw acme/web\n\n"
+         "Containers:  cgman run -p acme/web -d --name web1 -- CMD  ->  cgman ps  ->  "
+         "cgman exec web1 -- sh  ->  cgman stop web1  ->  cgman rm web1",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 from .common import state as _state  # noqa: E402
@@ -295,8 +297,7 @@ def kill(target: str = typer.Argument(..., help="Group path (acme/web) or contai
 @app.command()
 def rm(target: str = typer.Argument(..., help="Group path (acme/web) or container name."),
        force: bool = typer.Option(False, "--force", "-f", help="Kill processes first.")) -> None:
-    """Remove a container's record, or a group and its child groups (refused while processes
-    run, unless --force)."""
+    """Remove a container's record, or a group and its children (refused while processes run, unless --force)."""
     from ..errors import Busy, CgmanError, NotFound
     from .common import store as _store
     st = _store()
