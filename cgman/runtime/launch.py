@@ -336,25 +336,16 @@ def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: st
 def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str, cgroup: bool) -> Record:
     leaf = rec.cgroup
     problems: list[str] = []
-    try:
-        if not cgroup:
-            raise _Skip
-        if host.procs(leaf):
-            host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
-        rec.final_usage = _usage_dict(host, leaf)
-        if rec.final_usage is not None:
-            _remove_cgroup(host, leaf)
-    except _Skip:
-        pass
-    except CgmanError as e:
-        problems.append(str(e))
-    if rec.network.get("mode") == "bridge" and rec.network.get("address"):
-        from . import network
+    if cgroup:
         try:
-            network.release(store, rec.network["bridge"], rec.id)
+            if host.procs(leaf):
+                host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
+            rec.final_usage = _usage_dict(host, leaf)
+            if rec.final_usage is not None:
+                _remove_cgroup(host, leaf)
         except CgmanError as e:
             problems.append(str(e))
-    shutil.rmtree(store.scratch(rec.name), ignore_errors=True)
+    _release_rest(store, rec, problems)
     rec.state = "exited"
     rec.exit_code = code
     rec.exit_reason = reason
@@ -370,10 +361,21 @@ def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: s
     return rec
 
 
+def _release_rest(store: Store, rec: Record, problems: list[str]) -> None:
+    """Everything but the cgroup: the veth and address lease, the overlay scratch."""
+    if rec.network.get("mode") == "bridge" and rec.network.get("address"):
+        from . import network
+        try:
+            network.release(store, rec.network["bridge"], rec.id)
+        except CgmanError as e:
+            problems.append(str(e))
+    shutil.rmtree(store.scratch(rec.name), ignore_errors=True)
+
+
 def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
     """Again the cleanup steps of an exited container whose first cleanup failed (usage kept)."""
     with store.container_lock(rec.name):
-        problems = []
+        problems: list[str] = []
         try:
             if host.exists(rec.cgroup):
                 if host.procs(rec.cgroup, recursive=True):
@@ -381,22 +383,12 @@ def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
                 _remove_cgroup(host, rec.cgroup)
         except CgmanError as e:
             problems.append(str(e))
-        if rec.network.get("mode") == "bridge" and rec.network.get("address"):
-            from . import network
-            try:
-                network.release(store, rec.network["bridge"], rec.id)
-            except CgmanError as e:
-                problems.append(str(e))
-        shutil.rmtree(store.scratch(rec.name), ignore_errors=True)
+        _release_rest(store, rec, problems)
         rec.cleanup_pending = bool(problems)
         if not problems:
             rec.exit_reason = (rec.exit_reason or "").split("; cleanup incomplete")[0]
         store.save(rec)
         return rec
-
-
-class _Skip(Exception):
-    pass
 
 
 def _remove_cgroup(host: "Host", leaf: str) -> None:
