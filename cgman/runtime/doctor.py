@@ -100,4 +100,36 @@ def run_checks(host: Host) -> list[Check]:
                                 "" if ok else "run as root or chown the cgman root to this user"))
             if d.version == 2:
                 break
+    checks += container_checks()
     return checks
+
+
+def container_checks() -> list[Check]:
+    """What `cgman run` needs beyond cgroups; each missing piece disables one feature only."""
+    out = []
+    try:
+        from .. import _spawn  # noqa: F401
+        out.append(Check("launch helper", True, "cgman._spawn (C) is built"))
+    except ImportError as e:
+        out.append(Check("launch helper", False, f"cgman._spawn is not built ({e}): `cgman run` cannot start",
+                         "reinstall: .venv/bin/pip install -e . (needs gcc and the Python headers)"))
+    born = _kernel_at_least(5, 7)
+    out.append(Check("clone3 into cgroup", born, "containers are born in their cgroup2 leaf" if born else
+                     "kernel < 5.7: the parent attaches the child before releasing it (still before exec)",
+                     warn=not born))
+    users = _read("/proc/sys/user/max_user_namespaces")
+    ok = users not in ("", "0")
+    out.append(Check("user namespaces", ok, f"max_user_namespaces={users or '?'}",
+                     "" if ok else "sysctl -w user.max_user_namespaces=15000 (needed for --userns)", warn=not ok))
+    overlay = "overlay" in _read("/proc/filesystems").split()
+    out.append(Check("overlayfs", overlay, "available" if overlay else "not loaded (needed for --layer)",
+                     "" if overlay else "modprobe overlay", warn=not overlay))
+    bridge = os.path.isdir("/sys/module/bridge") or os.path.isdir("/sys/class/net/bridge") or _module_file("bridge")
+    out.append(Check("bridge networking", bridge, "bridge module present" if bridge else
+                     "no bridge module (needed for network: bridge)", "" if bridge else "modprobe bridge veth",
+                     warn=not bridge))
+    return out
+
+
+def _module_file(name: str) -> bool:
+    return bool(glob.glob(f"/lib/modules/{platform.release()}/kernel/net/{name}/{name}.ko*"))
