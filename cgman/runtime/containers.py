@@ -21,7 +21,7 @@ from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
 from .launch import (CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, finish, launch, retry_cleanup,
                      start_process)
-from .records import Record, Store, alive, proc_start_ticks
+from .records import Record, Store, alive
 
 if TYPE_CHECKING:
     from ..drivers import Host
@@ -436,9 +436,5 @@ def _sweep_scratch(store: Store) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def supervisor_alive(rec: Record) -> bool:
-    return alive(rec.supervisor_pid, rec.supervisor_start)
-
-
 __all__ = ["Overrides", "spec_for", "run_foreground", "run_detached", "exec_in", "ps", "stop", "rm", "gc",
-           "state_of", "proc_start_ticks", "supervisor_alive"]
+           "state_of"]
