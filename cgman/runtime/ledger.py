@@ -1,0 +1,266 @@
+"""The usage ledger: one row per finished container, in SQLite (WAL) in the state dir.
+
+Written exactly once per container id (``INSERT OR IGNORE`` on the primary key) by
+whoever waits on the container, after its last process exited and before its cgroup is
+removed. A trigger keeps per-tenant totals in the same transaction, so the exporter's
+tenant counters cost one small query however long the ledger grows, and they only
+ever grow: rows are never updated or deleted by cgman.
+
+Errors are one line naming the file and what to do; a caller that cannot write keeps
+the usage in the container's run record (``ledger_pending``) and ``cgman gc`` writes it
+later, so a locked or broken ledger loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterator
+
+from ..errors import CgmanError
+
+LEDGER_FILE = "ledger.db"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS containers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    cgroup_root TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL NOT NULL,
+    exit_code INTEGER,
+    exit_reason TEXT,
+    cpu_usage_usec INTEGER NOT NULL,
+    cpu_user_usec INTEGER,
+    cpu_system_usec INTEGER,
+    memory_byte_seconds REAL NOT NULL,
+    memory_peak_bytes INTEGER,
+    io_read_bytes INTEGER NOT NULL,
+    io_write_bytes INTEGER NOT NULL,
+    cpu_limit_cpus REAL,
+    memory_limit_bytes INTEGER,
+    host_cpus REAL NOT NULL,
+    host_memory_bytes INTEGER NOT NULL,
+    recorded REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS containers_ended ON containers (ended);
+CREATE TABLE IF NOT EXISTS tenant_totals (
+    tenant TEXT PRIMARY KEY,
+    containers INTEGER NOT NULL,
+    cpu_usage_usec INTEGER NOT NULL,
+    memory_byte_seconds REAL NOT NULL,
+    io_read_bytes INTEGER NOT NULL,
+    io_write_bytes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS containers_tenant_totals AFTER INSERT ON containers BEGIN
+    INSERT OR IGNORE INTO tenant_totals VALUES (NEW.tenant, 0, 0, 0.0, 0, 0);
+    UPDATE tenant_totals SET
+        containers = containers + 1,
+        cpu_usage_usec = cpu_usage_usec + NEW.cpu_usage_usec,
+        memory_byte_seconds = memory_byte_seconds + NEW.memory_byte_seconds,
+        io_read_bytes = io_read_bytes + NEW.io_read_bytes,
+        io_write_bytes = io_write_bytes + NEW.io_write_bytes
+    WHERE tenant = NEW.tenant;
+END;
+"""
+
+
+class LedgerError(CgmanError):
+    """The ledger cannot be opened, read or written (locked, corrupt, not writable)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One finished container's usage: the ledger row (SPEC §6).
+
+    ``cpu_limit_cpus`` / ``memory_limit_bytes`` are the effective allocation (the
+    tightest limit on the container's path, None: unlimited); ``host_*`` is the host's
+    capacity when it ran, which allocation billing uses for an unlimited container."""
+
+    id: str
+    name: str
+    tenant: str
+    grp: str
+    cgroup_root: str
+    started: float
+    ended: float
+    exit_code: int | None
+    exit_reason: str | None
+    cpu_usage_usec: int
+    cpu_user_usec: int | None
+    cpu_system_usec: int | None
+    memory_byte_seconds: float
+    memory_peak_bytes: int | None
+    io_read_bytes: int
+    io_write_bytes: int
+    cpu_limit_cpus: float | None
+    memory_limit_bytes: int | None
+    host_cpus: float
+    host_memory_bytes: int
+    recorded: float = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+
+@dataclass(frozen=True)
+class TenantTotals:
+    tenant: str
+    containers: int
+    cpu_usage_usec: int
+    memory_byte_seconds: float
+    io_read_bytes: int
+    io_write_bytes: int
+
+
+_COLUMNS = [f.name for f in fields(Entry)]
+
+
+def ledger_path(state: str) -> str:
+    return os.path.join(state, LEDGER_FILE)
+
+
+class Ledger:
+    """The ledger at ``path``. Opens lazily; one connection per instance (not thread-shared)."""
+
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._db: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------------ connection
+    def _error(self, e: sqlite3.Error, doing: str) -> LedgerError:
+        msg = str(e)
+        if "locked" in msg or "busy" in msg:
+            return LedgerError(f"ledger {self.path} is locked: another process held it for more than "
+                               f"{BUSY_TIMEOUT_S:g}s while {doing}; find it with `fuser {self.path}` "
+                               f"(usage not yet written stays in the container records; `cgman gc` "
+                               f"writes it later)")
+        if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
+            return LedgerError(f"ledger {self.path} is corrupt ({msg}) while {doing}: move it aside "
+                               f"and check it with `sqlite3 FILE 'PRAGMA integrity_check'`; cgman "
+                               f"starts a new ledger, and usage not yet written waits in the container "
+                               f"records for `cgman gc`")
+        if "unable to open" in msg or "readonly" in msg or "read-only" in msg:
+            return LedgerError(f"ledger {self.path}: {msg} while {doing}: check that the state dir "
+                               f"exists and is writable (--state-dir, CGMAN_STATE_DIR)")
+        return LedgerError(f"ledger {self.path}: {msg} while {doing}")
+
+    def connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        if self.readonly:
+            if not os.path.exists(self.path):
+                raise LedgerError(f"no ledger at {self.path}: no container has finished under this "
+                                  f"state dir yet (--state-dir, CGMAN_STATE_DIR)")
+            uri = f"file:{self.path}?mode=ro"
+        else:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+            uri = f"file:{self.path}?mode=rwc"
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                if not self.readonly:
+                    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    if mode.lower() != "wal":
+                        raise LedgerError(f"ledger {self.path}: cannot switch to WAL mode (got {mode}); "
+                                          f"is the state dir on a filesystem without shared memory?")
+                    # Every commit reaches the disk: a bill must survive a power cut.
+                    db.execute("PRAGMA synchronous=FULL")
+                    db.executescript(_SCHEMA)
+                    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            except BaseException:
+                db.close()
+                raise
+        except sqlite3.Error as e:
+            raise self._error(e, "opening it") from e
+        if version is None or int(version[0]) != SCHEMA_VERSION:
+            db.close()
+            raise LedgerError(f"ledger {self.path} has schema version {version and version[0]}, "
+                              f"this cgman reads version {SCHEMA_VERSION}")
+        self._db = db
+        return db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+    def record(self, e: Entry) -> bool:
+        """Commit ``e``; True if it was new, False if this container id was already recorded."""
+        db = self.connect()
+        row = asdict(e)
+        row["recorded"] = time.time()
+        try:
+            cur = db.execute(f"INSERT OR IGNORE INTO containers ({', '.join(_COLUMNS)}) "
+                             f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
+        except sqlite3.Error as err:
+            raise self._error(err, f"recording container {e.name} ({e.id})") from err
+        return cur.rowcount == 1
+
+    # ------------------------------------------------------------------ reads
+    def entries(self, since: float | None = None, until: float | None = None) -> list[Entry]:
+        """Rows whose container ended in [since, until), oldest first."""
+        db = self.connect()
+        q, args = f"SELECT {', '.join(_COLUMNS)} FROM containers", []  # type: tuple[str, list[Any]]
+        cond = []
+        if since is not None:
+            cond.append("ended >= ?")
+            args.append(since)
+        if until is not None:
+            cond.append("ended < ?")
+            args.append(until)
+        if cond:
+            q += " WHERE " + " AND ".join(cond)
+        q += " ORDER BY ended, id"
+        try:
+            return [Entry(*r) for r in db.execute(q, args)]
+        except sqlite3.Error as err:
+            raise self._error(err, "reading containers") from err
+
+    def tenant_totals(self) -> dict[str, TenantTotals]:
+        """Per-tenant sums over every recorded container (maintained by a trigger)."""
+        db = self.connect()
+        try:
+            return {r[0]: TenantTotals(*r) for r in db.execute(
+                "SELECT tenant, containers, cpu_usage_usec, memory_byte_seconds, io_read_bytes, "
+                "io_write_bytes FROM tenant_totals")}
+        except sqlite3.Error as err:
+            raise self._error(err, "reading tenant totals") from err
+
+    def recorded_ids(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are already in the ledger (one query, however many)."""
+        if not ids:
+            return set()
+        db = self.connect()
+        try:
+            return {r[0] for r in db.execute(
+                "SELECT id FROM containers WHERE id IN (SELECT value FROM json_each(?))",
+                (_json_list(ids),))}
+        except sqlite3.Error as err:
+            raise self._error(err, "looking up containers") from err
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries())
+
+
+def _json_list(items: list[str]) -> str:
+    import json
+    return json.dumps(items)
