@@ -25,6 +25,14 @@ LEDGER_FILE = "ledger.db"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 10.0
 
+
+def _busy_timeout_s() -> float:
+    """How long to wait for a lock (env CGMAN_LEDGER_TIMEOUT, seconds; tests shorten it)."""
+    try:
+        return float(os.environ.get("CGMAN_LEDGER_TIMEOUT", BUSY_TIMEOUT_S))
+    except ValueError:
+        return BUSY_TIMEOUT_S
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS containers (
@@ -141,7 +149,7 @@ class Ledger:
         msg = str(e)
         if "locked" in msg or "busy" in msg:
             return LedgerError(f"ledger {self.path} is locked: another process held it for more than "
-                               f"{BUSY_TIMEOUT_S:g}s while {doing}; find it with `fuser {self.path}` "
+                               f"{_busy_timeout_s():g}s while {doing}; find it with `fuser {self.path}` "
                                f"(usage not yet written stays in the container records; `cgman gc` "
                                f"writes it later)")
         if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
@@ -166,7 +174,7 @@ class Ledger:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
             uri = f"file:{self.path}?mode=rwc"
         try:
-            db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            db = sqlite3.connect(uri, uri=True, timeout=_busy_timeout_s(), isolation_level=None,
                                  check_same_thread=False)
             try:
                 if not self.readonly:
