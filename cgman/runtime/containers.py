@@ -252,7 +252,8 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
                 os.close(fd)
             fds = []
             proc.release()
-            c = box["c"] = Container(host, store, dataclasses.replace(rec, pid=proc.pid), None)  # type: ignore[arg-type]
+            c = box["c"] = Container(host, store, dataclasses.replace(rec, pid=proc.pid), None,  # type: ignore[arg-type]
+                                     sample_interval_s=0)
             for sig in box["held"]:
                 c.signal(sig)
             code = c.wait()
@@ -389,11 +390,14 @@ def rm(store: Store, hosts: HostFactory, name: str, force: bool = False) -> None
         stop(store, hosts, name, grace_s=0)
     elif st == "dead":
         rec = finish(host, store, rec, None, "collected (its supervisor was gone)")
-    if rec.cleanup_pending:
+    if rec.cleanup_pending or rec.ledger_pending:
         rec = retry_cleanup(host, store, rec)
         if rec.cleanup_pending and not force:
             raise Busy(f"container {name}: cleanup is still incomplete ({rec.exit_reason}); fix the cause "
                        f"and run `cgman rm {name}` again (--force drops the record regardless)")
+    if rec.ledger_pending and not force:
+        raise Busy(f"container {name}: its usage is not in the ledger yet (see the warning when it exited); "
+                   f"fix the ledger and run `cgman gc`, or `cgman rm --force {name}` to drop the usage")
     store.delete(name)
 
 
@@ -402,9 +406,12 @@ def gc(store: Store, hosts: HostFactory) -> list[str]:
     collected = []
     with store.lock("gc"):
         for rec in store.records():
-            if rec.state == "exited" and rec.cleanup_pending:
-                if not retry_cleanup(hosts(rec.cgroup_root), store, rec).cleanup_pending:
+            if rec.state == "exited" and (rec.cleanup_pending or rec.ledger_pending):
+                rec = retry_cleanup(hosts(rec.cgroup_root), store, rec)
+                if not rec.cleanup_pending and not rec.ledger_pending:
                     collected.append(rec.name)
+                    if rec.auto_remove:
+                        store.delete(rec.name)
                 continue
             if rec.state == "exited" or alive(rec.supervisor_pid, rec.supervisor_start):
                 continue

@@ -28,7 +28,7 @@ import shutil
 import signal
 import struct
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Busy, CgmanError, CgroupIOError, LaunchError, NotFound
@@ -113,14 +113,6 @@ def _cgroup_limits(host: "Host", leaf: str, spec: ContainerSpec) -> None:
                    f"pick another --name")
     for w in writes:
         host.write(w)
-
-
-def _usage_dict(host: "Host", leaf: str) -> dict[str, Any] | None:
-    try:
-        u = host.usage(leaf)
-    except NotFound:
-        return None
-    return {k: v for k, v in asdict(u).items() if k not in ("frozen", "populated")}
 
 
 @dataclass
@@ -248,9 +240,15 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
 class Container:
     """A launched container that this process waits on."""
 
-    def __init__(self, host: "Host", store: Store, rec: Record, spec: ContainerSpec) -> None:
+    def __init__(self, host: "Host", store: Store, rec: Record, spec: ContainerSpec,
+                 sample_interval_s: float | None = None) -> None:
         self.host, self.store, self.rec, self.spec = host, store, rec, spec
         self.status: int | None = None
+        if sample_interval_s is None:
+            from .accounting import sample_interval_s as configured
+            sample_interval_s = configured()
+        self.sample_interval_s = sample_interval_s    # 0: no memory sampling (`cgman exec`)
+        self._next_sample = 0.0
 
     @property
     def pid(self) -> int:
@@ -263,22 +261,38 @@ class Container:
         except ProcessLookupError:
             pass
 
+    def sample(self) -> None:
+        """One memory sample into the record (the waiter calls this every interval)."""
+        from .accounting import sample
+        sample(self.host, self.store, self.rec)
+        self._next_sample = time.monotonic() + self.sample_interval_s
+
     def wait(self, timeout_s: float | None = None) -> int | None:
-        """Wait for the container's first process; its exit code (128+N for signal N), or None on timeout."""
+        """Wait for the container's first process, sampling its memory meanwhile; its exit
+        code (128+N for signal N), or None on timeout."""
         if self.status is not None:
             return self.status
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        pidfd = os.pidfd_open(self.pid) if deadline is not None else -1
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            pidfd = -1
         try:
             while True:
                 if pidfd >= 0:
-                    assert deadline is not None
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+                    now = time.monotonic()
+                    wait_s = None if deadline is None else deadline - now
+                    if wait_s is not None and wait_s <= 0:
                         return None
+                    if self.sample_interval_s > 0:
+                        if now >= self._next_sample:
+                            self.sample()
+                            continue
+                        nxt = self._next_sample - now
+                        wait_s = nxt if wait_s is None else min(wait_s, nxt)
                     p = select.poll()
                     p.register(pidfd, select.POLLIN)
-                    if not p.poll(left * 1000):
+                    if not p.poll(None if wait_s is None else wait_s * 1000):
                         continue
                 try:
                     pid, st = os.waitpid(self.pid, 0 if pidfd < 0 else os.WNOHANG)
@@ -334,27 +348,33 @@ def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: st
 
 
 def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str, cgroup: bool) -> Record:
+    from . import accounting
     leaf = rec.cgroup
     problems: list[str] = []
+    rec.exit_code, rec.exit_reason = code, reason
     if cgroup:
         try:
             if host.procs(leaf):
                 host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
-            rec.final_usage = _usage_dict(host, leaf)
-            if rec.final_usage is not None:
+            if rec.started is not None:   # it ran: bill it
+                rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
+                if rec.final_usage is not None:
+                    # Into the ledger before the cgroup goes, so that the exporter, which reads
+                    # live cgroups first and the ledger second, never misses this container.
+                    accounting.commit(store, rec)
+            if host.exists(leaf):
                 _remove_cgroup(host, leaf)
         except CgmanError as e:
             problems.append(str(e))
     _release_rest(store, rec, problems)
     rec.state = "exited"
-    rec.exit_code = code
-    rec.exit_reason = reason
-    rec.ended = time.time()
+    if rec.ended is None:
+        rec.ended = time.time()
     rec.cleanup_pending = bool(problems)
     if problems:
         rec.exit_reason = f"{reason}; cleanup incomplete: {'; '.join(problems)}"
         log.warning("container %s: %s", rec.name, rec.exit_reason)
-    if rec.auto_remove and not problems:
+    if rec.auto_remove and not problems and not rec.ledger_pending:
         store.delete(rec.name)
     else:
         store.save(rec)
@@ -384,6 +404,9 @@ def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
         except CgmanError as e:
             problems.append(str(e))
         _release_rest(store, rec, problems)
+        if rec.ledger_pending:
+            from . import accounting
+            accounting.commit(store, rec)
         rec.cleanup_pending = bool(problems)
         if not problems:
             rec.exit_reason = (rec.exit_reason or "").split("; cleanup incomplete")[0]

@@ -70,6 +70,11 @@ class Record:
     final_usage: dict[str, Any] | None = None
     auto_remove: bool = False
     cleanup_pending: bool = False     # exited, but a cleanup step failed: gc tries again
+    memory_byte_seconds: float = 0.0  # integral of sampled memory so far (see accounting.py)
+    memory_sampled_at: float | None = None
+    memory_sampled_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    ledger_pending: bool = False      # exited, but the ledger could not be written: gc tries again
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Record":
