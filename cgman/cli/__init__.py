@@ -1,5 +1,6 @@
 """The command line. ``main`` dispatches: `cgman run` takes a typer-free fast path
-(interpreter start-up is part of launch latency); everything else goes to typer."""
+(interpreter start-up is part of launch latency), so does `cgman exporter` (a
+long-running server should not carry typer in memory); everything else goes to typer."""
 
 from __future__ import annotations
 
@@ -21,6 +22,17 @@ def main() -> None:
             sys.exit(130)
         if code is not None:
             sys.exit(code)
+    if "exporter" in argv and "run" not in argv:
+        from .serve import parse as parse_exporter
+        opts = parse_exporter(argv)
+        if opts is not None:
+            from ..errors import CgmanError
+            try:
+                from .serve import run_exporter
+                run_exporter(opts)
+            except CgmanError as e:
+                _fail(e, bool(opts.get("verbose")))
+            sys.exit(0)
     from .main import main as typer_main
     typer_main(argv)
 

@@ -1,0 +1,350 @@
+"""One scrape: list the live containers, read their cgroup files, render the text format.
+
+Built fresh on every scrape, as the Prometheus client guidelines ask: the metric
+families and their values exist only for the scrape. What is kept between scrapes
+is not metric state but two caches of facts that only change when a container does:
+
+- the parsed record of each container, keyed by the record file's inode and mtime
+  (records are replaced by rename, so a change always shows);
+- each live container's stat files, kept open: cgroupfs regenerates a file on every
+  read from offset 0, and skipping open()/close() halves the kernel's work per file.
+  They are closed when the container's record leaves the live set or a read says
+  the cgroup is gone (ENODEV), so removed cgroups are not pinned.
+
+A container that vanishes mid-scrape (its cgroup removed between listing and
+reading) is skipped; it never fails the scrape. Any other read or parse failure
+counts in ``cgman_exporter_read_errors_total`` and leaves that value out.
+
+Tenant counters: live containers are read first, then the ledger. A container that
+exits in between is already in the ledger when its cgroup is gone (finish() commits
+before removing the cgroup), and one seen live and also found in the ledger counts
+once, from the ledger. Hence the counters never go backwards, across exporter
+restarts too: every input is durable (the ledger) or the kernel's own counter.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import resource
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..runtime import stats
+from ..runtime.ledger import Ledger, LedgerError, ledger_path
+from .metrics import CONTAINER, RECORD, TENANT
+
+log = logging.getLogger(__name__)
+
+_GONE = (-errno.ENODEV, -errno.ENOENT)
+CHUNK = 256               # containers per batch of reads: bounds the transient memory
+
+
+def _escape(v: str) -> str:
+    if "\\" in v or '"' in v or "\n" in v:
+        v = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return v
+
+
+def _num(v: Any) -> float | int | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return v
+
+
+@dataclass
+class Live:
+    """What a scrape needs of one container's record."""
+
+    id: str
+    name: str
+    tenant: str
+    labels: str                    # '{container="…",group="…",tenant="…"}'
+    dirs: dict[str, str]           # hierarchy mount -> the container's cgroup dir there
+    state: str
+    started: float | None
+    memory_byte_seconds: float
+    limits: dict[str, float | int]
+    final_usage: dict[str, Any] | None
+    ledger_pending: bool
+
+
+def _live_from(d: dict[str, Any], mounts: list[str]) -> Live:
+    root, cg = d["cgroup_root"], d["cgroup"]
+    lim = d.get("limits") or {}
+    limits: dict[str, float | int] = {}
+    for key in ("cpu_max_cpus", "memory_max_bytes", "pids_max"):
+        v = _num(lim.get(key))
+        if v is not None:
+            limits[key] = v
+    return Live(
+        id=d["id"], name=d["name"], tenant=d["tenant"],
+        labels=f'{{container="{_escape(d["name"])}",group="{_escape(d["group"])}",'
+               f'tenant="{_escape(d["tenant"])}"}}',
+        dirs={m: stats.cgroup_dir(m, root, cg) for m in mounts},
+        state=d.get("state", ""), started=d.get("started"),
+        memory_byte_seconds=float(d.get("memory_byte_seconds") or 0.0),
+        limits=limits, final_usage=d.get("final_usage"), ledger_pending=bool(d.get("ledger_pending")))
+
+
+class _Open:
+    """A live container's stat files, open between scrapes (-1: absent on this host)."""
+
+    __slots__ = ("fds",)
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
+
+    def close(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+        self.fds = []
+
+
+def _pread_all_py(fds: list[int], nthreads: int = 1) -> list[bytes | int]:
+    out: list[bytes | int] = []
+    for fd in fds:
+        try:
+            out.append(os.pread(fd, 65536, 0))
+        except OSError as e:
+            out.append(-(e.errno or errno.EIO))
+    return out
+
+
+def _reader() -> Callable[..., list[bytes | int]]:
+    try:
+        from .._fastread import pread_all
+        return pread_all
+    except ImportError:          # not built: correct, just slower
+        return _pread_all_py
+
+
+class Collector:
+    """Scrapes the containers of one run dir (every cgroup root they use)."""
+
+    def __init__(self, info: Any, run_dir: str, state_dir: str, *, pressure: bool = True,
+                 read_threads: int = 2) -> None:
+        self.files = stats.stat_files(info, pressure=pressure)
+        self.mounts = sorted({f.mount for f in self.files})
+        self.containers_dir = os.path.join(run_dir, "containers")
+        self.ledger = Ledger(ledger_path(state_dir), readonly=True)
+        self.read_threads = read_threads
+        self._pread_all = _reader()
+        self._records: dict[str, tuple[tuple[int, int], Live]] = {}
+        self._open: dict[str, _Open] = {}
+        self.read_errors = 0
+        self.ledger_up = 1
+        self.last_containers = 0
+        self._fd_budget = _raise_fd_limit()
+
+    # ------------------------------------------------------------------ records
+    def _scan(self) -> list[Live]:
+        out: list[Live] = []
+        seen: dict[str, tuple[tuple[int, int], Live]] = {}
+        try:
+            names = os.listdir(self.containers_dir)
+        except FileNotFoundError:
+            names = []
+        for n in names:
+            path = os.path.join(self.containers_dir, n, "record.json")
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue              # being created or removed
+            key = (st.st_ino, st.st_mtime_ns)
+            hit = self._records.get(n)
+            if hit is not None and hit[0] == key:
+                live = hit[1]
+            else:
+                try:
+                    with open(path, "rb") as f:
+                        live = _live_from(json.loads(f.read()), self.mounts)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue          # half-written by an old cgman, or removed meanwhile
+            seen[n] = (key, live)
+            out.append(live)
+        self._records = seen
+        return out
+
+    def _fds_for(self, c: Live) -> _Open | None:
+        o = self._open.get(c.id)
+        if o is not None:
+            return o
+        fds: list[int] = []
+        try:
+            for f in self.files:
+                try:
+                    fds.append(os.open(os.path.join(c.dirs[f.mount], f.file), os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    if not os.path.isdir(c.dirs[f.mount]):
+                        raise             # the cgroup itself is gone (or not there yet)
+                    fds.append(-1)        # this kernel lacks the file (e.g. no PSI)
+        except OSError as e:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                self.read_errors += 1
+                log.warning("container %s: cannot open its stat files: %s", c.name, e)
+            return None
+        o = _Open(fds)
+        if len(self._open) * len(self.files) < self._fd_budget:
+            self._open[c.id] = o
+        return o
+
+    def _drop(self, cid: str) -> None:
+        o = self._open.pop(cid, None)
+        if o is not None:
+            o.close()
+
+    # ------------------------------------------------------------------ scrape
+    def collect(self) -> str:
+        """The text exposition (format 0.0.4) of every live container and tenant."""
+        records = self._scan()
+        live = [c for c in records if c.state == "running"]
+        pending = [c for c in records if c.state == "exited" and c.ledger_pending and c.final_usage]
+        live_ids = {c.id for c in live}
+        for cid in [k for k in self._open if k not in live_ids]:
+            self._drop(cid)
+
+        lines: list[list[str]] = [[] for _ in CONTAINER]
+        rlines: list[list[str]] = [[] for _ in RECORD]
+        tenants: dict[str, list[float]] = {}       # cpu_usec, mem_bs, io_r, io_w, containers
+        seen: list[tuple[Live, dict[str, int]]] = []
+        parsers = [f.parse for f in self.files]
+        for i in range(0, len(live), CHUNK):
+            batch: list[tuple[Live, _Open]] = []
+            fds: list[int] = []
+            for c in live[i:i + CHUNK]:
+                o = self._fds_for(c)
+                if o is not None:
+                    batch.append((c, o))
+                    fds.extend(o.fds)
+            data = self._pread_all(fds, self.read_threads)
+            pos = 0
+            for c, o in batch:
+                n = len(o.fds)
+                vals: dict[str, int] = {}
+                gone = False
+                for k in range(n):
+                    d = data[pos + k]
+                    if o.fds[k] < 0:
+                        continue
+                    if isinstance(d, int):
+                        if d in _GONE:
+                            gone = True
+                            break
+                        self.read_errors += 1
+                        continue
+                    try:
+                        parsers[k](d, vals)
+                    except (ValueError, KeyError, IndexError):
+                        self.read_errors += 1
+                pos += n
+                if c.id not in self._open:
+                    o.close()             # over the fd budget: opened for this scrape only
+                if gone:
+                    self._drop(c.id)
+                    continue
+                stats.finalize(vals)
+                seen.append((c, vals))
+            del data
+
+        for c, vals in seen:
+            L = c.labels
+            for j, m in enumerate(CONTAINER):
+                v = vals.get(m.key)
+                if v is not None:
+                    lines[j].append(f"{m.name}{L} {v / m.div if m.div else v}")
+            rl = rlines
+            rl[0].append(f"{RECORD[0].name}{L} 1")
+            if c.started is not None:
+                rl[1].append(f"{RECORD[1].name}{L} {c.started}")
+            rl[2].append(f"{RECORD[2].name}{L} {c.memory_byte_seconds}")
+            for j, key in ((3, "cpu_max_cpus"), (4, "memory_max_bytes"), (5, "pids_max")):
+                lim = c.limits.get(key)
+                if lim is not None:
+                    rl[j].append(f"{RECORD[j].name}{L} {lim}")
+        self.last_containers = len(seen)
+
+        tenant_text = self._tenants(seen, pending, tenants)
+        out: list[str] = []
+        for m, ls in zip(CONTAINER + RECORD, lines + rlines, strict=True):
+            if ls:
+                out.append(f"# HELP {m.name} {m.help}\n# TYPE {m.name} {m.type}\n")
+                out.append("\n".join(ls))
+                out.append("\n")
+        out.append(tenant_text)
+        return "".join(out)
+
+    def _tenants(self, seen: list[tuple[Live, dict[str, int]]], pending: list[Live],
+                 acc: dict[str, list[float]]) -> str:
+        """Ledger totals plus what is not in the ledger yet. Empty if the ledger is unreadable:
+        a missing series is a gap to Prometheus, a smaller value would be a counter reset."""
+        try:
+            totals = self.ledger.tenant_totals() if os.path.exists(self.ledger.path) else {}
+            recorded = self.ledger.recorded_ids([c.id for c, _ in seen] + [c.id for c in pending]) \
+                if totals else set()
+            self.ledger_up = 1
+        except LedgerError as e:
+            if self.ledger_up:
+                log.error("%s", e)
+            self.ledger_up = 0
+            self.ledger.close()
+            return ""
+        for tt in totals.values():
+            acc[tt.tenant] = [tt.cpu_usage_usec, tt.memory_byte_seconds, tt.io_read_bytes, tt.io_write_bytes,
+                              tt.containers]
+        for c, vals in seen:
+            if c.id not in recorded:
+                _add(acc, c.tenant, vals.get("cpu_usage_usec", 0), c.memory_byte_seconds,
+                     vals.get("io_read_bytes", 0), vals.get("io_write_bytes", 0))
+        for c in pending:
+            if c.id not in recorded and c.final_usage:
+                u = c.final_usage
+                _add(acc, c.tenant, u.get("cpu_usage_usec") or 0, u.get("memory_byte_seconds") or 0.0,
+                     u.get("io_read_bytes") or 0, u.get("io_write_bytes") or 0)
+        if not acc:
+            return ""
+        cpu, mem, io, cnt = TENANT
+        out = [f"# HELP {cpu.name} {cpu.help}\n# TYPE {cpu.name} counter\n"]
+        out += [f'{cpu.name}{{tenant="{_escape(t)}"}} {v[0] / 1e6}\n' for t, v in sorted(acc.items())]
+        out.append(f"# HELP {mem.name} {mem.help}\n# TYPE {mem.name} counter\n")
+        out += [f'{mem.name}{{tenant="{_escape(t)}"}} {float(v[1])}\n' for t, v in sorted(acc.items())]
+        out.append(f"# HELP {io.name} {io.help}\n# TYPE {io.name} counter\n")
+        for t, v in sorted(acc.items()):
+            out.append(f'{io.name}{{direction="read",tenant="{_escape(t)}"}} {int(v[2])}\n')
+            out.append(f'{io.name}{{direction="write",tenant="{_escape(t)}"}} {int(v[3])}\n')
+        out.append(f"# HELP {cnt.name} {cnt.help}\n# TYPE {cnt.name} counter\n")
+        out += [f'{cnt.name}{{tenant="{_escape(t)}"}} {int(v[4])}\n' for t, v in sorted(acc.items())]
+        return "".join(out)
+
+    def close(self) -> None:
+        for cid in list(self._open):
+            self._drop(cid)
+        self.ledger.close()
+
+
+def _add(acc: dict[str, list[float]], tenant: str, cpu: float, mem: float, r: float, w: float) -> None:
+    v = acc.setdefault(tenant, [0, 0.0, 0, 0, 0])
+    v[0] += cpu
+    v[1] += mem
+    v[2] += r
+    v[3] += w
+    v[4] += 1
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft fd limit to the hard one; how many fds the open-file cache may use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return max(0, soft - 256)       # room for the server's sockets, the ledger and the records

@@ -1,0 +1,251 @@
+"""The exporter's HTTP server: /metrics, optional TLS and basic auth.
+
+TLS and basic auth take the web configuration file of the Prometheus exporter
+toolkit (the same file Prometheus and node_exporter read with --web.config.file),
+so one file serves every exporter on a host::
+
+    tls_server_config:
+      cert_file: /etc/cgman/tls.crt
+      key_file: /etc/cgman/tls.key
+    basic_auth_users:
+      prometheus: $2b$12$...        # bcrypt hash (htpasswd -nBC 12 "" | tr -d ':\\n')
+
+The exporter's own health lives in a private prometheus_client registry (never the
+global one) and is appended to each scrape.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import logging
+import os
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..errors import CgmanError
+from .collector import Collector
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:9753"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    cert_file: str | None = None
+    key_file: str | None = None
+    users: dict[str, bytes] = field(default_factory=dict)     # user -> bcrypt hash
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Parse an exporter-toolkit web config; errors name the file and key."""
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise CgmanError(f"--web-config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise CgmanError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(doc, dict):
+        raise CgmanError(f"{path}: expected a mapping with tls_server_config and/or basic_auth_users")
+    unknown = set(doc) - {"tls_server_config", "basic_auth_users", "http_server_config"}
+    if unknown:
+        raise CgmanError(f"{path}: unknown key {sorted(unknown)[0]!r} (known: tls_server_config, "
+                         f"basic_auth_users, http_server_config)")
+    tls = doc.get("tls_server_config") or {}
+    if not isinstance(tls, dict):
+        raise CgmanError(f"{path}: tls_server_config: expected a mapping with cert_file and key_file")
+    cert, key = tls.get("cert_file"), tls.get("key_file")
+    if tls and not (cert and key):
+        raise CgmanError(f"{path}: tls_server_config: needs both cert_file and key_file")
+    base = os.path.dirname(os.path.abspath(path))
+    cert = os.path.join(base, cert) if cert else None         # relative to the file, as the toolkit
+    key = os.path.join(base, key) if key else None
+    users_raw = doc.get("basic_auth_users") or {}
+    if not isinstance(users_raw, dict):
+        raise CgmanError(f"{path}: basic_auth_users: expected a mapping of user: bcrypt-hash")
+    users: dict[str, bytes] = {}
+    for u, h in users_raw.items():
+        if not isinstance(h, str) or not h.startswith(("$2a$", "$2b$", "$2y$")):
+            raise CgmanError(f"{path}: basic_auth_users.{u}: expected a bcrypt hash ($2b$…), "
+                             f"e.g. from `htpasswd -nBC 12 {u}`")
+        users[str(u)] = h.encode()
+    if users:
+        try:
+            import bcrypt  # noqa: F401
+        except ImportError:
+            raise CgmanError("basic_auth_users needs the bcrypt package: pip install bcrypt") from None
+    return WebConfig(cert, key, users)
+
+
+_DUMMY: list[bytes] = []
+
+
+def _dummy_hash() -> bytes:
+    if not _DUMMY:
+        import bcrypt
+        _DUMMY.append(bcrypt.hashpw(b"-", bcrypt.gensalt(12)))
+    return _DUMMY[0]
+
+
+class Exporter:
+    """Collector + health metrics; one scrape at a time (the collector's caches are not shared)."""
+
+    def __init__(self, collector: Collector) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+        from prometheus_client.process_collector import ProcessCollector
+        disable_created_metrics()       # *_created series would only add noise to a scrape
+        self.collector = collector
+        self.lock = threading.Lock()
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self.duration = Gauge("cgman_exporter_scrape_duration_seconds",
+                              "How long the previous scrape took to collect.", registry=self.registry)
+        self.containers = Gauge("cgman_exporter_containers", "Live containers in the previous scrape.",
+                                registry=self.registry)
+        self.errors = Counter("cgman_exporter_read_errors",
+                              "Stat files that could not be read or parsed (vanished containers excluded).",
+                              registry=self.registry)
+        self.ledger_up = Gauge("cgman_exporter_ledger_up",
+                               "1 if the ledger could be read in the previous scrape (tenant counters "
+                               "are left out while it cannot).", registry=self.registry)
+        self.scrapes = Counter("cgman_exporter_scrapes", "Scrapes served.", registry=self.registry)
+        self._errors_seen = 0
+
+    def scrape(self) -> bytes:
+        from prometheus_client import generate_latest
+        with self.lock:
+            t0 = time.perf_counter()
+            body = self.collector.collect()
+            self.duration.set(time.perf_counter() - t0)
+            self.containers.set(self.collector.last_containers)
+            self.errors.inc(self.collector.read_errors - self._errors_seen)
+            self._errors_seen = self.collector.read_errors
+            self.ledger_up.set(self.collector.ledger_up)
+            self.scrapes.inc()
+            return body.encode() + generate_latest(self.registry)
+
+
+_LANDING = b"""<html><head><title>cgman exporter</title></head><body>
+<h1>cgman exporter</h1><p><a href="/metrics">Metrics</a></p></body></html>
+"""
+
+
+def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "cgman-exporter"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("%s " + fmt, self.address_string(), *args)
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+                  extra: dict[str, str] | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _authorized(self) -> bool:
+            if not web.users:
+                return True
+            h = self.headers.get("Authorization", "")
+            if not h.startswith("Basic "):
+                return False
+            try:
+                user, _, pw = base64.b64decode(h[6:], validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            want = web.users.get(user)
+            import bcrypt
+            if want is None:
+                # The same work for an unknown user, so timing does not tell which users exist.
+                bcrypt.checkpw(pw.encode(), _dummy_hash())
+                return False
+            try:
+                return bool(bcrypt.checkpw(pw.encode(), want))
+            except ValueError:          # a malformed hash in the config
+                return False
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if not self._authorized():
+                self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="cgman"'})
+                return
+            if path == "/metrics":
+                try:
+                    body = exp.scrape()
+                except Exception as e:      # a broken scrape is a 500, never a dead exporter
+                    log.exception("scrape failed")
+                    self._send(500, f"scrape failed: {e}\n".encode())
+                    return
+                extra = {}
+                if gzip_ok and "gzip" in self.headers.get("Accept-Encoding", ""):
+                    body = gzip.compress(body, compresslevel=1)
+                    extra["Content-Encoding"] = "gzip"
+                self._send(200, body, CONTENT_TYPE, extra)
+            elif path == "/":
+                self._send(200, _LANDING, "text/html; charset=utf-8")
+            elif path == "/healthz":
+                self._send(200, b"ok\n")
+            else:
+                self._send(404, b"Not found: try /metrics\n")
+
+        do_HEAD = do_GET
+
+    return Handler
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise CgmanError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:9753 or :9753 (all addresses)")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def make_server(exp: Exporter, listen: str, web: WebConfig | None = None, gzip_ok: bool = False) -> _Server:
+    """Bind (and wrap in TLS if configured); serve_forever() is the caller's."""
+    web = web or WebConfig()
+    host, port = parse_listen(listen)
+    if ":" in host:
+        import socket
+
+        class _Server6(_Server):
+            address_family = socket.AF_INET6
+        cls: type[_Server] = _Server6
+    else:
+        cls = _Server
+    try:
+        srv = cls((host, port), _handler(exp, web, gzip_ok))
+    except OSError as e:
+        raise CgmanError(f"cannot listen on {listen}: {e.strerror} (is another exporter running? "
+                         f"pick another --listen)") from None
+    if web.cert_file and web.key_file:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(web.cert_file, web.key_file)
+        except (OSError, ssl.SSLError) as e:
+            srv.server_close()
+            raise CgmanError(f"TLS: cannot load {web.cert_file} / {web.key_file}: {e}") from None
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    return srv
