@@ -227,7 +227,8 @@ class Ledger:
     def entries(self, since: float | None = None, until: float | None = None) -> list[Entry]:
         """Rows whose container ended in [since, until), oldest first."""
         db = self.connect()
-        q, args = f"SELECT {', '.join(_COLUMNS)} FROM containers", []  # type: tuple[str, list[Any]]
+        q = f"SELECT {', '.join(_COLUMNS)} FROM containers"
+        args: list[Any] = []
         cond = []
         if since is not None:
             cond.append("ended >= ?")
