@@ -145,6 +145,13 @@ def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPReque
         protocol_version = "HTTP/1.1"
         server_version = "cgman-exporter"
 
+        timeout = 30                  # seconds a client may idle mid-request
+
+        def setup(self) -> None:
+            super().setup()
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.do_handshake()
+
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("%s " + fmt, self.address_string(), *args)
 
@@ -220,6 +227,19 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    ssl_context: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        if self.ssl_context is not None:
+            # The handshake happens in the connection's thread (Handler.setup), so a client
+            # that never completes it cannot stall the accept loop.
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+        log.debug("connection from %s failed: %s", client_address, sys.exc_info()[1])
 
 
 def make_server(exp: Exporter, listen: str, web: WebConfig | None = None, gzip_ok: bool = False) -> _Server:
@@ -247,5 +267,5 @@ def make_server(exp: Exporter, listen: str, web: WebConfig | None = None, gzip_o
         except (OSError, ssl.SSLError) as e:
             srv.server_close()
             raise CgmanError(f"TLS: cannot load {web.cert_file} / {web.key_file}: {e}") from None
-        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        srv.ssl_context = ctx
     return srv

@@ -93,21 +93,33 @@ def _env(spec: ContainerSpec) -> list[bytes]:
     return [os.fsencode(f"{k}={v}") for k, v in env.items()]
 
 
+ACCOUNTING_CONTROLLERS = ("cpu", "memory", "io", "pids")
+
+
 def _cgroup_limits(host: "Host", leaf: str, spec: ContainerSpec) -> None:
     """Create the leaf and write its limits (v2: enable the controllers it needs above it)."""
     writes, warns = translate(leaf, spec.resources, host.layout, host.features, spec.formula,  # type: ignore[arg-type]
                               who=f"container {spec.name}")
     for warning in warns:
         log.warning("%s", warning)
-    v2_needed = sorted(c for c in controllers_used(spec.resources) if host.layout.version_of(c) == 2) \
-        if host.layout.mode == "v2" else []
-    if v2_needed:
+    if host.layout.mode == "v2":
+        v2_needed = sorted(c for c in controllers_used(spec.resources) if host.layout.version_of(c) == 2)
         parts = leaf.split("/")
         for anc in [ROOT] + ["/".join(parts[:i]) for i in range(1, len(parts))]:
             have = set(host.read(Write(anc, "cgroup", "cgroup.subtree_control", "")).split())
             missing = [c for c in v2_needed if c not in have]
             if missing:
                 host.write(Write(anc, "cgroup", "cgroup.subtree_control", " ".join(f"+{c}" for c in missing)))
+            # Usage accounting (memory.current, io.stat, pids.current, cpu throttling) needs the
+            # controllers even without a limit. Best effort: a group that holds processes itself
+            # cannot delegate them (v2's no-internal-process rule); its containers then lack those values.
+            offered = set(host.read(Write(anc, "cgroup", "cgroup.controllers", "")).split())
+            extra = [c for c in ACCOUNTING_CONTROLLERS if c in offered and c not in have and c not in missing]
+            if extra:
+                try:
+                    host.write(Write(anc, "cgroup", "cgroup.subtree_control", " ".join(f"+{c}" for c in extra)))
+                except CgmanError as e:
+                    log.info("usage of containers under %s will lack %s: %s", anc, ", ".join(extra), e)
     if not host.create(leaf):
         raise Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
                    f"pick another --name")
@@ -249,6 +261,7 @@ class Container:
             sample_interval_s = configured()
         self.sample_interval_s = sample_interval_s    # 0: no memory sampling (`cgman exec`)
         self._next_sample = 0.0
+        self.rusage_cpu_usec: int | None = None
 
     @property
     def pid(self) -> int:
@@ -295,11 +308,14 @@ class Container:
                     if not p.poll(None if wait_s is None else wait_s * 1000):
                         continue
                 try:
-                    pid, st = os.waitpid(self.pid, 0 if pidfd < 0 else os.WNOHANG)
+                    pid, st, ru = os.wait4(self.pid, 0 if pidfd < 0 else os.WNOHANG)
                 except ChildProcessError:
                     self.status = 255
                     return self.status
                 if pid == self.pid:
+                    # The kernel's per-process account of the first process and every process it
+                    # reaped (the init reaps the workload): a cross-check of the cgroup's counter.
+                    self.rusage_cpu_usec = round((ru.ru_utime + ru.ru_stime) * 1e6)
                     self.status = os.waitstatus_to_exitcode(st)
                     if self.status < 0:
                         self.status = 128 - self.status
