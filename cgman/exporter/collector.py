@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..runtime import stats
-from ..runtime.ledger import Ledger, LedgerError, ledger_path
+from ..runtime.ledger import Ledger, LedgerError, LedgerNotReady, ledger_path
 from .metrics import CONTAINER, RECORD, TENANT
 
 log = logging.getLogger(__name__)
@@ -285,9 +285,12 @@ class Collector:
         """Ledger totals plus what is not in the ledger yet. Empty if the ledger is unreadable:
         a missing series is a gap to Prometheus, a smaller value would be a counter reset."""
         try:
-            totals = self.ledger.tenant_totals() if os.path.exists(self.ledger.path) else {}
-            recorded = self.ledger.recorded_ids([c.id for c, _ in seen] + [c.id for c in pending]) \
-                if totals else set()
+            try:
+                totals = self.ledger.tenant_totals() if os.path.exists(self.ledger.path) else {}
+                recorded = self.ledger.recorded_ids([c.id for c, _ in seen] + [c.id for c in pending]) \
+                    if totals else set()
+            except LedgerNotReady:
+                totals, recorded = {}, set()      # created this instant: no row yet
             self.ledger_up = 1
         except LedgerError as e:
             if self.ledger_up:

@@ -84,6 +84,10 @@ class LedgerError(CgmanError):
     """The ledger cannot be opened, read or written (locked, corrupt, not writable)."""
 
 
+class LedgerNotReady(LedgerError):
+    """A reader found the ledger file before its first writer created the schema: it is empty."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One finished container's usage: the ledger row (SPEC §6).
@@ -184,8 +188,12 @@ class Ledger:
                                           f"is the state dir on a filesystem without shared memory?")
                     # Every commit reaches the disk: a bill must survive a power cut.
                     db.execute("PRAGMA synchronous=FULL")
-                    db.executescript(_SCHEMA)
-                    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    # One transaction: a reader sees no schema or all of it, never half.
+                    db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}INSERT OR IGNORE INTO meta VALUES "
+                                     f"('schema_version', '{SCHEMA_VERSION}');COMMIT;")
+                elif not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
+                    db.close()
+                    raise LedgerNotReady(f"ledger {self.path} is being created")
                 version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             except BaseException:
                 db.close()
