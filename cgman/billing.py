@@ -1,0 +1,231 @@
+"""Billing: usage and cost per tenant, group or container from ledger rows (SPEC §6). Pure: no I/O.
+
+**Period rule.** A container is billed in the period its ``ended`` falls in, half-open:
+``since <= ended < until``. Consecutive periods [a, b) and [b, c) therefore bill every
+container exactly once, and a container that runs across a boundary is billed whole
+in the period it ends, never split: its usage is only final, and in the ledger, once
+it has exited.
+
+**Modes** (per resource in the price sheet; ``allocation`` and ``max`` for cpu and memory):
+
+- ``usage``: what the container used (CPU time from the kernel's counter, memory
+  byte-seconds integrated from samples, bytes read and written).
+- ``allocation``: the limit times the wall time, as Slurm bills. A container without a
+  limit is charged the host capacity recorded in its row; a limit above that capacity
+  is charged as the capacity, since the container could not have used more.
+- ``max``: per container, max(allocation, usage), OpenCost's max(request, usage).
+  Taken per container before summing, so one idle container cannot offset a busy one.
+
+**Money** is ``decimal.Decimal``. Ledger ints convert exactly and floats through their
+shortest text (repr), so 0.1 stays 0.1. Quantities are summed exactly in base units
+(cpu-seconds, byte-seconds, bytes); the one inexact step, dividing by the price's unit
+(an hour is 3600 s), is carried to 20 decimal places, once per row. From there on
+money is fixed-point, so every sum is exact and independent of order: the total is the
+sum of the rows, to the last digit. Rounding to what people read is the renderer's job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal, localcontext
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:     # for hints only: billing reads no file and needs neither yaml nor sqlite3
+    from .prices import Price, PriceSheet
+    from .runtime.ledger import Entry
+
+BY = ("tenant", "group", "container")
+PRECISION = 50           # significant digits while billing: room for 20 places after the point
+PLACES = 20              # decimal places of every quotient (cost, GiB-hours)
+_QUANTUM = Decimal(1).scaleb(-PLACES)
+_USEC_PER_S = Decimal(10**6)
+_GIB_HOUR = Decimal((1 << 30) * 3600)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Cost per priced resource (absent: not on the price sheet) and their total."""
+
+    by_resource: dict[str, Decimal]
+    total: Decimal
+
+
+@dataclass(frozen=True)
+class Row:
+    """Usage (and cost, when priced) of one tenant, group or container, or of all (the total).
+
+    ``billed_*`` are the quantities the cpu and memory modes bill (usage when unpriced).
+    For ``--by container`` the key is the container id and ``entry`` its ledger row.
+    """
+
+    key: str
+    containers: int
+    cpu_seconds: Decimal
+    memory_byte_seconds: Decimal
+    io_read_bytes: int
+    io_write_bytes: int
+    billed_cpu_seconds: Decimal
+    billed_memory_byte_seconds: Decimal
+    cost: Cost | None = None
+    entry: Entry | None = None
+
+    @property
+    def memory_gib_hours(self) -> Decimal:
+        return div(self.memory_byte_seconds, _GIB_HOUR)
+
+
+@dataclass(frozen=True)
+class Bill:
+    """Rows of one ``cgman usage`` report and their total. ``currency`` is None when unpriced."""
+
+    by: str
+    since: float | None
+    until: float | None
+    currency: str | None
+    priced: tuple[str, ...]
+    rows: tuple[Row, ...]
+    total: Row
+
+
+def dec(x: int | float) -> Decimal:
+    """A ledger number as a Decimal: ints exactly, floats through their shortest text."""
+    return Decimal(x) if isinstance(x, int) else Decimal(repr(float(x)))
+
+
+def div(a: Decimal, b: Decimal | int) -> Decimal:
+    """a / b to PLACES decimal places (half even): the only rounding billing does."""
+    with localcontext(prec=PRECISION):
+        return (a / b).quantize(_QUANTUM)
+
+
+def in_period(e: Entry, since: float | None, until: float | None) -> bool:
+    """The period rule: ``since <= ended < until`` (either bound may be open)."""
+    return (since is None or e.ended >= since) and (until is None or e.ended < until)
+
+
+@dataclass(frozen=True)
+class _Quantities:
+    """One container's quantities in base units, and what each mode would bill."""
+
+    cpu_usage_s: Decimal
+    cpu_alloc_s: Decimal
+    mem_usage_bs: Decimal
+    mem_alloc_bs: Decimal
+
+
+def _capped(limit: float | int | None, capacity: float | int) -> Decimal:
+    if limit is None or (capacity > 0 and limit > capacity):
+        return dec(capacity)
+    return dec(limit)
+
+
+def quantities(e: Entry) -> _Quantities:
+    """Usage and allocation of one container (cpu-seconds, byte-seconds)."""
+    wall = max(Decimal(0), dec(e.ended) - dec(e.started))
+    return _Quantities(cpu_usage_s=Decimal(e.cpu_usage_usec) / _USEC_PER_S,
+                       cpu_alloc_s=_capped(e.cpu_limit_cpus, e.host_cpus) * wall,
+                       mem_usage_bs=dec(e.memory_byte_seconds),
+                       mem_alloc_bs=_capped(e.memory_limit_bytes, e.host_memory_bytes) * wall)
+
+
+def _billed(usage: Decimal, alloc: Decimal, p: Price | None) -> Decimal:
+    mode = p.mode if p else "usage"
+    return usage if mode == "usage" else alloc if mode == "allocation" else max(usage, alloc)
+
+
+@dataclass
+class _Acc:
+    containers: int = 0
+    cpu_s: Decimal = Decimal(0)
+    mem_bs: Decimal = Decimal(0)
+    io_r: int = 0
+    io_w: int = 0
+    cpu_billed_s: Decimal = Decimal(0)
+    mem_billed_bs: Decimal = Decimal(0)
+    entries: list[Entry] = field(default_factory=list)
+
+    def add(self, e: Entry, sheet: PriceSheet | None) -> None:
+        q = quantities(e)
+        self.containers += 1
+        self.cpu_s += q.cpu_usage_s
+        self.mem_bs += q.mem_usage_bs
+        self.io_r += e.io_read_bytes
+        self.io_w += e.io_write_bytes
+        self.cpu_billed_s += _billed(q.cpu_usage_s, q.cpu_alloc_s, sheet.get("cpu") if sheet else None)
+        self.mem_billed_bs += _billed(q.mem_usage_bs, q.mem_alloc_bs, sheet.get("memory") if sheet else None)
+        self.entries.append(e)
+
+    def cost(self, sheet: PriceSheet) -> Cost:
+        qty = {"cpu": self.cpu_billed_s, "memory": self.mem_billed_bs, "io_read": Decimal(self.io_r),
+               "io_write": Decimal(self.io_w), "container": Decimal(self.containers)}
+        costs = {res: div(p.price * qty[res], p.per_base) for res, p in sheet.prices.items()}
+        return Cost(by_resource=costs, total=sum(costs.values(), Decimal(0)))
+
+    def row(self, key: str, sheet: PriceSheet | None, entry: Entry | None = None) -> Row:
+        return Row(key=key, containers=self.containers, cpu_seconds=self.cpu_s, memory_byte_seconds=self.mem_bs,
+                   io_read_bytes=self.io_r, io_write_bytes=self.io_w, billed_cpu_seconds=self.cpu_billed_s,
+                   billed_memory_byte_seconds=self.mem_billed_bs,
+                   cost=self.cost(sheet) if sheet is not None else None, entry=entry)
+
+
+def _key(e: Entry, by: str) -> str:
+    return e.tenant if by == "tenant" else e.grp if by == "group" else e.id
+
+
+def bill(entries: Iterable[Entry], sheet: PriceSheet | None = None, by: str = "tenant",
+         since: float | None = None, until: float | None = None) -> Bill:
+    """Group the entries that ended in [since, until) by ``by`` and price them with ``sheet``.
+
+    Rows are ordered by key, containers by end time. The total's costs are the sums of the
+    rows' costs, so a TOTAL line adds up exactly before rounding."""
+    if by not in BY:
+        raise ValueError(f"unknown grouping {by!r}: use {', '.join(BY)}")
+    with localcontext(prec=PRECISION):
+        groups: dict[str, _Acc] = {}
+        everything = _Acc()
+        for e in entries:
+            if not in_period(e, since, until):
+                continue
+            groups.setdefault(_key(e, by), _Acc()).add(e, sheet)
+            everything.add(e, sheet)
+        if by == "container":
+            order = sorted(groups, key=lambda k: (groups[k].entries[0].ended, k))
+        else:
+            order = sorted(groups)
+        rows = tuple(groups[k].row(k, sheet, groups[k].entries[0] if by == "container" else None)
+                     for k in order)
+        total = everything.row("TOTAL", None)
+        if sheet is not None:
+            sums = {res: sum((r.cost.by_resource[res] for r in rows if r.cost), Decimal(0))
+                    for res in sheet.prices}
+            total = replace(total, cost=Cost(by_resource=sums, total=sum(sums.values(), Decimal(0))))
+    return Bill(by=by, since=since, until=until, currency=sheet.currency if sheet else None,
+                priced=tuple(sheet.prices) if sheet else (), rows=rows, total=total)
+
+
+# ------------------------------------------------------------------------------ time
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
+_AGO_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_EPOCH = re.compile(r"^\d+(?:\.\d+)?$")
+TIME_FORMS = ("an ISO 8601 date or datetime (2024-05-01, 2024-05-01T12:00, 2024-05-01T12:00:00+02:00; "
+              "without a zone: local time), epoch seconds (1714521600), now, or an age such as "
+              "30m, 24h, 7d, 2w")
+
+
+def parse_time(text: str, now: float) -> float:
+    """A point in time as epoch seconds; ``now`` anchors `now` and ages. Raises ValueError."""
+    s = text.strip()
+    if s == "now":
+        return now
+    m = _AGO.match(s)
+    if m:
+        return now - float(m.group(1)) * _AGO_S[m.group(2)]
+    if _EPOCH.match(s):       # all digits: epoch seconds, never ISO's basic 20240501
+        return float(s)
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"bad time {text!r}: use {TIME_FORMS}") from None
+    return dt.timestamp()     # a naive datetime is local time
