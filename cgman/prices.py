@@ -20,6 +20,7 @@ the shortest text of the parsed number (0.1 is exactly 0.1).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -57,6 +58,7 @@ RESOURCES = tuple(UNITS)
 DEFAULT_CURRENCY = "USD"
 _TOP_KEYS = ("version", "currency", "prices")
 _PRICE_KEYS = ("price", "per", "mode")
+_EXPONENT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ def _price(w: _Walker, node: yaml.Node, key: str, resource: str) -> Price:
     units, modes = UNITS[resource], MODES[resource]
     pn = fields["price"][1]
     raw = _value(w, pn, _join(key, "price"))
+    if isinstance(raw, str) and not pn.style and _EXPONENT.fullmatch(raw):     # plain, not quoted
+        raw = float(raw)      # YAML 1.1 reads 1e-5 (no dot) as text; people mean a number
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise w.fail(pn, _join(key, "price"), f"expected a number (currency units per unit), got {raw!r}")
     if not math.isfinite(raw) or raw < 0:
