@@ -158,8 +158,8 @@ def _price(w: _Walker, node: yaml.Node, key: str, resource: str) -> Price:
     units, modes = UNITS[resource], MODES[resource]
     pn = fields["price"][1]
     raw = _value(w, pn, _join(key, "price"))
-    if isinstance(raw, str) and not pn.style and _EXPONENT.fullmatch(raw):     # plain, not quoted
-        raw = float(raw)      # YAML 1.1 reads 1e-5 (no dot) as text; people mean a number
+    if isinstance(raw, str) and isinstance(pn, yaml.ScalarNode) and not pn.style and _EXPONENT.fullmatch(raw):
+        raw = float(raw)      # YAML 1.1 reads a plain 1e-5 (no dot) as text; people mean a number
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise w.fail(pn, _join(key, "price"), f"expected a number (currency units per unit), got {raw!r}")
     if not math.isfinite(raw) or raw < 0:
