@@ -391,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 from . import containers as _containers  # noqa: E402,F401  (registers run, exec, ps, stop, gc, logs)
+from . import usage as _usage  # noqa: E402,F401  (registers usage)
 from . import exporter as _exporter  # noqa: E402,F401  (registers exporter)
 
 if __name__ == "__main__":
