@@ -266,7 +266,7 @@ def report(info: dict, rows: list[dict], skipped: dict, notes: list[str], as_jso
         return
     print(f"scrape /metrics, {info['containers']} live containers, {info['rounds']} interleaved rounds "
           f"(+1 warm-up each), kernel {info['kernel']}, {info['cgroups']} cgroups, {os.cpu_count()} CPUs; "
-          f"setup {info['setup_s']:.1f}s")
+          f"setup {info['setup_s']:.1f}s; 1-min load average {' -> '.join(f'{x:.2f}' for x in info['loadavg_1m'])}")
     hdr = (f"{'contender':<18} {'median':>7} {'p90':>7} {'1st':>7} {'samples':>7} {'us/smp':>7} {'KiB':>7} "
            f"{'RSS':>6} {'peak':>6} {'x cgman':>7} {'x naive':>7} {'us/s x':>6}  note")
     print(hdr)
@@ -281,6 +281,8 @@ def report(info: dict, rows: list[dict], skipped: dict, notes: list[str], as_jso
               f"{f(r['samples'], '>7')} {f(r['us_per_sample'], '>7.2f')} {f(kib, '>7.1f')} "
               f"{f(r['rss_mib'], '>6.1f')} {f(r['hwm_mib'], '>6.1f')} {f(r['x_cgman'], '>7.2f')} "
               f"{f(r['x_naive'], '>7.2f')} {f(r['per_sample_x_cgman'], '>6.2f')}  {r['note']}")
+    print("x cgman, x naive: median latency ratios; us/s x cgman: the µs-per-sample ratio (the fair one for "
+          "node_exporter, which serves other metrics); peak: VmHWM; KiB wire: as sent (gzip'd or not)")
     for k, why in skipped.items():
         print(f"{k}: skipped: {why}")
     if v:
@@ -354,6 +356,7 @@ def main() -> int:
     try:
         with handle_signals():
             info["cgroups"] = fleet.host.info.mode
+            info["loadavg_1m"] = [os.getloadavg()[0]]     # before and after: others share this host
             avail = mem_available()
             t0 = time.monotonic()
             fleet.start(args.containers)
@@ -365,6 +368,7 @@ def main() -> int:
             if not stop_requested():
                 print(f"starting contenders: {', '.join(selected)}", file=sys.stderr, flush=True)
                 contenders, skipped = measure(selected, args.rounds, fleet, servers)
+                info["loadavg_1m"].append(os.getloadavg()[0])
                 rows = rows_of(contenders)
                 notes += checks(contenders, len(fleet.containers))
                 notes += servers.complaints(("cgman", "cgman+gzip", "naive", "naive+gzip"))
