@@ -10,6 +10,8 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)          # builds cgman._spaw
 # Container tests: a static busybox for rootfs/overlay images, file(1) to check it is static.
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 command -v file >/dev/null || need+=(file)
+# Grafana dashboard tests: promtool checks their PromQL; a real Prometheus evaluates every panel.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}" >&2
   apt-get update -qq >&2
