@@ -96,13 +96,17 @@ def test_serves_health_and_promtool_finds_nothing_wrong(exporter):
 
 
 def test_gzip_only_when_asked(exporter):
-    port = exporter("--gzip")
+    port = exporter()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.headers["Content-Encoding"] == "gzip"
         import gzip
         assert b"cgman_exporter_scrapes_total" in gzip.decompress(r.read())
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.headers["Content-Encoding"] is None
+    port = exporter("--no-gzip")
+    with urllib.request.urlopen(req.__class__(f"http://127.0.0.1:{port}/metrics",
+                                              headers={"Accept-Encoding": "gzip"}), timeout=10) as r:
         assert r.headers["Content-Encoding"] is None
 
 

@@ -18,8 +18,8 @@ def exporter(
     web_config: Optional[str] = typer.Option(None, "--web-config", help="TLS and basic auth: a Prometheus "
                                              "exporter-toolkit web config (tls_server_config, "
                                              "basic_auth_users with bcrypt hashes)."),
-    gzip: bool = typer.Option(False, "--gzip/--no-gzip", help="Compress responses for clients that accept "
-                              "gzip (worth it across slow links; costs CPU per scrape)."),
+    gzip: bool = typer.Option(True, "--gzip/--no-gzip", help="Compress responses for clients that accept "
+                              "gzip, as Prometheus does (2 MB -> 110 KiB at 1000 containers, for ~1 ms)."),
     pressure: bool = typer.Option(True, "--pressure/--no-pressure", help="Read PSI (cpu/memory/io.pressure) "
                                   "where the kernel has it: 3 of ~12 files per container."),
     read_threads: int = typer.Option(2, "--read-threads", min=1, max=16, help="Threads reading cgroup "

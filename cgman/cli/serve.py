@@ -75,5 +75,5 @@ def run_exporter(opts: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.WARNING, format="cgman exporter: %(levelname)s: %(message)s")
     listen = opts.get("listen") or os.environ.get("CGMAN_EXPORTER_LISTEN") or DEFAULT_LISTEN
     serve(detect(), run_dir(opts.get("run_dir")), state_dir(opts.get("state_dir")), listen,
-          web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", False)),
+          web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
           read_threads=int(opts.get("read_threads", 2)), pressure=bool(opts.get("pressure", True)))

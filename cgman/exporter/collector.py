@@ -286,9 +286,11 @@ class Collector:
         a missing series is a gap to Prometheus, a smaller value would be a counter reset."""
         try:
             try:
-                totals = self.ledger.tenant_totals() if os.path.exists(self.ledger.path) else {}
-                recorded = self.ledger.recorded_ids([c.id for c, _ in seen] + [c.id for c in pending]) \
-                    if totals else set()
+                if os.path.exists(self.ledger.path):
+                    totals, recorded = self.ledger.totals_and_recorded(
+                        [c.id for c, _ in seen] + [c.id for c in pending])
+                else:
+                    totals, recorded = {}, set()
             except LedgerNotReady:
                 totals, recorded = {}, set()      # created this instant: no row yet
             self.ledger_up = 1

@@ -274,6 +274,19 @@ class Ledger:
         except sqlite3.Error as err:
             raise self._error(err, "looking up containers") from err
 
+    def totals_and_recorded(self, ids: list[str]) -> tuple[dict[str, TenantTotals], set[str]]:
+        """``tenant_totals()`` and ``recorded_ids(ids)`` from one snapshot: a container
+        committed between two separate queries would be counted by neither or by both."""
+        db = self.connect()
+        try:
+            db.execute("BEGIN")
+            try:
+                return self.tenant_totals(), self.recorded_ids(ids)
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.Error as err:
+            raise self._error(err, "reading tenant totals") from err
+
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
 
