@@ -396,3 +396,35 @@ def test_200_short_containers_are_billed_exactly_across_an_exporter_restart(lib)
     assert {g for g, _, _ in seen} == {0, 1}, "the scraper saw both exporter generations"
     for (g0, c0, n0), (g1, c1, n1) in zip(seen, seen[1:], strict=False):
         assert c1 >= c0 - 1e-9 and n1 >= n0, ((g0, c0, n0), (g1, c1, n1))
+
+
+@pytest.mark.cgroup2
+def test_the_c_scrape_and_the_python_reference_agree(lib):
+    """exporter/fast.py (C parsing and rendering) against stats.py's parsers, same containers."""
+    from cgman.exporter.collector import Collector
+    from cgman.exporter.fast import module
+    assert module() is not None, "cgman._fastread is not built (scripts/setup.sh builds it)"
+    res = Resources(cpu=CpuLimits(max_cpus=0.25), memory=MemoryLimits(max_bytes=64 << 20), pids=PidsLimits(max=8))
+    cs = [launch(lib.host, lib.store, spec("p1", ["sleep", "60"], res=res)),
+          launch(lib.host, lib.store, spec("p2", ["sh", "-c", "head -c 3000000 /dev/urandom > /dev/null; "
+                                                              "exec sleep 60"], group="beta", tenant="beta-corp")),
+          launch(lib.host, lib.store, spec("p3", ["sleep", "60"]))]
+    try:
+        lib.host.freeze("acme/web/p3")
+        time.sleep(0.5)                              # let p2's burst finish: values at rest
+        cols = [Collector(lib.host.info, lib.store.run, lib.store.state, c_scrape=c) for c in (True, False)]
+        c_text, py_text = (col.collect() for col in cols)
+        for col in cols:
+            col.close()
+        a, b = samples(c_text), samples(py_text)
+        assert a.keys() == b.keys()
+        assert sum(1 for (n, _) in a if n == "cgman_container_info") == 3
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=0.02, abs=1e-3), k
+        assert value(c_text, "cgman_frozen", container="p3", group="acme/web", tenant="acme") == 1
+        assert value(c_text, "cgman_limit_cpu_cpus", container="p1", group="acme/web", tenant="acme") == 0.25
+    finally:
+        lib.host.thaw("acme/web/p3")
+        for c in cs:
+            c.stop(0)
+            c.finish()

@@ -125,14 +125,14 @@ class Exporter:
         from prometheus_client import generate_latest
         with self.lock:
             t0 = time.perf_counter()
-            body = self.collector.collect()
+            body = self.collector.collect_bytes()
             self.duration.set(time.perf_counter() - t0)
             self.containers.set(self.collector.last_containers)
             self.errors.inc(self.collector.read_errors - self._errors_seen)
             self._errors_seen = self.collector.read_errors
             self.ledger_up.set(self.collector.ledger_up)
             self.scrapes.inc()
-            return body.encode() + generate_latest(self.registry)
+            return body + generate_latest(self.registry)
 
 
 _LANDING = b"""<html><head><title>cgman exporter</title></head><body>
