@@ -217,9 +217,9 @@ def _groups(w: _Walker, tree: dict[str, Any], parent: str, tenant: str | None,
         yield from _groups(w, d.get("children", {}), path, t, formula, gkey + ".children")
 
 
-def parse_text(text: str, file: str = "<input>") -> list[Group]:
-    """Parse one policy document; raises PolicyError naming file:line:column."""
-    w = _Walker(file)
+def compose(text: str, file: str, empty: str) -> yaml.Node:
+    """The node tree of one YAML document (positions kept); PolicyError on a syntax error,
+    or with ``empty`` as the message for an empty document."""
     try:
         root = yaml.compose(text, Loader=_COMPOSER)
     except yaml.MarkedYAMLError as e:
@@ -229,7 +229,14 @@ def parse_text(text: str, file: str = "<input>") -> list[Group]:
     except yaml.YAMLError as e:
         raise PolicyError(f"YAML error: {e}", file) from None
     if root is None:
-        raise PolicyError("empty policy file: expected 'version: 1' and 'policies:'", file, 1, 1)
+        raise PolicyError(empty, file, 1, 1)
+    return root
+
+
+def parse_text(text: str, file: str = "<input>") -> list[Group]:
+    """Parse one policy document; raises PolicyError naming file:line:column."""
+    w = _Walker(file)
+    root = compose(text, file, "empty policy file: expected 'version: 1' and 'policies:'")
     d = w.check(root, S.FILE, "")
     return list(_groups(w, d["policies"], "", None, d.get("cpu_weight_formula", "oci"),
                         "policies"))

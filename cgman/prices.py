@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from .errors import PolicyError
-from .policy import _COMPOSER, _join, _Walker
+from .policy import _join, _Walker, compose
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -99,16 +99,7 @@ def load_prices(path: str | Path) -> PriceSheet:
 def parse_prices(text: str, file: str = "<input>") -> PriceSheet:
     """Validate one price sheet document; raises PolicyError naming file:line:column: key."""
     w = _Walker(file)
-    try:
-        root = yaml.compose(text, Loader=_COMPOSER)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise PolicyError(f"YAML syntax error: {e.problem or e}", file, line, col) from None
-    except yaml.YAMLError as e:
-        raise PolicyError(f"YAML error: {e}", file) from None
-    if root is None:
-        raise PolicyError("empty price sheet: expected 'version: 1' and 'prices:'", file, 1, 1)
+    root = compose(text, file, "empty price sheet: expected 'version: 1' and 'prices:'")
     top = _mapping(w, root, "", _TOP_KEYS)
     for required in ("version", "prices"):
         if required not in top:
