@@ -209,3 +209,20 @@ def test_fast_parser_reads_what_typer_would(argv, want):
                                   ["ps"]])
 def test_fast_parser_leaves_the_rest_to_typer(argv):
     assert serve.parse(argv) is None
+
+
+def test_doctor_checks_the_ledger_and_pressure(tmp_path):
+    import json
+    env = _env(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "cgman", "doctor", "--json"], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    checks = {c["name"]: c for c in json.loads(p.stdout)}
+    assert checks["usage ledger"]["ok"] and "will be created" in checks["usage ledger"]["detail"]
+    assert "pressure (PSI)" in checks
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ledger.db").write_bytes(b"garbage" * 1000)
+    p = subprocess.run([sys.executable, "-m", "cgman", "doctor", "--json"], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    checks = {c["name"]: c for c in json.loads(p.stdout)}
+    assert p.returncode == 1
+    assert not checks["usage ledger"]["ok"] and "corrupt" in checks["usage ledger"]["detail"]

@@ -359,7 +359,7 @@ def attach(target: str = typer.Argument(..., help="Leaf group path (acme/batch).
 def doctor(as_json: bool = JsonOpt) -> None:
     """Check what this host offers cgman and how to fix what is missing. Exit 1 on problems."""
     from ..runtime.doctor import run_checks
-    checks = run_checks(_host())
+    checks = run_checks(_host(), _state["state_dir"])
     if as_json:
         _print_json([c.as_dict() for c in checks])
     else:

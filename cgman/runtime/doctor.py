@@ -37,7 +37,7 @@ def _kernel_at_least(major: int, minor: int) -> bool:
     return len(nums) == 2 and (int(nums[0]), int(nums[1])) >= (major, minor)
 
 
-def run_checks(host: Host) -> list[Check]:
+def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
     info, root = host.info, host.root
     checks = [Check("hierarchy", True, f"cgroup {info.mode}: "
                     + ", ".join(f"{c}@{m}" for c, m in sorted(info.v1_mounts.items()))
@@ -101,6 +101,7 @@ def run_checks(host: Host) -> list[Check]:
             if d.version == 2:
                 break
     checks += container_checks()
+    checks += accounting_checks(host, state_dir)
     return checks
 
 
@@ -128,6 +129,36 @@ def container_checks() -> list[Check]:
     out.append(Check("bridge networking", bridge, "bridge module present" if bridge else
                      "no bridge module (needed for network: bridge)", "" if bridge else "modprobe bridge veth",
                      warn=not bridge))
+    return out
+
+
+def accounting_checks(host: Host, state_dir: str | None = None) -> list[Check]:
+    """The ledger's state dir and the kernel's pressure (PSI) files, for `cgman exporter` and bills."""
+    from .ledger import Ledger, LedgerError, ledger_path
+    from .records import state_dir as default_state_dir
+    out = []
+    state = default_state_dir(state_dir)
+    path = ledger_path(state)
+    probe = state
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK):
+        out.append(Check("usage ledger", False, f"{probe} is not writable: containers' usage would wait in "
+                         f"their run records", "run as root, or point --state-dir / CGMAN_STATE_DIR elsewhere"))
+    elif os.path.exists(path):
+        try:
+            with Ledger(path, readonly=True) as led:
+                n = sum(t.containers for t in led.tenant_totals().values())
+            out.append(Check("usage ledger", True, f"{path}: {n} container(s) recorded"))
+        except LedgerError as e:
+            out.append(Check("usage ledger", False, str(e), "see the message: move a corrupt ledger aside"))
+    else:
+        out.append(Check("usage ledger", True, f"{path} will be created by the first container that exits"))
+    u = host.info.unified
+    psi = u is not None and os.path.exists(os.path.join(u, "cpu.pressure"))
+    out.append(Check("pressure (PSI)", psi, "per-container cpu/memory/io pressure is exported" if psi else
+                     "no cgroup2 *.pressure files: the exporter leaves cgman_pressure_* out",
+                     "" if psi else "boot with psi=1 (a kernel with CONFIG_PSI)", warn=not psi))
     return out
 
 

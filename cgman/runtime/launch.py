@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Busy, CgmanError, CgroupIOError, LaunchError, NotFound
 from ..model import NetworkSpec, Resources, RootfsSpec
-from ..plan import ROOT, Write, controllers_used, translate
+from ..plan import ACCOUNTING_CONTROLLERS, ROOT, Write, controllers_used, translate
 from . import rootfs as rfs
 from .records import Record, Store, proc_start_ticks
 
@@ -91,9 +91,6 @@ def _env(spec: ContainerSpec) -> list[bytes]:
     env["container"] = "cgman"
     env.update(spec.env)
     return [os.fsencode(f"{k}={v}") for k, v in env.items()]
-
-
-ACCOUNTING_CONTROLLERS = ("cpu", "memory", "io", "pids")
 
 
 def _cgroup_limits(host: "Host", leaf: str, spec: ContainerSpec) -> None:
