@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import resource
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -63,6 +64,7 @@ class Live:
     tenant: str
     labels: str                    # '{container="…",group="…",tenant="…"}'
     labels_b: bytes
+    record_slots: bytes            # int64 x6 for the C renderer: info, start, byte-seconds, limits
     dirs: dict[str, str]           # hierarchy mount -> the container's cgroup dir there
     state: str
     started: float | None
@@ -81,8 +83,16 @@ def _live_from(d: dict[str, Any], mounts: list[str]) -> Live:
         if v is not None:
             limits[key] = v
     labels = f'{{container="{_escape(d["name"])}",group="{_escape(d["group"])}",tenant="{_escape(d["tenant"])}"}}'
+    started = d.get("started")
+    record_slots = struct.pack(
+        "6q", 1, round(started * 1e6) if isinstance(started, (int, float)) else -1,
+        round(float(d.get("memory_byte_seconds") or 0.0)),
+        round(limits["cpu_max_cpus"] * 1e6) if "cpu_max_cpus" in limits else -1,
+        int(limits["memory_max_bytes"]) if "memory_max_bytes" in limits else -1,
+        int(limits["pids_max"]) if "pids_max" in limits else -1)
     return Live(
         id=d["id"], name=d["name"], tenant=d["tenant"], labels=labels, labels_b=labels.encode(),
+        record_slots=record_slots,
         dirs={m: stats.cgroup_dir(m, root, cg) for m in mounts},
         state=d.get("state", ""), started=d.get("started"),
         memory_byte_seconds=float(d.get("memory_byte_seconds") or 0.0),
@@ -151,8 +161,9 @@ class Collector:
             names = os.listdir(self.containers_dir)
         except FileNotFoundError:
             names = []
+        base = self.containers_dir + "/"
         for n in names:
-            path = os.path.join(self.containers_dir, n, "record.json")
+            path = base + n + "/record.json"
             try:
                 st = os.stat(path)
             except OSError:
@@ -242,26 +253,22 @@ class Collector:
         labels: list[bytes] = []
         g, e, cpu, rb, wb = SLOT["_gone"], SLOT["_errors"], SLOT["cpu_usage_usec"], SLOT["io_read_bytes"], \
             SLOT["io_write_bytes"]
-        info, start, mbs = SLOT["_info"], SLOT["_start_usec"], SLOT["_memory_byte_seconds"]
-        lc, lm, lp = SLOT["_limit_ucpus"], SLOT["_limit_memory_bytes"], SLOT["_limit_pids"]
+        rec_off = SLOT["_info"] * 8
+        opened = self._open
         for i, (c, o) in enumerate(batch):
             base = i * NSLOTS
-            if c.id not in self._open:
+            if c.id not in opened:
                 o.close()                 # over the fd budget: opened for this scrape only
             labels.append(c.labels_b)
             if v[base + g]:
                 self._drop(c.id)
                 continue
-            self.read_errors += v[base + e]
-            v[base + info] = 1
-            v[base + start] = round(c.started * 1e6) if c.started is not None else -1
-            v[base + mbs] = round(c.memory_byte_seconds)
-            lim = c.limits
-            v[base + lc] = round(lim["cpu_max_cpus"] * 1e6) if "cpu_max_cpus" in lim else -1
-            v[base + lm] = int(lim["memory_max_bytes"]) if "memory_max_bytes" in lim else -1
-            v[base + lp] = int(lim["pids_max"]) if "pids_max" in lim else -1
+            if v[base + e]:
+                self.read_errors += v[base + e]
+            raw[base * 8 + rec_off:base * 8 + rec_off + 48] = c.record_slots
             seen.append((c, {"cpu_usage_usec": max(0, v[base + cpu]), "io_read_bytes": max(0, v[base + rb]),
                              "io_write_bytes": max(0, v[base + wb])}))
+        del v
         body = self._fast.render(raw, labels, RENDER)
         return body, seen
 
