@@ -285,7 +285,7 @@ class Container:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             pidfd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
+        except OSError:           # gone already, or a kernel before 5.3: a plain wait, no sampling
             pidfd = -1
         try:
             while True:
