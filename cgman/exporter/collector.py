@@ -99,6 +99,10 @@ def _live_from(d: dict[str, Any], mounts: list[str]) -> Live:
         limits=limits, final_usage=d.get("final_usage"), ledger_pending=bool(d.get("ledger_pending")))
 
 
+# A container read in this scrape: its record, CPU µs, IO read and write bytes (-1: absent).
+Seen = tuple[Live, int, int, int]
+
+
 class _Open:
     """A live container's stat files, open between scrapes (-1: absent on this host)."""
 
@@ -243,13 +247,13 @@ class Collector:
                 fds.extend(o.fds)
         return batch, fds
 
-    def _containers_c(self, live: list[Live]) -> tuple[bytes, list[tuple[Live, dict[str, int]]]]:
+    def _containers_c(self, live: list[Live]) -> tuple[bytes, list[Seen]]:
         """Reads, parsing and text in C (exporter/fast.py): a few ms per 1000 containers."""
         from .fast import NSLOTS, RENDER, SLOT
         batch, fds = self._batch(live)
         raw = self._fast.read_parse(fds, self._kinds, self.read_threads)
         v = memoryview(raw).cast("q")
-        seen: list[tuple[Live, dict[str, int]]] = []
+        seen: list[Seen] = []
         labels: list[bytes] = []
         g, e, cpu, rb, wb = SLOT["_gone"], SLOT["_errors"], SLOT["cpu_usage_usec"], SLOT["io_read_bytes"], \
             SLOT["io_write_bytes"]
@@ -266,13 +270,12 @@ class Collector:
             if v[base + e]:
                 self.read_errors += v[base + e]
             raw[base * 8 + rec_off:base * 8 + rec_off + 48] = c.record_slots
-            seen.append((c, {"cpu_usage_usec": max(0, v[base + cpu]), "io_read_bytes": max(0, v[base + rb]),
-                             "io_write_bytes": max(0, v[base + wb])}))
+            seen.append((c, v[base + cpu], v[base + rb], v[base + wb]))
         del v
         body = self._fast.render(raw, labels, RENDER)
         return body, seen
 
-    def _containers_py(self, live: list[Live]) -> tuple[bytes, list[tuple[Live, dict[str, int]]]]:
+    def _containers_py(self, live: list[Live]) -> tuple[bytes, list[Seen]]:
         """The same in Python, with stats.py's parsers (when the C helper is not built)."""
         lines: list[list[str]] = [[] for _ in CONTAINER]
         rlines: list[list[str]] = [[] for _ in RECORD]
@@ -329,9 +332,10 @@ class Collector:
                 out.append(f"# HELP {m.name} {m.help}\n# TYPE {m.name} {m.type}\n")
                 out.append("\n".join(ls))
                 out.append("\n")
-        return "".join(out).encode(), seen
+        return "".join(out).encode(), [(c, vals.get("cpu_usage_usec", -1), vals.get("io_read_bytes", -1),
+                                        vals.get("io_write_bytes", -1)) for c, vals in seen]
 
-    def _tenants(self, seen: list[tuple[Live, dict[str, int]]], pending: list[Live],
+    def _tenants(self, seen: list[Seen], pending: list[Live],
                  acc: dict[str, list[float]]) -> str:
         """Ledger totals plus what is not in the ledger yet. Empty if the ledger is unreadable:
         a missing series is a gap to Prometheus, a smaller value would be a counter reset."""
@@ -339,7 +343,7 @@ class Collector:
             try:
                 if os.path.exists(self.ledger.path):
                     totals, recorded = self.ledger.totals_and_recorded(
-                        [c.id for c, _ in seen] + [c.id for c in pending])
+                        [c.id for c, *_ in seen] + [c.id for c in pending])
                 else:
                     totals, recorded = {}, set()
             except LedgerNotReady:
@@ -354,10 +358,9 @@ class Collector:
         for tt in totals.values():
             acc[tt.tenant] = [tt.cpu_usage_usec, tt.memory_byte_seconds, tt.io_read_bytes, tt.io_write_bytes,
                               tt.containers]
-        for c, vals in seen:
+        for c, cpu_usec, rb, wb in seen:
             if c.id not in recorded:
-                _add(acc, c.tenant, vals.get("cpu_usage_usec", 0), c.memory_byte_seconds,
-                     vals.get("io_read_bytes", 0), vals.get("io_write_bytes", 0))
+                _add(acc, c.tenant, max(0, cpu_usec), c.memory_byte_seconds, max(0, rb), max(0, wb))
         for c in pending:
             if c.id not in recorded and c.final_usage:
                 u = c.final_usage
@@ -367,7 +370,7 @@ class Collector:
             return ""
         cpu, mem, io, cnt = TENANT
         out = [f"# HELP {cpu.name} {cpu.help}\n# TYPE {cpu.name} counter\n"]
-        out += [f'{cpu.name}{{tenant="{_escape(t)}"}} {v[0] / 1e6}\n' for t, v in sorted(acc.items())]
+        out += [f'{cpu.name}{{tenant="{_escape(t)}"}} {_micro(int(v[0]))}\n' for t, v in sorted(acc.items())]
         out.append(f"# HELP {mem.name} {mem.help}\n# TYPE {mem.name} counter\n")
         out += [f'{mem.name}{{tenant="{_escape(t)}"}} {float(v[1])}\n' for t, v in sorted(acc.items())]
         out.append(f"# HELP {io.name} {io.help}\n# TYPE {io.name} counter\n")
@@ -377,6 +380,9 @@ class Collector:
         out.append(f"# HELP {cnt.name} {cnt.help}\n# TYPE {cnt.name} counter\n")
         out += [f'{cnt.name}{{tenant="{_escape(t)}"}} {int(v[4])}\n' for t, v in sorted(acc.items())]
         return "".join(out)
+
+    def open_files(self) -> int:
+        return sum(len(o.fds) for o in self._open.values())
 
     def close(self) -> None:
         for cid in list(self._open):
