@@ -17,12 +17,12 @@ global one) and is appended to each scrape.
 from __future__ import annotations
 
 import base64
-import gzip
 import logging
 import os
 import ssl
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -149,11 +149,12 @@ class Exporter:
                                 "(about 12 per live container).", registry=self.registry)
         self._errors_seen = 0
 
-    def scrape(self) -> bytes:
+    def scrape(self) -> list[bytes]:
+        """The body of /metrics, as chunks (see Collector.collect_chunks)."""
         from prometheus_client import generate_latest
         with self.lock:
             t0 = time.perf_counter()
-            body = self.collector.collect_bytes()
+            body = self.collector.collect_chunks()
             self.duration.set(time.perf_counter() - t0)
             self.containers.set(self.collector.last_containers)
             self.errors.inc(self.collector.read_errors - self._errors_seen)
@@ -161,7 +162,8 @@ class Exporter:
             self.ledger_up.set(self.collector.ledger_up)
             self.scrapes.inc()
             self.open_files.set(self.collector.open_files())
-            return body + generate_latest(self.registry)
+            body.append(generate_latest(self.registry))
+            return body
 
 
 _LANDING = b"""<html><head><title>cgman exporter</title></head><body>
@@ -184,16 +186,18 @@ def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPReque
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("%s " + fmt, self.address_string(), *args)
 
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
+        def _send(self, code: int, body: bytes | list[bytes], ctype: str = "text/plain; charset=utf-8",
                   extra: dict[str, str] | None = None) -> None:
+            chunks = body if isinstance(body, list) else [body]
             self.send_response(code)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
             for k, v in (extra or {}).items():
                 self.send_header(k, v)
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                for c in chunks:
+                    self.wfile.write(c)
 
         def _authorized(self) -> bool:
             if not web.users:
@@ -230,7 +234,8 @@ def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPReque
                     return
                 extra = {}
                 if gzip_ok and "gzip" in self.headers.get("Accept-Encoding", ""):
-                    body = gzip.compress(body, compresslevel=1)
+                    z = zlib.compressobj(1, zlib.DEFLATED, 31)      # 31: the gzip container
+                    body = [z.compress(c) for c in body] + [z.flush()]
                     extra["Content-Encoding"] = "gzip"
                 self._send(200, body, CONTENT_TYPE, extra)
             elif path == "/":
