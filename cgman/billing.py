@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Iterable
 
@@ -216,6 +216,16 @@ TIME_FORMS = ("an ISO 8601 date or datetime (2024-05-01, 2024-05-01T12:00, 2024-
 
 def parse_time(text: str, now: float) -> float:
     """A point in time as epoch seconds; ``now`` anchors `now` and ages. Raises ValueError."""
+    t = _parse_time(text, now)
+    try:
+        datetime.fromtimestamp(t, timezone.utc)     # rendering must work too: years 1..9999
+        datetime.fromtimestamp(t)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"time {text!r} is out of range (years 1..9999)") from None
+    return t
+
+
+def _parse_time(text: str, now: float) -> float:
     s = text.strip()
     if s == "now":
         return now
@@ -228,4 +238,7 @@ def parse_time(text: str, now: float) -> float:
         dt = datetime.fromisoformat(s)
     except ValueError:
         raise ValueError(f"bad time {text!r}: use {TIME_FORMS}") from None
-    return dt.timestamp()     # a naive datetime is local time
+    try:
+        return dt.timestamp()     # a naive datetime is local time
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"time {text!r} is out of range (years 1..9999)") from None

@@ -153,6 +153,8 @@ def _price(w: _Walker, node: yaml.Node, key: str, resource: str) -> Price:
         raw = float(raw)      # YAML 1.1 reads a plain 1e-5 (no dot) as text; people mean a number
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise w.fail(pn, _join(key, "price"), f"expected a number (currency units per unit), got {raw!r}")
+    if isinstance(raw, int) and raw > 10**15:
+        raise w.fail(pn, _join(key, "price"), f"price is implausibly large ({len(str(raw))} digits)")
     if not math.isfinite(raw) or raw < 0:
         raise w.fail(pn, _join(key, "price"), f"price must be a finite number >= 0, got {raw!r}")
     # repr is the shortest text that reads back as the same float: 0.1 -> Decimal("0.1").

@@ -428,3 +428,44 @@ def test_the_c_scrape_and_the_python_reference_agree(lib):
         for c in cs:
             c.stop(0)
             c.finish()
+
+
+def test_a_full_fd_cache_still_reports_every_container_and_tenant(lib):
+    """Over the fd budget, containers are read with files opened for the scrape only, a few
+    at a time: every container appears, and the tenant counter is the same."""
+    from cgman.exporter.collector import Collector
+    cs = [launch(lib.host, lib.store, spec(f"f{i}", ["sleep", "60"])) for i in range(40)]
+    try:
+        full = Collector(lib.host.info, lib.store.run, lib.store.state)
+        tiny = Collector(lib.host.info, lib.store.run, lib.store.state)
+        tiny._fd_budget = 3 * len(tiny.files)            # room for 3 containers' files
+        fds_before = len(os.listdir("/proc/self/fd"))
+        a, b = full.collect(), tiny.collect()
+        assert len(os.listdir("/proc/self/fd")) - fds_before <= 43 * len(full.files)   # no transient leak
+        names = {dict(k[1])["container"] for k in samples(b) if k[0] == "cgman_container_info"}
+        assert names == {f"f{i}" for i in range(40)} and tiny.read_errors == 0
+        assert value(b, "cgman_tenant_containers_total", tenant="acme") == 40
+        assert value(b, "cgman_tenant_cpu_seconds_total", tenant="acme") == pytest.approx(
+            value(a, "cgman_tenant_cpu_seconds_total", tenant="acme"), rel=0.05)
+        assert len(tiny._open) == 3
+        full.close()
+        tiny.close()
+    finally:
+        for c in cs:
+            c.stop(0)
+            c.finish()
+
+
+def test_a_record_with_a_kernel_sized_limit_does_not_break_scrapes(lib):
+    c = launch(lib.host, lib.store, spec("huge", ["sleep", "60"]))
+    try:
+        rec = lib.store.load("huge")
+        rec.limits = {"memory_max_bytes": 11258999068426240000, "pids_max": 1 << 63, "cpu_max_cpus": "max"}
+        lib.store.save(rec)
+        text = collect(lib)
+        L = dict(container="huge", group="acme/web", tenant="acme")
+        assert value(text, "cgman_container_info", **L) == 1
+        assert value(text, "cgman_limit_memory_bytes", **L) is None     # unlimited: no series
+    finally:
+        c.stop(0)
+        c.finish()

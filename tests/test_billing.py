@@ -244,3 +244,10 @@ def test_billing_does_not_mutate_entries():
     e = entry()
     bill([e], sheet("  cpu: {price: 1, mode: max}"))
     assert e == replace(e)
+
+
+@pytest.mark.parametrize("text", ["99999999999999", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00+14:00"])
+def test_a_time_out_of_range_is_a_value_error_not_a_crash(text):
+    from cgman.billing import parse_time
+    with pytest.raises(ValueError, match="out of range"):
+        parse_time(text, 1_700_000_000.0)

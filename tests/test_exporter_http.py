@@ -226,3 +226,14 @@ def test_doctor_checks_the_ledger_and_pressure(tmp_path):
     checks = {c["name"]: c for c in json.loads(p.stdout)}
     assert p.returncode == 1
     assert not checks["usage ledger"]["ok"] and "corrupt" in checks["usage ledger"]["detail"]
+
+
+def test_basic_auth_with_an_overlong_password_is_a_plain_401(exporter, tmp_path):
+    import bcrypt
+    h = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    cfg = tmp_path / "web.yml"
+    cfg.write_text(f"basic_auth_users:\n  prom: '{h}'\n")
+    port = exporter("--web-config", str(cfg))
+    for user in ("prom", "nobody"):          # the same answer whether or not the user exists
+        hdr = {"Authorization": "Basic " + base64.b64encode(f"{user}:{'x' * 100}".encode()).decode()}
+        assert _get(f"http://127.0.0.1:{port}/metrics", hdr)[0] == 401

@@ -31,7 +31,7 @@ import os
 import resource
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..runtime import stats
 from ..runtime.ledger import Ledger, LedgerError, LedgerNotReady, ledger_path
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _GONE = (-errno.ENODEV, -errno.ENOENT)
 CHUNK = 256               # containers per batch of reads: bounds the transient memory
+TRANSIENT = 16            # containers read without the fd cache (it is full) per batch
 
 
 def _escape(v: str) -> str:
@@ -74,13 +75,16 @@ class Live:
     ledger_pending: bool
 
 
+_UNLIMITED = 1 << 62
+
+
 def _live_from(d: dict[str, Any], mounts: list[str]) -> Live:
     root, cg = d["cgroup_root"], d["cgroup"]
     lim = d.get("limits") or {}
     limits: dict[str, float | int] = {}
     for key in ("cpu_max_cpus", "memory_max_bytes", "pids_max"):
         v = _num(lim.get(key))
-        if v is not None:
+        if v is not None and 0 <= v < _UNLIMITED:     # the kernel's "max" is a huge number on v1
             limits[key] = v
     labels = f'{{container="{_escape(d["name"])}",group="{_escape(d["group"])}",tenant="{_escape(d["tenant"])}"}}'
     started = d.get("started")
@@ -153,6 +157,8 @@ class Collector:
         self._records: dict[str, tuple[tuple[int, int], Live]] = {}
         self._open: dict[str, _Open] = {}
         self.read_errors = 0
+        self._ledger_ino: int | None = None
+        self._unread: set[str] = set()         # tenants with a live container unread this scrape
         self.ledger_up = 1
         self.last_containers = 0
         self._fd_budget = _raise_fd_limit()
@@ -180,7 +186,7 @@ class Collector:
                 try:
                     with open(path, "rb") as f:
                         live = _live_from(json.loads(f.read()), self.mounts)
-                except (OSError, ValueError, KeyError, TypeError):
+                except (OSError, ValueError, KeyError, TypeError, OverflowError, struct.error):
                     continue          # half-written by an old cgman, or removed meanwhile
             seen[n] = (key, live)
             out.append(live)
@@ -206,6 +212,7 @@ class Collector:
                     os.close(fd)
             if e.errno not in (errno.ENOENT, errno.ENODEV):
                 self.read_errors += 1
+                self._unread.add(c.tenant)
                 log.warning("container %s: cannot open its stat files: %s", c.name, e)
             return None
         o = _Open(fds)
@@ -232,6 +239,7 @@ class Collector:
         live_ids = {c.id for c in live}
         for cid in [k for k in self._open if k not in live_ids]:
             self._drop(cid)
+        self._unread = set()
         if self._fast is not None:
             body, seen = self._containers_c(live)
         else:
@@ -239,32 +247,53 @@ class Collector:
         self.last_containers = len(seen)
         return [body, self._tenants(seen, pending, {}).encode()]
 
-    def _batch(self, live: list[Live]) -> tuple[list[tuple[Live, _Open]], list[int]]:
+    def _groups(self, live: list[Live], size: int) -> Iterator[tuple[list[tuple[Live, _Open]], list[int]]]:
+        """``live`` in groups of at most ``size`` containers, and at most TRANSIENT of those
+        whose files are opened for this scrape only (the fd cache is full): however many
+        containers there are, the transient fds of one group are all that is open at once.
+        The caller reads a group, then closes its transient files (``_close_transient``)."""
         batch: list[tuple[Live, _Open]] = []
         fds: list[int] = []
+        transient = 0
         for c in live:
             o = self._fds_for(c)
-            if o is not None:
-                batch.append((c, o))
-                fds.extend(o.fds)
-        return batch, fds
+            if o is None:
+                continue
+            batch.append((c, o))
+            fds.extend(o.fds)
+            if c.id not in self._open:
+                transient += 1
+            if transient >= TRANSIENT or len(batch) >= size:
+                yield batch, fds
+                batch, fds, transient = [], [], 0
+        if batch:
+            yield batch, fds
+
+    def _close_transient(self, batch: list[tuple[Live, _Open]]) -> None:
+        for c, o in batch:
+            if c.id not in self._open:
+                o.close()
 
     def _containers_c(self, live: list[Live]) -> tuple[bytes, list[Seen]]:
         """Reads, parsing and text in C (exporter/fast.py): a few ms per 1000 containers."""
         from .fast import NSLOTS, RENDER, SLOT
-        batch, fds = self._batch(live)
-        raw = self._fast.read_parse(fds, self._kinds, self.read_threads)
+        batch: list[tuple[Live, _Open]] = []
+        parts: list[bytearray] = []
+        for group, fds in self._groups(live, len(live)):
+            try:
+                parts.append(self._fast.read_parse(fds, self._kinds, self.read_threads))
+            finally:
+                self._close_transient(group)
+            batch += group
+        raw = parts[0] if len(parts) == 1 else bytearray(b"".join(parts))
         v = memoryview(raw).cast("q")
         seen: list[Seen] = []
         labels: list[bytes] = []
         g, e, cpu, rb, wb = SLOT["_gone"], SLOT["_errors"], SLOT["cpu_usage_usec"], SLOT["io_read_bytes"], \
             SLOT["io_write_bytes"]
         rec_off = SLOT["_info"] * 8
-        opened = self._open
-        for i, (c, o) in enumerate(batch):
+        for i, (c, _o) in enumerate(batch):
             base = i * NSLOTS
-            if c.id not in opened:
-                o.close()                 # over the fd budget: opened for this scrape only
             labels.append(c.labels_b)
             if v[base + g]:
                 self._drop(c.id)
@@ -272,6 +301,8 @@ class Collector:
             if v[base + e]:
                 self.read_errors += v[base + e]
             raw[base * 8 + rec_off:base * 8 + rec_off + 48] = c.record_slots
+            if v[base + cpu] < 0:
+                self._unread.add(c.tenant)        # its CPU is unknown: no tenant total this scrape
             seen.append((c, v[base + cpu], v[base + rb], v[base + wb]))
         del v
         body = self._fast.render(raw, labels, RENDER)
@@ -283,9 +314,11 @@ class Collector:
         rlines: list[list[str]] = [[] for _ in RECORD]
         seen: list[tuple[Live, dict[str, int]]] = []
         parsers = [f.parse for f in self.files]
-        for i in range(0, len(live), CHUNK):
-            batch, fds = self._batch(live[i:i + CHUNK])
-            data = self._pread_all(fds, self.read_threads)
+        for batch, fds in self._groups(live, CHUNK):
+            try:
+                data = self._pread_all(fds, self.read_threads)
+            finally:
+                self._close_transient(batch)
             pos = 0
             for c, o in batch:
                 n = len(o.fds)
@@ -306,12 +339,12 @@ class Collector:
                     except (ValueError, KeyError, IndexError):
                         self.read_errors += 1
                 pos += n
-                if c.id not in self._open:
-                    o.close()
                 if gone:
                     self._drop(c.id)
                     continue
                 stats.finalize(vals)
+                if "cpu_usage_usec" not in vals:
+                    self._unread.add(c.tenant)
                 seen.append((c, vals))
             del data
         for c, vals in seen:
@@ -343,6 +376,13 @@ class Collector:
         a missing series is a gap to Prometheus, a smaller value would be a counter reset."""
         try:
             try:
+                try:
+                    ino = os.stat(self.ledger.path).st_ino
+                except OSError:
+                    ino = None
+                if ino != self._ledger_ino:     # moved aside and recreated: read the new one
+                    self.ledger.close()
+                    self._ledger_ino = ino
                 if os.path.exists(self.ledger.path):
                     totals, recorded = self.ledger.totals_and_recorded(
                         [c.id for c, *_ in seen] + [c.id for c in pending])
@@ -368,6 +408,8 @@ class Collector:
                 u = c.final_usage
                 _add(acc, c.tenant, u.get("cpu_usage_usec") or 0, u.get("memory_byte_seconds") or 0.0,
                      u.get("io_read_bytes") or 0, u.get("io_write_bytes") or 0)
+        for t in self._unread:
+            acc.pop(t, None)      # a live container we could not read: a gap, never a smaller value
         if not acc:
             return ""
         cpu, mem, io, cnt = TENANT

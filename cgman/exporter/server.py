@@ -65,6 +65,8 @@ def load_web_config(path: str) -> WebConfig:
     if not isinstance(tls, dict):
         raise CgmanError(f"{path}: tls_server_config: expected a mapping with cert_file and key_file")
     cert, key = tls.get("cert_file"), tls.get("key_file")
+    if any(v is not None and not isinstance(v, str) for v in (cert, key)):
+        raise CgmanError(f"{path}: tls_server_config: cert_file and key_file must be file paths")
     if tls and not (cert and key):
         raise CgmanError(f"{path}: tls_server_config: needs both cert_file and key_file")
     base = os.path.dirname(os.path.abspath(path))
@@ -211,13 +213,14 @@ def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPReque
                 return False
             want = web.users.get(user)
             import bcrypt
-            if want is None:
-                # The same work for an unknown user, so timing does not tell which users exist.
-                bcrypt.checkpw(pw.encode(), _dummy_hash())
-                return False
+            secret = pw.encode()[:72]        # bcrypt's limit (bcrypt 5 raises beyond it)
             try:
-                return bool(bcrypt.checkpw(pw.encode(), want))
-            except ValueError:          # a malformed hash in the config
+                if want is None:
+                    # The same work for an unknown user, so timing does not tell which users exist.
+                    bcrypt.checkpw(secret, _dummy_hash())
+                    return False
+                return bool(bcrypt.checkpw(secret, want))
+            except ValueError:
                 return False
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)

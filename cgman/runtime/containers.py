@@ -352,6 +352,8 @@ def stop(store: Store, hosts: HostFactory, name: str, grace_s: float = 10.0) -> 
         return rec
     if alive(rec.pid, rec.pid_start):
         assert rec.pid is not None
+        if not alive(rec.supervisor_pid, rec.supervisor_start):
+            _sample_orphan(host, store, rec)
         if host.is_frozen(rec.cgroup):
             host.thaw(rec.cgroup)       # a frozen process cannot act on SIGTERM
         try:
@@ -417,11 +419,22 @@ def gc(store: Store, hosts: HostFactory) -> list[str]:
                 continue
             host = hosts(rec.cgroup_root)
             if alive(rec.pid, rec.pid_start) and host.exists(rec.cgroup):
+                _sample_orphan(host, store, rec)
                 host.kill(rec.cgroup)
             finish(host, store, rec, None, "collected (its supervisor was gone)")
             collected.append(rec.name)
         _sweep_scratch(store)
     return collected
+
+
+def _sample_orphan(host: "Host", store: Store, rec: Record) -> None:
+    """A container whose supervisor died ran until now: a last memory sample, so that its
+    collection bills it up to this moment (not only up to the dead supervisor's last sample)."""
+    from .accounting import sample
+    try:
+        sample(host, store, rec)
+    except CgmanError:
+        pass
 
 
 def _sweep_scratch(store: Store) -> None:

@@ -370,11 +370,14 @@ def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: s
             if host.procs(leaf):
                 host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
             if rec.started is not None:   # it ran: bill it
-                rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
+                if not (rec.ledger_pending and rec.final_usage):    # not read by an earlier attempt
+                    rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
                 if rec.final_usage is not None:
                     # Into the ledger before the cgroup goes, so that the exporter, which reads
                     # live cgroups first and the ledger second, never misses this container.
                     accounting.commit(store, rec)
+                    if rec.ledger_pending:
+                        store.save(rec)   # the usage must outlive us before the cgroup goes
             if host.exists(leaf):
                 _remove_cgroup(host, leaf)
         except CgmanError as e:

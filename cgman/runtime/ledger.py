@@ -175,7 +175,11 @@ class Ledger:
                                   f"state dir yet (--state-dir, CGMAN_STATE_DIR)")
             uri = f"file:{self.path}?mode=ro"
         else:
-            os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+            except OSError as e:
+                raise LedgerError(f"ledger {self.path}: cannot create its directory ({e.strerror}); check "
+                                  f"--state-dir / CGMAN_STATE_DIR") from None
             uri = f"file:{self.path}?mode=rwc"
         try:
             db = sqlite3.connect(uri, uri=True, timeout=_busy_timeout_s(), isolation_level=None,
@@ -200,7 +204,7 @@ class Ledger:
                 raise
         except sqlite3.Error as e:
             raise self._error(e, "opening it") from e
-        if version is None or int(version[0]) != SCHEMA_VERSION:
+        if version is None or str(version[0]) != str(SCHEMA_VERSION):
             db.close()
             raise LedgerError(f"ledger {self.path} has schema version {version and version[0]}, "
                               f"this cgman reads version {SCHEMA_VERSION}")
@@ -225,8 +229,9 @@ class Ledger:
         row = asdict(e)
         row["recorded"] = time.time()
         try:
-            cur = db.execute(f"INSERT OR IGNORE INTO containers ({', '.join(_COLUMNS)}) "
-                             f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
+            cur = db.execute(f"INSERT INTO containers ({', '.join(_COLUMNS)}) "
+                             f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT(id) DO NOTHING",
+                             [row[c] for c in _COLUMNS])
         except sqlite3.Error as err:
             raise self._error(err, f"recording container {e.name} ({e.id})") from err
         return cur.rowcount == 1
