@@ -63,6 +63,15 @@ def run(cli, pol):
     return go
 
 
+def _running(pid: int) -> bool:
+    """True while pid exists and is not a zombie. The process may be reaped between
+    the open and the read of /proc/PID/stat (ESRCH, seen in CI): that is "gone" too."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def record(tmp_path: Path, name: str) -> dict:
     return json.loads((tmp_path / "run" / "containers" / name / "record.json").read_text())
 
@@ -420,8 +429,7 @@ def _supervisor_kill_case(run, host, cli, tmp_path, *args: str) -> dict:
     rec = record(tmp_path, "orphan")
     os.kill(rec["supervisor_pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{rec['pid']}") and \
-            Path(f"/proc/{rec['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while _running(rec["pid"]):
         assert time.monotonic() < deadline, "the container outlived its supervisor"
         time.sleep(0.01)
     g = cli("gc", "--json", check=True)
@@ -667,8 +675,7 @@ def test_rm_leaves_a_container_to_a_supervisor_that_is_still_recording_it(run, h
     os.kill(rec["supervisor_pid"], signal.SIGSTOP)
     try:
         deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{rec['pid']}") and \
-                Path(f"/proc/{rec['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        while _running(rec["pid"]):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         p = cli("rm", "slowsup", timeout=60)
