@@ -393,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
 from . import containers as _containers  # noqa: E402,F401  (registers run, exec, ps, stop, gc, logs)
 from . import usage as _usage  # noqa: E402,F401  (registers usage)
 from . import exporter as _exporter  # noqa: E402,F401  (registers exporter)
+from . import agent as _agent  # noqa: E402,F401  (registers agent)
 
 if __name__ == "__main__":
     main()

@@ -116,6 +116,20 @@ class _ProcessCollector:
                                 value=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
+class _Health:
+    """Plain (name, "counter"|"gauge", help, value) tuples from a caller outside this
+    layer (the agent), rendered as metric families at each scrape."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        for name, kind, text, value in self.fn():
+            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield cls(name, text, value=value)
+
+
 _DUMMY: list[bytes] = []
 
 
@@ -150,6 +164,10 @@ class Exporter:
         self.open_files = Gauge("cgman_exporter_open_files", "Stat files kept open between scrapes "
                                 "(about 12 per live container).", registry=self.registry)
         self._errors_seen = 0
+
+    def add_health(self, fn: Any) -> None:
+        """Serve ``fn()``'s (name, kind, help, value) tuples with every scrape."""
+        self.registry.register(_Health(fn))
 
     def scrape(self) -> list[bytes]:
         """The body of /metrics, as chunks (see Collector.collect_chunks)."""

@@ -403,9 +403,12 @@ def rm(store: Store, hosts: HostFactory, name: str, force: bool = False) -> None
     store.delete(name)
 
 
-def gc(store: Store, hosts: HostFactory) -> list[str]:
-    """Collect containers whose waiter died: kill what is left, record final usage, free everything."""
-    collected = []
+def gc(store: Store, hosts: HostFactory, on_collected: Callable[[str], None] | None = None) -> list[str]:
+    """Collect containers whose waiter died: kill what is left, record final usage, free everything.
+
+    ``on_collected(name)`` runs after each container is fully collected (the agent counts them).
+    """
+    collected: list[str] = []
     with store.lock("gc"):
         for rec in store.records():
             if rec.state == "exited" and (rec.cleanup_pending or rec.ledger_pending):
@@ -414,6 +417,8 @@ def gc(store: Store, hosts: HostFactory) -> list[str]:
                     collected.append(rec.name)
                     if rec.auto_remove:
                         store.delete(rec.name)
+                    if on_collected:
+                        on_collected(rec.name)
                 continue
             if rec.state == "exited" or alive(rec.supervisor_pid, rec.supervisor_start):
                 continue
@@ -423,6 +428,8 @@ def gc(store: Store, hosts: HostFactory) -> list[str]:
                 host.kill(rec.cgroup)
             finish(host, store, rec, None, "collected (its supervisor was gone)")
             collected.append(rec.name)
+            if on_collected:
+                on_collected(rec.name)
         _sweep_scratch(store)
     return collected
 

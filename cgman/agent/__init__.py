@@ -1,0 +1,62 @@
+"""``cgman agent``: the long-running service.
+
+It applies a policy directory at start and whenever a file changes, writes back
+settings changed by hand (drift) every --interval, collects containers whose
+supervisor died (final usage into the ledger, exactly once), and serves the
+exporter's metrics plus its own health (cgman_agent_*). See service.py for the
+loop and why a SIGKILL anywhere is safe, policies.py for how a bad file keeps its
+last good version, and watch.py for inotify and polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+log = logging.getLogger("cgman.agent")
+
+
+def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: float = 30.0,
+          prune: bool = False, poll: bool = False, web_config: str | None = None,
+          gzip_ok: bool = True, pressure: bool = True, read_threads: int = 2,
+          ready: Any = None) -> None:
+    """Run until SIGTERM or SIGINT (SIGHUP re-reads the files now)."""
+    from ..errors import CgmanError
+    from ..exporter.collector import Collector
+    from ..exporter.server import Exporter, load_web_config, make_server
+    from .service import Agent
+    if not os.path.isdir(policy_dir):
+        raise CgmanError(f"--policy-dir {policy_dir}: not a directory (create it, or point --policy-dir "
+                         f"or CGMAN_POLICY_DIR at your policy files)")
+    web = load_web_config(web_config) if web_config else None
+    agent = Agent(host, store, policy_dir, interval_s=interval_s, prune=prune, poll=poll)
+    collector = Collector(host.info, store.run, store.state, pressure=pressure, read_threads=read_threads)
+    exp = Exporter(collector)
+    exp.add_health(agent.health.metrics)
+    srv = make_server(exp, listen, web, gzip_ok)       # a taken port fails before anything is applied
+    scheme = "https" if web and web.cert_file else "http"
+    hostname, port = str(srv.server_address[0]), srv.server_address[1]
+    log.info("serving %s://%s:%s/metrics; cgroup root %s, run dir %s, ledger in %s", scheme,
+             listen.rpartition(":")[0] or hostname, port, host.root, store.run, store.state)
+    http = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5},
+                            name="cgman-agent-http", daemon=True)
+    http.start()
+
+    old = {s: signal.signal(s, lambda *_: agent.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: agent.reload())
+    try:
+        if ready is not None:
+            ready(srv)
+        agent.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        srv.shutdown()
+        srv.server_close()
+        collector.close()
+        log.info("stopped")
+        sys.stderr.flush()

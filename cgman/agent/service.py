@@ -1,0 +1,305 @@
+"""The agent's loop: keep the policy directory true, collect the dead, serve metrics.
+
+One thread reconciles (at start, when a file changes, every --interval); the
+exporter's HTTP server answers scrapes in its own threads. Nothing the agent holds
+is needed to restart it: desired state is the files, live state is the kernel,
+containers are owned by their own supervisors, usage is in the ledger. A SIGKILL
+at any point is followed by a restart that converges:
+- an apply cut short leaves some settings written and others not; apply is a
+  reconcile (read, compare, write what differs), so the next apply finishes it;
+- a collection cut short leaves the record; the next gc collects it, and the
+  ledger's unique container id makes the second commit of the same row a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from ..errors import CgmanError
+from ..runtime.apply import ApplyError, Result, apply
+from .policies import PolicyDir
+from .watch import Watcher
+
+log = logging.getLogger("cgman.agent")
+
+# Fault injection for the crash tests: the agent stops itself (SIGSTOP) at the named
+# point so that a test can SIGKILL it there by PID. Points: before-apply,
+# write:N (after the N-th cgroup change of an apply), after-apply, collect:N.
+STOP_AT_ENV = "CGMAN_AGENT_TEST_STOP_AT"
+
+
+@dataclass
+class Health:
+    """The agent's own counters, served as cgman_agent_* with every scrape."""
+    started: float = 0.0
+    reconciles: int = 0
+    reconcile_errors: int = 0
+    last_reconcile: float = 0.0
+    last_success: int = 0
+    last_duration_s: float = 0.0
+    drift_corrections: int = 0
+    changes_applied: int = 0
+    policy_files: int = 0
+    policy_files_invalid: int = 0
+    collected: int = 0
+    collect_errors: int = 0
+    containers_running: int = 0
+    oldest_sample_age_s: float = 0.0
+
+    def metrics(self) -> Iterator[tuple[str, str, str, float]]:
+        yield ("cgman_agent_start_time_seconds", "gauge", "When this agent started (unix time).", self.started)
+        yield ("cgman_agent_reconciles", "counter", "Reconciles run (start, file change, timer).", self.reconciles)
+        yield ("cgman_agent_reconcile_errors", "counter", "Reconciles that failed (a policy file the kernel "
+               "refused, a busy prune); the last good state stayed in force.", self.reconcile_errors)
+        yield ("cgman_agent_last_reconcile_timestamp_seconds", "gauge", "When the last reconcile finished.",
+               self.last_reconcile)
+        yield ("cgman_agent_last_reconcile_success", "gauge", "1 if the last reconcile applied every file in "
+               "force and no file was refused.", self.last_success)
+        yield ("cgman_agent_last_reconcile_duration_seconds", "gauge", "How long the last reconcile took.",
+               self.last_duration_s)
+        yield ("cgman_agent_drift_corrections", "counter", "Settings found changed by hand and written back.",
+               self.drift_corrections)
+        yield ("cgman_agent_changes_applied", "counter", "Settings written because a policy file changed.",
+               self.changes_applied)
+        yield ("cgman_agent_policy_files", "gauge", "Policy files in the directory.", self.policy_files)
+        yield ("cgman_agent_policy_files_invalid", "gauge", "Policy files whose current text is not in force "
+               "(see the log for file:line).", self.policy_files_invalid)
+        yield ("cgman_agent_containers_collected", "counter", "Containers whose supervisor died, collected "
+               "with their final usage.", self.collected)
+        yield ("cgman_agent_collect_errors", "counter", "Collections that failed (retried next interval).",
+               self.collect_errors)
+        yield ("cgman_agent_containers_running", "gauge", "Running containers at the last interval.",
+               self.containers_running)
+        yield ("cgman_agent_oldest_sample_age_seconds", "gauge", "Age of the stalest memory sample of a "
+               "running container (its supervisor samples every CGMAN_SAMPLE_INTERVAL s).",
+               self.oldest_sample_age_s)
+
+
+def _stop_here() -> None:
+    log.warning("%s: stopping at %s", STOP_AT_ENV, os.environ.get(STOP_AT_ENV))
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+class _Counting:
+    """The host with every change (mkdir, write, freeze) counted, for write:N."""
+
+    def __init__(self, host: Any, stop_after: int) -> None:
+        self._host, self._left = host, stop_after
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._host, name)
+        if name not in ("write", "create", "freeze", "thaw"):
+            return attr
+
+        def counted(*a: Any, **kw: Any) -> Any:
+            out = attr(*a, **kw)
+            if name != "create" or out:          # create() of an existing group changes nothing
+                self._left -= 1
+                if self._left == 0:
+                    _stop_here()
+            return out
+        return counted
+
+
+class Agent:
+    def __init__(self, host: Any, store: Any, policy_dir: str, *, interval_s: float = 30.0,
+                 prune: bool = False, poll: bool = False, timeout_s: float = 10.0) -> None:
+        self.host, self.store = host, store
+        self.policies = PolicyDir(policy_dir)
+        self.interval_s, self.prune, self.timeout_s = interval_s, prune, timeout_s
+        self.poll = poll
+        self.health = Health(started=time.time())
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop_at = os.environ.get(STOP_AT_ENV, "")
+        self._saved: tuple[str, ...] | None = None
+        self._desired: dict[tuple[str, str], str] = {}     # (cgroup, file) -> value of the last apply
+        self._groups: set[str] = set()
+
+    # -- reconcile ---------------------------------------------------------
+
+    def _keep(self) -> Callable[[str], bool]:
+        """Containers' cgroups (and so their groups) survive --prune."""
+        live = {r.cgroup for r in self.store.records() if r.state != "exited" or r.cleanup_pending}
+        return lambda cg: cg in live
+
+    def _apply(self) -> Result:
+        host = self.host
+        if self._stop_at.startswith("write:"):
+            host = _Counting(host, int(self._stop_at.split(":", 1)[1]))
+        return apply(self.policies.policies(), host, prune=self.prune, timeout_s=self.timeout_s,
+                     keep=self._keep() if self.prune else (lambda p: False))
+
+    def reconcile(self, trigger: str) -> bool:
+        """Scan the files, apply what is in force; True if everything in force was applied."""
+        t0 = time.monotonic()
+        h = self.health
+        scan = self.policies.scan()
+        edited = bool(scan.changed or scan.removed) or trigger == "start"
+        for f in scan.removed:
+            log.info("%s removed: its groups are no longer managed (they stay as they are%s)", f,
+                     "; --prune removes them" if self.prune else "")
+        ok = not scan.errors
+        if self._stop_at == "before-apply":
+            _stop_here()
+        try:
+            res = self._apply()
+        except ApplyError as e:
+            back = self.policies.reject(str(e))
+            log.error("%s; keeping the last good version of %s", e, ", ".join(back) or "every file")
+            ok = False
+            try:
+                res = self._apply() if back else None
+            except CgmanError as e2:
+                log.error("the last good policies do not apply either: %s (retrying in %gs)",
+                          e2, self.interval_s)
+                res = None
+        except CgmanError as e:             # a busy prune, a freeze that timed out
+            log.error("reconcile failed: %s (retrying in %gs)", e, self.interval_s)
+            ok, res = False, None
+        if res is not None:
+            self.policies.accepted()
+            self._report(res, edited)
+            self._save()
+        if self._stop_at == "after-apply":
+            _stop_here()
+        h.reconciles += 1
+        h.reconcile_errors += not ok
+        h.last_success = int(ok and self.policies.invalid() == 0)
+        h.last_duration_s = time.monotonic() - t0
+        h.last_reconcile = time.time()
+        h.policy_files = len(self.policies.files)
+        h.policy_files_invalid = self.policies.invalid()
+        return ok
+
+    def _report(self, res: Result, edited: bool) -> None:
+        """Log each change; a change to a setting whose wanted value did not move since the
+        last apply is drift (someone wrote the cgroup file by hand), whatever woke us."""
+        prev, known = self._desired, self._groups
+        if edited:
+            for warn in res.plan.warnings:
+                log.warning("%s", warn)
+        drift = applied = 0
+        for cg in res.created:
+            if cg in known:
+                drift += 1
+                log.warning("drift: group %s was missing; created it again", cg)
+            else:
+                applied += 1
+                log.info("created %s", cg)
+        for ch in res.changes:
+            old = (ch.old or "").strip().replace("\n", "; ") or "-"
+            w = ch.write
+            if prev.get((w.cgroup, w.file)) == w.value:
+                drift += 1
+                log.warning("drift corrected: %s/%s was %s, set back to %s", w.cgroup, w.file, old, w.value)
+            else:
+                applied += 1
+                log.info("set %s/%s = %s (was %s)", w.cgroup, w.file, w.value, old)
+        for cg in res.pruned:
+            log.info("pruned %s (no longer in the files)", cg)
+        self.health.drift_corrections += drift
+        self.health.changes_applied += applied
+        if edited or applied:
+            log.info("applied %d file(s): %d groups created, %d settings changed, %d already matched",
+                     len(self.policies.policies().files), len(res.created), len(res.changes), res.unchanged)
+        self._desired = {(w.cgroup, w.file): w.value for w in res.plan.writes}
+        self._groups = set(res.plan.groups) | {"."}
+
+    def _save(self) -> None:
+        """Let `cgman run -p GROUP` find the agent's groups without -f (runtime/applied.py)."""
+        ps = self.policies.policies()
+        key = (repr(ps.groups),)
+        if key == self._saved:
+            return
+        from ..runtime.applied import save
+        try:
+            save(self.store, self.host.root, ps, replace=True)
+            self._saved = key
+        except OSError as e:
+            log.error("cannot save the applied policies in %s: %s", self.store.run, e.strerror)
+
+    # -- containers --------------------------------------------------------
+
+    def collect(self) -> None:
+        """Collect containers whose supervisor died; refresh the container gauges."""
+        from ..cli.common import hosts
+        from ..runtime.containers import gc
+        n_stop = int(self._stop_at.split(":", 1)[1]) if self._stop_at.startswith("collect:") else 0
+
+        def one(name: str) -> None:
+            self.health.collected += 1
+            log.info("collected %s: its supervisor was gone; final usage is in the ledger", name)
+            if n_stop and self.health.collected == n_stop:
+                _stop_here()
+        try:
+            gc(self.store, hosts(), on_collected=one)
+        except CgmanError as e:
+            self.health.collect_errors += 1
+            log.error("collecting containers failed: %s (retrying in %gs)", e, self.interval_s)
+        now = time.time()
+        running = [r for r in self.store.records() if r.state == "running"]
+        self.health.containers_running = len(running)
+        ages = [now - (r.memory_sampled_at or r.started or now) for r in running]
+        self.health.oldest_sample_age_s = max(ages, default=0.0)
+
+    def adopt(self) -> None:
+        running = [r for r in self.store.records() if r.state == "running"]
+        if running:
+            log.info("adopted %d running container(s): %s", len(running),
+                     ", ".join(sorted(r.name for r in running)[:10]) + (" …" if len(running) > 10 else ""))
+        self.collect()
+
+    # -- loop --------------------------------------------------------------
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
+
+    def run(self) -> None:
+        """Reconcile and collect until stop(); the caller serves metrics."""
+        watcher = Watcher(self.policies.directory, poll=self.poll)
+        log.info("watching %s (%s); drift check every %gs", self.policies.directory, watcher.mode,
+                 self.interval_s)
+        self._reload = False
+        try:
+            self.reconcile("start")
+            self.adopt()
+            next_tick = time.monotonic() + self.interval_s
+            while not self._stop.is_set():
+                changed = watcher.wait(max(0.0, next_tick - time.monotonic()), self._wake_r)
+                try:
+                    while os.read(self._wake_r, 64):
+                        pass
+                except BlockingIOError:
+                    pass
+                if self._stop.is_set():
+                    break
+                if changed or self._reload:
+                    self._reload = False
+                    self.reconcile("file")
+                if time.monotonic() >= next_tick:
+                    self.reconcile("timer")
+                    self.collect()
+                    next_tick = time.monotonic() + self.interval_s
+        finally:
+            watcher.close()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the files now."""
+        self._reload = True
+        self.wake()

@@ -1,0 +1,448 @@
+"""`cgman agent` on the real kernel: apply on start and on change (inotify and polling),
+a bad file keeps its last good version, drift is written back, dead containers are
+collected exactly once, and a SIGKILL at any point of an apply or a collection is
+followed by a restart that converges with a ledger that lost and doubled nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from .conftest import REPO, cli_env
+
+pytestmark = pytest.mark.kernel
+
+POLICY = """\
+version: 1
+policies:
+  acme:
+    tenant: acme
+    cpu: {{weight: {weight}}}
+    pids: {{max: 500}}
+    children:
+      web:
+        memory: {{max: {mem}}}
+        container:
+          pids: {{max: 64}}
+        launch:
+          namespaces: [uts, ipc, pid, mount]
+"""
+
+OTHER = """\
+version: 1
+policies:
+  globex:
+    tenant: globex
+    cpu: {weight: 50}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def until(fn: Callable[[], object], timeout: float = 15, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        assert time.monotonic() < deadline, f"timed out waiting for {what or fn}"
+        time.sleep(0.05)
+
+
+def proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+
+
+class Agent:
+    """One `cgman agent` subprocess with its log; stop() ends it by PID."""
+
+    def __init__(self, root: str, tmp: Path, pdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log = tmp / f"agent-{self.port}.log"
+        self._f = open(self.log, "w")
+        e = dict(cli_env(root, tmp), **(env or {}))
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "cgman", "agent", "--policy-dir", str(pdir), "--listen",
+             f"127.0.0.1:{self.port}", "--interval", "1s", *args],
+            stdout=self._f, stderr=subprocess.STDOUT, env=e, cwd=REPO)
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return {}
+        out = {}
+        for ln in body.splitlines():
+            m = re.match(r"^(cgman_agent_\w+|cgman_tenant_\w+\{[^}]*\}) (\S+)$", ln)
+            if m:
+                out[m.group(1)] = float(m.group(2))
+        return out
+
+    def reconciles(self) -> float:
+        return self.metrics().get("cgman_agent_reconciles_total", 0.0)
+
+    def wait_reconciled(self, after: float = 0.0, timeout: float = 20) -> dict[str, float]:
+        """Metrics once a reconcile beyond ``after`` has finished."""
+        def done() -> dict[str, float] | None:
+            assert self.p.poll() is None, f"the agent exited ({self.p.returncode}):\n{self.text()}"
+            m = self.metrics()
+            return m if m.get("cgman_agent_reconciles_total", 0) > after else None
+        return until(done, timeout, "a reconcile")  # type: ignore[return-value]
+
+    def text(self) -> str:
+        if not self._f.closed:
+            self._f.flush()
+        return self.log.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.p.poll() is None:
+            if proc_state(self.p.pid) == "T":
+                os.kill(self.p.pid, signal.SIGCONT)
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._f.close()
+        return self.p.returncode
+
+
+@pytest.fixture
+def agents(host, tmp_path):
+    started: list[Agent] = []
+
+    def start(pdir: Path, *args: str, env: dict[str, str] | None = None) -> Agent:
+        a = Agent(host.root, tmp_path, pdir, *args, env=env)
+        started.append(a)
+        return a
+    yield start
+    for a in started:
+        a.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def pdir(tmp_path) -> Path:
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "acme.yaml").write_text(POLICY.format(weight=200, mem="256Mi"))
+    return d
+
+
+def cpu_file(host, group: str) -> Path:
+    """The file that holds the group's CPU weight on this host (v1 shares or v2 weight)."""
+    if host.layout.version_of("cpu") == 1:
+        return Path(host.info.v1_mounts["cpu"], host.root, group, "cpu.shares")
+    return Path(host.info.unified, host.root, group, "cpu.weight")
+
+
+def weight_value(host, weight: int) -> str:
+    """What the kernel file holds for a policy weight (SPEC §2: OCI formula for shares)."""
+    from cgman.convert import weight_to_shares
+    return str(weight_to_shares(weight)) if host.layout.version_of("cpu") == 1 else str(weight)
+
+
+def drift(cli, pdir: Path) -> list[dict]:
+    p = cli("diff", "--json", str(pdir))
+    assert p.returncode in (0, 2), p.stderr
+    return json.loads(p.stdout)
+
+
+# ------------------------------------------------------------------ apply and watch
+@pytest.mark.cgroup2
+@pytest.mark.parametrize("mode", ["inotify", "poll"])
+def test_applies_at_start_and_on_every_change(host, agents, pdir, cli, mode):
+    a = agents(pdir, *(["--poll"] if mode == "poll" else []))
+    m = a.wait_reconciled()
+    assert f"({mode})" in a.text(), a.text()
+    assert cpu_file(host, "acme").read_text().strip() == weight_value(host, 200)
+    assert drift(cli, pdir) == []
+    assert m["cgman_agent_last_reconcile_success"] == 1 and m["cgman_agent_policy_files_invalid"] == 0
+
+    (pdir / "acme.yaml").write_text(POLICY.format(weight=300, mem="300Mi"))
+    until(lambda: cpu_file(host, "acme").read_text().strip() == weight_value(host, 300), 10,
+          "the edited weight")
+    (pdir / "globex.yaml").write_text(OTHER)                       # a new file
+    until(lambda: cpu_file(host, "globex").exists(), 10, "the new file's group")
+    until(lambda: drift(cli, pdir) == [], 10, "no drift")
+    assert "set acme/" in a.text()
+    assert a.stop() == 0, a.text()
+    assert "stopped" in a.text()
+
+
+def test_a_run_finds_the_agents_groups_without_a_policy_file(host, agents, pdir, cli):
+    a = agents(pdir)
+    a.wait_reconciled()
+    p = cli("run", "-p", "acme/web", "--rm", "--", "true")
+    assert p.returncode == 0, p.stderr
+
+
+def test_sighup_rereads_a_change_that_polling_cannot_see(host, agents, pdir):
+    a = agents(pdir, "--poll", "--interval", "1h")
+    a.wait_reconciled()
+    f = pdir / "acme.yaml"
+    st = f.stat()
+    os.kill(a.p.pid, signal.SIGSTOP)                 # no poll can fall between the write and the utime
+    until(lambda: proc_state(a.p.pid) == "T", 5, "the agent to stop")
+    f.write_text(POLICY.format(weight=400, mem="256Mi"))   # same size, same inode ...
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))        # ... same mtime: polling sees nothing
+    assert f.stat().st_size == st.st_size
+    os.kill(a.p.pid, signal.SIGCONT)
+    time.sleep(2.5)
+    assert cpu_file(host, "acme").read_text().strip() == weight_value(host, 200), "polling saw it?"
+    n = a.reconciles()
+    os.kill(a.p.pid, signal.SIGHUP)
+    a.wait_reconciled(after=n)
+    assert cpu_file(host, "acme").read_text().strip() == weight_value(host, 400)
+
+
+# ------------------------------------------------------------------ bad files
+def test_a_broken_file_keeps_its_last_good_version_and_the_agent_runs_on(host, agents, pdir, cli):
+    a = agents(pdir)
+    a.wait_reconciled()
+    (pdir / "globex.yaml").write_text(OTHER)
+    until(lambda: cpu_file(host, "globex").exists(), 10, "globex")
+    n = a.reconciles()
+    (pdir / "acme.yaml").write_text(POLICY.format(weight=300, mem="256Mi").replace("pids: {max: 500}",
+                                                                                   "pids: {max: lots}"))
+    m = a.wait_reconciled(after=n)
+    until(lambda: "keeping its last good version" in a.text(), 10, "the error line")
+    log = a.text()
+    line = next(ln for ln in log.splitlines() if "keeping its last good version" in ln)
+    assert re.search(rf"{re.escape(str(pdir / 'acme.yaml'))}:6:\d+: policies\.acme\.pids\.max", line), line
+    assert m["cgman_agent_policy_files_invalid"] == 1 and m["cgman_agent_last_reconcile_success"] == 0
+    assert cpu_file(host, "acme").read_text().strip() == weight_value(host, 200), "the bad version leaked"
+    assert a.p.poll() is None
+
+    # A drift on the other file is still corrected while acme.yaml is broken.
+    cpu_file(host, "globex").write_text("7" if host.layout.version_of("cpu") == 1 else "7\n")
+    until(lambda: cpu_file(host, "globex").read_text().strip() == weight_value(host, 50), 10, "drift fixed")
+
+    n = a.reconciles()
+    (pdir / "acme.yaml").write_text(POLICY.format(weight=300, mem="256Mi"))       # fixed
+    until(lambda: cpu_file(host, "acme").read_text().strip() == weight_value(host, 300), 10, "fixed file")
+    m = a.wait_reconciled(after=n)
+    assert m["cgman_agent_policy_files_invalid"] == 0
+
+
+def test_a_group_defined_twice_is_refused_in_the_file_that_added_it(host, agents, pdir):
+    (pdir / "globex.yaml").write_text(OTHER)
+    a = agents(pdir)
+    a.wait_reconciled()
+    n = a.reconciles()
+    (pdir / "zzz.yaml").write_text(OTHER.replace("weight: 50", "weight: 75"))
+    m = a.wait_reconciled(after=n)
+    until(lambda: "already defined" in a.text(), 10)
+    line = next(ln for ln in a.text().splitlines() if "already defined" in ln)
+    assert f"{pdir / 'zzz.yaml'}:3:3: policies.globex" in line and f"{pdir / 'globex.yaml'}:3" in line, line
+    assert cpu_file(host, "globex").read_text().strip() == weight_value(host, 50)
+    assert m["cgman_agent_policy_files_invalid"] == 1
+
+
+def test_a_file_the_kernel_refuses_is_rolled_back_to_its_last_applied_version(host, agents, pdir):
+    a = agents(pdir)
+    a.wait_reconciled()
+    n = a.reconciles()
+    # Valid YAML, valid policy, but no such CPU here: the kernel refuses cpuset.cpus.
+    bad = POLICY.format(weight=300, mem="256Mi").replace("cpu: {weight: 300}",
+                                                           "cpu: {weight: 300, cpus: '4000'}")
+    (pdir / "acme.yaml").write_text(bad)
+    m = a.wait_reconciled(after=n)
+    until(lambda: "keeping the last good version of" in a.text(), 10)
+    line = next(ln for ln in a.text().splitlines() if "keeping the last good version of" in ln)
+    assert str(pdir / "acme.yaml") in line and "cpuset.cpus" in line, line
+    assert cpu_file(host, "acme").read_text().strip() == weight_value(host, 200), "half of the bad file stuck"
+    assert m["cgman_agent_reconcile_errors_total"] >= 1 and m["cgman_agent_last_reconcile_success"] == 0
+    assert a.p.poll() is None
+    # The refused version is not retried every interval: one error line, not one per second.
+    time.sleep(3)
+    assert a.text().count("keeping the last good version of") == 1
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--policy-dir", "/nonexistent/cgman-policies"], "--policy-dir /nonexistent/cgman-policies: not a directory"),
+    (["--interval", "0s"], "must be more than 0"),
+    (["--interval", "soon"], "expected a duration like"),
+    (["--listen", "nohost"], "expected HOST:PORT"),
+    (["--web-config", "/nonexistent/web.yml"], "--web-config /nonexistent/web.yml"),
+])
+def test_bad_options_fail_at_once_with_one_line(host, pdir, cli, args, msg):
+    p = cli("agent", "--policy-dir", str(pdir), "--listen", f"127.0.0.1:{free_port()}", *args, timeout=30)
+    assert p.returncode != 0
+    assert msg in p.stderr, p.stderr
+    assert not cpu_file(host, "acme").parent.exists(), "applied although the options were bad"
+    assert "Traceback" not in p.stderr
+
+
+def test_a_taken_port_fails_before_anything_is_applied(host, pdir, cli):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        p = cli("agent", "--policy-dir", str(pdir), "--listen", f"127.0.0.1:{s.getsockname()[1]}", timeout=30)
+    assert p.returncode == 1 and "cannot listen on" in p.stderr, p.stderr
+    assert not cpu_file(host, "acme").parent.exists(), "applied although it could not serve"
+
+
+# ------------------------------------------------------------------ drift
+@pytest.mark.cgroup2
+def test_drift_is_written_back_and_logged(host, agents, pdir):
+    a = agents(pdir)
+    a.wait_reconciled()
+    f = cpu_file(host, "acme")
+    f.write_text("3" if host.layout.version_of("cpu") == 1 else "3\n")
+    until(lambda: f.read_text().strip() == weight_value(host, 200), 10, "the drift to be corrected")
+    until(lambda: "drift corrected" in a.text(), 5)
+    line = next(ln for ln in a.text().splitlines() if "drift corrected" in ln)
+    assert f"acme/{f.name} was 3, set back to {weight_value(host, 200)}" in line, line
+    assert a.metrics()["cgman_agent_drift_corrections_total"] == 1
+    assert a.metrics()["cgman_agent_changes_applied_total"] >= 3
+
+
+def test_prune_removes_dropped_groups_but_keeps_those_with_containers(host, agents, pdir, cli, tmp_path):
+    (pdir / "globex.yaml").write_text(OTHER)
+    a = agents(pdir, "--prune")
+    a.wait_reconciled()
+    assert cli("run", "-p", "acme/web", "-d", "--name", "keepme", "--", "sleep", "600").returncode == 0
+    try:
+        n = a.reconciles()
+        (pdir / "globex.yaml").unlink()
+        (pdir / "acme.yaml").write_text(POLICY.format(weight=200, mem="256Mi").split("    children:")[0])
+        a.wait_reconciled(after=n)
+        until(lambda: not cpu_file(host, "globex").parent.exists(), 10, "globex pruned")
+        assert cpu_file(host, "acme/web/keepme").parent.exists(), "a running container's group was pruned"
+        assert "pruned globex" in a.text()
+    finally:
+        cli("rm", "--force", "keepme")
+
+
+# ------------------------------------------------------------------ containers and the ledger
+def ledger_rows(tmp_path: Path) -> list[tuple[str, str, float]]:
+    db = sqlite3.connect(f"file:{tmp_path / 'state' / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT id, name, cpu_usage_usec FROM containers ORDER BY name").fetchall()
+    finally:
+        db.close()
+
+
+def orphans(cli, tmp_path: Path, *names: str) -> list[dict]:
+    """Detached containers whose supervisors are then SIGKILLed (their workloads die with them).
+
+    All start before any supervisor dies: a `cgman run` collects the dead it finds."""
+    recs = []
+    for name in names:
+        assert cli("run", "-p", "acme/web", "-d", "--name", name, "--", "sh", "-c",
+                   "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 600").returncode == 0
+        recs.append(json.loads((tmp_path / "run" / "containers" / name / "record.json").read_text()))
+    time.sleep(0.3)
+    for rec in recs:
+        os.kill(rec["supervisor_pid"], signal.SIGKILL)
+    for rec in recs:
+        until(lambda: proc_state(rec["pid"]) in ("Z", "gone"), 10, f"{rec['name']}'s workload to die")
+    return recs
+
+
+@pytest.mark.cgroup2
+def test_adopts_running_containers_and_collects_the_dead_exactly_once(host, agents, pdir, cli, tmp_path):
+    a = agents(pdir)
+    a.wait_reconciled()
+    assert cli("run", "-p", "acme/web", "-d", "--name", "alive", "--", "sleep", "600").returncode == 0
+    try:
+        rec, = orphans(cli, tmp_path, "dead1")
+        until(lambda: a.metrics().get("cgman_agent_containers_collected_total") == 1, 10, "collection")
+        assert "collected dead1" in a.text()
+        rows = ledger_rows(tmp_path)
+        assert [r[1] for r in rows] == ["dead1"] and rows[0][0] == rec["id"] and rows[0][2] > 0
+
+        # A restart adopts the live container and collects nothing twice.
+        assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+        b = agents(pdir)
+        b.wait_reconciled()
+        until(lambda: "adopted 1 running container(s): alive" in b.text(), 10, "adoption")
+        m = b.wait_reconciled(after=2)
+        assert m["cgman_agent_containers_running"] == 1 and m["cgman_agent_containers_collected_total"] == 0
+        assert m['cgman_tenant_containers_total{tenant="acme"}'] == 2, "alive (live) + dead1 (ledger)"
+        assert [r[1] for r in ledger_rows(tmp_path)] == ["dead1"]
+    finally:
+        cli("rm", "--force", "alive")
+
+
+# ------------------------------------------------------------------ crash safety
+def stopped_at(a: Agent, point: str) -> None:
+    until(lambda: proc_state(a.p.pid) == "T" or a.p.poll() is not None, 20, f"the agent to stop at {point}")
+    assert a.p.poll() is None, a.text()
+    assert f"stopping at {point}" in a.text()
+
+
+@pytest.mark.cgroup2
+@pytest.mark.parametrize("point", ["before-apply", "write:1", "write:3", "after-apply"])
+def test_sigkill_during_an_apply_then_restart_converges(host, agents, pdir, cli, point):
+    a = agents(pdir)
+    a.wait_reconciled()
+    a.stop()
+    (pdir / "acme.yaml").write_text(POLICY.format(weight=300, mem="300Mi"))
+    (pdir / "globex.yaml").write_text(OTHER)
+    before = drift(cli, pdir)
+    assert len(before) >= 3, before            # two changed settings and a missing group
+
+    crashing = agents(pdir, env={"CGMAN_AGENT_TEST_STOP_AT": point})
+    stopped_at(crashing, point)
+    mid = drift(cli, pdir)
+    os.kill(crashing.p.pid, signal.SIGKILL)                     # by PID, mid-way
+    assert crashing.stop() == -signal.SIGKILL
+    if point == "before-apply":
+        assert mid == before, "wrote before the stop point"
+    elif point.startswith("write:"):
+        assert 0 < len(mid) < len(before), f"not cut mid-way: {mid}"
+    else:
+        assert mid == []
+
+    b = agents(pdir)
+    m = b.wait_reconciled()
+    assert drift(cli, pdir) == [], "did not converge after the crash"
+    assert m["cgman_agent_last_reconcile_success"] == 1
+    assert cpu_file(host, "acme").read_text().strip() == weight_value(host, 300)
+
+
+@pytest.mark.parametrize("point", ["collect:1", "collect:2"])
+def test_sigkill_during_collection_then_restart_bills_each_container_once(host, agents, pdir, cli,
+                                                                          tmp_path, point):
+    a = agents(pdir)
+    a.wait_reconciled()
+    a.stop()                                   # no agent while the supervisors die
+    recs = orphans(cli, tmp_path, "o0", "o1", "o2")
+
+    crashing = agents(pdir, env={"CGMAN_AGENT_TEST_STOP_AT": point})
+    stopped_at(crashing, point)
+    n = int(point.split(":")[1])
+    assert len(ledger_rows(tmp_path)) == n
+    os.kill(crashing.p.pid, signal.SIGKILL)
+    crashing.stop()
+
+    b = agents(pdir)
+    until(lambda: b.metrics().get("cgman_agent_containers_collected_total") == 3 - n, 15, "the rest")
+    rows = ledger_rows(tmp_path)
+    assert sorted(r[0] for r in rows) == sorted(r["id"] for r in recs), "missing or doubled"
+    assert all(r[2] > 0 for r in rows)
+    m = b.metrics()
+    assert m['cgman_tenant_containers_total{tenant="acme"}'] == 3
+    for r in recs:
+        assert not cpu_file(host, f"acme/web/{r['name']}").parent.exists()
