@@ -168,8 +168,7 @@ def drift(cli, pdir: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------ apply and watch
-@pytest.mark.cgroup2
-@pytest.mark.parametrize("mode", ["inotify", "poll"])
+@pytest.mark.parametrize("mode", [pytest.param("inotify", marks=pytest.mark.cgroup2), "poll"])
 def test_applies_at_start_and_on_every_change(host, agents, pdir, cli, mode):
     a = agents(pdir, *(["--poll"] if mode == "poll" else []))
     m = a.wait_reconciled()
@@ -392,8 +391,8 @@ def stopped_at(a: Agent, point: str) -> None:
     assert f"stopping at {point}" in a.text()
 
 
-@pytest.mark.cgroup2
-@pytest.mark.parametrize("point", ["before-apply", "write:1", "write:3", "after-apply"])
+@pytest.mark.parametrize("point", ["before-apply", pytest.param("write:1", marks=pytest.mark.cgroup2),
+                                   "write:3", "after-apply"])
 def test_sigkill_during_an_apply_then_restart_converges(host, agents, pdir, cli, point):
     a = agents(pdir)
     a.wait_reconciled()
@@ -446,3 +445,54 @@ def test_sigkill_during_collection_then_restart_bills_each_container_once(host, 
     assert m['cgman_tenant_containers_total{tenant="acme"}'] == 3
     for r in recs:
         assert not cpu_file(host, f"acme/web/{r['name']}").parent.exists()
+
+
+# ------------------------------------------------------------------ CLI: the typer-free path
+def _typer_options(name: str) -> set[str]:
+    import typer.main
+
+    from cgman.cli.main import app
+    cmd = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+    names: set[str] = set()
+    for p in cmd.params:
+        names.update(getattr(p, "opts", []))
+        names.update(getattr(p, "secondary_opts", []))
+    return {n for n in names if n.startswith("-")} - {"--help", "-h"}
+
+
+def test_fast_parser_knows_every_agent_option_and_no_other():
+    from cgman.cli import serve
+    assert set(serve.AGENT_OPTIONS) == _typer_options("agent")
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["agent"], {}),
+    (["--cgroup-root", "r", "agent", "--policy-dir", "/p", "--interval", "1h", "--prune", "--poll",
+      "--listen=:1", "--no-gzip"],
+     {"root": "r", "policy_dir": "/p", "interval": 3600.0, "prune": True, "poll": True, "listen": ":1",
+      "gzip": False}),
+    (["agent", "--interval", "500ms", "-l", "127.0.0.1:2"], {"interval": 0.5, "listen": "127.0.0.1:2"}),
+])
+def test_fast_parser_reads_what_typer_would(argv, want):
+    from cgman.cli import serve
+    assert serve.parse(argv, "agent") == want
+
+
+@pytest.mark.parametrize("argv", [["agent", "--help"], ["agent", "--bogus"], ["agent", "--interval"],
+                                  ["agent", "--interval", "0s"], ["agent", "--interval", "soon"],
+                                  ["agent", "--read-threads", "2"], ["exporter"]])
+def test_fast_parser_leaves_the_rest_to_typer(argv):
+    from cgman.cli import serve
+    assert serve.parse(argv, "agent") is None
+
+
+def test_the_agent_serves_without_typer_in_memory_and_promtool_finds_nothing(host, agents, pdir):
+    a = agents(pdir, env={"PYTHONPROFILEIMPORTTIME": "1"})       # every import, to the log
+    a.wait_reconciled()
+    imported = {ln.rsplit("|", 1)[1].strip() for ln in a.text().splitlines() if ln.startswith("import time:")}
+    assert "cgman.agent.service" in imported and "prometheus_client" in imported, "no import log?"
+    assert not {m for m in imported if m.split(".")[0] in ("typer", "click", "rich")}
+    body = urllib.request.urlopen(f"http://127.0.0.1:{a.port}/metrics", timeout=5).read()
+    p = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), p.stdout + p.stderr
+    assert b"cgman_agent_reconciles_total" in body and b"process_resident_memory_bytes" in body

@@ -1,6 +1,6 @@
 """The command line. ``main`` dispatches: `cgman run` takes a typer-free fast path
-(interpreter start-up is part of launch latency), so does `cgman exporter` (a
-long-running server should not carry typer in memory); everything else goes to typer."""
+(interpreter start-up is part of launch latency), so do `cgman exporter` and
+`cgman agent` (a long-running server should not carry typer in memory); everything else goes to typer."""
 
 from __future__ import annotations
 
@@ -22,17 +22,20 @@ def main() -> None:
             sys.exit(130)
         if code is not None:
             sys.exit(code)
-    if "exporter" in argv and "run" not in argv:
-        from .serve import parse as parse_exporter
-        opts = parse_exporter(argv)
-        if opts is not None:
-            from ..errors import CgmanError
-            try:
-                from .serve import run_exporter
-                run_exporter(opts)
-            except CgmanError as e:
-                _fail(e, bool(opts.get("verbose")))
-            sys.exit(0)
+    for command in ("exporter", "agent"):
+        if command in argv and "run" not in argv:
+            from .serve import parse as parse_server
+            opts = parse_server(argv, command)
+            if opts is not None:
+                from ..errors import CgmanError
+                try:
+                    from . import serve
+                    (serve.run_exporter if command == "exporter" else serve.run_agent)(opts)
+                except CgmanError as e:
+                    _fail(e, bool(opts.get("verbose")))
+                except KeyboardInterrupt:
+                    sys.exit(130)
+                sys.exit(0)
     from .main import main as typer_main
     typer_main(argv)
 

@@ -1,4 +1,4 @@
-"""The `agent` command: typer side (options, --help); cgman.agent runs it."""
+"""The `agent` command: typer side (--help, usage errors); serve.py runs it."""
 
 from __future__ import annotations
 
@@ -10,23 +10,10 @@ from .common import state
 from .main import app
 
 
-def _interval(text: str) -> float:
-    """30s, 500ms, 5m, 1h (hours too: a drift check may be rare)."""
-    from ..units import UnitError, parse_duration_usec
-    try:
-        s = float(text[:-1]) * 3600 if text.endswith("h") else parse_duration_usec(text) / 1e6
-    except (UnitError, ValueError):
-        raise typer.BadParameter(f"{text!r}: expected a duration like 500ms, 30s, 5m or 1h",
-                                 param_hint="--interval") from None
-    if not s > 0:
-        raise typer.BadParameter(f"{text!r}: must be more than 0, e.g. 30s", param_hint="--interval")
-    return s
-
-
 @app.command()
 def agent(
     policy_dir: Optional[str] = typer.Option(
-        None, "--policy-dir", "-d", envvar="CGMAN_POLICY_DIR", show_default=False,
+        None, "--policy-dir", envvar="CGMAN_POLICY_DIR", show_default=False,
         help="Directory of policy files (*.yaml) to keep applied. [default: /etc/cgman/policies, "
              "else ./policies]"),
     listen: Optional[str] = typer.Option(
@@ -43,33 +30,30 @@ def agent(
     gzip: bool = typer.Option(True, "--gzip/--no-gzip", help="Compress /metrics for clients that accept it."),
     pressure: bool = typer.Option(True, "--pressure/--no-pressure", help="Serve PSI where the kernel has it."),
 ) -> None:
-    """Keep a policy directory applied, collect dead containers, serve metrics: the service.
+    """Keep a policy directory applied, collect dead containers, serve metrics.
 
-    At start and whenever a file in --policy-dir changes, the agent applies the
-    directory (a reconcile: only differing settings are written). A file with an
-    error is logged with file:line and its last good version stays in force; the
-    agent keeps running. Every --interval it writes back settings changed by hand
-    (logged as drift) and collects containers whose supervisor died, recording
-    their final usage in the ledger exactly once. Containers keep running across
-    agent restarts: each has its own supervisor.
+    At start and whenever a file in --policy-dir changes, the agent applies
+    the directory (a reconcile: only settings that differ are written). A
+    file with an error is logged with file:line and its last good version
+    stays in force; the agent keeps running. Every --interval it writes back
+    settings changed by hand (logged as drift) and collects containers whose
+    supervisor died, recording their final usage in the ledger exactly once.
+    Containers keep running across agent restarts: each has its own
+    supervisor.
 
-    /metrics serves everything `cgman exporter` does plus cgman_agent_* (reconciles,
-    errors, drift corrections, last reconcile time). SIGHUP re-reads the files now;
-    SIGTERM stops. Logs go to stderr (the journal, under systemd).
+    /metrics serves all that `cgman exporter` serves, plus cgman_agent_*
+    (reconciles, errors, drift corrections, last reconcile time).
+    SIGHUP re-reads the files now; SIGTERM stops. Logs go to stderr (the
+    journal, under systemd).
 
-    Example:  cgman agent --policy-dir /etc/cgman/policies --listen 127.0.0.1:9753
+    Example:  cgman agent --policy-dir /etc/cgman/policies --listen :9753
     Unit file: packaging/systemd/cgman-agent.service
     """
-    import logging
-    import os
-    from ..agent import serve
-    from ..exporter.server import DEFAULT_LISTEN
-    from .common import host, store
-    level = logging.DEBUG if state["verbose"] else logging.INFO
-    logging.basicConfig(level=level, format="cgman agent: %(levelname)s: %(message)s", force=True)
-    if policy_dir is None:
-        policy_dir = next((d for d in ("/etc/cgman/policies", "policies") if os.path.isdir(d)),
-                          "/etc/cgman/policies")
-    interval_s = _interval(interval)
-    serve(host(), store(), policy_dir, listen or DEFAULT_LISTEN, interval_s=interval_s, prune=prune,
-          poll=poll, web_config=web_config, gzip_ok=gzip, pressure=pressure)
+    from .serve import interval_s, run_agent
+    try:
+        seconds = interval_s(interval)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--interval") from None
+    run_agent({"policy_dir": policy_dir, "listen": listen, "interval": seconds, "prune": prune, "poll": poll,
+               "web_config": web_config, "gzip": gzip, "pressure": pressure, "verbose": state["verbose"],
+               "root": state["root"], "run_dir": state["run_dir"], "state_dir": state["state_dir"]})

@@ -1,7 +1,8 @@
-"""`cgman exporter` without typer: a long-running server should not carry typer and
-click in its memory (~7 MB of the 35 MB budget). Like fast.py for `run`: this parser
-knows exactly the typer command's options (a test keeps them in step) and returns
-None on anything else (--help, a typo), leaving typer to print help or the error.
+"""`cgman exporter` and `cgman agent` without typer: a long-running server should not
+carry typer, click and rich in its memory (~15 MB; the exporter's budget is 35 MB).
+Like fast.py for `run`: this parser knows exactly the typer commands' options (a test
+keeps them in step) and returns None on anything else (--help, a typo, a bad value),
+leaving typer to print help or the error.
 """
 
 from __future__ import annotations
@@ -18,20 +19,43 @@ EXPORTER_OPTIONS: dict[str, tuple[str, Any]] = {
     "--pressure": ("pressure", True), "--no-pressure": ("pressure", False),
     "--read-threads": ("read_threads", "value"),
 }
+AGENT_OPTIONS: dict[str, tuple[str, Any]] = {
+    "--policy-dir": ("policy_dir", "value"),
+    "--listen": ("listen", "value"), "-l": ("listen", "value"),
+    "--interval": ("interval", "value"),
+    "--prune": ("prune", True),
+    "--poll": ("poll", True),
+    "--web-config": ("web_config", "value"),
+    "--gzip": ("gzip", True), "--no-gzip": ("gzip", False),
+    "--pressure": ("pressure", True), "--no-pressure": ("pressure", False),
+}
+COMMANDS = {"exporter": EXPORTER_OPTIONS, "agent": AGENT_OPTIONS}
 
 
-def parse(argv: list[str]) -> Optional[dict[str, Any]]:
-    """Options of `[GLOBAL...] exporter [OPTIONS...]`, or None to leave it to typer."""
+def interval_s(text: str) -> float:
+    """--interval: 500ms, 30s, 5m or 1h; raises ValueError with the message to show."""
+    from ..units import UnitError, parse_duration_usec
+    try:
+        s = float(text[:-1]) * 3600 if text.endswith("h") else parse_duration_usec(text) / 1e6
+    except (UnitError, ValueError):
+        raise ValueError(f"{text!r}: expected a duration like 500ms, 30s, 5m or 1h") from None
+    if not s > 0:
+        raise ValueError(f"{text!r}: must be more than 0, e.g. 30s")
+    return s
+
+
+def parse(argv: list[str], command: str = "exporter") -> Optional[dict[str, Any]]:
+    """Options of `[GLOBAL...] COMMAND [OPTIONS...]`, or None to leave it to typer."""
     opts: dict[str, Any] = {}
     seen = False
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a == "exporter" and not seen:
+        if a == command and not seen:
             seen = True
             i += 1
             continue
-        table = {**EXPORTER_OPTIONS, **GLOBAL_OPTIONS} if seen else GLOBAL_OPTIONS
+        table = {**COMMANDS[command], **GLOBAL_OPTIONS} if seen else GLOBAL_OPTIONS
         key, eq, inline = a.partition("=") if a.startswith("--") else (a, "", "")
         if key not in table:
             return None
@@ -51,6 +75,11 @@ def parse(argv: list[str]) -> Optional[dict[str, Any]]:
         i += 1
     if not seen:
         return None
+    if "interval" in opts:
+        try:
+            opts["interval"] = interval_s(opts["interval"])
+        except ValueError:
+            return None
     if "read_threads" in opts:
         try:
             opts["read_threads"] = int(opts["read_threads"])
@@ -77,3 +106,21 @@ def run_exporter(opts: dict[str, Any]) -> None:
     serve(detect(), run_dir(opts.get("run_dir")), state_dir(opts.get("state_dir")), listen,
           web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
           read_threads=int(opts.get("read_threads", 2)), pressure=bool(opts.get("pressure", True)))
+
+
+def run_agent(opts: dict[str, Any]) -> None:
+    """Run the agent with parsed options (shared by this fast path and the typer command)."""
+    import logging
+    from ..agent import serve
+    from ..drivers import open_host
+    from ..exporter.server import DEFAULT_LISTEN
+    from ..runtime.records import Store
+    level = logging.DEBUG if opts.get("verbose") else logging.INFO
+    logging.basicConfig(level=level, format="cgman agent: %(levelname)s: %(message)s", force=True)
+    policy_dir = opts.get("policy_dir") or os.environ.get("CGMAN_POLICY_DIR") or next(
+        (d for d in ("/etc/cgman/policies", "policies") if os.path.isdir(d)), "/etc/cgman/policies")
+    listen = opts.get("listen") or os.environ.get("CGMAN_EXPORTER_LISTEN") or DEFAULT_LISTEN
+    serve(open_host(opts.get("root")), Store(opts.get("run_dir"), opts.get("state_dir")), policy_dir, listen,
+          interval_s=float(opts.get("interval", 30.0)), prune=bool(opts.get("prune")),
+          poll=bool(opts.get("poll")), web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
+          pressure=bool(opts.get("pressure", True)))
