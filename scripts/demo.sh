@@ -1,32 +1,76 @@
 #!/usr/bin/env bash
-# The cgman demo, as root on a fresh Debian 12 machine: apply policies/, start a
-# workload in a group, show status, freeze and thaw it; then containers: a web
-# server and a client on a bridge, exec, freeze/thaw, stop with the usage it
-# used; metrics scraped from the exporter and a bill printed from the ledger;
-# clean everything up.
+# The cgman demo, as root on a fresh Debian 12 machine. The agent keeps policies/
+# applied: an edited file is applied at once, a setting changed by hand is written
+# back, a broken file keeps its last good version. Then a workload in a group is
+# frozen and thawed; containers (a web server and a client on a bridge) run, one is
+# frozen and thawed and stopped with the usage it used; the agent's metrics are
+# scraped, a bill is printed from the ledger; everything is cleaned up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/demo.sh: run as root" >&2; exit 2; }
 scripts/setup.sh
-export CGMAN_CGROUP_ROOT=cgman-demo
-export CGMAN_RUN_DIR=/run/cgman-demo CGMAN_STATE_DIR=/var/lib/cgman-demo
+# Overridable so that tests/test_demo.py can run it under its own cgman-test-* root.
+export CGMAN_CGROUP_ROOT=${CGMAN_DEMO_ROOT:-cgman-demo}
+export CGMAN_RUN_DIR=${CGMAN_DEMO_RUN_DIR:-/run/cgman-demo} CGMAN_STATE_DIR=${CGMAN_DEMO_STATE_DIR:-/var/lib/cgman-demo}
 PY=$PWD/.venv/bin/python
 cg() { echo "+ cgman $*" >&2; .venv/bin/cgman "$@"; }
-tick=$(mktemp); pid=""; exporter=""
+tick=$(mktemp); pid=""; agent=""
+pol=$(mktemp -d); log=$(mktemp)
+port=${CGMAN_DEMO_PORT:-19753}
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  [ -n "$exporter" ] && kill "$exporter" 2>/dev/null || true
+  [ -n "$agent" ] && kill "$agent" 2>/dev/null && wait "$agent" 2>/dev/null || true
   .venv/bin/cgman rm --force web1 >/dev/null 2>&1 || true
   rm -rf "$CGMAN_RUN_DIR" "$CGMAN_STATE_DIR"
   .venv/bin/cgman rm --force . >/dev/null 2>&1 || true
-  rm -f "$tick"
+  rm -rf "$tick" "$pol" "$log"
 }
 trap cleanup EXIT
+metric() {  # metric NAME: its value on the agent's /metrics
+  $PY -c "import sys, urllib.request
+for l in urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode().splitlines():
+    if l.split(' ')[0] == sys.argv[1]: print(l.split(' ')[1])" "$1"
+}
+reconciled() {  # wait until the agent has reconciled more than $1 times
+  for _ in $(seq 100); do
+    n=$(metric cgman_agent_reconciles_total 2>/dev/null || echo 0)
+    [ "${n%.*}" -gt "$1" ] 2>/dev/null && return 0; sleep 0.1
+  done; echo "the agent did not reconcile: see $log" >&2; cat "$log" >&2; exit 1
+}
+show_log() { sed -n "$1,\$p" "$log" | sed 's/^/    agent| /'; }
 
 cg doctor || true
 cg validate policies/
-cg apply policies/
-cg apply policies/                     # a reconcile: the second run writes nothing
+cp policies/*.yaml "$pol/"
+
+# The agent: applies the directory now and on every change, corrects drift every 2s,
+# serves /metrics (usage, billing counters and its own health).
+echo "+ cgman agent --policy-dir $pol --listen 127.0.0.1:$port --interval 2s &" >&2
+.venv/bin/cgman agent --policy-dir "$pol" --listen 127.0.0.1:$port --interval 2s 2>"$log" &
+agent=$!
+reconciled 0
+show_log 1
+cg status acme
+
+echo "== edit a policy file: the agent applies it at once" >&2
+mark=$(($(wc -l <"$log") + 1)); n=$(metric cgman_agent_reconciles_total)
+sed -i 's/cpu: {weight: 300}/cpu: {weight: 500}/' "$pol/acme.yaml"
+reconciled "${n%.*}"; sleep 0.3; show_log $mark
+
+echo "== change a setting by hand: the agent writes it back within 2s" >&2
+mark=$(($(wc -l <"$log") + 1))
+if [ -d /sys/fs/cgroup/cpu/$CGMAN_CGROUP_ROOT ]; then f=/sys/fs/cgroup/cpu/$CGMAN_CGROUP_ROOT/acme/cpu.shares
+else f=/sys/fs/cgroup/$CGMAN_CGROUP_ROOT/acme/cpu.weight; fi
+echo "+ echo 2 > $f" >&2; echo 2 > "$f"
+for _ in $(seq 50); do grep -q "drift corrected" "$log" && break; sleep 0.1; done
+show_log $mark; echo "    $f = $(cat "$f")"
+
+echo "== break a policy file: the agent logs file:line and keeps the last good version" >&2
+mark=$(($(wc -l <"$log") + 1)); n=$(metric cgman_agent_reconciles_total)
+sed -i 's/pids: {max: 4096}/pids: {max: lots}/' "$pol/acme.yaml"
+reconciled "${n%.*}"; sleep 0.3; show_log $mark
+echo "    cgman_agent_policy_files_invalid = $(metric cgman_agent_policy_files_invalid)"
+sed -i 's/pids: {max: lots}/pids: {max: 4096}/' "$pol/acme.yaml"
 
 echo "+ cgman attach acme/batch -- (a counter)" >&2
 .venv/bin/cgman attach acme/batch -- sh -c "i=0; while :; do i=\$((i+1)); echo \$i > $tick; sleep 0.05; done" &
@@ -43,12 +87,6 @@ echo "counter after thaw: $(cat "$tick") (running again)"
 cg kill acme/batch
 wait "$pid" 2>/dev/null || true; pid=""
 
-# The exporter serves per-container usage and per-tenant billing counters.
-port=19753
-echo "+ cgman exporter --listen 127.0.0.1:$port &" >&2
-.venv/bin/cgman exporter --listen 127.0.0.1:$port 2>/dev/null &
-exporter=$!
-
 # Containers in acme/web: bridge cgman0, 10.88.0.0/24, 0.5 CPU and 512Mi each (policies/acme.yaml)
 cg run -p acme/web --name web1 -d -- "$PY" -u -m http.server 8080
 for _ in $(seq 50); do cg logs web1 2>/dev/null | grep -q Serving && break; sleep 0.1; done
@@ -62,11 +100,11 @@ cg thaw web1
 cg stop web1
 cg ps -a
 cg inspect web1 | grep -A4 final_usage
-echo "+ curl http://127.0.0.1:$port/metrics | grep tenant (exited containers included)" >&2
-$PY -c "import urllib.request; print(''.join(l for l in urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode().splitlines(True) if l.startswith('cgman_tenant_')), end='')"
+echo "+ curl http://127.0.0.1:$port/metrics | grep tenant (from the agent; exited containers included)" >&2
+$PY -c "import urllib.request; print(''.join(l for l in urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode().splitlines(True) if l.startswith(('cgman_tenant_', 'cgman_agent_reconciles', 'cgman_agent_drift', 'cgman_agent_changes'))), end='')"
 cg usage --prices prices/example.yaml
 cg usage --by container --format csv
-kill "$exporter"; exporter=""
+kill "$agent"; wait "$agent" || true; agent=""
 cg rm web1
 cg rm .
 echo "demo done: everything under $CGMAN_CGROUP_ROOT removed"
