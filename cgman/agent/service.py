@@ -154,7 +154,10 @@ class Agent:
             res = self._apply()
         except ApplyError as e:
             back = self.policies.reject(str(e))
-            log.error("%s; keeping the last good version of %s", e, ", ".join(back) or "every file")
+            if back:
+                log.error("%s; keeping the last good version of %s", e, ", ".join(back))
+            else:                   # nothing changed in the files: the host did (a CPU went offline)
+                log.error("%s (retrying in %gs)", e, self.interval_s)
             ok = False
             try:
                 res = self._apply() if back else None
@@ -231,8 +234,14 @@ class Agent:
 
     def collect(self) -> None:
         """Collect containers whose supervisor died; refresh the container gauges."""
-        from ..cli.common import hosts
+        from ..drivers import open_host
         from ..runtime.containers import gc
+        others: dict[str, Any] = {self.host.root: self.host}
+
+        def hosts(root: str) -> Any:          # records remember their root; most are ours
+            if root not in others:
+                others[root] = open_host(root)
+            return others[root]
         n_stop = int(self._stop_at.split(":", 1)[1]) if self._stop_at.startswith("collect:") else 0
 
         def one(name: str) -> None:
@@ -241,7 +250,7 @@ class Agent:
             if n_stop and self.health.collected == n_stop:
                 _stop_here()
         try:
-            gc(self.store, hosts(), on_collected=one)
+            gc(self.store, hosts, on_collected=one)
         except CgmanError as e:
             self.health.collect_errors += 1
             log.error("collecting containers failed: %s (retrying in %gs)", e, self.interval_s)
