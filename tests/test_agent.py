@@ -355,7 +355,7 @@ def orphans(cli, tmp_path: Path, *names: str) -> list[dict]:
     for rec in recs:
         os.kill(rec["supervisor_pid"], signal.SIGKILL)
     for rec in recs:
-        until(lambda: proc_state(rec["pid"]) in ("Z", "gone"), 10, f"{rec['name']}'s workload to die")
+        until(lambda r=rec: proc_state(r["pid"]) in ("Z", "gone"), 10, f"{rec['name']}'s workload to die")
     return recs
 
 

@@ -150,6 +150,7 @@ class Agent:
         ok = not scan.errors
         if self._stop_at == "before-apply":
             _stop_here()
+        res: Result | None
         try:
             res = self._apply()
         except ApplyError as e:
