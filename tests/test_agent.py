@@ -195,6 +195,23 @@ def test_a_run_finds_the_agents_groups_without_a_policy_file(host, agents, pdir,
     assert p.returncode == 0, p.stderr
 
 
+def test_every_tenant_in_force_is_served_from_zero_before_its_first_container(host, agents, pdir, cli):
+    """So that increase() over a dashboard's range counts a tenant's first container too."""
+    (pdir / "globex.yaml").write_text(OTHER)
+    a = agents(pdir)
+    a.wait_reconciled()
+    m = a.metrics()
+    for t in ("acme", "globex"):
+        assert m[f'cgman_tenant_cpu_seconds_total{{tenant="{t}"}}'] == 0
+        assert m[f'cgman_tenant_containers_total{{tenant="{t}"}}'] == 0
+    assert cli("run", "-p", "acme/web", "--", "sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
+               ).returncode == 0
+    m = a.metrics()
+    assert m['cgman_tenant_containers_total{tenant="acme"}'] == 1
+    assert m['cgman_tenant_cpu_seconds_total{tenant="acme"}'] > 0
+    assert m['cgman_tenant_cpu_seconds_total{tenant="globex"}'] == 0
+
+
 def test_sighup_rereads_a_change_that_polling_cannot_see(host, agents, pdir):
     a = agents(pdir, "--poll", "--interval", "1h")
     a.wait_reconciled()

@@ -123,6 +123,7 @@ class Agent:
         self._saved: tuple[str, ...] | None = None
         self._desired: dict[tuple[str, str], str] = {}     # (cgroup, file) -> value of the last apply
         self._groups: set[str] = set()
+        self.on_policies: Callable[[Any], None] | None = None     # the policies in force, after each apply
 
     # -- reconcile ---------------------------------------------------------
 
@@ -171,6 +172,8 @@ class Agent:
             ok, res = False, None
         if res is not None:
             self.policies.accepted()
+            if self.on_policies is not None:
+                self.on_policies(self.policies.policies())
             self._report(res, edited)
             self._save()
         if self._stop_at == "after-apply":

@@ -162,6 +162,9 @@ class Collector:
         self.ledger_up = 1
         self.last_containers = 0
         self._fd_budget = _raise_fd_limit()
+        # Tenants to serve even before their first container (the agent's policies): a series
+        # that starts at 0 lets increase() count the first container's usage too.
+        self.known_tenants: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ records
     def _scan(self) -> list[Live]:
@@ -408,6 +411,8 @@ class Collector:
                 u = c.final_usage
                 _add(acc, c.tenant, u.get("cpu_usage_usec") or 0, u.get("memory_byte_seconds") or 0.0,
                      u.get("io_read_bytes") or 0, u.get("io_write_bytes") or 0)
+        for t in self.known_tenants:
+            acc.setdefault(t, [0, 0.0, 0, 0, 0])   # no row, no live container: truly 0 so far
         for t in self._unread:
             acc.pop(t, None)      # a live container we could not read: a gap, never a smaller value
         if not acc:
