@@ -130,14 +130,13 @@ class Node:
             out.setdefault(t, {})[column(name, lab.get("direction", "").strip('"') or None)] = v
         return out
 
-    def ledger(self, workload_only: bool) -> dict[str, dict[str, float]]:
-        """Sums of this node's ledger rows per tenant (the primers are named primer-*)."""
+    def ledger(self) -> dict[str, dict[str, float]]:
+        """Sums of this node's ledger rows per tenant."""
         db = sqlite3.connect(f"file:{self.dir / 'state' / 'ledger.db'}?mode=ro", uri=True)
         try:
             rows = db.execute("SELECT tenant, count(*), sum(cpu_usage_usec), sum(memory_byte_seconds), "
                               "sum(io_read_bytes), sum(io_write_bytes) FROM containers "
-                              "WHERE cgroup_root = ? AND (? = 0 OR name NOT LIKE 'primer-%') GROUP BY tenant",
-                              (self.root, int(workload_only))).fetchall()
+                              "WHERE cgroup_root = ? GROUP BY tenant", (self.root,)).fetchall()
         finally:
             db.close()
         return {t: {"containers": n, "cpu_s": cpu / 1e6, "mem_bs": mem, "read_b": r, "write_b": w}
@@ -255,16 +254,15 @@ def expected(expr: str, usage: dict[str, float], prices: dict[str, str]) -> floa
 
 def test_two_agents_one_prometheus_billing_sums_tenants_across_nodes(nodes, tmp_path):
     a, b = nodes["a"], nodes["b"]
-    for node in (a, b):
-        for group in dict.fromkeys(WORKLOAD[node.name]):
-            node.cgman("run", "-p", group, "--rm", "--name", f"primer-{group}", "--", "true")
+    # No primer containers: each agent serves every tenant of its policies from 0, before the
+    # tenant's first container, so increase() counts the workload from its first container on.
     baseline = {n: node.tenant_usage() for n, node in nodes.items()}
 
     prom_started = time.time()
     with prometheus([a.addr, b.addr], tmp_path) as prom:
         series = f'cgman_tenant_containers_total{{job="{JOB}"}}'
-        wait_for("two scrapes of each node's tenant series before the workload",
-                 lambda: len(query(prom, f"count_over_time({series}[1m]) >= 2")) == 4, 30)
+        wait_for("two scrapes of each node's tenant series (3 tenants x 2 nodes) before the workload",
+                 lambda: len(query(prom, f"count_over_time({series}[1m]) >= 2")) == 6, 30)
 
         errors: list[str] = []
         threads = [threading.Thread(target=run_workload, args=(n, tmp_path, errors)) for n in (a, b)]
@@ -278,10 +276,12 @@ def test_two_agents_one_prometheus_billing_sums_tenants_across_nodes(nodes, tmp_
         # Every container has exited: each agent's counters are final and match its ledger.
         final = {n: node.tenant_usage() for n, node in nodes.items()}
         for n, node in nodes.items():
-            led = node.ledger(workload_only=False)
-            assert final[n].keys() == led.keys(), f"node {n}"
-            for t in led:
-                assert final[n][t] == pytest.approx(led[t], rel=1e-9), f"node {n} tenant {t}"
+            led = node.ledger()
+            # every tenant of the policy, those that never ran here at exactly 0
+            assert set(final[n]) == {"fleet-acme", "fleet-globex", "fleet-initech"}, f"node {n}"
+            for t in final[n]:
+                want = led.get(t, {k: 0 for k in final[n][t]})
+                assert final[n][t] == pytest.approx(want, rel=1e-9), f"node {n} tenant {t}"
 
         wait_for("a scrape of both nodes after the workload",
                  lambda: min(float(s["value"][1]) for s in query(prom, f'timestamp(up{{job="{JOB}"}})')) > done, 30)
@@ -295,7 +295,7 @@ def test_two_agents_one_prometheus_billing_sums_tenants_across_nodes(nodes, tmp_
             == {a.addr, b.addr}
 
         # 2. Summed across nodes by tenant: both agents' /metrics, both ledgers. Exactly.
-        ledgers = {n: node.ledger(workload_only=True) for n, node in nodes.items()}
+        ledgers = {n: node.ledger() for n, node in nodes.items()}
         tenants = sorted(set(final["a"]) | set(final["b"]))
         assert tenants == ["fleet-acme", "fleet-globex", "fleet-initech"]
         summed = {s["metric"]["tenant"]: float(s["value"][1])
