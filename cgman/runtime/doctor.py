@@ -100,6 +100,9 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
                                 "" if ok else "run as root or chown the cgman root to this user"))
             if d.version == 2:
                 break
+    from .delegation import delegation_checks
+    checks += delegation_checks(info.unified, root, v2_controllers=any(
+        c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS))
     checks += container_checks()
     checks += accounting_checks(host, state_dir)
     return checks
