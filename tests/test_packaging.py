@@ -100,6 +100,10 @@ def test_execstart_uses_real_options():
     # the directories systemd creates are the ones cgman is told to use
     dirs = dict(zip(globals_[::2], globals_[1::2], strict=True))
     assert dirs == {"--run-dir": "/run/cgman", "--state-dir": "/var/lib/cgman"}
+    # and the typer-free path that actually runs the agent reads the same line the same way
+    from cgman.cli.serve import parse
+    assert parse(argv[1:], "agent") == {"run_dir": "/run/cgman", "state_dir": "/var/lib/cgman", "interval": 30.0,
+                                        "policy_dir": "/etc/cgman/policies", "listen": "127.0.0.1:9753"}
 
 
 def test_slice_is_a_plain_slice():
