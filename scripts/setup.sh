@@ -12,6 +12,7 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)          # builds cgman._spaw
 command -v file >/dev/null || need+=(file)
 # Grafana dashboard tests: promtool checks their PromQL; a real Prometheus evaluates every panel.
 command -v promtool >/dev/null || need+=(prometheus)
+command -v systemd-analyze >/dev/null || need+=(systemd)   # tests/test_packaging.py verifies the units offline
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}" >&2
   apt-get update -qq >&2
