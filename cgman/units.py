@@ -18,6 +18,7 @@ _QTY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$")
 _DUR = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(us|µs|ms|s|m)$")
 _DUR_USEC = {"us": 1, "µs": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000}
 _CPULIST = re.compile(r"^\s*\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*\s*$")
+MAX_CPU_ID = 8191        # the largest NR_CPUS (CONFIG_NR_CPUS_RANGE_END on x86_64 with MAXSMP)
 
 
 class UnitError(ValueError):
@@ -101,6 +102,9 @@ def parse_cpu_list(value: object) -> frozenset[int]:
             lo, hi = (int(x) for x in part.split("-"))
             if hi < lo:
                 raise UnitError(f"bad range {part!r} in cpu list {value!r}")
+            if hi > MAX_CPU_ID:    # a typo like 0-1000000000 would build a set of 10^9 numbers
+                raise UnitError(f"bad range {part!r} in cpu list {value!r}: the kernel numbers CPUs "
+                                f"and memory nodes below {MAX_CPU_ID + 1} (NR_CPUS)")
             out.update(range(lo, hi + 1))
         else:
             out.add(int(part))

@@ -144,8 +144,16 @@ def agents(host, tmp_path):
 def pdir(tmp_path) -> Path:
     d = tmp_path / "policies"
     d.mkdir()
-    (d / "acme.yaml").write_text(POLICY.format(weight=200, mem="256Mi"))
+    old(d / "acme.yaml", POLICY.format(weight=200, mem="256Mi"))
     return d
+
+
+def old(path: Path, text: str) -> None:
+    """Write a file as if it had been there for a while (the agent waits out a file written
+    in the last 0.5 s: it may be half-way through a copy)."""
+    path.write_text(text)
+    t = time.time() - 5
+    os.utime(path, (t, t))
 
 
 def cpu_file(host, group: str) -> Path:
@@ -197,7 +205,7 @@ def test_a_run_finds_the_agents_groups_without_a_policy_file(host, agents, pdir,
 
 def test_every_tenant_in_force_is_served_from_zero_before_its_first_container(host, agents, pdir, cli):
     """So that increase() over a dashboard's range counts a tenant's first container too."""
-    (pdir / "globex.yaml").write_text(OTHER)
+    old(pdir / "globex.yaml", OTHER)
     a = agents(pdir)
     a.wait_reconciled()
     m = a.metrics()
@@ -237,11 +245,10 @@ def test_a_broken_file_keeps_its_last_good_version_and_the_agent_runs_on(host, a
     a.wait_reconciled()
     (pdir / "globex.yaml").write_text(OTHER)
     until(lambda: cpu_file(host, "globex").exists(), 10, "globex")
-    n = a.reconciles()
     (pdir / "acme.yaml").write_text(POLICY.format(weight=300, mem="256Mi").replace("pids: {max: 500}",
                                                                                    "pids: {max: lots}"))
-    m = a.wait_reconciled(after=n)
     until(lambda: "keeping its last good version" in a.text(), 10, "the error line")
+    m = until(lambda: (m := a.metrics()).get("cgman_agent_policy_files_invalid") == 1 and m, 10)
     log = a.text()
     line = next(ln for ln in log.splitlines() if "keeping its last good version" in ln)
     assert re.search(rf"{re.escape(str(pdir / 'acme.yaml'))}:6:\d+: policies\.acme\.pids\.max", line), line
@@ -253,45 +260,55 @@ def test_a_broken_file_keeps_its_last_good_version_and_the_agent_runs_on(host, a
     cpu_file(host, "globex").write_text("7" if host.layout.version_of("cpu") == 1 else "7\n")
     until(lambda: cpu_file(host, "globex").read_text().strip() == weight_value(host, 50), 10, "drift fixed")
 
-    n = a.reconciles()
     (pdir / "acme.yaml").write_text(POLICY.format(weight=300, mem="256Mi"))       # fixed
     until(lambda: cpu_file(host, "acme").read_text().strip() == weight_value(host, 300), 10, "fixed file")
-    m = a.wait_reconciled(after=n)
-    assert m["cgman_agent_policy_files_invalid"] == 0
+    until(lambda: a.metrics().get("cgman_agent_policy_files_invalid") == 0, 10, "no invalid file")
 
 
 def test_a_group_defined_twice_is_refused_in_the_file_that_added_it(host, agents, pdir):
-    (pdir / "globex.yaml").write_text(OTHER)
+    old(pdir / "globex.yaml", OTHER)
     a = agents(pdir)
     a.wait_reconciled()
-    n = a.reconciles()
     (pdir / "zzz.yaml").write_text(OTHER.replace("weight: 50", "weight: 75"))
-    m = a.wait_reconciled(after=n)
     until(lambda: "already defined" in a.text(), 10)
+    m = until(lambda: (m := a.metrics()).get("cgman_agent_policy_files_invalid") == 1 and m, 10)
     line = next(ln for ln in a.text().splitlines() if "already defined" in ln)
     assert f"{pdir / 'zzz.yaml'}:3:3: policies.globex" in line and f"{pdir / 'globex.yaml'}:3" in line, line
     assert cpu_file(host, "globex").read_text().strip() == weight_value(host, 50)
     assert m["cgman_agent_policy_files_invalid"] == 1
 
 
-def test_a_file_the_kernel_refuses_is_rolled_back_to_its_last_applied_version(host, agents, pdir):
+def test_a_file_the_kernel_refuses_goes_back_alone_and_other_edits_stay(host, agents, pdir):
+    """Review finding: a refusal used to put back every file changed in the same pass."""
+    old(pdir / "globex.yaml", OTHER)
     a = agents(pdir)
     a.wait_reconciled()
-    n = a.reconciles()
-    # Valid YAML, valid policy, but no such CPU here: the kernel refuses cpuset.cpus.
+    # Two files change at once (a git pull, a ConfigMap swap): globex validly, acme with a
+    # valid policy that the kernel refuses (no such CPU here).
     bad = POLICY.format(weight=300, mem="256Mi").replace("cpu: {weight: 300}",
                                                            "cpu: {weight: 300, cpus: '4000'}")
-    (pdir / "acme.yaml").write_text(bad)
-    m = a.wait_reconciled(after=n)
-    until(lambda: "keeping the last good version of" in a.text(), 10)
-    line = next(ln for ln in a.text().splitlines() if "keeping the last good version of" in ln)
-    assert str(pdir / "acme.yaml") in line and "cpuset.cpus" in line, line
+    tmp = pdir / ".incoming"
+    tmp.mkdir()
+    (tmp / "acme.yaml").write_text(bad)
+    (tmp / "globex.yaml").write_text(OTHER.replace("weight: 50", "weight: 80"))
+    for f in ("acme.yaml", "globex.yaml"):
+        os.utime(tmp / f, (time.time() - 5, time.time() - 5))
+        os.replace(tmp / f, pdir / f)
+    until(lambda: "keeping its last good version" in a.text(), 10, "the refusal")
+    line = next(ln for ln in a.text().splitlines() if "keeping its last good version" in ln)
+    assert f"{pdir / 'acme.yaml'}: group acme: " in line and "cpuset.cpus" in line, line
+    assert "globex" not in line.split(": group acme:")[1], "globex blamed too"
+    until(lambda: cpu_file(host, "globex").read_text().strip() == weight_value(host, 80), 10, "globex's edit")
     assert cpu_file(host, "acme").read_text().strip() == weight_value(host, 200), "half of the bad file stuck"
+    m = until(lambda: (m := a.metrics()).get("cgman_agent_policy_files_invalid") == 1 and m, 10)
     assert m["cgman_agent_reconcile_errors_total"] >= 1 and m["cgman_agent_last_reconcile_success"] == 0
     assert a.p.poll() is None
     # The refused version is not retried every interval: one error line, not one per second.
     time.sleep(3)
-    assert a.text().count("keeping the last good version of") == 1
+    assert a.text().count("keeping its last good version") == 1
+    # Drift on the refused file's groups is still corrected (its last good version is in force).
+    cpu_file(host, "acme").write_text("5")
+    until(lambda: cpu_file(host, "acme").read_text().strip() == weight_value(host, 200), 10, "drift on acme")
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -334,7 +351,7 @@ def test_drift_is_written_back_and_logged(host, agents, pdir):
 
 
 def test_prune_removes_dropped_groups_but_keeps_those_with_containers(host, agents, pdir, cli, tmp_path):
-    (pdir / "globex.yaml").write_text(OTHER)
+    old(pdir / "globex.yaml", OTHER)
     a = agents(pdir, "--prune")
     a.wait_reconciled()
     assert cli("run", "-p", "acme/web", "-d", "--name", "keepme", "--", "sleep", "600").returncode == 0
@@ -344,8 +361,8 @@ def test_prune_removes_dropped_groups_but_keeps_those_with_containers(host, agen
         (pdir / "acme.yaml").write_text(POLICY.format(weight=200, mem="256Mi").split("    children:")[0])
         a.wait_reconciled(after=n)
         until(lambda: not cpu_file(host, "globex").parent.exists(), 10, "globex pruned")
+        until(lambda: "pruned globex" in a.text(), 5, "the prune logged")
         assert cpu_file(host, "acme/web/keepme").parent.exists(), "a running container's group was pruned"
-        assert "pruned globex" in a.text()
     finally:
         cli("rm", "--force", "keepme")
 
@@ -414,8 +431,8 @@ def test_sigkill_during_an_apply_then_restart_converges(host, agents, pdir, cli,
     a = agents(pdir)
     a.wait_reconciled()
     a.stop()
-    (pdir / "acme.yaml").write_text(POLICY.format(weight=300, mem="300Mi"))
-    (pdir / "globex.yaml").write_text(OTHER)
+    old(pdir / "acme.yaml", POLICY.format(weight=300, mem="300Mi"))       # written while it was down
+    old(pdir / "globex.yaml", OTHER)
     before = drift(cli, pdir)
     assert len(before) >= 3, before            # two changed settings and a missing group
 
@@ -513,3 +530,190 @@ def test_the_agent_serves_without_typer_in_memory_and_promtool_finds_nothing(hos
     p = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), p.stdout + p.stderr
     assert b"cgman_agent_reconciles_total" in body and b"process_resident_memory_bytes" in body
+
+
+# ------------------------------------------------------------------ review findings: PolicyDir alone
+def _pd(d: Path, memory: Path | None = None):
+    from cgman.agent.policies import PolicyDir
+    return PolicyDir(str(d), memory=str(memory) if memory else None)
+
+
+def _in_force(pd) -> dict[str, str]:
+    return {g.path: Path(g.location.file).name for g in pd.policies().groups}
+
+
+def test_a_duplicate_clears_up_when_the_first_definer_goes(tmp_path):
+    old(tmp_path / "a.yaml", OTHER.replace("globex", "x"))
+    old(tmp_path / "b.yaml", OTHER.replace("globex", "x") + "  y: {tenant: y}\n")
+    pd = _pd(tmp_path)
+    pd.scan()
+    assert _in_force(pd) == {"x": "a.yaml"} and pd.invalid() == 1
+    (tmp_path / "a.yaml").unlink()
+    pd.scan()
+    assert _in_force(pd) == {"x": "b.yaml", "y": "b.yaml"} and pd.invalid() == 0
+
+
+def test_an_incumbent_keeps_its_group_across_a_restart(tmp_path):
+    mem = tmp_path / "state" / "agent.pickle"
+    d = tmp_path / "p"
+    d.mkdir()
+    old(d / "m.yaml", OTHER.replace("globex", "x") + "  other: {tenant: o}\n")
+    pd = _pd(d, mem)
+    pd.scan()
+    pd.accepted()
+    old(d / "a.yaml", OTHER.replace("globex", "x"))            # a newcomer claims x
+    pd.scan()
+    assert _in_force(pd) == {"x": "m.yaml", "other": "m.yaml"}
+    pd2 = _pd(d, mem)                                           # the agent restarts
+    pd2.scan()
+    assert _in_force(pd2) == {"x": "m.yaml", "other": "m.yaml"}, "a restart flipped the owner"
+    assert pd2.invalid() == 1
+
+
+def test_a_broken_file_keeps_its_last_good_version_across_a_restart(tmp_path):
+    mem = tmp_path / "state" / "agent.pickle"
+    d = tmp_path / "p"
+    d.mkdir()
+    old(d / "acme.yaml", POLICY.format(weight=200, mem="256Mi"))
+    pd = _pd(d, mem)
+    pd.scan()
+    pd.accepted()
+    old(d / "acme.yaml", POLICY.format(weight=200, mem="lots"))
+    pd2 = _pd(d, mem)
+    res = pd2.scan()
+    assert set(_in_force(pd2)) == {"acme", "acme/web"} and pd2.invalid() == 1
+    assert res.errors and "policies.acme.children.web.memory.max" in res.errors[0]
+
+
+def test_a_huge_cpu_range_is_an_error_not_a_crash(tmp_path):
+    old(tmp_path / "a.yaml", OTHER.replace("cpu: {weight: 50}", "cpu: {cpus: '0-1000000000'}"))
+    pd = _pd(tmp_path)
+    res = pd.scan()
+    assert pd.invalid() == 1 and "below 8192" in res.errors[0] and "a.yaml:5:" in res.errors[0]
+
+
+def test_an_unreadable_file_is_reported_once(tmp_path, caplog):
+    os.symlink("/proc/1/mem", tmp_path / "mem.yaml")        # EIO even for root
+    pd = _pd(tmp_path)
+    errors = [pd.scan().errors for _ in range(3)]
+    assert len(errors[0]) == 1 and "cannot read" in errors[0][0]
+    assert errors[1:] == [[], []]
+
+
+def test_a_file_being_written_waits_for_quiet(tmp_path):
+    (tmp_path / "a.yaml").write_text(OTHER)                  # mtime: now
+    pd = _pd(tmp_path)
+    res = pd.scan()
+    assert res.deferred and _in_force(pd) == {}
+    os.utime(tmp_path / "a.yaml", (time.time() - 1, time.time() - 1))
+    assert not pd.scan().deferred and _in_force(pd) == {"globex": "a.yaml"}
+
+
+def test_healthz_reports_a_stalled_loop():
+    from types import SimpleNamespace
+
+    from cgman.agent.service import Agent
+    ag = Agent(SimpleNamespace(root="r"), SimpleNamespace(state="/nonexistent"), "/nonexistent", interval_s=1)
+    ag.health.last_reconcile = time.time()
+    assert ag.stalled() is None
+    ag.health.last_reconcile = time.time() - 60
+    assert "no reconcile for 60s" in (ag.stalled() or "")
+
+
+# ------------------------------------------------------------------ review findings: a real agent
+def test_a_restart_with_a_broken_file_neither_prunes_nor_forgets_it(host, agents, pdir, cli):
+    a = agents(pdir, "--prune")
+    a.wait_reconciled()
+    (pdir / "acme.yaml").write_text(POLICY.format(weight=200, mem="256Mi").replace("500", "lots"))
+    until(lambda: "keeping its last good version" in a.text(), 10)
+    a.stop()
+    b = agents(pdir, "--prune")
+    b.wait_reconciled()
+    until(lambda: "keeping its last good version (2 groups)" in b.text(), 10, "the restart to keep it")
+    time.sleep(1.5)
+    assert cpu_file(host, "acme/web").parent.exists(), "pruned after a restart"
+    assert "not pruning while 1 policy file(s) are not in force" in b.text()
+    assert cli("run", "-p", "acme/web", "--rm", "--", "true").returncode == 0
+
+
+def test_a_busy_prune_does_not_hide_new_groups(host, agents, pdir, cli):
+    old(pdir / "legacy.yaml", OTHER.replace("globex", "legacy") + "    children:\n      web:\n"
+        "        container: {pids: {max: 64}}\n        launch: {namespaces: [pid, mount]}\n")
+    a = agents(pdir, "--prune")
+    a.wait_reconciled()
+    busy = subprocess.Popen(["sleep", "600"])
+    try:
+        Path(host.info.v1_mounts.get("pids", "") if host.layout.version_of("pids") == 1
+             else host.info.unified, host.root, "legacy", "cgroup.procs").write_text(str(busy.pid))
+        (pdir / "legacy.yaml").unlink()
+        (pdir / "new.yaml").write_text(OTHER.replace("globex", "newg"))
+        until(lambda: 'cgman_tenant_containers_total{tenant="newg"}' in a.metrics(), 10, "the new tenant")
+        until(lambda: "prune: cannot prune legacy" in a.text(), 10, "the busy prune")
+        assert cpu_file(host, "newg").parent.exists() and cpu_file(host, "legacy").parent.exists()
+        n = a.metrics()["cgman_agent_reconciles_total"]
+        a.wait_reconciled(after=n + 1)                  # reconciles with the busy prune go on
+        assert 'cgman_tenant_containers_total{tenant="newg"}' in a.metrics(), "the new tenant went"
+        p = cli("run", "-p", "newg", "--rm", "--", "true")
+        assert "no group 'newg'" not in p.stderr, p.stderr
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_a_stream_of_other_files_does_not_stall_the_agent(host, agents, pdir):
+    a = agents(pdir)
+    a.wait_reconciled()
+    stop = time.monotonic() + 6
+    hb = pdir / "heartbeat.txt"
+    cpu_file(host, "acme").write_text("7")
+    n = a.reconciles()
+    while time.monotonic() < stop and a.reconciles() < n + 3:
+        hb.write_text(str(time.time()))
+        time.sleep(0.05)
+    assert a.reconciles() >= n + 3, "no reconcile while another file was being written"
+    assert cpu_file(host, "acme").read_text().strip() == weight_value(host, 200)
+    t = time.monotonic()
+    a.p.send_signal(signal.SIGTERM)
+    for _ in range(20):
+        hb.write_text(str(time.time()))
+        time.sleep(0.05)
+    assert a.p.wait(timeout=10) == 0 and time.monotonic() - t < 5
+
+
+def test_a_slow_copy_is_not_applied_half_way(host, agents, pdir):
+    a = agents(pdir)
+    a.wait_reconciled()
+    limit = Path(host.info.v1_mounts["memory"], host.root, "acme/web", "memory.limit_in_bytes") \
+        if host.layout.version_of("memory") == 1 else Path(host.info.unified, host.root, "acme/web", "memory.max")
+    before = limit.read_text()
+    text = POLICY.format(weight=200, mem="10Gi")
+    cut = text.index("10Gi") + 1                  # "max: 1" is valid YAML: a 1-byte limit
+    seen = set()
+    with open(pdir / "acme.yaml", "w") as f:      # in place, a few bytes at a time, like a slow scp
+        f.write(text[:cut])
+        f.flush()
+        for ch in text[cut:]:
+            time.sleep(0.1)
+            f.write(ch)
+            f.flush()
+            seen.add(limit.read_text())
+    until(lambda: limit.read_text().strip() in ("10737418240",), 10, "the whole file")
+    assert seen == {before}, f"a partial version was applied: {seen}"
+
+
+def test_a_symlinked_policy_dir_that_is_swapped_is_watched_again(host, agents, tmp_path):
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    v1.mkdir()
+    v2.mkdir()
+    old(v1 / "acme.yaml", POLICY.format(weight=200, mem="256Mi"))
+    old(v2 / "acme.yaml", POLICY.format(weight=300, mem="256Mi"))
+    link = tmp_path / "current"
+    link.symlink_to(v1)
+    a = agents(link, "--interval", "1h")              # no timer to fall back on
+    a.wait_reconciled()
+    tmp = tmp_path / "next"
+    tmp.symlink_to(v2)
+    os.replace(tmp, link)
+    until(lambda: cpu_file(host, "acme").read_text().strip() == weight_value(host, 300), 10, "the new target")
+    old(v2 / "acme.yaml", POLICY.format(weight=400, mem="256Mi"))     # and then it watches v2
+    until(lambda: cpu_file(host, "acme").read_text().strip() == weight_value(host, 400), 10, "v2's edit")

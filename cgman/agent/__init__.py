@@ -37,6 +37,7 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     collector = Collector(host.info, store.run, store.state, pressure=pressure, read_threads=read_threads)
     exp = Exporter(collector)
     exp.add_health(agent.health.metrics)
+    exp.unhealthy = agent.stalled
     agent.on_policies = lambda ps: setattr(collector, "known_tenants",
                                            frozenset(g.tenant for g in ps.groups if g.tenant))
     srv = make_server(exp, listen, web, gzip_ok)       # a taken port fails before anything is applied

@@ -113,13 +113,16 @@ class Agent:
     def __init__(self, host: Any, store: Any, policy_dir: str, *, interval_s: float = 30.0,
                  prune: bool = False, poll: bool = False, timeout_s: float = 10.0) -> None:
         self.host, self.store = host, store
-        self.policies = PolicyDir(policy_dir)
+        root_key = host.root.replace("/", "_")
+        self.policies = PolicyDir(policy_dir, memory=os.path.join(store.state, f"agent-{root_key}.pickle"))
         self.interval_s, self.prune, self.timeout_s = interval_s, prune, timeout_s
         self.poll = poll
         self.health = Health(started=time.time())
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop_at = os.environ.get(STOP_AT_ENV, "")
+        self._prune_held = False
+        self._rescan = False
         self._saved: tuple[str, ...] | None = None
         self._desired: dict[tuple[str, str], str] = {}     # (cgroup, file) -> value of the last apply
         self._groups: set[str] = set()
@@ -136,14 +139,34 @@ class Agent:
         host = self.host
         if self._stop_at.startswith("write:"):
             host = _Counting(host, int(self._stop_at.split(":", 1)[1]))
-        return apply(self.policies.policies(), host, prune=self.prune, timeout_s=self.timeout_s,
-                     keep=self._keep() if self.prune else (lambda p: False))
+        return apply(self.policies.policies(), host, timeout_s=self.timeout_s)
+
+    def _prune(self) -> bool:
+        """--prune, after the apply is recorded: a busy group must not undo the bookkeeping of
+        writes that succeeded. Never while a file is not in force: its groups would go."""
+        if not self.prune:
+            return True
+        if self.policies.invalid():
+            if not self._prune_held:
+                log.warning("not pruning while %d policy file(s) are not in force", self.policies.invalid())
+            self._prune_held = True
+            return True
+        self._prune_held = False
+        from ..runtime.apply import prune
+        try:
+            for cg in prune(self.policies.policies(), self.host, keep=self._keep()):
+                log.info("pruned %s (no longer in the files)", cg)
+        except CgmanError as e:
+            log.error("prune: %s (retrying in %gs)", e, self.interval_s)
+            return False
+        return True
 
     def reconcile(self, trigger: str) -> bool:
         """Scan the files, apply what is in force; True if everything in force was applied."""
         t0 = time.monotonic()
         h = self.health
         scan = self.policies.scan()
+        self._rescan = scan.deferred
         edited = bool(scan.changed or scan.removed) or trigger == "start"
         for f in scan.removed:
             log.info("%s removed: its groups are no longer managed (they stay as they are%s)", f,
@@ -151,31 +174,33 @@ class Agent:
         ok = not scan.errors
         if self._stop_at == "before-apply":
             _stop_here()
-        res: Result | None
-        try:
-            res = self._apply()
-        except ApplyError as e:
-            back = self.policies.reject(str(e))
-            if back:
-                log.error("%s; keeping the last good version of %s", e, ", ".join(back))
-            else:                   # nothing changed in the files: the host did (a CPU went offline)
-                log.error("%s (retrying in %gs)", e, self.interval_s)
-            ok = False
+        res: Result | None = None
+        for _ in range(len(self.policies.files) + 1):
             try:
-                res = self._apply() if back else None
-            except CgmanError as e2:
-                log.error("the last good policies do not apply either: %s (retrying in %gs)",
-                          e2, self.interval_s)
-                res = None
-        except CgmanError as e:             # a busy prune, a freeze that timed out
-            log.error("reconcile failed: %s (retrying in %gs)", e, self.interval_s)
-            ok, res = False, None
+                res = self._apply()
+                break
+            except ApplyError as e:
+                ok = False
+                # Only the file the kernel refused goes back to its last applied version
+                # (logged by the tracker); the others keep their new versions. Try again.
+                if e.file and self.policies.refuse(e.file, str(e)):
+                    continue
+                back = self.policies.refuse_changed(str(e))
+                if back:                  # no file named: every changed file goes back
+                    continue
+                log.error("%s (retrying in %gs)", e, self.interval_s)    # the host changed, not a file
+                break
+            except CgmanError as e:           # a freeze that timed out, a vanished mount
+                log.error("reconcile failed: %s (retrying in %gs)", e, self.interval_s)
+                ok = False
+                break
         if res is not None:
             self.policies.accepted()
             if self.on_policies is not None:
                 self.on_policies(self.policies.policies())
             self._report(res, edited)
             self._save()
+            ok = self._prune() and ok
         if self._stop_at == "after-apply":
             _stop_here()
         h.reconciles += 1
@@ -211,8 +236,6 @@ class Agent:
             else:
                 applied += 1
                 log.info("set %s/%s = %s (was %s)", w.cgroup, w.file, w.value, old)
-        for cg in res.pruned:
-            log.info("pruned %s (no longer in the files)", cg)
         self.health.drift_corrections += drift
         self.health.changes_applied += applied
         if edited or applied:
@@ -253,9 +276,12 @@ class Agent:
             log.info("collected %s: its supervisor was gone; final usage is in the ledger", name)
             if n_stop and self.health.collected == n_stop:
                 _stop_here()
+        def failed(name: str, e: Exception) -> None:
+            self.health.collect_errors += 1
+            log.error("cannot collect %s now: %s (retrying in %gs)", name, e, self.interval_s)
         try:
-            gc(self.store, hosts, on_collected=one)
-        except CgmanError as e:
+            gc(self.store, hosts, on_collected=one, on_error=failed)
+        except Exception as e:      # the gc lock, the run dir: never the end of the agent
             self.health.collect_errors += 1
             log.error("collecting containers failed: %s (retrying in %gs)", e, self.interval_s)
         now = time.time()
@@ -285,16 +311,25 @@ class Agent:
 
     def run(self) -> None:
         """Reconcile and collect until stop(); the caller serves metrics."""
+        from .policies import QUIET_S
         watcher = Watcher(self.policies.directory, poll=self.poll)
         log.info("watching %s (%s); drift check every %gs", self.policies.directory, watcher.mode,
                  self.interval_s)
         self._reload = False
+        link = os.path.islink(self.policies.directory.rstrip("/"))
         try:
             self.reconcile("start")
             self.adopt()
             next_tick = time.monotonic() + self.interval_s
             while not self._stop.is_set():
-                changed = watcher.wait(max(0.0, next_tick - time.monotonic()), self._wake_r)
+                until = next_tick if not self._rescan else min(next_tick, time.monotonic() + QUIET_S)
+                if link:        # a swap of the link is an event in its parent, which nobody watches
+                    until = min(until, time.monotonic() + 1.0)
+                changed = watcher.wait(max(0.0, until - time.monotonic()), self._wake_r)
+                if link and watcher.retarget():
+                    log.info("%s now points to %s", self.policies.directory,
+                             os.path.realpath(self.policies.directory))
+                    changed = True
                 try:
                     while os.read(self._wake_r, 64):
                         pass
@@ -302,8 +337,11 @@ class Agent:
                     pass
                 if self._stop.is_set():
                     break
-                if changed or self._reload:
+                if self._reload:
                     self._reload = False
+                    self.policies.forget()            # refused files are tried again too
+                    changed = True
+                if changed or self._rescan:
                     self.reconcile("file")
                 if time.monotonic() >= next_tick:
                     self.reconcile("timer")
@@ -311,6 +349,13 @@ class Agent:
                     next_tick = time.monotonic() + self.interval_s
         finally:
             watcher.close()
+
+    def stalled(self) -> str | None:
+        """Why the loop looks stuck, for /healthz: no reconcile for 3 intervals (and 10 s)."""
+        since = time.time() - (self.health.last_reconcile or self.health.started)
+        if since > 3 * self.interval_s + 10:
+            return f"no reconcile for {since:.0f}s (interval {self.interval_s:g}s)"
+        return None
 
     def reload(self) -> None:
         """SIGHUP: re-read the files now."""

@@ -28,6 +28,7 @@ MASK = (IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | I
         | IN_DELETE_SELF | IN_MOVE_SELF)
 POLL_S = 1.0
 SETTLE_S = 0.1         # editors write a file in steps (truncate, write, rename): wait for quiet
+SETTLE_MAX_S = 1.0
 
 
 class Watcher:
@@ -39,6 +40,7 @@ class Watcher:
         self.wd: int | None = None
         self._sig: tuple[object, ...] | None = None
         self.mode = "poll"
+        self._real = os.path.realpath(directory)
         if not poll:
             self._open_inotify()
         self._sig = self._signature()
@@ -86,7 +88,12 @@ class Watcher:
         return tuple(sig)
 
     def _drain(self) -> bool:
-        """Read pending events; True if any concerns the directory (re-watch if it went)."""
+        """Read pending events; True if one may concern a policy file (re-watch if the dir went).
+
+        Other names in the directory (an editor's probe file, a log someone keeps there) are
+        ignored, so that a busy neighbour cannot keep the agent settling forever. Names
+        starting with ".." stay relevant: a ConfigMap swaps its ..data symlink.
+        """
         assert self.fd is not None
         got = False
         while True:
@@ -97,10 +104,13 @@ class Watcher:
             off = 0
             while off + 16 <= len(buf):
                 _wd, mask, _cookie, length = struct.unpack_from("iIII", buf, off)
+                name = buf[off + 16:off + 16 + length].rstrip(b"\0")
                 off += 16 + length
-                got = True
                 if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
                     self.wd, self.mode = None, "poll"      # the dir itself went: poll until it is back
+                    got = True
+                elif not name or name.endswith((b".yaml", b".yml")) or name.startswith(b".."):
+                    got = True
 
     def wait(self, timeout_s: float, wake_fd: int | None = None) -> bool:
         """Block up to ``timeout_s``; True if the directory may have changed."""
@@ -116,7 +126,7 @@ class Watcher:
                 return False
             if self.mode == "inotify" and self.fd in ready:
                 if self._drain():
-                    self._settle()
+                    self._settle(wake_fd)
                     return True
                 continue
             if self.mode == "poll":
@@ -127,14 +137,32 @@ class Watcher:
                     self._sig = sig
                     return True
 
-    def _settle(self) -> None:
-        """Swallow the rest of a burst of events (one re-apply per save, not three)."""
+    def _settle(self, wake_fd: int | None) -> None:
+        """Swallow the rest of a burst of events (one re-apply per save, not three), for at
+        most SETTLE_MAX_S: a writer that never pauses must not hold the agent here."""
         assert self.fd is not None
-        while select.select([self.fd], [], [], SETTLE_S)[0]:
+        deadline = time.monotonic() + SETTLE_MAX_S
+        fds = [self.fd] + ([wake_fd] if wake_fd is not None else [])
+        while (left := deadline - time.monotonic()) > 0:
+            ready = select.select(fds, [], [], min(SETTLE_S, left))[0]
+            if not ready or wake_fd in ready:
+                break
             self._drain()
         if self.mode == "poll" and self.wd is None and os.path.isdir(self.directory):
             self._add_watch()
         self._sig = self._signature()
+
+    def retarget(self) -> bool:
+        """Re-watch if --policy-dir is a symlink that now points elsewhere (inotify watches
+        the target it resolved when the watch was added). True if it moved."""
+        real = os.path.realpath(self.directory)
+        if real == self._real:
+            return False
+        self._real = real
+        if self.fd is not None and self.wd is not None:
+            self._libc.inotify_rm_watch(self.fd, self.wd)
+            self._add_watch()
+        return True
 
     def close(self) -> None:
         if self.fd is not None:

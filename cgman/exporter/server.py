@@ -165,6 +165,8 @@ class Exporter:
                                 "(about 12 per live container).", registry=self.registry)
         self._errors_seen = 0
 
+    unhealthy: Any = None     # () -> str | None: why /healthz should answer 503 (the agent sets it)
+
     def add_health(self, fn: Any) -> None:
         """Serve ``fn()``'s (name, kind, help, value) tuples with every scrape."""
         self.registry.register(_Health(fn))
@@ -262,7 +264,11 @@ def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPReque
             elif path == "/":
                 self._send(200, _LANDING, "text/html; charset=utf-8")
             elif path == "/healthz":
-                self._send(200, b"ok\n")
+                problem = exp.unhealthy() if exp.unhealthy is not None else None
+                if problem:
+                    self._send(503, f"{problem}\n".encode())
+                else:
+                    self._send(200, b"ok\n")
             else:
                 self._send(404, b"Not found: try /metrics\n")
 

@@ -33,27 +33,45 @@ def save(store: Store, root: str, policies: PolicySet, replace: bool = False) ->
     files = tuple(dict.fromkeys((*(() if replace or old is None else old.files), *policies.files)))
     merged = PolicySet(tuple(sorted(groups.values(), key=lambda g: (g.path.count("/"), g.path))), files)
     os.makedirs(store.run, mode=0o755, exist_ok=True)
-    path = _path(store, root)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(merged, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
+    dump(_path(store, root), merged)
 
 
 def load(store: Store, root: str) -> PolicySet | None:
     """The applied policies, or None if nothing was applied (or the file is not ours)."""
-    path = _path(store, root)
+    ps = load_pickle(_path(store, root))
+    return ps if isinstance(ps, PolicySet) else None
+
+
+def dump(path: str, obj: object) -> None:
+    """Pickle ``obj`` to ``path`` atomically (mode 0600; a crash leaves the old file or the new)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_pickle(path: str) -> object | None:
+    """What dump() wrote, or None if absent, unreadable, or not trusted (not ours, or writable
+    by others: unpickling runs code)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (FileNotFoundError, OSError):
+    except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return None
         try:
-            ps = pickle.load(f)
+            return pickle.load(f)
         except Exception:      # written by another cgman version: re-parse instead
             return None
-    return ps if isinstance(ps, PolicySet) else None

@@ -23,7 +23,11 @@ FREEZER_FILES = ("cgroup.freeze", "freezer.state")
 
 
 class ApplyError(CgmanError):
-    """A kernel write failed; what this run changed has been restored."""
+    """A kernel write failed; what this run changed has been restored.
+
+    ``file`` is the policy file of the group whose write failed, when known."""
+
+    file: str | None = None
 
 
 @dataclass
@@ -158,8 +162,10 @@ def apply(policies: PolicySet, host: Host, *, dry_run: bool = False, prune: bool
             raise
         outcome = "nothing was applied" if not failed else \
             f"but {failed} could NOT be restored (see the log; run `cgman diff`)"
-        raise ApplyError(f"{_source(policies, host, err)}{err}; rolled back {undone} change(s), "
-                         f"{outcome}") from err
+        src = _source(policies, host, err)
+        ae = ApplyError(f"{src + ': ' if src else ''}{err}; rolled back {undone} change(s), {outcome}")
+        ae.file = src.split(": group ", 1)[0] if src else None
+        raise ae from err
     if prune:        # after the writes are in: removals cannot be rolled back, so they go last
         res.pruned = _prune(policies, host, dry_run=dry_run, force=force, keep=keep)
     return res
@@ -170,7 +176,7 @@ def _source(policies: PolicySet, host: Host, err: CgmanError) -> str:
     directory = getattr(err, "directory", "")
     for g in policies.groups:
         if directory.endswith(f"/{host.root}/{g.path}"):
-            return f"{g.location.file}: group {g.path}: "
+            return f"{g.location.file}: group {g.path}"
     return ""
 
 
@@ -196,6 +202,12 @@ def _rollback(host: Host, res: Result) -> tuple[int, int]:
             failed += 1
             log.error("rollback: cannot remove %s: %s", cg, e)
     return n, failed
+
+
+def prune(policies: PolicySet, host: Host, *, force: bool = False,
+          keep: Callable[[str], bool] = lambda path: False) -> list[str]:
+    """Remove groups under the root that are not in ``policies`` (nor kept); see apply(prune=True)."""
+    return _prune(policies, host, dry_run=False, force=force, keep=keep)
 
 
 def _prune(policies: PolicySet, host: Host, *, dry_run: bool, force: bool,

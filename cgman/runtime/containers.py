@@ -403,35 +403,51 @@ def rm(store: Store, hosts: HostFactory, name: str, force: bool = False) -> None
     store.delete(name)
 
 
-def gc(store: Store, hosts: HostFactory, on_collected: Callable[[str], None] | None = None) -> list[str]:
+def gc(store: Store, hosts: HostFactory, on_collected: Callable[[str], None] | None = None,
+       on_error: Callable[[str, Exception], None] | None = None) -> list[str]:
     """Collect containers whose waiter died: kill what is left, record final usage, free everything.
 
-    ``on_collected(name)`` runs after each container is fully collected (the agent counts them).
+    ``on_collected(name)`` runs after each container is fully collected (the agent counts
+    them). A container that cannot be collected now (a kill that fails, a busy lock) is left
+    for the next gc and reported to ``on_error``; the others are still collected. Without
+    ``on_error`` the first such error is raised after the pass.
     """
     collected: list[str] = []
+    first: Exception | None = None
     with store.lock("gc"):
         for rec in store.records():
-            if rec.state == "exited" and (rec.cleanup_pending or rec.ledger_pending):
-                rec = retry_cleanup(hosts(rec.cgroup_root), store, rec)
-                if not rec.cleanup_pending and not rec.ledger_pending:
+            try:
+                if _collect_one(store, hosts, rec):
                     collected.append(rec.name)
-                    if rec.auto_remove:
-                        store.delete(rec.name)
                     if on_collected:
                         on_collected(rec.name)
-                continue
-            if rec.state == "exited" or alive(rec.supervisor_pid, rec.supervisor_start):
-                continue
-            host = hosts(rec.cgroup_root)
-            if alive(rec.pid, rec.pid_start) and host.exists(rec.cgroup):
-                _sample_orphan(host, store, rec)
-                host.kill(rec.cgroup)
-            finish(host, store, rec, None, "collected (its supervisor was gone)")
-            collected.append(rec.name)
-            if on_collected:
-                on_collected(rec.name)
+            except (CgmanError, OSError) as e:
+                if on_error is None:
+                    first = first or e
+                else:
+                    on_error(rec.name, e)
         _sweep_scratch(store)
+    if first is not None:
+        raise first
     return collected
+
+
+def _collect_one(store: Store, hosts: HostFactory, rec: Record) -> bool:
+    if rec.state == "exited" and (rec.cleanup_pending or rec.ledger_pending):
+        rec = retry_cleanup(hosts(rec.cgroup_root), store, rec)
+        if rec.cleanup_pending or rec.ledger_pending:
+            return False
+        if rec.auto_remove:
+            store.delete(rec.name)
+        return True
+    if rec.state == "exited" or alive(rec.supervisor_pid, rec.supervisor_start):
+        return False
+    host = hosts(rec.cgroup_root)
+    if alive(rec.pid, rec.pid_start) and host.exists(rec.cgroup):
+        _sample_orphan(host, store, rec)
+        host.kill(rec.cgroup)
+    finish(host, store, rec, None, "collected (its supervisor was gone)")
+    return True
 
 
 def _sample_orphan(host: "Host", store: Store, rec: Record) -> None:
