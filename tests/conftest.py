@@ -133,3 +133,16 @@ def tree_snapshot():
                             pass
         return out
     return snap
+
+
+def typer_options(command: str) -> set[str]:
+    """Every option typer knows for ``cgman COMMAND`` (the typer-free parsers must match it)."""
+    import typer.main
+
+    from cgman.cli.main import app
+    cmd = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    names: set[str] = set()
+    for p in cmd.params:
+        names.update(getattr(p, "opts", []))
+        names.update(getattr(p, "secondary_opts", []))
+    return {n for n in names if n.startswith("-")} - {"--help", "-h"}

@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 
-from .conftest import REPO, cli_env
+from .conftest import REPO, cli_env, typer_options
 
 pytestmark = pytest.mark.kernel
 
@@ -482,21 +482,9 @@ def test_sigkill_during_collection_then_restart_bills_each_container_once(host, 
 
 
 # ------------------------------------------------------------------ CLI: the typer-free path
-def _typer_options(name: str) -> set[str]:
-    import typer.main
-
-    from cgman.cli.main import app
-    cmd = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
-    names: set[str] = set()
-    for p in cmd.params:
-        names.update(getattr(p, "opts", []))
-        names.update(getattr(p, "secondary_opts", []))
-    return {n for n in names if n.startswith("-")} - {"--help", "-h"}
-
-
 def test_fast_parser_knows_every_agent_option_and_no_other():
     from cgman.cli import serve
-    assert set(serve.AGENT_OPTIONS) == _typer_options("agent")
+    assert set(serve.AGENT_OPTIONS) == typer_options("agent")
 
 
 @pytest.mark.parametrize("argv, want", [

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from cgman.cli import serve
-from cgman.cli.main import app
 
-from .conftest import REPO
+from .conftest import REPO, typer_options
 
 
 def _free_port() -> int:
@@ -180,18 +179,8 @@ def test_sigterm_stops_it_cleanly(tmp_path):
 
 
 # ---------------------------------------------------------------- the typer-free parser
-def _typer_options(name: str) -> set[str]:
-    import typer.main
-    cmd = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
-    names: set[str] = set()
-    for p in cmd.params:
-        names.update(getattr(p, "opts", []))
-        names.update(getattr(p, "secondary_opts", []))
-    return {n for n in names if n.startswith("-")} - {"--help", "-h"}
-
-
 def test_fast_parser_knows_every_exporter_option_and_no_other():
-    assert set(serve.EXPORTER_OPTIONS) == _typer_options("exporter")
+    assert set(serve.EXPORTER_OPTIONS) == typer_options("exporter")
 
 
 @pytest.mark.parametrize("argv, want", [
