@@ -31,46 +31,47 @@ metric() {  # metric NAME: its value on the agent's /metrics
 for l in urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode().splitlines():
     if l.split(' ')[0] == sys.argv[1]: print(l.split(' ')[1])" "$1"
 }
-reconciled() {  # wait until the agent has reconciled more than $1 times
+wait_log() {  # wait_log LINE PATTERN: until the agent logs PATTERN at or after line LINE
   for _ in $(seq 100); do
-    n=$(metric cgman_agent_reconciles_total 2>/dev/null || echo 0)
-    [ "${n%.*}" -gt "$1" ] 2>/dev/null && return 0; sleep 0.1
-  done; echo "the agent did not reconcile: see $log" >&2; cat "$log" >&2; exit 1
+    sed -n "$1,\$p" "$log" | grep -q -- "$2" && return 0; sleep 0.1
+  done; echo "the agent did not log '$2': see $log" >&2; cat "$log" >&2; exit 1
 }
+mark() { echo $(($(wc -l <"$log") + 1)); }
 show_log() { sed -n "$1,\$p" "$log" | sed 's/^/    agent| /'; }
 
 cg doctor || true
 cg validate policies/
-cp policies/*.yaml "$pol/"
+cp -p policies/*.yaml "$pol/"           # -p: old files, applied at once (a fresh one waits 0.5 s)
 
 # The agent: applies the directory now and on every change, corrects drift every 2s,
 # serves /metrics (usage, billing counters and its own health).
 echo "+ cgman agent --policy-dir $pol --listen 127.0.0.1:$port --interval 2s &" >&2
 .venv/bin/cgman agent --policy-dir "$pol" --listen 127.0.0.1:$port --interval 2s 2>"$log" &
 agent=$!
-reconciled 0
+wait_log 1 "applied 4 file(s)"
 show_log 1
 cg status acme
 
 echo "== edit a policy file: the agent applies it at once" >&2
-mark=$(($(wc -l <"$log") + 1)); n=$(metric cgman_agent_reconciles_total)
+m=$(mark)
 sed -i 's/cpu: {weight: 300}/cpu: {weight: 500}/' "$pol/acme.yaml"
-reconciled "${n%.*}"; sleep 0.3; show_log $mark
+wait_log $m "applied 4 file(s)"; show_log $m
 
 echo "== change a setting by hand: the agent writes it back within 2s" >&2
-mark=$(($(wc -l <"$log") + 1))
+m=$(mark)
 if [ -d /sys/fs/cgroup/cpu/$CGMAN_CGROUP_ROOT ]; then f=/sys/fs/cgroup/cpu/$CGMAN_CGROUP_ROOT/acme/cpu.shares
 else f=/sys/fs/cgroup/$CGMAN_CGROUP_ROOT/acme/cpu.weight; fi
 echo "+ echo 2 > $f" >&2; echo 2 > "$f"
-for _ in $(seq 50); do grep -q "drift corrected" "$log" && break; sleep 0.1; done
-show_log $mark; echo "    $f = $(cat "$f")"
+wait_log $m "drift corrected"; show_log $m; echo "    $f = $(cat "$f")"
 
 echo "== break a policy file: the agent logs file:line and keeps the last good version" >&2
-mark=$(($(wc -l <"$log") + 1)); n=$(metric cgman_agent_reconciles_total)
+m=$(mark)
 sed -i 's/pids: {max: 4096}/pids: {max: lots}/' "$pol/acme.yaml"
-reconciled "${n%.*}"; sleep 0.3; show_log $mark
+wait_log $m "keeping its last good version"; sleep 0.2; show_log $m
 echo "    cgman_agent_policy_files_invalid = $(metric cgman_agent_policy_files_invalid)"
+m=$(mark)
 sed -i 's/pids: {max: lots}/pids: {max: 4096}/' "$pol/acme.yaml"
+wait_log $m "applied 4 file(s)"          # fixed: in force again before the containers start
 
 echo "+ cgman attach acme/batch -- (a counter)" >&2
 .venv/bin/cgman attach acme/batch -- sh -c "i=0; while :; do i=\$((i+1)); echo \$i > $tick; sleep 0.05; done" &
