@@ -174,6 +174,10 @@ class Soak:
     def start(self) -> None:
         self.policy_dir.mkdir()
         self.write_policy()
+        # Deployed before the agent starts: older than the agent's 0.5 s quiet period, so its first
+        # reconcile applies it (a fresh file would be deferred, and that reconcile succeed empty).
+        old = time.time() - 5
+        os.utime(self.policy_dir / "soak.yaml", (old, old))
         argv = [sys.executable, "-m", "cgman", *self.glob, "agent", "--policy-dir", str(self.policy_dir),
                 "--interval", self.args.interval]
         pid, port = self.servers.start("agent", lambda port: argv + ["--listen", f"127.0.0.1:{port}"], cwd=REPO)
