@@ -626,6 +626,20 @@ def test_run_finds_the_group_that_apply_applied_without_f(cli, host, tmp_path):
     assert record(tmp_path, "s2")["limits"] == {"pids_max": 11}
 
 
+def test_a_group_not_among_the_applied_ones_says_so_and_how_to_fix_it(cli, host, tmp_path):
+    """The applied groups win over the policy dir, so a group only in the dir (say, in a file the
+    agent has not applied yet) must not read as "not in the policies": the error names the source."""
+    pol = write_policy(tmp_path, "elsewhere.yaml", "version: 1\npolicies:\n  solo: {}\n")
+    cli("apply", str(pol), check=True)
+    p = cli("run", "-p", "later", "--", "true")
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"no group 'later' applied under cgroup root '{host.root}' (known: solo)" in err, err
+    assert "`cgman apply FILE`" in err and "-f FILE" in err, err
+    assert not (tmp_path / "run" / "containers").exists() or not list((tmp_path / "run" / "containers").iterdir())
+
+
 def test_rm_force_drops_an_unreadable_record(cli, host, tmp_path):
     d = tmp_path / "run" / "containers" / "junk"
     d.mkdir(parents=True)

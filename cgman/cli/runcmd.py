@@ -7,7 +7,7 @@ only builds the spec, launches and waits. No typer import here.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,15 +27,18 @@ def collect_quietly() -> None:
         print(f"cgman: warning: gc: {e}", file=sys.stderr)
 
 
-def policies_for_run(st, root: str, files: Optional[list[Path]]):
-    """-f files if given; else what `cgman apply` last applied; else the policy dir."""
+def policies_for_run(st, root: str, files: Optional[list[Path]]) -> tuple[Any, dict[str, str]]:
+    """-f files if given; else what `cgman apply` (or the agent) last applied; else the policy dir.
+    Also how an unknown group's error names that source (spec_for's ``where`` and ``hint``)."""
     if files:
-        return load(files)
+        return load(files), {}
     from ..runtime.applied import load as load_applied
     applied = load_applied(st, root)
     if applied is not None:
-        return applied
-    return load(None)
+        return applied, {"where": f"applied under cgroup root {root!r}",
+                         "hint": "apply its policy first (`cgman apply FILE`; a running `cgman agent` applies "
+                                 "a new file in its policy dir once it is 0.5 s old) or name the file with -f FILE"}
+    return load(None), {}
 
 
 def execute(*, policy: str, command: list[str], name: Optional[str] = None, detach: bool = False,
@@ -49,7 +52,8 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
     o = C.Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
                     rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove)
     h, st = host(), store()
-    spec = C.spec_for(policies_for_run(st, h.root, files), policy, name, command, o)
+    policies, source = policies_for_run(st, h.root, files)
+    spec = C.spec_for(policies, policy, name, command, o, **source)
     collect_quietly()
     if detach:
         rec = C.run_detached(h, st, spec, timeout_s)

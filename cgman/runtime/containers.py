@@ -56,13 +56,15 @@ def _check_dir(path: str, what: str) -> str:
     return path
 
 
-def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str], o: Overrides) -> ContainerSpec:
-    """The container spec for ``group`` from its policy blocks plus the overrides."""
+def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str], o: Overrides,
+             where: str = "in the policies", hint: str = "see `cgman validate`") -> ContainerSpec:
+    """The container spec for ``group`` from its policy blocks plus the overrides. ``where`` and
+    ``hint`` say, in the error for an unknown group, where the policies came from and what to do."""
     group = group.strip("/")
     g = policies.get(group)
     if g is None:
         known = ", ".join(x.path for x in policies.groups) or "none"
-        raise NotFound(f"no group {group!r} in the policies (known: {known}); see `cgman validate`")
+        raise NotFound(f"no group {group!r} {where} (known: {known}); {hint}")
     if not argv:
         raise LaunchError("no command given: put it after --, e.g. `cgman run --policy acme/web -- sleep 60`")
     name = name or f"{group.rsplit('/', 1)[-1]}-{os.urandom(3).hex()}"
