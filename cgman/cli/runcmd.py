@@ -7,10 +7,12 @@ only builds the spec, launches and waits. No typer import here.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from ..model import PolicySet
 
 from .common import host, load, store
 
@@ -27,7 +29,7 @@ def collect_quietly() -> None:
         print(f"cgman: warning: gc: {e}", file=sys.stderr)
 
 
-def policies_for_run(st, root: str, files: Optional[list[Path]]) -> tuple[Any, dict[str, str]]:
+def policies_for_run(st, root: str, files: Optional[list[Path]]) -> tuple[PolicySet, dict[str, str]]:
     """-f files if given; else what `cgman apply` (or the agent) last applied; else the policy dir.
     Also how an unknown group's error names that source (spec_for's ``where`` and ``hint``)."""
     if files:
