@@ -18,11 +18,14 @@
  *   3. The parent writes one byte to release the child (closing without the byte
  *      aborts it). The child joins/unshares the remaining namespaces, sets the
  *      hostname, brings up lo, performs the mount operations (overlay, bind,
- *      pivot_root, /proc), then either execs the workload (it is PID 1) or stays
- *      as a minimal init that forks the workload, forwards every signal to it,
- *      reaps zombies and exits with its status (128+N for signal N).
+ *      pivot_root, /proc, masked and read-only paths), then applies the container's
+ *      security settings (seccomp, the capability sets, no_new_privs; see
+ *      apply_security for the order) and execs either the workload (it is PID 1)
+ *      or cgman's init from a sealed memfd (cgman/_init.c), which starts the
+ *      workload, forwards every signal to it, reaps zombies and exits with its
+ *      status (128+N for signal N).
  *   4. error_fd is close-on-exec: EOF means exec succeeded; otherwise the child
- *      wrote {stage, errno} and exited 127.
+ *      (or the init, on INIT_ERROR_FD) wrote {stage, errno, op} and exited 127.
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
@@ -46,6 +49,11 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+#include "_proto.h"
 
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
@@ -71,14 +79,10 @@ struct clone_args_v2 {
         set_tid, set_tid_size, cgroup;
 };
 
-/* Stages a failing child reports; the parent maps them to words. */
-enum {
-    ST_RELEASE = 1, ST_SETNS, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_UNSHARE, ST_HOSTNAME,
-    ST_LOOPBACK, ST_MOUNT, ST_MKDIR, ST_TOUCH, ST_PIVOT, ST_CHDIR, ST_FORK, ST_EXEC, ST_SETSID,
-    ST_UMOUNT, ST_SYMLINK,
-};
-
 enum { OP_MOUNT = 1, OP_MKDIR, OP_TOUCH, OP_PIVOT, OP_CHDIR, OP_UMOUNT, OP_SYMLINK };
+/* Or'ed into an op's kind: a path that does not exist is skipped (masked paths that this
+ * kernel does not have, as runc does). */
+#define OP_OPTIONAL 0x100
 
 struct op {
     int kind;
@@ -95,54 +99,24 @@ struct job {
     Py_ssize_t n_setns;
     unsigned long unshare_flags;    /* after release (cgroup ns: after joining the cgroups) */
     const char *hostname;
-    int lo_up, init, setsid_, pdeathsig;
+    int lo_up, setsid_, pdeathsig;
     long uid, gid;                  /* setresuid/gid inside, -1: leave */
     int release_rd, error_wr;
+    int init_fd;                    /* sealed memfd of cgman-init; -1: exec the workload as PID 1 */
+    char **init_argv;               /* {"cgman-init", argv...} */
+    int drop_caps;                  /* reduce every capability set to cap_keep */
+    uint64_t cap_keep;
+    int nnp;                        /* PR_SET_NO_NEW_PRIVS */
+    struct sock_fprog filter;       /* seccomp program; len 0: none */
     int parent_pidfd;               /* to notice a parent that died while pdeathsig was cleared */
     int cur_op;                     /* which op failed, for the error message */
 };
 
-static void report(int fd, int stage, int err, int op)
-{
-    int msg[3] = {stage, err, op};
-    ssize_t r = write(fd, msg, sizeof msg);
-    (void)r;
-}
-
 static void fail(struct job *j, int stage)
 {
-    report(j->error_wr, stage, errno, j->cur_op);
+    cg_report(j->error_wr, stage, errno, j->cur_op);
     syscall(SYS_exit_group, 127);
     _exit(127);
-}
-
-/* execvp without malloc: PATH comes from the workload's environment. */
-static void exec_search(struct job *j)
-{
-    const char *file = j->argv[0];
-    if (strchr(file, '/')) {
-        execve(file, j->argv, j->envp);
-        return;
-    }
-    const char *p = j->path_env ? j->path_env : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    char buf[4096];
-    size_t flen = strlen(file);
-    int saw_eacces = 0;
-    while (*p) {
-        const char *end = strchr(p, ':');
-        size_t dlen = end ? (size_t)(end - p) : strlen(p);
-        if (dlen + flen + 2 <= sizeof buf) {
-            if (dlen == 0) { buf[0] = '.'; dlen = 1; } else memcpy(buf, p, dlen);
-            buf[dlen] = '/';
-            memcpy(buf + dlen + 1, file, flen + 1);
-            execve(buf, j->argv, j->envp);
-            if (errno == EACCES) saw_eacces = 1;
-            else if (errno != ENOENT && errno != ENOTDIR) return;
-        }
-        if (!end) break;
-        p = end + 1;
-    }
-    errno = saw_eacces ? EACCES : ENOENT;
 }
 
 /* The child is a copy of the parent, fds and all: keep none of them past exec. */
@@ -182,74 +156,82 @@ static void run_ops(struct job *j)
 {
     for (Py_ssize_t i = 0; i < j->n_ops; i++) {
         struct op *o = &j->ops[i];
+        int optional = o->kind & OP_OPTIONAL, r = 0, stage = 0;
         j->cur_op = (int)i;
-        switch (o->kind) {
+        switch (o->kind & ~OP_OPTIONAL) {
         case OP_MOUNT:
-            if (mount(o->a, o->b, o->c, o->flags, o->data) < 0) fail(j, ST_MOUNT);
+            r = mount(o->a, o->b, o->c, o->flags, o->data); stage = ST_MOUNT;
             break;
         case OP_MKDIR:
-            if (mkdir(o->a, 0755) < 0 && errno != EEXIST) fail(j, ST_MKDIR);
+            r = mkdir(o->a, 0755); stage = ST_MKDIR;
+            if (r < 0 && errno == EEXIST) r = 0;
             break;
         case OP_TOUCH: {
             int fd = open(o->a, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-            if (fd < 0) fail(j, ST_TOUCH);
-            close(fd);
+            r = fd < 0 ? -1 : close(fd); stage = ST_TOUCH;
             break;
         }
         case OP_PIVOT:   /* runc's pivot_root(".", "."): no put_old directory needed */
             if (chdir(o->a) < 0) fail(j, ST_CHDIR);
             if (syscall(SYS_pivot_root, ".", ".") < 0) fail(j, ST_PIVOT);
             if (umount2(".", MNT_DETACH) < 0) fail(j, ST_UMOUNT);
-            if (chdir("/") < 0) fail(j, ST_CHDIR);
+            r = chdir("/"); stage = ST_CHDIR;
             break;
         case OP_CHDIR:
-            if (chdir(o->a) < 0) fail(j, ST_CHDIR);
+            r = chdir(o->a); stage = ST_CHDIR;
             break;
         case OP_UMOUNT:
-            if (umount2(o->a, (int)o->flags) < 0) fail(j, ST_UMOUNT);
+            r = umount2(o->a, (int)o->flags); stage = ST_UMOUNT;
             break;
         case OP_SYMLINK:
-            if (symlink(o->a, o->b) < 0 && errno != EEXIST) fail(j, ST_SYMLINK);
+            r = symlink(o->a, o->b); stage = ST_SYMLINK;
+            if (r < 0 && errno == EEXIST) r = 0;
             break;
         }
+        if (r < 0 && !(optional && errno == ENOENT)) fail(j, stage);
     }
 }
 
-static char workload_stack[64 * 1024] __attribute__((aligned(16)));
-
-static int workload_main(void *arg)
+/* Bounding set first (needs CAP_SETPCAP, which capset may take away), ambient cleared,
+ * then effective, permitted and inheritable reduced to the kept set. */
+static int drop_caps(uint64_t keep)
 {
-    struct job *j = arg;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);   /* the workload never outlives its init */
-    reset_signals();
-    cloexec_all();
-    exec_search(j);
-    fail(j, ST_EXEC);
-    return 127;
+    for (int c = 0; c < 64; c++)
+        if (!(keep & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL) return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) return -1;
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    uint32_t lo = (uint32_t)keep, hi = (uint32_t)(keep >> 32);
+    struct __user_cap_data_struct d[2] = {{lo, lo, lo}, {hi, hi, hi}};
+    return (int)syscall(SYS_capset, &h, d);
 }
 
-/* Minimal init: forward signals to the workload, reap everything, exit with its status. */
-static void init_loop(struct job *j, pid_t child)
+static int load_filter(struct job *j)
 {
-    sigset_t all;
-    sigfillset(&all);
-    for (;;) {
-        siginfo_t si;
-        int sig = sigwaitinfo(&all, &si);
-        if (sig < 0) continue;
-        if (sig == SIGCHLD) {
-            int st;
-            pid_t p;
-            while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
-                if (p == child) {
-                    if (WIFEXITED(st)) _exit(WEXITSTATUS(st));
-                    _exit(128 + WTERMSIG(st));
-                }
-            }
-            continue;
-        }
-        kill(child, sig);
-    }
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &j->filter);
+}
+
+/* runc's order: without no_new_privs only a process with CAP_SYS_ADMIN may load a seccomp
+ * filter, so it goes in before the capabilities are dropped (the profile must then allow
+ * capset, prctl and execve, as Docker's does); with no_new_privs it goes in last, so the
+ * fewest syscalls run under it before the exec. */
+static void apply_security(struct job *j)
+{
+    if (j->filter.len && !j->nnp && load_filter(j) < 0) fail(j, ST_SECCOMP);
+    if (j->drop_caps && drop_caps(j->cap_keep) < 0) fail(j, ST_CAPS);
+    if (j->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail(j, ST_NNP);
+    if (j->filter.len && j->nnp && load_filter(j) < 0) fail(j, ST_SECCOMP);
+}
+
+/* Exec cgman-init from its sealed memfd, the error pipe on INIT_ERROR_FD. */
+static void exec_init(struct job *j)
+{
+    int err = fcntl(j->error_wr, F_DUPFD_CLOEXEC, INIT_ERROR_FD + 1);
+    int init = fcntl(j->init_fd, F_DUPFD_CLOEXEC, INIT_ERROR_FD + 1);
+    if (err < 0 || init < 0) fail(j, ST_INIT);
+    j->error_wr = err;
+    if (dup2(err, INIT_ERROR_FD) < 0) fail(j, ST_INIT);     /* dup2 leaves it open across exec */
+    syscall(SYS_execveat, init, "", j->init_argv, j->envp, AT_EMPTY_PATH);
+    fail(j, ST_INIT);
 }
 
 static int child_main(struct job *j)
@@ -284,28 +266,18 @@ static int child_main(struct job *j)
     run_ops(j);
     j->cur_op = -1;
     if (j->setsid_ && setsid() < 0) fail(j, ST_SETSID);
-
-    if (!j->init) {
-        reset_signals();
-        cloexec_all();
-        exec_search(j);
-        fail(j, ST_EXEC);
+    reset_signals();
+    cloexec_all();
+    apply_security(j);
+    if (j->init_fd >= 0) {
+        sigset_t all;          /* the init unblocks them for the workload once it can forward */
+        sigfillset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        exec_init(j);
     }
-    /* Block everything before forking so no signal is lost between fork and sigwaitinfo. */
-    sigset_t all;
-    sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    prctl(PR_SET_NAME, "cgman-init");
-    /* vfork-style (CLONE_VM|CLONE_VFORK, as posix_spawn does): the workload borrows the init's
-     * memory until it execs instead of copying the page tables of a whole Python process
-     * (~1 ms). The init is suspended meanwhile; the child runs on its own stack below. */
-    pid_t pid = clone(workload_main, workload_stack + sizeof workload_stack,
-                      CLONE_VM | CLONE_VFORK | SIGCHLD, j);
-    if (pid < 0) fail(j, ST_FORK);
-    /* The init never execs: close its copies of the parent's files (pipes, sockets, logs). */
-    syscall(SYS_close_range, 3U, ~0U, 0U);
-    init_loop(j, pid);
-    return 0;
+    cg_exec_search(j->argv, j->envp, j->path_env);
+    fail(j, ST_EXEC);
+    return 127;
 }
 
 /* ---------------------------------------------------------------- Python glue */
@@ -339,17 +311,25 @@ static const char *opt_str(PyObject *o)
 static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"argv", "envp", "clone_flags", "cgroup_fd", "unshare_flags", "hostname",
-                             "lo_up", "ops", "init", "setsid", "pdeathsig", "uid", "gid", "setns_fds",
-                             NULL};
+                             "lo_up", "ops", "init_fd", "setsid", "pdeathsig", "uid", "gid", "setns_fds",
+                             "drop_caps", "cap_keep", "no_new_privs", "seccomp", NULL};
     PyObject *argv_o, *envp_o, *hostname_o = Py_None, *ops_o = NULL, *setns_o = NULL;
-    unsigned long long clone_flags = 0;
+    unsigned long long clone_flags = 0, cap_keep = 0;
     unsigned long unshare_flags = 0;
-    int cgroup_fd = -1, lo_up = 0, init = 1, setsid_ = 1, pdeathsig = SIGKILL;
+    int cgroup_fd = -1, lo_up = 0, init_fd = -1, setsid_ = 1, pdeathsig = SIGKILL, drop = 0, nnp = 0;
     long uid = -1, gid = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOppillO", kwlist, &argv_o, &envp_o,
+    Py_buffer filter = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*", kwlist, &argv_o, &envp_o,
                                      &clone_flags, &cgroup_fd, &unshare_flags, &hostname_o, &lo_up,
-                                     &ops_o, &init, &setsid_, &pdeathsig, &uid, &gid, &setns_o))
+                                     &ops_o, &init_fd, &setsid_, &pdeathsig, &uid, &gid, &setns_o,
+                                     &drop, &cap_keep, &nnp, &filter))
         return NULL;
+    if (filter.buf && (filter.len % sizeof(struct sock_filter) || filter.len == 0 ||
+                       filter.len / sizeof(struct sock_filter) > BPF_MAXINSNS)) {
+        PyBuffer_Release(&filter);
+        PyErr_SetString(PyExc_ValueError, "seccomp: not a BPF program (size)");
+        return NULL;
+    }
 
     struct job j;
     memset(&j, 0, sizeof j);
@@ -360,8 +340,23 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     if (bytes_list(argv_o, &j.argv, &keep_argv) < 0) goto out;
     if (!j.argv[0]) { PyErr_SetString(PyExc_ValueError, "empty argv"); goto out; }
     if (bytes_list(envp_o, &j.envp, &keep_envp) < 0) goto out;
-    for (char **e = j.envp; *e; e++)
-        if (strncmp(*e, "PATH=", 5) == 0) j.path_env = *e + 5;
+    j.path_env = cg_path_env(j.envp);
+    j.init_fd = init_fd;
+    if (init_fd >= 0) {
+        Py_ssize_t n = 0;
+        while (j.argv[n]) n++;
+        j.init_argv = PyMem_Calloc((size_t)n + 2, sizeof(char *));
+        if (!j.init_argv) { PyErr_NoMemory(); goto out; }
+        j.init_argv[0] = "cgman-init";
+        memcpy(j.init_argv + 1, j.argv, (size_t)n * sizeof(char *));
+    }
+    j.drop_caps = drop;
+    j.cap_keep = cap_keep;
+    j.nnp = nnp;
+    if (filter.buf) {
+        j.filter.len = (unsigned short)(filter.len / sizeof(struct sock_filter));
+        j.filter.filter = filter.buf;
+    }
     j.hostname = opt_str(hostname_o);
     if (PyErr_Occurred()) goto out;
 
@@ -394,7 +389,7 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
         if (PyErr_Occurred()) goto out;
     }
     j.unshare_flags = unshare_flags;
-    j.lo_up = lo_up; j.init = init; j.setsid_ = setsid_; j.pdeathsig = pdeathsig;
+    j.lo_up = lo_up; j.setsid_ = setsid_; j.pdeathsig = pdeathsig;
     j.uid = uid; j.gid = gid; j.cur_op = -1;
 
     if (pipe2(release, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
@@ -447,7 +442,9 @@ out:
         if (errp[i] >= 0) close(errp[i]);
     }
     PyMem_Free(j.argv);
+    PyMem_Free(j.init_argv);
     PyMem_Free(j.envp);
+    if (filter.buf) PyBuffer_Release(&filter);
     PyMem_Free(j.ops);
     PyMem_Free(j.setns_fds);
     Py_XDECREF(keep_argv);
@@ -459,9 +456,11 @@ out:
 static PyMethodDef methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_VARARGS | METH_KEYWORDS,
      "spawn(argv, envp, clone_flags=0, cgroup_fd=-1, unshare_flags=0, hostname=None, lo_up=False,\n"
-     "      ops=None, init=True, setsid=True, pdeathsig=SIGKILL, uid=-1, gid=-1, setns_fds=None)\n"
+     "      ops=None, init_fd=-1, setsid=True, pdeathsig=SIGKILL, uid=-1, gid=-1, setns_fds=None,\n"
+     "      drop_caps=False, cap_keep=0, no_new_privs=False, seccomp=None)\n"
      "      -> (pid, in_cgroup, release_fd, error_fd)\n\n"
-     "Clone a child that waits for one byte on release_fd, then sets itself up and execs argv.\n"
+     "Clone a child that waits for one byte on release_fd, then sets itself up and execs argv\n"
+     "(through cgman-init from the sealed memfd init_fd when that is >= 0).\n"
      "See cgman/runtime/launch.py for the protocol."},
     {NULL, NULL, 0, NULL},
 };
@@ -479,6 +478,19 @@ PyMODINIT_FUNC PyInit__spawn(void)
     PyModule_AddIntConstant(m, "OP_CHDIR", OP_CHDIR);
     PyModule_AddIntConstant(m, "OP_UMOUNT", OP_UMOUNT);
     PyModule_AddIntConstant(m, "OP_SYMLINK", OP_SYMLINK);
+    PyModule_AddIntConstant(m, "OP_OPTIONAL", OP_OPTIONAL);
+    PyModule_AddIntConstant(m, "MS_RDONLY", MS_RDONLY);
+    PyModule_AddIntConstant(m, "MS_NOSUID", MS_NOSUID);
+    PyModule_AddIntConstant(m, "MS_NODEV", MS_NODEV);
+    PyModule_AddIntConstant(m, "MS_NOEXEC", MS_NOEXEC);
+    PyModule_AddIntConstant(m, "MS_REMOUNT", MS_REMOUNT);
+    PyModule_AddIntConstant(m, "MS_BIND", MS_BIND);
+    PyModule_AddIntConstant(m, "MS_REC", MS_REC);
+    PyModule_AddIntConstant(m, "MS_PRIVATE", MS_PRIVATE);
+    PyModule_AddIntConstant(m, "MS_NOATIME", MS_NOATIME);
+    PyModule_AddIntConstant(m, "MS_NODIRATIME", MS_NODIRATIME);
+    PyModule_AddIntConstant(m, "MS_RELATIME", MS_RELATIME);
+    PyModule_AddIntConstant(m, "MS_STRICTATIME", MS_STRICTATIME);
     PyModule_AddIntConstant(m, "CLONE_NEWCGROUP", CLONE_NEWCGROUP);
     PyModule_AddIntConstant(m, "CLONE_NEWUTS", CLONE_NEWUTS);
     PyModule_AddIntConstant(m, "CLONE_NEWIPC", CLONE_NEWIPC);
@@ -486,12 +498,7 @@ PyMODINIT_FUNC PyInit__spawn(void)
     PyModule_AddIntConstant(m, "CLONE_NEWNET", CLONE_NEWNET);
     PyModule_AddIntConstant(m, "CLONE_NEWNS", CLONE_NEWNS);
     PyModule_AddIntConstant(m, "CLONE_NEWUSER", CLONE_NEWUSER);
-    static const char *stages[] = {"", "waiting for the parent", "joining a namespace", "dropping groups",
-                                   "setting the gid", "setting the uid", "creating namespaces",
-                                   "setting the hostname", "bringing up lo", "mounting",
-                                   "creating a directory", "creating a mount point", "pivot_root",
-                                   "changing directory", "forking the workload", "exec",
-                                   "creating a session", "unmounting", "creating a symlink"};
+    static const char *stages[] = {STAGE_NAMES};
     PyObject *names = PyTuple_New(sizeof stages / sizeof *stages);
     if (!names) return NULL;
     for (size_t i = 0; i < sizeof stages / sizeof *stages; i++)

@@ -7,6 +7,8 @@ export DEBIAN_FRONTEND=noninteractive
 need=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)          # builds cgman._spawn (C)
+[ -f /usr/include/seccomp.h ] || need+=(libseccomp-dev)     # cgman._secure compiles seccomp profiles with it
+command -v musl-gcc >/dev/null || need+=(musl-tools)         # cgman-init, the container's static PID 1 (17 KB)
 # Container tests: a static busybox for rootfs/overlay images, file(1) to check it is static.
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 command -v file >/dev/null || need+=(file)
@@ -23,5 +25,6 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -c 'import cgman, cgman._spawn, cgman._fastread, bcrypt, typer, yaml, psutil, prometheus_client, pyroute2, pytest' \
+[ -x cgman/cgman-init ] || { echo "setup: cgman/cgman-init was not built" >&2; exit 1; }
+.venv/bin/python -c 'import cgman, cgman._spawn, cgman._fastread, cgman._secure, bcrypt, typer, yaml, psutil, prometheus_client, pyroute2, pytest' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }
