@@ -112,6 +112,27 @@ class RootfsSpec:
 
 
 @dataclass(frozen=True)
+class DeviceSpec:
+    """A device node a group's containers may use beyond the default set (launch.devices)."""
+
+    path: str
+    access: str = "rwm"
+
+
+@dataclass(frozen=True)
+class SecurityPolicy:
+    """What a group's containers may do (launch.*): the defaults are the secure ones."""
+
+    privileged: bool = False               # every protection off, as `docker run --privileged`
+    allow_privileged: bool = False         # runs may loosen the rules (--privileged, --cap-add ...)
+    cap_add: tuple[str, ...] = ()          # capability names, normalized (NET_RAW, ALL)
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool = True
+    seccomp: str = "default"               # default | unconfined | an absolute path to a JSON profile
+    devices: tuple[DeviceSpec, ...] = ()
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     namespaces: tuple[str, ...] = DEFAULT_NAMESPACES
     hostname: str | None = None
@@ -120,6 +141,7 @@ class LaunchSpec:
     user_map_uid: int | None = None        # host uid that container root maps to (user ns)
     user_map_gid: int | None = None        # host gid of container root (default: the uid)
     user_map_count: int | None = None      # how many ids are mapped (default 65536)
+    security: SecurityPolicy = SecurityPolicy()
 
 
 @dataclass(frozen=True)

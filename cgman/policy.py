@@ -17,10 +17,10 @@ import yaml
 
 from . import schema as S
 from .convert import cpu_quota_usec
-from .errors import PolicyError
-from .model import (DEFAULT_CPU_PERIOD_USEC, CpuLimits, Group, IODevice, IOLimits, LaunchSpec,
+from .errors import CgmanError, PolicyError
+from .model import (DEFAULT_CPU_PERIOD_USEC, CpuLimits, DeviceSpec, Group, IODevice, IOLimits, LaunchSpec,
                     Location, MemoryLimits, NetworkSpec, PidsLimits, PolicySet, Resources,
-                    RootfsSpec, Unlimited)
+                    RootfsSpec, SecurityPolicy, Unlimited)
 
 class _Walker:
     """Checks one file's node tree against the schema; raises PolicyError."""
@@ -200,7 +200,47 @@ def _launch(w: _Walker, d: dict[str, Any], key: str) -> LaunchSpec:
                       network=NetworkSpec(mode=mode, bridge=net_d.get("bridge", "cgman0"),
                                           subnet=subnet),
                       rootfs=rootfs, user_map_uid=uid, user_map_gid=user.get("gid"),
-                      user_map_count=user.get("count"))
+                      user_map_count=user.get("count"), security=_security(w, d, key, ns))
+
+
+def _security(w: _Walker, d: dict[str, Any], key: str, ns: tuple[str, ...]) -> SecurityPolicy:
+    """launch.{privileged, allow_privileged, capabilities, no_new_privileges, seccomp, devices}."""
+    from .security import caps, devices, seccomp
+    privileged = d.get("privileged", False)
+    if privileged and not d.get("allow_privileged", False):
+        raise w.fail(d["__key__privileged"], f"{key}.privileged",
+                     "a privileged group must also say allow_privileged: true (both are the operator's choice)")
+    if not privileged and "mount" not in ns:
+        raise w.fail(d.get("__key__namespaces", d["__node__"]), f"{key}.namespaces",
+                     "containers need the mount namespace for their protections (a read-only cgroupfs, "
+                     "masked /proc paths): add mount, or set privileged: true")
+    cap_d = d.get("capabilities", {})
+    lists: dict[str, tuple[str, ...]] = {}
+    for which in ("add", "drop"):
+        out = []
+        for node, name in cap_d.get(which, []):
+            try:
+                out.append(caps.normalize(name))
+            except ValueError as e:
+                raise w.fail(node, f"{key}.capabilities.{which}", str(e)) from None
+        lists[which] = tuple(out)
+    profile = d.get("seccomp", seccomp.DEFAULT)
+    if profile not in (seccomp.DEFAULT, seccomp.UNCONFINED):
+        try:
+            seccomp.load(profile)
+        except CgmanError as e:
+            raise w.fail(d["__key__seccomp"], f"{key}.seccomp", str(e)) from None
+    devs = []
+    for i, (node, dev) in enumerate(d.get("devices", [])):
+        try:
+            devices.from_path(dev["path"], dev.get("access", "rwm"))
+        except ValueError as e:
+            raise w.fail(node, f"{key}.devices[{i}].path", str(e)) from None
+        devs.append(DeviceSpec(path=dev["path"], access=dev.get("access", "rwm")))
+    return SecurityPolicy(privileged=privileged, allow_privileged=d.get("allow_privileged", False),
+                          cap_add=lists["add"], cap_drop=lists["drop"],
+                          no_new_privileges=d.get("no_new_privileges", True), seccomp=profile,
+                          devices=tuple(devs))
 
 
 def _groups(w: _Walker, tree: dict[str, Any], parent: str, tenant: str | None,

@@ -18,6 +18,8 @@ from .model import NAMESPACES, UNLIMITED
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME_RE = re.compile(NAME_PATTERN)
 DEVICE_PATTERN = r"^([0-9]+:[0-9]+|/dev/.+)$"
+CAP_PATTERN = r"^(?i:(CAP_)?[A-Z_]{2,32})$"
+CAP_HINT = "a capability name such as NET_RAW or CAP_NET_RAW, or ALL"
 
 
 class Invalid(ValueError):
@@ -254,6 +256,19 @@ LAUNCH = Obj(doc="how containers of this group are launched", fields={
     "user": Obj(doc="user namespace mapping (with namespaces: [user])",
                 fields={"uid": Int(lo=1, hi=2**32 - 2), "gid": Int(lo=1, hi=2**32 - 2),
                         "count": Int(lo=1, hi=2**32 - 1)}),
+    "privileged": Bool(doc="turn every protection off (needs allow_privileged: true)"),
+    "allow_privileged": Bool(doc="let runs loosen the rules: --privileged, --cap-add beyond the list, "
+                                 "--device, --security-opt"),
+    "capabilities": Obj(doc="capabilities beyond or below the default set (CHOWN DAC_OVERRIDE FOWNER FSETID "
+                            "KILL NET_BIND_SERVICE SETFCAP SETGID SETPCAP SETUID SYS_CHROOT)",
+                        fields={"add": ListOf(item=Str(pattern=CAP_PATTERN, hint=CAP_HINT)),
+                                "drop": ListOf(item=Str(pattern=CAP_PATTERN, hint=CAP_HINT))}),
+    "no_new_privileges": Bool(doc="no_new_privs: setuid binaries cannot gain privileges (default true)"),
+    "seccomp": Str(pattern=r"^(default|unconfined|/.+)$",
+                   hint="default, unconfined, or an absolute path to a JSON profile (Docker's format)"),
+    "devices": ListOf(item=Obj(required=("path",), fields={
+        "path": Str(pattern=r"^/dev/.+$", hint="a device node under /dev"),
+        "access": Str(pattern=r"^(?!.*(.).*\1)[rwm]{1,3}$", hint="a combination of r, w and m")})),
 })
 
 

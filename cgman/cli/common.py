@@ -58,6 +58,37 @@ def argv_after_dashes(command: Optional[list[str]]) -> list[str]:
     return words[1:] if words[:1] == ["--"] else words
 
 
+def run_security(privileged: bool = False, cap_add: Optional[list[str]] = None,
+                 cap_drop: Optional[list[str]] = None, devices: Optional[list[str]] = None,
+                 opts: Optional[list[str]] = None) -> Any:
+    """`run`'s security flags as a RunSecurity. ValueError names the flag and what is wrong.
+
+    --device PATH[:ACCESS] (ACCESS of r, w, m; default rwm); --security-opt seccomp=default|
+    unconfined|FILE and no-new-privileges[=true|false], as `docker run` spells them."""
+    from ..security.caps import normalize
+    from ..security.devices import check_access
+    from ..security.resolve import RunSecurity
+    devs = []
+    for d in devices or []:
+        path, _, access = d.partition(":")
+        devs.append((path, check_access(access or "rwm")))
+    seccomp, nnp = None, None
+    for o in opts or []:
+        key, eq, value = o.partition("=")
+        if key == "seccomp" and eq and value:
+            if value not in ("default", "unconfined"):
+                value = os.path.abspath(value)
+            seccomp = value
+        elif key == "no-new-privileges" and value in ("", "true", "false"):
+            nnp = value != "false"
+        else:
+            raise ValueError(f"--security-opt {o[:60]!r}: use seccomp=default|unconfined|FILE or "
+                             f"no-new-privileges[=true|false]")
+    return RunSecurity(privileged=privileged, cap_add=tuple(normalize(c) for c in cap_add or ()),
+                       cap_drop=tuple(normalize(c) for c in cap_drop or ()), devices=tuple(devs),
+                       seccomp=seccomp, no_new_privileges=nnp)
+
+
 def env_pairs(pairs: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
     """KEY=VALUE words; a bare KEY takes the caller's value. Raises ValueError on '=VALUE'."""
     out = []

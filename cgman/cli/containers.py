@@ -51,6 +51,19 @@ def run(
     rm: bool = typer.Option(False, "--rm", help="Remove the record when it exits (usage is still read)."),
     files: Optional[list[Path]] = typer.Option(None, "--file", "-f", help="Policy file(s) to find the group "
                                                "in (default: the policy dir)."),
+    privileged: bool = typer.Option(False, "--privileged", help="Turn every protection off (all capabilities, "
+                                    "no seccomp, all devices, writable cgroupfs); only where the group's "
+                                    "policy says launch.allow_privileged: true."),
+    cap_add: Optional[list[str]] = typer.Option(None, "--cap-add", help="Add a capability (NET_RAW, or "
+                                                "CAP_NET_RAW); repeat. Beyond the group's list only "
+                                                "with allow_privileged."),
+    cap_drop: Optional[list[str]] = typer.Option(None, "--cap-drop", help="Drop a capability, or ALL; repeat."),
+    device: Optional[list[str]] = typer.Option(None, "--device", help="Allow a device node, PATH[:rwm]; "
+                                               "repeat. Beyond the group's launch.devices only with "
+                                               "allow_privileged."),
+    security_opt: Optional[list[str]] = typer.Option(None, "--security-opt", help="seccomp=default|unconfined|"
+                                                     "FILE or no-new-privileges=true|false (loosening needs "
+                                                     "allow_privileged)."),
 ) -> None:
     """Run CMD in a new container under a policy group; exit with its status (128+N for signal N).
 
@@ -63,6 +76,11 @@ def run(
       cgman run -p acme/web --name web1 -d --network bridge -- python3 -m http.server
 
       cgman run -p batch --layer /srv/base --layer /srv/app --timeout 1h -- /app/job
+
+    By default a container holds 11 capabilities (CHOWN DAC_OVERRIDE FOWNER FSETID KILL
+    NET_BIND_SERVICE SETFCAP SETGID SETPCAP SETUID SYS_CHROOT), runs with no_new_privs and a
+    seccomp filter (Docker's rules), sees only its own cgroup read-only, and may use only
+    /dev/null, zero, full, random, urandom, tty, ptmx and pts. `cgman inspect NAME` shows them.
     """
     from ..units import UnitError, parse_quantity
     from .runcmd import execute
@@ -75,11 +93,16 @@ def run(
         if not isinstance(q, int) or q <= 0:
             raise typer.BadParameter("give a size like 256Mi (unlimited: leave it out)", param_hint="--memory")
         mem = q
+    from .common import run_security
+    try:
+        security = run_security(privileged, cap_add, cap_drop, device, security_opt)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     code = execute(policy=policy, command=_argv(command), name=name, detach=detach, cpus=cpus, memory_bytes=mem,
                    pids=pids, hostname=hostname, network=network, rootfs=str(rootfs) if rootfs else None,
                    layers=tuple(str(p) for p in layer or ()), userns=userns, init=init, env=_env(env),
                    timeout_s=_seconds(timeout) if timeout else None, timeout_text=timeout or "", auto_remove=rm,
-                   files=files)
+                   files=files, security=security)
     raise typer.Exit(code)
 
 

@@ -29,6 +29,10 @@ RUN_OPTIONS: dict[str, tuple[str, Any]] = {
     "--timeout": ("timeout", "value"),
     "--rm": ("rm", True),
     "--file": ("file", "multi"), "-f": ("file", "multi"),
+    "--privileged": ("privileged", True),
+    "--cap-add": ("cap_add", "multi"), "--cap-drop": ("cap_drop", "multi"),
+    "--device": ("device", "multi"),
+    "--security-opt": ("security_opt", "multi"),
 }
 GLOBAL_OPTIONS: dict[str, tuple[str, Any]] = {
     "-v": ("verbose", True), "--verbose": ("verbose", True),
@@ -38,7 +42,8 @@ GLOBAL_OPTIONS: dict[str, tuple[str, Any]] = {
 
 def parse(argv: list[str]) -> Optional[dict[str, Any]]:
     """Options of `[GLOBAL...] run [OPTIONS...] [--] CMD...`, or None to leave it to typer."""
-    opts: dict[str, Any] = {"layer": [], "env": [], "file": []}
+    opts: dict[str, Any] = {"layer": [], "env": [], "file": [], "cap_add": [], "cap_drop": [], "device": [],
+                            "security_opt": []}
     seen_run = False
     i = 0
     while i < len(argv):
@@ -87,8 +92,10 @@ def parse(argv: list[str]) -> Optional[dict[str, Any]]:
 def run_kwargs(o: dict[str, Any]) -> Optional[dict[str, Any]]:
     """Convert and validate the values as the typer command does; None if one is bad."""
     from ..units import UnitError, parse_duration_usec, parse_quantity
-    from .common import env_pairs
+    from .common import env_pairs, run_security
     try:
+        security = run_security(o.get("privileged", False), o["cap_add"], o["cap_drop"], o["device"],
+                                o["security_opt"])
         cpus = float(o["cpus"]) if "cpus" in o else None
         pids = int(o["pids"]) if "pids" in o else None
         mem = None
@@ -106,7 +113,7 @@ def run_kwargs(o: dict[str, Any]) -> Optional[dict[str, Any]]:
                 rootfs=o.get("rootfs"),
                 layers=tuple(o["layer"]), userns=o.get("userns", False),
                 init=o.get("init", True), env=env, timeout_s=timeout_s, timeout_text=o.get("timeout", ""),
-                auto_remove=o.get("rm", False), files=list(o["file"]) or None)
+                auto_remove=o.get("rm", False), files=list(o["file"]) or None, security=security)
 
 
 def main(argv: list[str]) -> Optional[int]:

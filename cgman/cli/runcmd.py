@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ..model import PolicySet
+    from ..security.resolve import RunSecurity
 
 from .common import host, load, store
 
@@ -48,11 +49,14 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
             hostname: Optional[str] = None, network: Optional[str] = None, rootfs: Optional[str] = None,
             layers: tuple[str, ...] = (), userns: bool = False, init: bool = True,
             env: tuple[tuple[str, str], ...] = (), timeout_s: Optional[float] = None,
-            timeout_text: str = "", auto_remove: bool = False, files: Optional[list[Path]] = None) -> int:
+            timeout_text: str = "", auto_remove: bool = False, files: Optional[list[Path]] = None,
+            security: Optional[RunSecurity] = None) -> int:
     """Run a container; the exit code for the CLI (the workload's, or 0 after -d)."""
     from ..runtime import containers as C
+    from ..security.resolve import RunSecurity
     o = C.Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
-                    rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove)
+                    rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove,
+                    security=security or RunSecurity())
     h, st = host(), store()
     policies, source = policies_for_run(st, h.root, files)
     spec = C.spec_for(policies, policy, name, command, o, **source)

@@ -25,7 +25,7 @@ from .v2 import V2Driver
 __all__ = ["Host", "open_host", "HostInfo", "Usage", "split_path"]
 DEFAULT_ROOT = "cgman"
 log = logging.getLogger(__name__)
-MANAGED_V1 = ("cpu", "cpuacct", "cpuset", "memory", "io", "pids", "freezer")
+MANAGED_V1 = ("cpu", "cpuacct", "cpuset", "memory", "io", "pids", "freezer", "devices")
 
 
 def cgroup_root(explicit: str | None = None) -> str:

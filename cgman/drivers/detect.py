@@ -11,7 +11,7 @@ from ..plan import RESOURCE_CONTROLLERS, Features, Layout, Target
 MOUNTINFO = "/proc/self/mountinfo"
 # cgman controller name -> v1 subsystem name
 V1_SUBSYS = {"cpu": "cpu", "cpuacct": "cpuacct", "cpuset": "cpuset", "memory": "memory",
-             "io": "blkio", "pids": "pids", "freezer": "freezer"}
+             "io": "blkio", "pids": "pids", "freezer": "freezer", "devices": "devices"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,31 @@ def parse_mountinfo(text: str) -> tuple[dict[str, str], str | None]:
                 if subsys in opts and ours not in v1:
                     v1[ours] = mountpoint
     return v1, unified
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of mountinfo: where, what, and the per-mount options (nosuid, relatime, ...)."""
+
+    mountpoint: str
+    fstype: str
+    options: frozenset[str]
+
+
+def mounts(text: str) -> list[Mount]:
+    """Every mount of a mountinfo text, in order."""
+    out = []
+    for line in text.splitlines():
+        pre, sep, post = line.partition(" - ")
+        fields, tail = pre.split(), post.split()
+        if sep and len(fields) >= 6 and tail:
+            out.append(Mount(_unescape(fields[4]), tail[0], frozenset(fields[5].split(","))))
+    return out
+
+
+def read_mounts(mountinfo: str = MOUNTINFO) -> list[Mount]:
+    with open(mountinfo, encoding="utf-8") as f:
+        return mounts(f.read())
 
 
 def detect(mountinfo: str = MOUNTINFO) -> HostInfo:

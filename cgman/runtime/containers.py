@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
+from ..security.resolve import RunSecurity, from_summary, resolve
 from .launch import (CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, finish, launch, retry_cleanup,
                      start_process)
 from .records import Record, Store, alive
@@ -46,6 +47,7 @@ class Overrides:
     init: bool = True
     env: tuple[tuple[str, str], ...] = ()
     auto_remove: bool = False
+    security: RunSecurity = RunSecurity()
 
 
 def _check_dir(path: str, what: str) -> str:
@@ -103,10 +105,15 @@ def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str],
                             layers=tuple(_check_dir(p, "layer") for p in rootfs.layers))
         ns.add("mount")
     hostname = o.hostname or (ls.hostname or "{name}").replace("{name}", name)
+    security = resolve(group, ls.security, o.security)
+    if not security.privileged and "mount" not in ns:
+        raise LaunchError(f"group {group} launches without a mount namespace, which its containers' protections "
+                          f"need (a read-only cgroupfs, masked /proc paths): add mount to launch.namespaces")
     return ContainerSpec(name=name, group=group, tenant=g.tenant, argv=tuple(argv), resources=res,
                          formula=g.formula, namespaces=frozenset(ns), hostname=hostname[:64],
                          network=NetworkSpec(mode=net.mode, bridge=net.bridge, subnet=net.subnet),
-                         rootfs=rootfs, user_map=user_map, env=o.env, init=o.init, auto_remove=o.auto_remove)
+                         rootfs=rootfs, user_map=user_map, env=o.env, init=o.init, auto_remove=o.auto_remove,
+                         security=security)
 
 
 # ------------------------------------------------------------------------------ running
@@ -239,7 +246,9 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
             except FileNotFoundError:
                 raise Busy(f"container {name} exited while joining it") from None
             joined_user = joined_user or ns == "user"
-        base = dict(os.environ) if not rec.rootfs else {"PATH": CLEAN_PATH, "HOME": "/root"}
+        base = {"PATH": CLEAN_PATH, "HOME": "/root", "container": "cgman"}     # clean, as `run` gives
+        if rec.hostname:
+            base["HOSTNAME"] = rec.hostname
         base.update(env)
         envp = [os.fsencode(f"{k}={v}") for k, v in base.items()]
         box: dict[str, Any] = {"c": None, "held": []}
@@ -248,8 +257,11 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
             box["held"].append(sig) if box["c"] is None else box["c"].signal(sig)
         old = {s: signal.signal(s, forward) for s in FORWARDED}
         try:
+            # The same capabilities, no_new_privs and seccomp filter as the container's own processes,
+            # as `runc exec` does (devices and the read-only cgroupfs come with its cgroup and mounts).
             proc = start_process(host, rec.cgroup, [os.fsencode(a) for a in argv], envp, setns_fds=fds,
-                                 init=True, uid=0 if joined_user else -1, gid=0 if joined_user else -1)
+                                 init=True, uid=0 if joined_user else -1, gid=0 if joined_user else -1,
+                                 security=from_summary(rec.security), cache_dir=store.state)
             for fd in fds:
                 os.close(fd)
             fds = []

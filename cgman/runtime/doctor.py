@@ -104,6 +104,7 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
     checks += delegation_checks(info.unified, root, v2_controllers=any(
         c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS))
     checks += container_checks()
+    checks += security_checks(host)
     checks += accounting_checks(host, state_dir)
     return checks
 
@@ -132,6 +133,44 @@ def container_checks() -> list[Check]:
     out.append(Check("bridge networking", bridge, "bridge module present" if bridge else
                      "no bridge module (needed for network: bridge)", "" if bridge else "modprobe bridge veth",
                      warn=not bridge))
+    return out
+
+
+def security_checks(host: Host) -> list[Check]:
+    """What a default container's protections need: seccomp, a device filter, cgman-init."""
+    out = []
+    try:
+        from ..security import caps, seccomp
+        prog = seccomp.program(seccomp.DEFAULT, caps.DEFAULT, None)
+        out.append(Check("seccomp", prog is not None and "Seccomp:" in _read("/proc/self/status"),
+                         f"default profile compiles ({len(prog[0]) // 8 if prog else 0} BPF instructions)"))
+    except Exception as e:    # noqa: BLE001 (any failure here is the finding)
+        out.append(Check("seccomp", False, f"cannot compile the default profile: {e}",
+                         "install libseccomp (apt-get install libseccomp2) and reinstall cgman; until then every "
+                         "container fails to start unless its group sets launch.seccomp: unconfined"))
+    from ..security.devices import DEFAULT
+    if "devices" in host.layout.v1_controllers:
+        out.append(Check("device cgroup (v1)", True, f"devices.deny/devices.allow at {host.info.v1_mounts['devices']}"))
+    if host.v2 is not None:
+        try:
+            from .. import _secure
+            _secure.load_device_filter([d.bpf() for d in DEFAULT])
+            out.append(Check("device filter (BPF)", True, "BPF_PROG_TYPE_CGROUP_DEVICE programs load"))
+        except (ImportError, OSError) as e:
+            out.append(Check("device filter (BPF)", False, f"{e}",
+                             "needs a kernel with CONFIG_CGROUP_BPF and root (CAP_SYS_ADMIN/CAP_BPF); until then "
+                             "containers on cgroup v2 cannot start unless privileged"))
+    try:
+        from ..security.init import memfd
+        memfd()
+        out.append(Check("container init", True, "cgman-init runs from a sealed memfd (no host binary as PID 1)"))
+    except Exception as e:    # noqa: BLE001
+        out.append(Check("container init", False, str(e), "reinstall cgman (pip install -e .) with musl-tools or "
+                         "a static libc"))
+    users = _read("/proc/sys/user/max_user_namespaces")
+    out.append(Check("isolation", True, "default containers: 11 capabilities, no_new_privs, seccomp, devices "
+                     "allow-listed, read-only cgroupfs; --userns also maps container root to an unprivileged "
+                     "host uid" + ("" if users not in ("", "0") else " (unavailable here: user namespaces are off)")))
     return out
 
 

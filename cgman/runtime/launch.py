@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import Busy, CgmanError, CgroupIOError, LaunchError, NotFound
 from ..model import NetworkSpec, Resources, RootfsSpec
 from ..plan import ACCOUNTING_CONTROLLERS, ROOT, Write, controllers_used, translate
+from ..security.resolve import MASKED_PATHS, READONLY_PATHS, Security
 from . import rootfs as rfs
 from .records import Record, Store, proc_start_ticks
 
@@ -42,9 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NS_FLAGS = {"uts": 0x04000000, "ipc": 0x08000000, "pid": 0x20000000, "net": 0x40000000,
-            "mount": 0x00020000, "user": 0x10000000}
-CLONE_NEWCGROUP = 0x02000000
 DEFAULT_USER_MAP = (100000, 100000, 65536)    # host uid, host gid, count (container root -> 100000)
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SETUP_TIMEOUT_S = 60
@@ -68,6 +66,18 @@ class ContainerSpec:
     env: tuple[tuple[str, str], ...] = ()
     init: bool = True
     auto_remove: bool = False
+    security: Security = Security()
+
+
+def _ns_flags(names: set[str]) -> int:
+    """clone flags for namespace names, from the helper's own constants."""
+    sp = _spawn_module()
+    table = {"uts": sp.CLONE_NEWUTS, "ipc": sp.CLONE_NEWIPC, "pid": sp.CLONE_NEWPID, "net": sp.CLONE_NEWNET,
+             "mount": sp.CLONE_NEWNS, "user": sp.CLONE_NEWUSER}
+    flags = 0
+    for n in names:
+        flags |= table.get(n, 0)
+    return flags
 
 
 def _spawn_module() -> Any:
@@ -80,12 +90,11 @@ def _spawn_module() -> Any:
 
 
 def _env(spec: ContainerSpec) -> list[bytes]:
-    if spec.rootfs is None:       # a host command: keep the caller's environment, as unshare(1) does
-        env = dict(os.environ)
-    else:                         # a foreign root: the host's environment means nothing there
-        env = {"PATH": CLEAN_PATH, "HOME": "/root"}
-        if "TERM" in os.environ:
-            env["TERM"] = os.environ["TERM"]
+    # A clean environment, as Docker gives: the operator's (tokens, credentials) is not the
+    # tenant's to read. `-e KEY` passes one variable through on purpose.
+    env = {"PATH": CLEAN_PATH, "HOME": "/root"}
+    if "TERM" in os.environ:
+        env["TERM"] = os.environ["TERM"]
     if spec.hostname:
         env["HOSTNAME"] = spec.hostname
     env["container"] = "cgman"
@@ -211,9 +220,16 @@ def _setup_error(stage: int, err: int, op: int) -> LaunchError:
 def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes], *, clone_flags: int = 0,
                   unshare_flags: int = 0, hostname: str | None = None, lo_up: bool = False,
                   ops: list[Any] | None = None, init: bool = True, uid: int = -1, gid: int = -1,
-                  setns_fds: list[int] | None = None) -> Process:
-    """Clone a child into ``leaf`` (v2 at birth, v1 before release). It waits for release()."""
+                  setns_fds: list[int] | None = None, security: Security | None = None,
+                  cache_dir: str | None = None) -> Process:
+    """Clone a child into ``leaf`` (v2 at birth, v1 before release). It waits for release().
+
+    ``security`` (default: the secure defaults) is applied by the child right before exec;
+    ``init``: exec cgman-init from its sealed memfd, which then starts ``argv``."""
     sp = _spawn_module()
+    sec_kw = _security_kwargs(security or Security(), cache_dir)
+    from ..security.init import memfd
+    init_fd = memfd() if init else -1
     cg_fd = -1
     if host.v2 is not None:
         try:
@@ -226,8 +242,8 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
         pid, in_cgroup, rel, err = sp.spawn(argv, envp, clone_flags=clone_flags, cgroup_fd=cg_fd,
                                             unshare_flags=unshare_flags,
                                             hostname=os.fsencode(hostname) if hostname else None,
-                                            lo_up=lo_up, ops=ops or None, init=init, uid=uid, gid=gid,
-                                            setns_fds=setns_fds)
+                                            lo_up=lo_up, ops=ops or None, init_fd=init_fd, uid=uid, gid=gid,
+                                            setns_fds=setns_fds, **sec_kw)
     except OSError as e:
         raise LaunchError(f"cannot create the container's process: {e.strerror}"
                           f"{' (too many processes? check pids.max)' if e.errno == errno.EAGAIN else ''}") from None
@@ -244,6 +260,64 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
         proc.abort()
         raise
     return proc
+
+
+def _security_kwargs(sec: Security, cache_dir: str | None) -> dict[str, Any]:
+    """The helper's arguments for ``sec``: capability mask, no_new_privs, the seccomp program."""
+    if sec.privileged:
+        return {}
+    from ..security import caps, seccomp
+    compiled = seccomp.program(sec.seccomp, sec.caps, cache_dir)
+    return {"drop_caps": True, "cap_keep": caps.mask(sec.caps), "no_new_privs": sec.no_new_privileges,
+            "seccomp": compiled[0] if compiled else None}
+
+
+def _protection(host: "Host", spec: ContainerSpec, leaf: str, root: str | None) -> tuple[list[Any], list[Any]]:
+    """Mount steps that keep the container off the host's cgroupfs, /sys and /proc secrets."""
+    if spec.security.privileged:
+        return [], []
+    from ..drivers.detect import read_mounts
+    mounts = read_mounts()
+    trees = {t.mount: t for d in host.drivers for t in d.hierarchies()}
+    views = []
+    for m in mounts:
+        # a new root gets the hierarchies under /sys/fs/cgroup; the host's view, every cgroup mount
+        if m.fstype not in ("cgroup", "cgroup2") or (root is not None
+                                                      and not m.mountpoint.startswith("/sys/fs/cgroup")):
+            continue
+        t = trees.get(m.mountpoint)
+        own = t.path(leaf) if t is not None and t.exists(leaf) else None
+        views.append(rfs.CgroupView(m.mountpoint, own, rfs.mount_flags(m.options)))
+    by_point = {m.mountpoint: m for m in mounts}
+    tmpfs = by_point.get("/sys/fs/cgroup")
+    tmpfs_flags = rfs.mount_flags(tmpfs.options) if tmpfs is not None and tmpfs.fstype == "tmpfs" else None
+    if root is None:
+        sysfs = by_point.get("/sys")
+        sys_flags = rfs.mount_flags(sysfs.options) if sysfs is not None else None
+    else:
+        sys_flags = 0 if "net" in spec.namespaces else None
+    return rfs.protect_ops(root=root, views=views, tmpfs_flags=tmpfs_flags, sys_flags=sys_flags,
+                           masked=MASKED_PATHS, readonly=READONLY_PATHS)
+
+
+def _devices(host: "Host", leaf: str, sec: Security) -> None:
+    """Deny every device but the allowed ones: v1 devices.deny/allow on the leaf, and on a
+    cgroup2 leaf (pure v2, or hybrid as well) a BPF device program."""
+    if sec.privileged:
+        return
+    if "devices" in host.layout.v1_controllers:
+        host.write(Write(leaf, "devices", "devices.deny", "a"))
+        for d in sec.devices:
+            host.write(Write(leaf, "devices", "devices.allow", d.v1_line()))
+    if host.v2 is not None:
+        from .. import _secure
+        fd = host.v2.t.open_dir(leaf)
+        try:
+            _secure.attach_device_filter(fd, [d.bpf() for d in sec.devices])
+        except OSError as e:
+            raise LaunchError(f"cannot restrict the devices of {leaf}: {e} (see `cgman doctor`)") from None
+        finally:
+            os.close(fd)
 
 
 class Container:
@@ -462,7 +536,8 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
                  supervisor_start=_start_ticks(sup), detached=detached, namespaces=sorted(ns),
                  hostname=spec.hostname, network={"mode": spec.network.mode if "net" in ns else "host"},
                  user_map=dict(zip(("uid", "gid", "count"), spec.user_map, strict=True)) if spec.user_map else None,
-                 limits=_limits_summary(spec.resources), auto_remove=spec.auto_remove)
+                 limits=_limits_summary(spec.resources), auto_remove=spec.auto_remove,
+                 security=spec.security.summary())
     if not host.exists(spec.group):
         raise NotFound(f"group {spec.group!r} does not exist under the cgman root {host.root!r}: "
                        f"apply its policy first (`cgman apply FILE`)")
@@ -476,6 +551,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
             raise Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
                        f"pick another --name")
         _cgroup_limits(host, leaf, spec)
+        _devices(host, leaf, spec.security)
         overlay = None
         if spec.rootfs is not None and spec.rootfs.layers:
             scratch = store.scratch(spec.name)
@@ -490,20 +566,19 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
             rec.rootfs = {"layers": list(spec.rootfs.layers), "upper": overlay.upper}
         elif spec.rootfs is not None and spec.rootfs.path:
             rec.rootfs = {"path": spec.rootfs.path}
+        root = overlay.merged if overlay is not None else spec.rootfs.path if spec.rootfs else None
         ops = rfs.mount_ops(root=spec.rootfs.path if spec.rootfs else None, overlay=overlay,
                             pid_ns="pid" in ns, net_ns="net" in ns, ipc_ns="ipc" in ns,
-                            userns="user" in ns) if "mount" in ns else []
+                            userns="user" in ns, protect=_protection(host, spec, leaf, root)) if "mount" in ns else []
         if before_spawn is not None:
             before_spawn()
-        flags = 0
-        for n in ns:
-            flags |= NS_FLAGS.get(n, 0)
         userns = "user" in ns
-        proc = start_process(host, leaf, [os.fsencode(a) for a in spec.argv], _env(spec), clone_flags=flags,
-                             unshare_flags=CLONE_NEWCGROUP if "cgroup" in ns else 0,
+        proc = start_process(host, leaf, [os.fsencode(a) for a in spec.argv], _env(spec), clone_flags=_ns_flags(ns),
+                             unshare_flags=_spawn_module().CLONE_NEWCGROUP if "cgroup" in ns else 0,
                              hostname=spec.hostname if "uts" in ns else None,
                              lo_up="net" in ns and spec.network.mode in ("loopback", "bridge"),
-                             ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1)
+                             ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1,
+                             security=spec.security, cache_dir=store.state)
         rec.pid, rec.pid_start = proc.pid, proc_start_ticks(proc.pid)
         if userns:
             uid, gid, count = spec.user_map or DEFAULT_USER_MAP

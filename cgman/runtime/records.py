@@ -75,6 +75,7 @@ class Record:
     memory_sampled_bytes: int | None = None
     memory_peak_bytes: int | None = None
     ledger_pending: bool = False      # exited, but the ledger could not be written: gc tries again
+    security: dict[str, Any] | None = None    # what it runs with (security.resolve.Security.summary)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Record":

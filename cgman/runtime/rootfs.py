@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterable
 
-# <sys/mount.h>
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-# cgman/_spawn.c
-OP_MOUNT, OP_MKDIR, OP_TOUCH, OP_PIVOT, OP_CHDIR, OP_UMOUNT, OP_SYMLINK = range(1, 8)
+# <sys/mount.h> and the helper's operations, from the helper itself (one source of truth).
+from .._spawn import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
+                      MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, OP_MKDIR, OP_MOUNT, OP_OPTIONAL,
+                      OP_PIVOT, OP_SYMLINK, OP_TOUCH)
+
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
@@ -43,8 +44,79 @@ def _b(s: str) -> bytes:
     return os.fsencode(s)
 
 
+@dataclass(frozen=True)
+class CgroupView:
+    """A cgroup mount of the host as the container will see it."""
+
+    mountpoint: str                # e.g. /sys/fs/cgroup/memory
+    leaf: str | None               # the container's own cgroup there (host path), if it has one
+    flags: int                     # per-mount flags to keep (nosuid, nodev, noexec, atime)
+
+
+_FLAG_OPTS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+              "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+
+
+def mount_flags(options: Iterable[str]) -> int:
+    """The flags a read-only remount must repeat: in a user namespace the kernel refuses to
+    change the locked ones (nosuid, nodev, noexec, atime) of a mount copied from the host."""
+    return sum(f for o, f in _FLAG_OPTS.items() if o in options)
+
+
+def _ro(target: str, flags: int, optional: bool = False) -> Op:
+    return (OP_MOUNT | (OP_OPTIONAL if optional else 0), None, _b(target), None,
+            MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+
+
+def _cgroup_ops(views: list[CgroupView], prefix: str, tmpfs_flags: int | None) -> list[Op]:
+    """Each cgroup mount replaced by a read-only bind of the container's own cgroup (or made
+    read-only where it has none). ``tmpfs_flags``: the v1 tmpfs holding the hierarchies."""
+    ops: list[Op] = []
+    for v in views:
+        target = prefix + v.mountpoint
+        if prefix and tmpfs_flags is not None:
+            ops.append((OP_MKDIR, _b(target)))
+        if v.leaf is not None:
+            ops.append((OP_MOUNT, _b(v.leaf), _b(target), None, MS_BIND))
+        elif prefix:
+            continue               # a new root shows only the hierarchies the container is in
+        ops.append(_ro(target, v.flags))
+    if tmpfs_flags is not None:
+        ops.append(_ro(prefix + "/sys/fs/cgroup", tmpfs_flags))
+    return ops
+
+
+def protect_ops(*, root: str | None, views: list[CgroupView], tmpfs_flags: int | None,
+                sys_flags: int | None, masked: Iterable[str], readonly: Iterable[str]) -> tuple[list[Op], list[Op]]:
+    """(before pivot_root, after it): the container's read-only view of its own cgroup,
+    a read-only /sys, masked paths (runc's: /dev/null over files, an empty read-only tmpfs
+    over directories) and read-only paths. Paths this kernel lacks are skipped."""
+    before: list[Op] = []
+    after: list[Op] = []
+    if root is None:
+        after += _cgroup_ops(views, "", tmpfs_flags)
+        if sys_flags is not None:
+            after.append(_ro("/sys", sys_flags))
+    elif sys_flags is not None:      # with its own netns a new root has a read-only sysfs
+        r = root.rstrip("/")
+        v1 = tmpfs_flags is not None
+        if v1:
+            before.append((OP_MOUNT, b"tmpfs", _b(f"{r}/sys/fs/cgroup"), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                           b"mode=755,size=64k"))
+        before += _cgroup_ops(views, r, MS_NOSUID | MS_NODEV | MS_NOEXEC if v1 else None)
+    for p in masked:
+        if os.path.isdir(p):
+            after.append((OP_MOUNT | OP_OPTIONAL, b"tmpfs", _b(p), b"tmpfs", MS_RDONLY, b"size=0"))
+        else:
+            after.append((OP_MOUNT | OP_OPTIONAL, b"/dev/null", _b(p), None, MS_BIND))
+    for p in readonly:
+        after += [(OP_MOUNT | OP_OPTIONAL, _b(p), _b(p), None, MS_BIND | MS_REC),
+                  _ro(p, MS_NOSUID | MS_NODEV | MS_NOEXEC, optional=True)]
+    return before, after
+
+
 def mount_ops(*, root: str | None, overlay: Overlay | None, pid_ns: bool, net_ns: bool,
-              ipc_ns: bool, userns: bool) -> list[Op]:
+              ipc_ns: bool, userns: bool, protect: tuple[list[Op], list[Op]] = ([], [])) -> list[Op]:
     """Operations for a container: private propagation, the new root (bind or overlay),
     a minimal /dev, /proc of the new pid namespace, /sys when it has its own netns."""
     ops: list[Op] = [(OP_MOUNT, None, b"/", None, MS_REC | MS_PRIVATE)]
@@ -53,10 +125,11 @@ def mount_ops(*, root: str | None, overlay: Overlay | None, pid_ns: bool, net_ns
         ops.append((OP_MOUNT, b"overlay", _b(root), b"overlay", 0, _b(overlay.options(userns))))
     elif root is not None:
         ops.append((OP_MOUNT, _b(root), _b(root), None, MS_BIND | MS_REC))   # pivot_root needs a mount
+    before, after = protect
     if root is None:
         if pid_ns:   # the host's /proc shows the host's pids: remount it for the new namespace
             ops.append((OP_MOUNT, b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC))
-        return ops
+        return ops + after
     r = root.rstrip("/")
     dev = f"{r}/dev"
     ops += [(OP_MKDIR, _b(dev)),
@@ -79,5 +152,6 @@ def mount_ops(*, root: str | None, overlay: Overlay | None, pid_ns: bool, net_ns
     # host's /proc is still visible: in a user namespace the kernel only allows a new proc
     # mount next to a fully visible one (mount_too_revealing).
     ops.append((OP_MOUNT, b"proc", _b(f"{r}/proc"), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC))
+    ops += before
     ops.append((OP_PIVOT, _b(r)))
-    return ops
+    return ops + after
