@@ -16,7 +16,10 @@ just before the first spawn to just after the last exit, with ``time.perf_counte
   runc       ``runc run`` of an OCI bundle (static busybox rootfs, memory + pids limits, own cgroup)
   crun       ``crun run`` of the same bundle (crun 1.8 refuses hybrid hosts: reported and skipped)
   cgman      ``cgman run --policy bench --rm --network loopback`` (skipped if ``cgman run --help`` fails)
+  cgman-priv the same with ``--privileged`` (capabilities, seccomp, devices, read-only cgroupfs all off)
   inprocess  the library: ``cgman.runtime.launch.launch()`` in this process, until the workload exec'd
+             (with the secure defaults: 11 capabilities, no_new_privs, seccomp, device filter, masked paths)
+  inprocess-priv  the same, privileged: what the defaults cost is inprocess / inprocess-priv
   lifecycle  the same plus wait() and finish() (final usage read, cgroup and record removed)
   python, imports  floors for any Python CLI: interpreter start, and start + `cgman run`'s imports
 
@@ -54,8 +57,8 @@ VENV_BIN = Path(sys.executable).parent
 MEMORY_MAX_BYTES = 256 * 1024 * 1024
 PIDS_MAX = 64
 UNSHARE = ["unshare", "--uts", "--ipc", "--pid", "--net", "--mount", "--cgroup", "--fork", "--mount-proc"]
-ORDER = ["unshare", "bwrap", "libcgroup", "runc", "crun", "cgman", "inprocess", "inprocess-b2b", "lifecycle",
-         "python", "imports"]
+ORDER = ["unshare", "bwrap", "libcgroup", "runc", "crun", "cgman", "cgman-priv", "inprocess", "inprocess-priv",
+         "inprocess-b2b", "inprocess-priv-b2b", "lifecycle", "python", "imports"]
 NOTES = {
     "unshare": "no cgroup, no limits",
     "bwrap": "no cgroup, no limits (+ user ns)",
@@ -63,8 +66,11 @@ NOTES = {
     "runc": "OCI bundle, busybox rootfs, new cgroup with limits",
     "crun": "OCI bundle, busybox rootfs, new cgroup with limits",
     "cgman": "cgman run --rm, loopback net, new cgroup with limits",
+    "cgman-priv": "the same with --privileged (no caps drop, seccomp, devices, masks)",
     "inprocess": "library launch() until the workload has exec'd (cgroup, limits, namespaces)",
     "inprocess-b2b": "the same, back to back after the interleaved rounds (no idle gap)",
+    "inprocess-priv": "library launch, privileged: the defaults' cost is inprocess minus this",
+    "inprocess-priv-b2b": "the same, back to back, alternating with inprocess-b2b",
     "lifecycle": "library launch + wait + finish (usage read, cgroup removed)",
     "python": "floor: the venv's python -c pass",
     "imports": "floor: python + the modules `cgman run` imports",
@@ -175,23 +181,26 @@ def make_oci(runtime: str, tag: str, tmp: Path) -> Launcher:
     return probe(launch)
 
 
-def make_cgman(tag: str, tmp: Path) -> Launcher:
+def make_cgman(tag: str, tmp: Path, privileged: bool = False) -> Launcher:
     cli = str(VENV_BIN / "cgman")
-    env = dict(os.environ, CGMAN_CGROUP_ROOT=f"{PREFIX}{tag}-cgman",
-               CGMAN_RUN_DIR=str(tmp / "cgman-run"), CGMAN_STATE_DIR=str(tmp / "cgman-state"))
+    kind = "cgmanp" if privileged else "cgman"
+    env = dict(os.environ, CGMAN_CGROUP_ROOT=f"{PREFIX}{tag}-{kind}",
+               CGMAN_RUN_DIR=str(tmp / f"{kind}-run"), CGMAN_STATE_DIR=str(tmp / f"{kind}-state"))
     try:
         run([cli, "run", "--help"], env)
     except (RuntimeError, OSError) as e:
         raise Skip(f"`cgman run --help` failed ({e}): `cgman run` not written yet?") from e
-    policy = tmp / "bench.yaml"            # `cgman run -p bench` finds what `cgman apply` applied
+    policy = tmp / f"{kind}.yaml"           # `cgman run -p bench` finds what `cgman apply` applied
     policy.write_text("version: 1\npolicies:\n  bench:\n    container:\n"
-                      f"      memory: {{max: 256Mi}}\n      pids: {{max: {PIDS_MAX}}}\n")
+                      f"      memory: {{max: 256Mi}}\n      pids: {{max: {PIDS_MAX}}}\n"
+                      "    launch: {allow_privileged: true}\n")
     try:
         run([cli, "apply", str(policy)], env)
     except RuntimeError as e:
         raise Skip(f"cgman apply failed: {e}") from e
+    flags = ["--privileged"] if privileged else []
     return probe(lambda i: timed([cli, "run", "--policy", "bench", "--name", f"b{suffix(i)}",
-                                  "--rm", "--network", "loopback", "--", "/bin/true"], env))
+                                  "--rm", "--network", "loopback", *flags, "--", "/bin/true"], env))
 
 
 FACTORIES: dict[str, Callable[[str, Path], Launcher]] = {
@@ -199,10 +208,11 @@ FACTORIES: dict[str, Callable[[str, Path], Launcher]] = {
     "runc": lambda tag, tmp: make_oci("runc", tag, tmp),
     "crun": lambda tag, tmp: make_oci("crun", tag, tmp),
     "cgman": make_cgman,
+    "cgman-priv": lambda tag, tmp: make_cgman(tag, tmp, privileged=True),
 }
 
 
-def make_library(tag: str, tmp: Path, full_cycle: bool) -> Launcher:
+def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False) -> Launcher:
     """The library API in this process: launch() returns once the workload has exec'd inside its
     cgroup and namespaces (``inprocess``); ``lifecycle`` adds wait() and finish() (final usage
     read, cgroup removed, record deleted)."""
@@ -212,17 +222,21 @@ def make_library(tag: str, tmp: Path, full_cycle: bool) -> Launcher:
     from cgman.runtime.apply import apply
     from cgman.runtime.launch import ContainerSpec, launch
     from cgman.runtime.records import Store
-    root = f"{PREFIX}{tag}-lib{'c' if full_cycle else ''}"
+    from cgman.security.resolve import Security
+    sec = Security(privileged=True) if privileged else Security()
+    root = f"{PREFIX}{tag}-lib{'c' if full_cycle else ''}{'p' if privileged else ''}"
     host = open_host(root)
-    policy = tmp / f"lib-{int(full_cycle)}.yaml"
+    policy = tmp / f"lib-{int(full_cycle)}{int(privileged)}.yaml"
     policy.write_text("version: 1\npolicies:\n  bench: {}\n")
     apply(load_files([policy]), host)
-    store = Store(str(tmp / f"lib-run-{int(full_cycle)}"), str(tmp / f"lib-state-{int(full_cycle)}"))
+    store = Store(str(tmp / f"lib-run-{int(full_cycle)}{int(privileged)}"),
+                  str(tmp / f"lib-state-{int(full_cycle)}{int(privileged)}"))
     res = Resources(memory=MemoryLimits(max_bytes=MEMORY_MAX_BYTES), pids=PidsLimits(max=PIDS_MAX))
 
     def one(i: int) -> float:
         spec = ContainerSpec(name=f"l{suffix(i)}", group="bench", tenant="bench", argv=("/bin/true",),
-                             resources=res, network=NetworkSpec(mode="loopback"), auto_remove=True)
+                             resources=res, network=NetworkSpec(mode="loopback"), auto_remove=True,
+                             security=sec)
         t = time.perf_counter()
         c = launch(host, store, spec)
         if full_cycle:
@@ -237,6 +251,7 @@ def make_library(tag: str, tmp: Path, full_cycle: bool) -> Launcher:
 
 
 FACTORIES["inprocess"] = lambda tag, tmp: make_library(tag, tmp, False)
+FACTORIES["inprocess-priv"] = lambda tag, tmp: make_library(tag, tmp, False, privileged=True)
 FACTORIES["lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True)
 FACTORIES["python"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "pass"]))
 FACTORIES["imports"] = lambda tag, tmp: probe(lambda i: timed([
@@ -289,7 +304,12 @@ def measure(selected: list[str], rounds: int, tag: str, tmp: Path) -> tuple[dict
     if "inprocess" in launchers and "inprocess" not in skipped and not _stop:
         # Back to back, as a launcher service would: the kernel's cgroup.procs writes stay fast
         # (the first after an idle gap waits for an RCU grace period, ~8 ms here).
-        samples["inprocess-b2b"] = [launchers["inprocess"](1000 + i) for i in range(rounds)]
+        pairs = [k for k in ("inprocess", "inprocess-priv") if k in launchers and k not in skipped]
+        for k in pairs:
+            samples[f"{k}-b2b"] = []
+        for i in range(rounds):                      # alternating, so drift hits both alike
+            for k in pairs:
+                samples[f"{k}-b2b"].append(launchers[k](1000 + i))
     return samples, skipped
 
 
@@ -317,11 +337,15 @@ def report(samples: dict, skipped: dict, rounds: int, as_json: bool) -> None:
         return
     print(f"launch /bin/true, {rounds} interleaved rounds (+1 warm-up dropped), kernel "
           f"{os.uname().release}, {'cgroup v2' if pure_v2 else 'hybrid/v1 cgroups'}")
-    print(f"{'contender':<10} {'median ms':>9} {'p90 ms':>8} {'x runc':>7} {'x cgman':>7}  note")
+    print(f"{'contender':<18} {'median ms':>9} {'p90 ms':>8} {'x runc':>7} {'x cgman':>7}  note")
     for row in rows:
         ratios = [f"{row[k]:.2f}" if row[k] is not None else "-" for k in ("vs_runc", "vs_cgman")]
-        print(f"{row['contender']:<10} {row['median_ms']:>9.2f} {row['p90_ms']:>8.2f} "
+        print(f"{row['contender']:<18} {row['median_ms']:>9.2f} {row['p90_ms']:>8.2f} "
               f"{ratios[0]:>7} {ratios[1]:>7}  {row['note']}")
+    for a, b in (("inprocess", "inprocess-priv"), ("inprocess-b2b", "inprocess-priv-b2b"), ("cgman", "cgman-priv")):
+        if a in medians and b in medians:
+            print(f"secure defaults: {a} - {b} = {medians[a] - medians[b]:+.2f} ms "
+                  f"(x{medians[a] / medians[b]:.2f})")
     for k, why in skipped.items():
         print(f"{k}: skipped: {why}")
     print("versions: " + "; ".join(f"{c}: {v}" for c, v in versions.items()))

@@ -55,11 +55,11 @@ CG = "/sys/fs/cgroup"
 @pytest.mark.parametrize("text, v1, unified", [
     (HYBRID, {"cpu": f"{CG}/cpu", "cpuacct": f"{CG}/cpuacct", "cpuset": f"{CG}/cpuset",
               "memory": f"{CG}/memory", "freezer": f"{CG}/freezer", "io": f"{CG}/blkio",
-              "pids": f"{CG}/pids"}, f"{CG}/unified"),
+              "pids": f"{CG}/pids", "devices": f"{CG}/devices"}, f"{CG}/unified"),
     (PURE_V2, {}, CG),
     (PURE_V1, {"cpu": f"{CG}/cpu,cpuacct", "cpuacct": f"{CG}/cpu,cpuacct", "cpuset": f"{CG}/cpuset",
                "memory": f"{CG}/memory", "io": f"{CG}/blkio", "pids": f"{CG}/pids",
-               "freezer": f"{CG}/freezer"}, None),
+               "freezer": f"{CG}/freezer", "devices": f"{CG}/devices"}, None),
 ], ids=["hybrid", "v2", "v1-comounted"])
 def test_parse_mountinfo(text, v1, unified):
     assert parse_mountinfo(text) == (v1, unified)
@@ -80,9 +80,10 @@ def test_non_cgman_v1_options_are_not_mistaken_for_cpu(opts):
     assert "cpu" not in v1 and unified is None
 
 
-def test_hybrid_v1_mounts_do_not_include_name_systemd_or_devices():
+def test_hybrid_v1_mounts_include_devices_but_not_name_systemd():
+    # devices: each container's leaf gets the device allow list (devices.deny/devices.allow)
     v1, _ = parse_mountinfo(HYBRID)
-    assert f"{CG}/systemd" not in v1.values() and f"{CG}/devices" not in v1.values()
+    assert f"{CG}/systemd" not in v1.values() and v1["devices"] == f"{CG}/devices"
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -642,7 +642,9 @@ def test_json_schema_objects_reject_unknown_keys():
      {"device", "weight", "rbps", "wbps", "riops", "wiops"}),
     (("$defs", "group", "properties", "pids"), {"max"}),
     (("$defs", "group", "properties", "container"), {"cpu", "memory", "io", "pids"}),
-    (("$defs", "group", "properties", "launch"), {"namespaces", "hostname", "network", "rootfs", "user"}),
+    (("$defs", "group", "properties", "launch"), {"namespaces", "hostname", "network", "rootfs", "user",
+                                                  "privileged", "allow_privileged", "capabilities",
+                                                  "no_new_privileges", "seccomp", "devices"}),
     (("$defs", "group", "properties", "launch", "properties", "network"), {"mode", "bridge", "subnet"}),
 ])
 def test_json_schema_properties_match_spec_keys(where, keys):
