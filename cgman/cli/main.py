@@ -71,8 +71,8 @@ def _container(target: str):
     """The record of container ``target``, or None when TARGET names a group."""
     if "/" in target or target == ".":
         return None
-    from ..runtime.records import Store
-    st = Store(_state["run_dir"], _state["state_dir"])
+    from .common import store
+    st = store()
     return st.load(target) if st.exists(target) else None
 
 
