@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import Busy, CgmanError, NotFound
-from .recordcheck import NAME_RE, check
+from .recordcheck import NAME_RE, InvalidRecord, check
 from .safedir import SafeDir
 
 BRIDGE_DIR = "/run/cgman-bridges"     # host-wide: a bridge is per host, not per run dir
@@ -123,6 +123,7 @@ class Store:
         self.bridges = SafeDir(bridges or BRIDGE_DIR, "bridge lease dir", "CGMAN_BRIDGE_DIR")
         self._root = root
         self._resolved: str | None = None
+        self._groups: frozenset[str] | None = None
 
     @property
     def root(self) -> str:
@@ -188,6 +189,7 @@ class Store:
     def reserve(self, rec: Record) -> None:
         """Claim ``rec.name`` (atomically) and write its first record."""
         d = self._dir(rec.name)
+        self.statedir.fd()    # the ledger and scratch live there: refuse an unsafe one before anything runs
         try:
             self.rundir.mkdir(d)
         except FileExistsError:
@@ -211,7 +213,19 @@ class Store:
         except (ValueError, TypeError) as e:
             raise CgmanError(f"{path}: unreadable container record ({e}); remove it with "
                              f"`cgman rm --force {name}`") from None
-        return Record.from_json(check(data, path, name, self.root))
+        rec = Record.from_json(check(data, path, name, self.root))
+        if rec.cgroup in self._policy_groups():
+            raise InvalidRecord(path, "cgroup", f"{rec.cgroup} is a policy group (applied under root "
+                                f"{self.root!r}), not a container's leaf")
+        return rec
+
+    def _policy_groups(self) -> frozenset[str]:
+        """The groups `cgman apply` applied under this root: never a container's leaf."""
+        if self._groups is None:
+            from .applied import load
+            applied = load(self, self.root) if self.rundir.exists() else None
+            self._groups = frozenset(g.path for g in applied.groups) if applied else frozenset()
+        return self._groups
 
     def exists(self, name: str) -> bool:
         return NAME_RE.fullmatch(name) is not None and self.rundir.isdir(self._dir(name))
