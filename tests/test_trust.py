@@ -86,6 +86,7 @@ def test_an_edited_cgroup_root_never_reaches_another_root(cli, pol, tmp_path, ot
     g = cli("gc", "--json")
     assert g.returncode == 0 and json.loads(g.stdout) == {"collected": []}
     assert cli("stop", "victim").returncode == 1
+    assert cli("rm", "--force", "victim").returncode == 1, "another root's record is that root's to remove"
     assert alive(sleeper) and other_root.exists("acme/web/victim")
 
 
@@ -109,6 +110,8 @@ def test_a_record_naming_a_policy_group_is_invalid_and_left_alone(cli, pol, host
     assert alive(sleeper) and host.exists("acme/web")
     rows = json.loads(cli("ps", "-a", "--json", check=True).stdout)
     assert [(r["name"], r["state"]) for r in rows] == [("web", "invalid")]
+    assert cli("rm", "--force", "web").returncode == 0, "an invalid record is dropped, nothing else"
+    assert alive(sleeper) and host.exists("acme/web")
 
 
 @pytest.mark.parametrize("field, value, says", [
