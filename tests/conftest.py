@@ -91,9 +91,11 @@ def host(root_name: str) -> Iterator[object]:
 
 
 def cli_env(root_name: str, tmp_path: Path) -> dict[str, str]:
-    """Environment for `python -m cgman`: this test's cgroup root, run dir and state dir."""
+    """Environment for `python -m cgman`: this test's cgroup root, run dir, state dir and
+    bridge lease dir (host-wide by default: /run/cgman-bridges)."""
     return dict(os.environ, CGMAN_CGROUP_ROOT=root_name, PYTHONPATH=str(REPO),
-                CGMAN_RUN_DIR=str(tmp_path / "run"), CGMAN_STATE_DIR=str(tmp_path / "state"))
+                CGMAN_RUN_DIR=str(tmp_path / "run"), CGMAN_STATE_DIR=str(tmp_path / "state"),
+                CGMAN_BRIDGE_DIR=str(tmp_path / "bridges"))
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def lib(host, tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text(POLICY)
     apply(load_files([p]), host)
-    store = Store(str(tmp_path / "run"), str(tmp_path / "state"))
+    store = Store(str(tmp_path / "run"), str(tmp_path / "state"), root=host.root)
     return SimpleNamespace(host=host, store=store, tmp=tmp_path)
 
 

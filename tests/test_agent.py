@@ -713,23 +713,30 @@ def test_a_symlinked_policy_dir_that_is_swapped_is_watched_again(host, agents, t
 
 def test_gc_carries_on_past_a_container_it_cannot_collect(host, tmp_path):
     """One record that cannot be collected now (here: its host cannot be opened) must not
-    keep the others from being collected; it is reported, and left for the next gc."""
+    keep the others from being collected; it is reported, and left for the next gc. A record
+    of another cgroup root is that root's to collect: skipped, not reported."""
     from cgman.errors import NotFound
     from cgman.runtime.containers import gc
     from cgman.runtime.records import Record, Store
-    st = Store(str(tmp_path / "run"), str(tmp_path / "state"))
-    for name, root in (("a-bad", "elsewhere"), ("b-good", host.root)):
+    st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root=host.root)
+    for name, root in (("a-bad", host.root), ("b-good", host.root), ("c-other", "elsewhere")):
         st.reserve(Record(id=name.encode().hex().ljust(32, "0"), name=name, group="g", tenant="t",
                           cgroup=f"g/{name}", cgroup_root=root, argv=["true"], created=time.time() - 5,
                           state="running", started=time.time() - 5))       # no supervisor: dead
 
+    fail = {"next": True}
+
     def hosts(root: str):
-        if root == "elsewhere":
+        assert root == host.root, "never another root's host"
+        if fail["next"]:                 # the first container of each pass
+            fail["next"] = False
             raise NotFound("no such cgroup root (test)")
         return host
     failed: list[tuple[str, str]] = []
     got = gc(st, hosts, on_error=lambda name, e: failed.append((name, str(e))))
     assert got == ["b-good"] and failed == [("a-bad", "no such cgroup root (test)")]
     assert st.load("a-bad").state == "running", "left for the next gc"
+    assert json.loads((tmp_path / "run" / "containers" / "c-other" / "record.json").read_text())["state"] == "running"
+    fail["next"] = True
     with pytest.raises(NotFound, match="no such cgroup root"):   # without on_error: raised after the pass
         gc(st, hosts)

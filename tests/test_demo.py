@@ -19,7 +19,8 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(host, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, CGMAN_DEMO_ROOT=host.root, CGMAN_DEMO_RUN_DIR=str(tmp_path / "run"),
-               CGMAN_DEMO_STATE_DIR=str(tmp_path / "state"), CGMAN_DEMO_PORT=str(port))
+               CGMAN_DEMO_STATE_DIR=str(tmp_path / "state"), CGMAN_DEMO_PORT=str(port),
+               CGMAN_BRIDGE_DIR=str(tmp_path / "bridges"))     # the host's /run/cgman-bridges stays untouched
     p = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600)
     out = p.stdout + p.stderr

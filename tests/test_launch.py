@@ -515,7 +515,7 @@ def test_two_bridge_containers_talk_over_tcp(cli, host, tmp_path, bridge):
         cli("rm", "--force", "srv")
     links = _links()
     assert f"{bridge}:" not in links and f"master {bridge}" not in links, "bridge and veths removed"
-    assert not (tmp_path / "run" / "network" / f"{bridge}.json").exists(), "no lease left"
+    assert not (tmp_path / "bridges" / f"{bridge}.json").exists(), "no lease left"
     assert_no_leftovers(host, tmp_path, "net/srv")
 
 
@@ -528,7 +528,7 @@ def test_subnet_exhausted_is_a_clear_error_and_leaves_nothing(cli, host, tmp_pat
         assert "subnet 10.213.9.0/30 is exhausted" in r.stderr and len(r.stderr.splitlines()) == 1
         assert not (tmp_path / "run" / "containers" / "extra").exists()
         assert not [d for d in leaf_dirs(host, "net/extra") if os.path.exists(d)]
-        leases = json.loads((tmp_path / "run" / "network" / f"{bridge}.json").read_text())["leases"]
+        leases = json.loads((tmp_path / "bridges" / f"{bridge}.json").read_text())["leases"]
         assert list(leases) == ["10.213.9.2"], "the failed run took no address"
     finally:
         cli("rm", "--force", "only")
@@ -543,7 +543,7 @@ def test_sigkill_of_a_bridge_containers_supervisor_frees_its_address(run, host, 
     time.sleep(0.3)
     assert json.loads(cli("gc", "--json", check=True).stdout) == {"collected": ["orphan"]}
     assert f"{bridge}:" not in _links() and "cgv" + rec["id"][:11] not in _links()
-    assert not (tmp_path / "run" / "network" / f"{bridge}.json").exists()
+    assert not (tmp_path / "bridges" / f"{bridge}.json").exists()
     assert_no_leftovers(host, tmp_path, "net/orphan")
 
 

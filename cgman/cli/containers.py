@@ -6,6 +6,7 @@ commands, because interpreter start-up is part of `cgman run`'s latency.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -136,6 +137,8 @@ def ps(all_: bool = typer.Option(False, "--all", "-a", help="Also exited contain
     fmt = "{:<20} {:<16} {:<10} {:>7} {:<8} {:>9} {:>9} {:>9}  {}"
     typer.echo(fmt.format("NAME", "GROUP", "TENANT", "PID", "STATE", "UPTIME", "CPU", "MEMORY", "COMMAND"))
     for r in rows:
+        if r.get("problem"):
+            typer.echo(f"cgman: {r['problem']}", err=True)
         state = r["state"] if r["state"] != "exited" else f"exit {r['exit_code']}"
         up = "-" if r["uptime_s"] is None else f"{r['uptime_s']:.1f}s"
         cpu = "-" if r["cpu_s"] is None else f"{r['cpu_s']:.3f}s"
@@ -171,7 +174,7 @@ def logs(name: str = typer.Argument(..., help="Container name.")) -> None:
     st = store()
     st.load(name)
     try:
-        with open(st.log_path(name), "rb") as f:
+        with os.fdopen(st.open_log(name), "rb") as f:
             while chunk := f.read(65536):
                 sys.stdout.buffer.write(chunk)
     except FileNotFoundError:

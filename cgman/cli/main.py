@@ -71,8 +71,8 @@ def _container(target: str):
     """The record of container ``target``, or None when TARGET names a group."""
     if "/" in target or target == ".":
         return None
-    from ..runtime.records import Store
-    st = Store(_state["run_dir"], _state["state_dir"])
+    from .common import store
+    st = store()
     return st.load(target) if st.exists(target) else None
 
 
@@ -306,11 +306,12 @@ def rm(target: str = typer.Argument(..., help="Group path (acme/web) or containe
             st.load(target)
         except NotFound:
             pass
-        except CgmanError:
-            if not force:
+        except CgmanError as e:
+            from ..runtime.recordcheck import OtherRoot
+            if not force or isinstance(e, OtherRoot):   # another root's: rm it with that --cgroup-root
                 raise
-            st.delete(target)          # an unreadable record: nothing to stop, drop it
-            typer.echo(f"removed container {target} (its record was unreadable)")
+            st.delete(target)          # an invalid or unreadable record: never acted on, dropped
+            typer.echo(f"removed container {target} (its record was invalid or unreadable)")
             return
     if _container(target) is not None:
         from .containers import hosts, store

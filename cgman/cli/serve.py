@@ -120,7 +120,8 @@ def run_agent(opts: dict[str, Any]) -> None:
     policy_dir = opts.get("policy_dir") or os.environ.get("CGMAN_POLICY_DIR") or next(
         (d for d in ("/etc/cgman/policies", "policies") if os.path.isdir(d)), "/etc/cgman/policies")
     listen = opts.get("listen") or os.environ.get("CGMAN_EXPORTER_LISTEN") or DEFAULT_LISTEN
-    serve(open_host(opts.get("root")), Store(opts.get("run_dir"), opts.get("state_dir")), policy_dir, listen,
+    serve(open_host(opts.get("root")), Store(opts.get("run_dir"), opts.get("state_dir"), root=opts.get("root"),
+                                            bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None), policy_dir, listen,
           interval_s=float(opts.get("interval", 30.0)), prune=bool(opts.get("prune")),
           poll=bool(opts.get("poll")), web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
           pressure=bool(opts.get("pressure", True)))

@@ -32,7 +32,7 @@ def save(store: Store, root: str, policies: PolicySet, replace: bool = False) ->
     groups.update({g.path: g for g in policies.groups})
     files = tuple(dict.fromkeys((*(() if replace or old is None else old.files), *policies.files)))
     merged = PolicySet(tuple(sorted(groups.values(), key=lambda g: (g.path.count("/"), g.path))), files)
-    os.makedirs(store.run, mode=0o755, exist_ok=True)
+    store.rundir.fd()             # created 0700, or refused if another user could write it
     dump(_path(store, root), merged)
 
 

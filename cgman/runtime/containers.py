@@ -22,6 +22,7 @@ from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, Ro
 from ..security.resolve import RunSecurity, from_summary, resolve
 from .launch import (CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, finish, launch, retry_cleanup,
                      start_process)
+from .recordcheck import OtherRoot, owned_pid, signal_owned
 from .records import Record, Store, alive
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ def _supervise(host: "Host", store: Store, spec: ContainerSpec, w: int, timeout_
     os.close(dev_null)
 
     def to_log() -> None:
-        fd = os.open(store.log_path(spec.name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = store.open_log(spec.name, write=True)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
@@ -228,7 +229,7 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
     if not argv:
         raise LaunchError(f"no command given: `cgman exec {name} -- CMD...`")
     rec = store.load(name)
-    if rec.state != "running" or not alive(rec.pid, rec.pid_start):
+    if rec.state != "running" or not owned_pid(rec.pid, rec.pid_start, store.root, rec.cgroup):
         raise Busy(f"container {name} is not running (state: {state_of(host, rec)})")
     if host.is_frozen(rec.cgroup):
         raise Busy(f"container {name} is frozen: a command started in it could not run "
@@ -285,7 +286,7 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
 def state_of(host: "Host | None", rec: Record) -> str:
     if rec.state == "exited":
         return "exited"
-    if not alive(rec.pid, rec.pid_start):
+    if not owned_pid(rec.pid, rec.pid_start, rec.cgroup_root, rec.cgroup):
         if alive(rec.supervisor_pid, rec.supervisor_start):
             return "created" if rec.state == "created" else "exiting"    # its supervisor is on it
         return "dead"
@@ -303,7 +304,13 @@ def ps(store: Store, hosts: HostFactory, all_: bool = False) -> list[dict[str, A
     import psutil
     rows = []
     now = time.time()
-    for rec in store.records():
+    recs, bad = store.scan()
+    for name, err in bad:        # shown, never acted on
+        rows.append({"name": name, "id": "", "group": "-", "tenant": "-", "pid": None,
+                     "state": "other-root" if isinstance(err, OtherRoot) else "invalid", "command": "",
+                     "address": None, "exit_code": None, "uptime_s": None, "cpu_s": None,
+                     "memory_bytes": None, "processes": None, "problem": str(err)})
+    for rec in recs:
         host = hosts(rec.cgroup_root)
         st = state_of(host, rec)
         if st == "exited" and not all_:
@@ -364,16 +371,12 @@ def stop(store: Store, hosts: HostFactory, name: str, grace_s: float = 10.0) -> 
     host = hosts(rec.cgroup_root)
     if rec.state == "exited":
         return rec
-    if alive(rec.pid, rec.pid_start):
-        assert rec.pid is not None
+    if owned_pid(rec.pid, rec.pid_start, store.root, rec.cgroup):
         if not alive(rec.supervisor_pid, rec.supervisor_start):
             _sample_orphan(host, store, rec)
         if host.is_frozen(rec.cgroup):
             host.thaw(rec.cgroup)       # a frozen process cannot act on SIGTERM
-        try:
-            os.kill(rec.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        signal_owned(rec.pid, rec.pid_start, store.root, rec.cgroup, signal.SIGTERM)
         if not _wait_gone(rec.pid, rec.pid_start, grace_s) and host.exists(rec.cgroup):
             host.kill(rec.cgroup)
             _wait_gone(rec.pid, rec.pid_start, 5.0)
@@ -429,7 +432,15 @@ def gc(store: Store, hosts: HostFactory, on_collected: Callable[[str], None] | N
     collected: list[str] = []
     first: Exception | None = None
     with store.lock("gc"):
-        for rec in store.records():
+        recs, bad = store.scan()
+        for name, err in bad:     # reported and left alone; another root's are that root's to collect
+            if isinstance(err, OtherRoot):
+                continue
+            if on_error is None:
+                first = first or err
+            else:
+                on_error(name, err)
+        for rec in recs:
             try:
                 if _collect_one(store, hosts, rec):
                     collected.append(rec.name)
@@ -440,7 +451,7 @@ def gc(store: Store, hosts: HostFactory, on_collected: Callable[[str], None] | N
                     first = first or e
                 else:
                     on_error(rec.name, e)
-        _sweep_scratch(store)
+        store.sweep_scratch()
     if first is not None:
         raise first
     return collected
@@ -457,7 +468,7 @@ def _collect_one(store: Store, hosts: HostFactory, rec: Record) -> bool:
     if rec.state == "exited" or alive(rec.supervisor_pid, rec.supervisor_start):
         return False
     host = hosts(rec.cgroup_root)
-    if alive(rec.pid, rec.pid_start) and host.exists(rec.cgroup):
+    if owned_pid(rec.pid, rec.pid_start, store.root, rec.cgroup) and host.exists(rec.cgroup):
         _sample_orphan(host, store, rec)
         host.kill(rec.cgroup)
     finish(host, store, rec, None, "collected (its supervisor was gone)")
@@ -472,25 +483,6 @@ def _sample_orphan(host: "Host", store: Store, rec: Record) -> None:
         sample(host, store, rec)
     except CgmanError:
         pass
-
-
-def _sweep_scratch(store: Store) -> None:
-    """Scratch dirs whose record is gone (a crash between delete steps)."""
-    import shutil
-    base = os.path.join(store.state, "containers")
-    try:
-        names = os.listdir(base)
-    except FileNotFoundError:
-        return
-    for n in names:
-        d = os.path.join(base, n)
-        try:
-            with open(os.path.join(d, "owner")) as f:
-                owner = f.read()
-        except OSError:
-            continue              # not ours to judge (another run dir may share this state dir)
-        if owner == store.run and not store.exists(n):
-            shutil.rmtree(d, ignore_errors=True)
 
 
 __all__ = ["Overrides", "spec_for", "run_foreground", "run_detached", "exec_in", "ps", "stop", "rm", "gc",

@@ -24,7 +24,6 @@ import errno
 import logging
 import os
 import select
-import shutil
 import signal
 import struct
 import time
@@ -479,7 +478,7 @@ def _release_rest(store: Store, rec: Record, problems: list[str]) -> None:
             network.release(store, rec.network["bridge"], rec.id)
         except CgmanError as e:
             problems.append(str(e))
-    shutil.rmtree(store.scratch(rec.name), ignore_errors=True)
+    store.delete_scratch(rec.name)
 
 
 def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
@@ -554,15 +553,9 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         _devices(host, leaf, spec.security)
         overlay = None
         if spec.rootfs is not None and spec.rootfs.layers:
-            scratch = store.scratch(spec.name)
+            owner = (spec.user_map[0], spec.user_map[1]) if spec.user_map and "user" in ns else None
+            scratch = store.make_scratch(spec.name, ("upper", "work", "merged"), owner)
             overlay = rfs.Overlay(spec.rootfs.layers, f"{scratch}/upper", f"{scratch}/work", f"{scratch}/merged")
-            os.makedirs(scratch, mode=0o755, exist_ok=True)
-            with open(os.path.join(scratch, "owner"), "w") as f:
-                f.write(store.run)    # gc sweeps only scratch of its own run dir
-            for d in (overlay.upper, overlay.work, overlay.merged):
-                os.makedirs(d, mode=0o755)
-                if spec.user_map and "user" in ns:
-                    os.chown(d, spec.user_map[0], spec.user_map[1])
             rec.rootfs = {"layers": list(spec.rootfs.layers), "upper": overlay.upper}
         elif spec.rootfs is not None and spec.rootfs.path:
             rec.rootfs = {"path": spec.rootfs.path}

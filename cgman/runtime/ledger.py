@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator
 
@@ -169,18 +171,10 @@ class Ledger:
     def connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
-        if self.readonly:
-            if not os.path.exists(self.path):
-                raise LedgerError(f"no ledger at {self.path}: no container has finished under this "
-                                  f"state dir yet (--state-dir, CGMAN_STATE_DIR)")
-            uri = f"file:{self.path}?mode=ro"
-        else:
-            try:
-                os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
-            except OSError as e:
-                raise LedgerError(f"ledger {self.path}: cannot create its directory ({e.strerror}); check "
-                                  f"--state-dir / CGMAN_STATE_DIR") from None
-            uri = f"file:{self.path}?mode=rwc"
+        self._prepare()
+        # A file: URI with the path percent-quoted: a '?' or '#' in the state dir is part of
+        # the name, not the start of URI parameters (mode=ro must not be overridable).
+        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode={'ro' if self.readonly else 'rwc'}"
         try:
             db = sqlite3.connect(uri, uri=True, timeout=_busy_timeout_s(), isolation_level=None,
                                  check_same_thread=False)
@@ -210,6 +204,38 @@ class Ledger:
                               f"this cgman reads version {SCHEMA_VERSION}")
         self._db = db
         return db
+
+    def _prepare(self) -> None:
+        """Check the state dir (safedir.py) and the ledger's files before SQLite opens them by
+        path: no link among them, and the ledger 0600 (its -wal and -shm take its mode), so
+        neither another user nor a container reads the tenants' rows."""
+        from .safedir import SafeDir, UnsafeDir
+        d = SafeDir(os.path.dirname(os.path.abspath(self.path)), "state dir",
+                    "--state-dir (CGMAN_STATE_DIR)", mode=0o711)
+        name = os.path.basename(self.path)
+        try:
+            dfd = d.fd(create=not self.readonly)
+            for suffix in ("-wal", "-shm", "-journal"):
+                try:
+                    if not stat.S_ISREG(os.stat(name + suffix, dir_fd=dfd, follow_symlinks=False).st_mode):
+                        raise UnsafeDir(f"refusing {self.path}{suffix}: not a regular file (a link?); remove it")
+                except FileNotFoundError:
+                    pass
+            fd = d.open(name, os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            raise LedgerError(f"no ledger at {self.path}: no container has finished under this "
+                              f"state dir yet (--state-dir, CGMAN_STATE_DIR)") from None
+        except UnsafeDir as e:
+            raise LedgerError(str(e)) from None
+        except OSError as e:
+            raise LedgerError(f"ledger {self.path}: {e.strerror}; check that the state dir is writable "
+                              f"(--state-dir, CGMAN_STATE_DIR)") from None
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.fchmod(fd, 0o600)       # a ledger of an older cgman was 0644
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._db is not None:

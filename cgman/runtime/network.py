@@ -5,11 +5,16 @@ step, and errors come back as errno values we can explain. pyroute2 is imported
 only here and only when a container asks for ``network: bridge`` (it costs
 ~250 ms to import).
 
-Leases live in ``<run>/network/<bridge>.json`` under ``<run>/network.lock``:
-``{"subnet": ..., "created_bridge": bool, "leases": {address: container id}}``.
-The bridge gets the subnet's first host address; containers get the lowest free
-one after it. When the last lease goes and cgman created the bridge, the bridge
-goes too, so nothing is left behind.
+Leases are per bridge, and a bridge is per host: two cgman instances with different
+run dirs on one bridge share one lease file, ``<bridges>/<bridge>.json``, under one
+lock, ``<bridges>/<bridge>.lock`` (``/run/cgman-bridges``, root-only; CGMAN_BRIDGE_DIR
+at the CLI edge moves it). ``{"subnet": ..., "created_bridge": bool, "leases":
+{address: {"id": container id, "run": run dir}}}``. The bridge gets the subnet's
+first host address; containers get the lowest free one after it. A lease whose
+container's host veth is gone (the kernel removes it with the container's netns) is
+stale and reclaimed under the lock; only then, when no instance holds a lease, does
+the bridge go (if cgman created it), so nothing is left behind and nobody's running
+container loses its bridge.
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CgmanError, LaunchError
+from .recordcheck import valid_ifname
 from .records import Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SUBNET = "10.88.0.0/24"
 
@@ -41,27 +51,59 @@ def _names(cid: str) -> tuple[str, str]:
     return f"cgv{cid[:11]}", f"cgp{cid[:11]}"      # IFNAMSIZ: 15 characters
 
 
-def _leases_path(store: Store, bridge: str) -> str:
-    return os.path.join(store.run, "network", f"{bridge}.json")
+def _check_bridge(bridge: str) -> None:
+    if not valid_ifname(bridge):
+        raise LaunchError(f"bridge name {bridge!r} is not an interface name (1-15 characters, "
+                          f"no '/', ':' or space); fix the group's launch.network.bridge")
 
 
 def _load(store: Store, bridge: str) -> dict[str, Any]:
+    """The bridge's lease file, checked; an unreadable one is an error, never guessed at."""
+    path = store.bridges.join(f"{bridge}.json")
     try:
-        with open(_leases_path(store, bridge)) as f:
-            return json.load(f)
+        data = json.loads(store.bridges.read(f"{bridge}.json"))
     except FileNotFoundError:
         return {"subnet": None, "created_bridge": False, "leases": {}}
+    except ValueError as e:
+        raise CgmanError(f"{path}: unreadable lease file ({e}); remove it once no container "
+                         f"uses bridge {bridge}") from None
+    problem = _lease_problem(data)
+    if problem:
+        raise CgmanError(f"{path}: {problem}; remove it once no container uses bridge {bridge}")
+    return data
+
+
+def _lease_problem(data: Any) -> str:
+    if not isinstance(data, dict) or not isinstance(data.get("leases", {}), dict):
+        return "not a lease file"
+    for addr, owner in data.get("leases", {}).items():
+        try:
+            ipaddress.IPv4Address(addr)
+        except ValueError:
+            return f"leases: {addr!r} is not an IPv4 address"
+        if not (isinstance(owner, dict) and isinstance(owner.get("id"), str)
+                and re.fullmatch(r"[0-9a-f]{32}", owner["id"]) and isinstance(owner.get("run"), str)):
+            return f"leases: {addr}: not {{id, run}}"
+    if data.get("subnet") is not None:
+        try:
+            ipaddress.IPv4Network(data["subnet"])
+        except (ValueError, TypeError):
+            return f"subnet: {data['subnet']!r} is not an IPv4 network"
+    return ""
 
 
 def _save(store: Store, bridge: str, data: dict[str, Any]) -> None:
-    path = _leases_path(store, bridge)
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    store.bridges.write_atomic(f"{bridge}.json", json.dumps(data, indent=1, sort_keys=True).encode(),
+                               fsync=True)
+
+
+def _reclaim(ipr: Any, data: dict[str, Any]) -> None:
+    """Drop leases whose container is gone: its host veth went with its netns."""
+    leases = data.get("leases", {})
+    for addr, owner in list(leases.items()):
+        if not ipr.link_lookup(ifname=_names(owner["id"])[0]):
+            log.info("reclaimed stale lease %s of container %s (run dir %s)", addr, owner["id"], owner["run"])
+            del leases[addr]
 
 
 def allocate(data: dict[str, Any], subnet: str, cid: str) -> tuple[str, str, int]:
@@ -85,9 +127,11 @@ def attach(store: Store, bridge: str, subnet: str | None, cid: str, pid: int) ->
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
     subnet = subnet or DEFAULT_SUBNET
+    _check_bridge(bridge)
     host_if, peer_if = _names(cid)
-    with store.lock("network"), IPRoute() as ipr:
+    with store.bridges.lock(f"{bridge}.lock"), IPRoute() as ipr:
         data = _load(store, bridge)
+        _reclaim(ipr, data)
         address, gateway, plen = allocate(data, subnet, cid)
         try:
             existing = ipr.link_lookup(ifname=bridge)
@@ -107,7 +151,7 @@ def attach(store: Store, bridge: str, subnet: str | None, cid: str, pid: int) ->
                 data["added_address"] = f"{gateway}/{plen}"
             ipr.link("set", index=br, state="up")
             data["subnet"] = subnet
-            data.setdefault("leases", {})[address] = cid
+            data.setdefault("leases", {})[address] = {"id": cid, "run": store.run}
             _save(store, bridge, data)
             ipr.link("add", ifname=host_if, kind="veth", peer=peer_if)
             hidx = ipr.link_lookup(ifname=host_if)[0]
@@ -141,8 +185,9 @@ def release(store: Store, bridge: str, cid: str) -> None:
     """Drop ``cid``'s lease and host veth; remove the bridge if cgman made it and it is unused."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
+    _check_bridge(bridge)
     host_if, _ = _names(cid)
-    with store.lock("network"), IPRoute() as ipr:
+    with store.bridges.lock(f"{bridge}.lock"), IPRoute() as ipr:
         for idx in ipr.link_lookup(ifname=host_if):
             try:
                 ipr.link("del", index=idx)
@@ -150,8 +195,9 @@ def release(store: Store, bridge: str, cid: str) -> None:
                 if e.code != errno.ENODEV:    # gone with its netns already
                     raise CgmanError(f"removing {host_if}: {os.strerror(e.code)}") from None
         data = _load(store, bridge)
-        leases = {a: c for a, c in data.get("leases", {}).items() if c != cid}
+        leases = {a: c for a, c in data.get("leases", {}).items() if c["id"] != cid}
         data["leases"] = leases
+        _reclaim(ipr, data)
         if leases:
             _save(store, bridge, data)
             return
@@ -169,7 +215,4 @@ def release(store: Store, bridge: str, cid: str) -> None:
                     ipr.addr("del", index=idx, address=address, prefixlen=int(plen))
                 except NetlinkError:
                     pass
-        try:
-            os.unlink(_leases_path(store, bridge))
-        except FileNotFoundError:
-            pass
+        store.bridges.remove(f"{bridge}.json")

@@ -4,8 +4,12 @@ Layout (``--run-dir``, env ``CGMAN_RUN_DIR``, default /run/cgman)::
 
     containers/<name>/record.json   the record (replaced atomically: write tmp, rename)
     containers/<name>/log           stdout and stderr of a detached container
-    network/<bridge>.json           the bridge's address leases (see network.py)
-    gc.lock, network.lock           flock(2) files that serialise collection and leasing
+    containers/<name>/collect.lock  serialises whoever collects the container
+    gc.lock                         flock(2) file that serialises collection
+
+Bridge address leases are per host, not per run dir: see network.py. Every file here
+is opened without following links, in a directory that only root (or the user running
+cgman) may write (safedir.py), and every record is checked before use (recordcheck.py).
 
 Creating ``containers/<name>`` with mkdir(2) is what makes a name unique: two
 concurrent ``cgman run --name x`` cannot both succeed. Per-container scratch that
@@ -15,20 +19,17 @@ may be large (the overlay upper dir) lives in the state dir instead
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import re
-import shutil
-import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import Busy, CgmanError, NotFound
+from .recordcheck import NAME_RE, InvalidRecord, check
+from .safedir import SafeDir
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+BRIDGE_DIR = "/run/cgman-bridges"     # host-wide: a bridge is per host, not per run dir
 
 
 def run_dir(explicit: str | None = None) -> str:
@@ -106,33 +107,92 @@ def alive(pid: int | None, start: int | None) -> bool:
 
 
 class Store:
-    """The run dir's records."""
+    """The run dir's records, for the commands of one cgroup root.
 
-    def __init__(self, run: str | None = None, state: str | None = None) -> None:
+    ``root`` is the cgroup root of the command (None: the default one); records of other
+    roots are never acted on. ``bridges`` is the host-wide bridge lease dir (network.py).
+    Nothing is read or created until used."""
+
+    def __init__(self, run: str | None = None, state: str | None = None, root: str | None = None,
+                 bridges: str | None = None) -> None:
         self.run = run_dir(run)
         self.state = state_dir(state)
         self.containers = os.path.join(self.run, "containers")
+        self.rundir = SafeDir(self.run, "run dir", "--run-dir (CGMAN_RUN_DIR)")
+        # 0711: a user-namespaced container's root must pass through to its overlay scratch.
+        self.statedir = SafeDir(self.state, "state dir", "--state-dir (CGMAN_STATE_DIR)", mode=0o711)
+        self.bridges = SafeDir(bridges or BRIDGE_DIR, "bridge lease dir", "CGMAN_BRIDGE_DIR")
+        self._root = root
+        self._resolved: str | None = None
+        self._groups: frozenset[str] | None = None
+
+    @property
+    def root(self) -> str:
+        if self._resolved is None:
+            from ..drivers import cgroup_root
+            self._resolved = cgroup_root(self._root)
+        return self._resolved
 
     def _dir(self, name: str) -> str:
         if not NAME_RE.fullmatch(name):
             raise CgmanError(f"bad container name {name!r}: use 1-64 of A-Z a-z 0-9 _ . - "
                              f"(starting with a letter or digit)")
-        return os.path.join(self.containers, name)
+        return f"containers/{name}"
 
     def scratch(self, name: str) -> str:
         """Per-container scratch (overlay upper and work dirs) in the state dir."""
-        self._dir(name)
-        return os.path.join(self.state, "containers", name)
+        return self.statedir.join(self._dir(name))
+
+    def make_scratch(self, name: str, subdirs: tuple[str, ...], owner: tuple[int, int] | None) -> str:
+        """Create the scratch dir with ``subdirs`` (chowned to ``owner``) and its owner file."""
+        d = self._dir(name)
+        try:
+            self.statedir.mkdir(d, mode=0o711)
+        except FileExistsError:         # left by a crash: nothing in it is ours any more
+            self.statedir.remove(d)
+            self.statedir.mkdir(d, mode=0o711)
+        self.statedir.write_atomic(f"{d}/owner", self.run.encode())  # gc sweeps only its own run dir's
+        dfd = self.statedir.open_dir(d)
+        try:
+            for sub in subdirs:
+                os.mkdir(sub, 0o755, dir_fd=dfd)
+                if owner is not None:
+                    os.chown(sub, *owner, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(dfd)
+        return self.scratch(name)
+
+    def delete_scratch(self, name: str) -> None:
+        self.statedir.remove(self._dir(name))
+
+    def sweep_scratch(self) -> None:
+        """Scratch dirs whose record is gone (a crash between delete steps)."""
+        if not self.statedir.exists():
+            return
+        for n in self.statedir.listdir("containers"):
+            if not NAME_RE.fullmatch(n):
+                continue
+            try:
+                owner = self.statedir.read(f"containers/{n}/owner", 4096).decode(errors="replace")
+            except (OSError, CgmanError):
+                continue          # not ours to judge (another run dir may share this state dir)
+            if owner == self.run and not self.exists(n):
+                self.delete_scratch(n)
 
     def log_path(self, name: str) -> str:
-        return os.path.join(self._dir(name), "log")
+        return self.rundir.join(f"{self._dir(name)}/log")
+
+    def open_log(self, name: str, write: bool = False) -> int:
+        """The detached container's log (appended to by its supervisor); never through a link."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND if write else os.O_RDONLY
+        return self.rundir.open(f"{self._dir(name)}/log", flags)
 
     def reserve(self, rec: Record) -> None:
         """Claim ``rec.name`` (atomically) and write its first record."""
         d = self._dir(rec.name)
-        os.makedirs(self.containers, mode=0o700, exist_ok=True)
+        self.statedir.fd()    # the ledger and scratch live there: refuse an unsafe one before anything runs
         try:
-            os.mkdir(d, 0o700)
+            self.rundir.mkdir(d)
         except FileExistsError:
             raise Busy(f"a container named {rec.name!r} already exists (see `cgman ps -a`); "
                        f"remove it with `cgman rm {rec.name}` or pick another --name") from None
@@ -141,76 +201,67 @@ class Store:
     def save(self, rec: Record) -> None:
         """Replace the record atomically. No fsync: the run dir is volatile by design (tmpfs
         on most hosts, gone at reboot, as are the containers); durable usage is the ledger's job."""
-        d = self._dir(rec.name)
-        tmp = os.path.join(d, f".record.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(vars(rec)))      # fields are plain JSON values; asdict() deep-copies
-        os.replace(tmp, os.path.join(d, "record.json"))
+        self.rundir.write_atomic(f"{self._dir(rec.name)}/record.json", json.dumps(vars(rec)).encode())
 
     def load(self, name: str) -> Record:
-        path = os.path.join(self._dir(name), "record.json")
+        """The record of ``name``, checked (recordcheck.py) before anyone acts on it."""
+        rel = f"{self._dir(name)}/record.json"
+        path = self.rundir.join(rel)
         try:
-            with open(path) as f:
-                return Record.from_json(json.load(f))
+            data = json.loads(self.rundir.read(rel))
         except FileNotFoundError:
             raise NotFound(f"no container named {name!r} (see `cgman ps -a`)") from None
         except (ValueError, TypeError) as e:
             raise CgmanError(f"{path}: unreadable container record ({e}); remove it with "
                              f"`cgman rm --force {name}`") from None
+        rec = Record.from_json(check(data, path, name, self.root))
+        if rec.cgroup in self._policy_groups():
+            raise InvalidRecord(path, "cgroup", f"{rec.cgroup} is a policy group (applied under root "
+                                f"{self.root!r}), not a container's leaf")
+        return rec
+
+    def _policy_groups(self) -> frozenset[str]:
+        """The groups `cgman apply` applied under this root: never a container's leaf."""
+        if self._groups is None:
+            from .applied import load
+            applied = load(self, self.root) if self.rundir.exists() else None
+            self._groups = frozenset(g.path for g in applied.groups) if applied else frozenset()
+        return self._groups
 
     def exists(self, name: str) -> bool:
-        return NAME_RE.fullmatch(name) is not None and os.path.isdir(self._dir(name))
+        return NAME_RE.fullmatch(name) is not None and self.rundir.isdir(self._dir(name))
 
     def names(self) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(self.containers) if NAME_RE.fullmatch(n))
-        except FileNotFoundError:
+        if not self.rundir.exists():
             return []
+        return sorted(n for n in self.rundir.listdir("containers") if NAME_RE.fullmatch(n))
 
     def records(self) -> list[Record]:
-        out = []
+        """The valid records of this root (see ``scan`` for the others)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[Record], list[tuple[str, CgmanError]]]:
+        """(valid records of this root, (name, error) per record that is not: invalid,
+        unreadable, or of another cgroup root)."""
+        out: list[Record] = []
+        bad: list[tuple[str, CgmanError]] = []
         for n in self.names():
             try:
                 out.append(self.load(n))
             except NotFound:
-                continue          # removed while we listed
-            except CgmanError:
-                continue          # a half-written record of a run that is still reserving
-        return out
+                continue          # removed while we listed, or still reserving (no record yet)
+            except CgmanError as e:
+                bad.append((n, e))
+        return out, bad
 
     def delete(self, name: str) -> None:
-        shutil.rmtree(self._dir(name), ignore_errors=True)
-        shutil.rmtree(self.scratch(name), ignore_errors=True)
+        self.rundir.remove(self._dir(name))
+        self.delete_scratch(name)
 
-    def container_lock(self, name: str, timeout_s: float = 30.0):
+    def container_lock(self, name: str, timeout_s: float = 30.0) -> AbstractContextManager[None]:
         """Serialises whoever collects container ``name`` (the lock file goes with its directory)."""
-        return self.lock(f"containers/{name}/collect", timeout_s, create_dir=False)
+        return self.rundir.lock(f"{self._dir(name)}/collect.lock", timeout_s, missing_ok=True)
 
-    @contextmanager
-    def lock(self, what: str, timeout_s: float = 30.0, create_dir: bool = True) -> Iterator[None]:
+    def lock(self, what: str, timeout_s: float = 30.0) -> AbstractContextManager[None]:
         """An exclusive flock on ``<run>/<what>.lock`` (released if the holder dies)."""
-        path = os.path.join(self.run, f"{what}.lock")
-        if create_dir:
-            os.makedirs(self.run, mode=0o755, exist_ok=True)
-        elif not os.path.isdir(os.path.dirname(path)):
-            yield                   # nothing on disk to protect any more
-            return
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:   # the container's directory went meanwhile
-            yield
-            return
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as e:
-                    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
-                        raise Busy(f"{self.run}/{what}.lock is held by another cgman for "
-                                   f"{timeout_s:g}s; is one stuck?") from None
-                    time.sleep(0.01)
-            yield
-        finally:
-            os.close(fd)
+        return self.rundir.lock(f"{what}.lock", timeout_s)
