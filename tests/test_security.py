@@ -399,3 +399,17 @@ def test_a_custom_profile_is_enforced(cli, pol, tmp_path):
     assert p.returncode != 0 and "Operation not permitted" in p.stderr and not d.exists()
     p = cli("run", "-f", str(pol), "-p", "t/lax", "--rm", "--", "mkdir", str(d))
     assert p.returncode == 0 and d.exists()
+
+
+@pytest.mark.parametrize("summary, ok", [
+    (None, True), ({"privileged": True}, True),
+    ({"privileged": False, "capabilities": ["CHOWN"], "no_new_privileges": True, "seccomp": "default"}, True),
+    ({"privileged": True, "capabilities": ["SYS_ADMIN"]}, False),
+    ({"privileged": False, "capabilities": ["SYS_EVERYTHING"], "no_new_privileges": True, "seccomp": "default"},
+     False),
+    ({"privileged": False, "capabilities": [], "no_new_privileges": True, "seccomp": "rel/path.json"}, False),
+    ({"privileged": "yes"}, False), ("privileged", False),
+])
+def test_a_records_security_summary_is_checked_like_input(summary, ok):
+    from cgman.security.resolve import check_summary
+    assert (check_summary(summary) == "") is ok

@@ -22,6 +22,7 @@ import signal
 from typing import Any, Callable
 
 from ..errors import CgmanError
+from ..security.resolve import check_summary
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -172,7 +173,7 @@ RULES: dict[str, Callable[[Any], str]] = {
     "hostname": _str(none=True, limit=64), "network": _network, "rootfs": _rootfs, "user_map": _user_map,
     "limits": _scalars, "final_usage": _scalars_or_none, "auto_remove": _bool, "cleanup_pending": _bool,
     "memory_byte_seconds": _num(none=False), "memory_sampled_at": _num(), "memory_sampled_bytes": _int(),
-    "memory_peak_bytes": _int(), "ledger_pending": _bool,
+    "memory_peak_bytes": _int(), "ledger_pending": _bool, "security": check_summary,
 }
 REQUIRED = ("id", "name", "group", "tenant", "cgroup", "cgroup_root", "argv", "created")
 

@@ -96,6 +96,34 @@ def resolve(group: str, pol: SecurityPolicy, run: RunSecurity) -> Security:
     return Security(caps=caps, no_new_privileges=nnp, seccomp=profile, devices=tuple(devices))
 
 
+_SUMMARY_KEYS = {"privileged", "capabilities", "no_new_privileges", "seccomp", "devices", "cgroupfs",
+                 "masked_paths", "readonly_paths"}
+
+
+def check_summary(v: Any) -> str:
+    """'' if ``v`` is a summary cgman would have written (None: a record from before issue 11);
+    else what is wrong (for the run dir's record checks)."""
+    if v is None:
+        return ""
+    if not isinstance(v, dict) or not set(v) <= _SUMMARY_KEYS or not isinstance(v.get("privileged"), bool):
+        return "not a security summary"
+    if v["privileged"]:
+        return "" if set(v) == {"privileged"} else "a privileged summary has no other keys"
+    caps = v.get("capabilities")
+    if not isinstance(caps, list) or not all(isinstance(c, str) and c in C.ALL for c in caps):
+        return "capabilities: not a list of capability names"
+    prof = v.get("seccomp")
+    if not isinstance(prof, str) or len(prof) > 4096 or not (prof in (S.DEFAULT, S.UNCONFINED)
+                                                              or prof.startswith("/")):
+        return "seccomp: not default, unconfined or an absolute path"
+    if not isinstance(v.get("no_new_privileges"), bool):
+        return "no_new_privileges: not true or false"
+    for k in ("devices", "masked_paths", "readonly_paths"):
+        if not isinstance(v.get(k, []), list) or len(v.get(k, [])) > 1024:
+            return f"{k}: not a list"
+    return ""
+
+
 def from_summary(d: Any) -> Security:
     """The settings a record says its container runs with (for `cgman exec`), checked like input."""
     if not isinstance(d, dict) or d.get("privileged") is True:
