@@ -49,6 +49,7 @@ probe own_limit sh -c "echo $OWN_VALUE > $OWN_LIMIT"
 probe parent_limit sh -c "echo $PARENT_VALUE > $PARENT_LIMIT"
 [ -n "$VIEW_LIMIT" ] && probe view_limit sh -c "echo $OWN_VALUE > $VIEW_LIMIT"
 probe procs_other sh -c 'echo $$ > $OTHER_PROCS'
+probe procs_child sh -c 'd=${VIEW_DIR:-$OWN_DIR}/probe; mkdir -p $d && echo $$ > $d/cgroup.procs'
 [ -n "$ROOT_PROCS" ] && probe procs_root sh -c 'echo $$ > $ROOT_PROCS'
 probe mount_cgroup2 mount -t cgroup2 none $MNT
 probe mount_proc mount -t proc proc $MNT
@@ -112,15 +113,15 @@ def _probe_env(host, group: str, name: str, mnt: str, default: bool) -> dict[str
     limit_file = "memory.max" if host.layout.version_of("memory") == 2 else "memory.limit_in_bytes"
     own = _tree_path(host, "memory", leaf, limit_file)
     parent = _tree_path(host, "memory", group, limit_file)
-    env = {"OWN_LIMIT": own, "OWN_VALUE": str(64 << 20), "PARENT_LIMIT": parent,
+    env = {"OWN_LIMIT": own, "OWN_DIR": os.path.dirname(own), "OWN_VALUE": str(64 << 20), "PARENT_LIMIT": parent,
            "PARENT_VALUE": Path(parent).read_text().strip(),
            "OTHER_PROCS": _tree_path(host, "pids", "t/other", "cgroup.procs"),
-           "MNT": mnt, "DISK": _disk(), "VIEW_LIMIT": "", "ROOT_PROCS": ""}
+           "MNT": mnt, "DISK": _disk(), "VIEW_LIMIT": "", "VIEW_DIR": "", "ROOT_PROCS": ""}
     if host.layout.version_of("pids") == 1:
         env["ROOT_PROCS"] = _tree_path(host, "pids", ".", "cgroup.procs")
     if default:   # the container's own view; in a privileged one this path is the host's root group
         view = "/sys/fs/cgroup/memory" if host.layout.version_of("memory") == 1 else "/sys/fs/cgroup"
-        env["VIEW_LIMIT"] = f"{view}/{limit_file}"
+        env["VIEW_LIMIT"], env["VIEW_DIR"] = f"{view}/{limit_file}", view
     return env
 
 
@@ -133,6 +134,13 @@ def _results(cli, name: str, timeout: float = 120) -> dict[str, str]:
             return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         time.sleep(0.2)
     raise AssertionError(f"the probes did not finish: {out}")
+
+
+def _nsdelegate() -> bool:
+    """cgroup2 mounted with nsdelegate (systemd does): the kernel refuses writes to the
+    interface files of a cgroup namespace's root from inside it."""
+    text = Path("/proc/self/mountinfo").read_text()
+    return any(" - cgroup2 " in ln and "nsdelegate" in ln.split(" - ")[1] for ln in text.splitlines())
 
 
 def _memberships(pid: int) -> list[str]:
@@ -183,7 +191,7 @@ def _escape(cli, host, pol, tmp_path, group: str, *flags: str, rootfs: Path | No
         cli("rm", "-f", name)
 
 
-BLOCKED = ("own_limit", "parent_limit", "view_limit", "procs_other", "procs_root", "mount_cgroup2",
+BLOCKED = ("own_limit", "parent_limit", "view_limit", "procs_other", "procs_child", "procs_root", "mount_cgroup2",
            "mount_proc", "mount_sysfs", "mknod_block", "open_disk", "unshare_user", "masked", "exe_write",
            "environ")
 
@@ -236,9 +244,14 @@ def test_a_default_container_with_a_rootfs_cannot_escape(cli, host, pol, tmp_pat
 def test_the_same_attempts_work_when_privileged(cli, host, pol, tmp_path):
     """The matrix can fail: with the protections off the same writes and mounts succeed."""
     res = _escape(cli, host, pol, tmp_path, "t/lax", "--privileged")
-    should_work = ["own_limit", "parent_limit", "procs_other", "mount_cgroup2", "mount_proc", "mknod_block",
-                   "open_disk", "unshare_user", "masked"] + (["procs_root"] if host.layout.version_of("pids") == 1
-                                                             else [])
+    should_work = ["parent_limit", "procs_child", "mount_cgroup2", "mount_proc", "mknod_block",
+                   "open_disk", "unshare_user", "masked"]
+    if host.layout.version_of("memory") == 1 or not _nsdelegate():
+        should_work.append("own_limit")     # with nsdelegate the kernel keeps a cgroupns root's files
+    if host.layout.version_of("pids") == 1:
+        # On cgroup v2 the kernel itself refuses a move out of the writer's cgroup namespace
+        # (its root is the container's leaf), privileged or not; v1 has no such rule.
+        should_work += ["procs_other", "procs_root"]
     assert [k for k in should_work if res.get(k) != "ok"] == [], res
     caps = int(res["caps"], 16)
     for cap in (16, 21, 22):      # SYS_MODULE, SYS_ADMIN, SYS_BOOT: what the syscall probes need
