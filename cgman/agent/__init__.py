@@ -23,7 +23,7 @@ log = logging.getLogger("cgman.agent")
 def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: float = 30.0,
           prune: bool = False, poll: bool = False, web_config: str | None = None,
           gzip_ok: bool = True, pressure: bool = True, read_threads: int = 2,
-          ready: Any = None) -> None:
+          limits: Any = None, ready: Any = None) -> None:
     """Run until SIGTERM or SIGINT (SIGHUP re-reads the files now)."""
     from ..errors import CgmanError
     from ..exporter.collector import Collector
@@ -40,7 +40,7 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     exp.unhealthy = agent.stalled
     agent.on_policies = lambda ps: setattr(collector, "known_tenants",
                                            frozenset(g.tenant for g in ps.groups if g.tenant))
-    srv = make_server(exp, listen, web, gzip_ok)       # a taken port fails before anything is applied
+    srv = make_server(exp, listen, web, gzip_ok, limits)       # a taken port fails before anything is applied
     scheme = "https" if web and web.cert_file else "http"
     hostname, port = str(srv.server_address[0]), srv.server_address[1]
     log.info("serving %s://%s:%s/metrics; cgroup root %s, run dir %s, ledger in %s", scheme,
