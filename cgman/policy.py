@@ -61,7 +61,8 @@ class _Walker:
             kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
             raise ValueError(f"expected a single value, got {kind}")
         if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
-            raise ValueError(f"number too long ({len(node.value)} characters)")
+            raise ValueError(f"number too long ({len(node.value)} characters; no field takes more "
+                             f"than {MAX_NUMBER_CHARS})")
         try:
             return self.loader.construct_object(node, deep=True)
         except (ValueError, yaml.YAMLError):
