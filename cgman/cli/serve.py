@@ -115,6 +115,7 @@ def run_agent(opts: dict[str, Any]) -> None:
     from ..drivers import open_host
     from ..exporter.server import DEFAULT_LISTEN
     from ..runtime.records import Store
+    from .common import input_limits
     level = logging.DEBUG if opts.get("verbose") else logging.INFO
     logging.basicConfig(level=level, format="cgman agent: %(levelname)s: %(message)s", force=True)
     policy_dir = opts.get("policy_dir") or os.environ.get("CGMAN_POLICY_DIR") or next(
@@ -123,4 +124,4 @@ def run_agent(opts: dict[str, Any]) -> None:
     serve(open_host(opts.get("root")), Store(opts.get("run_dir"), opts.get("state_dir")), policy_dir, listen,
           interval_s=float(opts.get("interval", 30.0)), prune=bool(opts.get("prune")),
           poll=bool(opts.get("poll")), web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
-          pressure=bool(opts.get("pressure", True)))
+          pressure=bool(opts.get("pressure", True)), limits=input_limits())

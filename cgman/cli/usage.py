@@ -80,7 +80,9 @@ def usage(
     sheet = None
     if prices is not None:
         from ..prices import load_prices
-        sheet = load_prices(prices)          # before any output: a bad sheet bills nothing
+        from .common import input_limits
+        # before any output: a bad sheet bills nothing
+        sheet = load_prices(prices, input_limits().max_input_bytes)
     with Ledger(ledger_path(state_dir(state["state_dir"])), readonly=True) as ledger:
         entries = ledger.entries(start, end)
     result = bill(entries, sheet, by, start, end)
