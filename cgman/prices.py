@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .errors import shown
+from .errors import clip, shown
 from .inputs import DEFAULT_MAX_INPUT_BYTES, decode, read_input
 from .policy import _NUMBER_TAGS, MAX_NUMBER_CHARS, _join, _Walker, compose
 
@@ -157,17 +157,17 @@ def _price_value(w: _Walker, pn: yaml.Node, key: str) -> Decimal:
     if len(text) > MAX_NUMBER_CHARS:
         raise w.fail(pn, key, f"number too long ({len(text)} characters)")
     if text.startswith("-"):               # -0 too: a sign on a price is a typo, not a discount
-        raise w.fail(pn, key, f"price must be a finite number >= 0, got {shown(text)}")
+        raise w.fail(pn, key, f"price must be a finite number >= 0, got {clip(text)}")
     if _DECIMAL_TEXT.fullmatch(text):
         price = Decimal(text.replace("_", ""))
     elif pn.tag == _INT_TAG:               # 0x1F, 0o17, 1:30 (YAML 1.1): ints, so exact
         price = Decimal(_value(w, pn, key))
     else:                                  # .inf, .nan, sexagesimal floats
-        raise w.fail(pn, key, f"price must be a finite number >= 0, got {shown(text)}")
+        raise w.fail(pn, key, f"price must be a finite number >= 0, got {clip(text)}")
     if price > MAX_PRICE:
-        raise w.fail(pn, key, f"price is implausibly large ({shown(text)}; at most {MAX_PRICE:,})")
+        raise w.fail(pn, key, f"price is implausibly large ({clip(text)}; at most {MAX_PRICE:,})")
     if price and price.adjusted() < MIN_PRICE_EXPONENT:
-        raise w.fail(pn, key, f"price {shown(text)} is finer than 1e{MIN_PRICE_EXPONENT}")
+        raise w.fail(pn, key, f"price {clip(text)} is finer than 1e{MIN_PRICE_EXPONENT}")
     return price
 
 
