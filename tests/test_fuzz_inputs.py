@@ -8,6 +8,7 @@ examples per property; the whole file takes a few seconds.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -32,7 +33,9 @@ PIECES = ["&a ", "*a", "!!int ", "!!float ", "!!binary ", "!!python/object ", "<
           "[", "]", ", ", ": ", "- ", "\n", "\n  ", "'", '"', "#", "|", ">", "%YAML 1.1\n", "---\n",
           "...\n", "-0", "1e308", ".nan", ".inf", "-.inf", "0x1F", "0o17", "1:30", "1_000", "9" * 30,
           str(2**63), str(2**64), "max", "١٢", "０-３", "Mi", "Gi", "Ei", "..", "/", "\t", "\x00",
-          "\u2028", "\ufeff", "é", "~", "null", "true", "0.1234567890123456789012345"]
+          "\u2028", "\ufeff", "é", "~", "null", "true", "0.1234567890123456789012345", "9" * 400,
+          '!!int ""', '!!float ""', "!!timestamp 2024-99-99", "&a [*a]", "&a {children: {x: *a}}"]
+VALUE = re.compile(r"(?<=: )[^\s,{}\[\]#]+")
 
 
 def mutated(seeds: list[str]) -> st.SearchStrategy[str]:
@@ -42,10 +45,16 @@ def mutated(seeds: list[str]) -> st.SearchStrategy[str]:
         text = draw(st.sampled_from(seeds))
         for _ in range(draw(st.integers(1, 6))):
             at = draw(st.integers(0, len(text)))
-            if draw(st.booleans()):
+            how = draw(st.sampled_from(["insert", "cut", "value"]))
+            if how == "insert":
                 text = text[:at] + draw(st.sampled_from(PIECES)) + text[at:]
-            else:
+            elif how == "cut":
                 text = text[:at] + text[at + draw(st.integers(1, 20)):]
+            else:                           # a value swapped for a piece: reaches the field checks
+                spots = list(VALUE.finditer(text))
+                if spots:
+                    m = spots[draw(st.integers(0, len(spots) - 1))]
+                    text = text[:m.start()] + draw(st.sampled_from(PIECES)) + text[m.end():]
         return text
     return build()
 
