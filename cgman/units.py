@@ -21,7 +21,8 @@ _QTY = re.compile(r"([0-9]{1,30}(?:\.[0-9]{1,30})?)[ \t]*([A-Za-z]*)")
 _DUR = re.compile(r"([0-9]{1,30}(?:\.[0-9]{1,30})?)[ \t]*(us|µs|ms|s|m)")
 _DUR_USEC = {"us": 1, "µs": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000}
 _CPUS = re.compile(r"[-+]?[0-9]{1,30}(?:\.[0-9]{1,30})?")
-_CPULIST = re.compile(r"[ \t]*[0-9]{1,6}(-[0-9]{1,6})?([ \t]*,[ \t]*[0-9]{1,6}(-[0-9]{1,6})?)*[ \t]*")
+# Leading and trailing newlines: the kernel's read-back ("0-3\n") goes through here too.
+_CPULIST = re.compile(r"[ \t\n]*[0-9]{1,10}(-[0-9]{1,10})?([ \t]*,[ \t]*[0-9]{1,10}(-[0-9]{1,10})?)*[ \t\n]*")
 MAX_CPU_ID = 8191        # the largest NR_CPUS (CONFIG_NR_CPUS_RANGE_END on x86_64 with MAXSMP)
 #: The largest value a cgroup byte or count file holds (the kernel parses them as s64/u64;
 #: a larger one is either refused or silently clamped to "max", which is not what was written).
@@ -119,7 +120,7 @@ def parse_cpu_list(value: object) -> frozenset[int]:
     if not isinstance(value, str) or not _CPULIST.fullmatch(value):
         raise UnitError(f"bad cpu list {shown(value)}: use a kernel list like 0-3,6 (ASCII digits)")
     out: set[int] = set()
-    for part in value.replace(" ", "").replace("\t", "").split(","):
+    for part in value.replace(" ", "").replace("\t", "").strip("\n").split(","):
         if "-" in part:
             lo, hi = (int(x) for x in part.split("-"))
             if hi < lo:
