@@ -133,6 +133,7 @@ def run_agent(opts: dict[str, Any]) -> None:
     from ..drivers import open_host
     from ..exporter.server import DEFAULT_LISTEN
     from ..runtime.records import Store
+    from .common import input_limits
     level = logging.DEBUG if opts.get("verbose") else logging.INFO
     logging.basicConfig(level=level, format="cgman agent: %(levelname)s: %(message)s", force=True)
     policy_dir = opts.get("policy_dir") or os.environ.get("CGMAN_POLICY_DIR") or next(
@@ -142,4 +143,4 @@ def run_agent(opts: dict[str, Any]) -> None:
                                             bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None), policy_dir, listen,
           interval_s=float(opts.get("interval", 30.0)), prune=bool(opts.get("prune")),
           poll=bool(opts.get("poll")), web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
-          pressure=bool(opts.get("pressure", True)), limits=limits(opts))
+          pressure=bool(opts.get("pressure", True)), http_limits=limits(opts), input_limits=input_limits())
