@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Iterable
 
+from .errors import CgmanError, shown
+
 if TYPE_CHECKING:     # for hints only: billing reads no file and needs neither yaml nor sqlite3
     from .prices import Price, PriceSheet
     from .runtime.ledger import Entry
@@ -87,6 +89,58 @@ class Bill:
     priced: tuple[str, ...]
     rows: tuple[Row, ...]
     total: Row
+
+
+# ------------------------------------------------------------------------------ ledger rows
+# The ledger is a file on disk: anyone with write access (or a damaged disk) can put text in
+# a number column, and SQLite's type affinity keeps it. Each row is checked before use, so a
+# bad row gives one line naming it instead of a traceback from deep in the arithmetic.
+_TEXT = ("id", "name", "tenant", "grp", "cgroup_root")
+_OPT_TEXT = ("exit_reason",)
+_COUNTS = ("cpu_usage_usec", "io_read_bytes", "io_write_bytes", "host_memory_bytes")
+_OPT_COUNTS = ("cpu_user_usec", "cpu_system_usec", "memory_peak_bytes", "memory_limit_bytes")
+_TIMES = ("started", "ended", "recorded")
+_REALS = ("memory_byte_seconds", "host_cpus")
+_OPT_REALS = ("cpu_limit_cpus",)
+CHECKED_COLUMNS = frozenset(_TEXT + _OPT_TEXT + _COUNTS + _OPT_COUNTS + _TIMES + _REALS + _OPT_REALS
+                            + ("exit_code",))
+MAX_COUNT = 2**63 - 1          # SQLite's INTEGER
+MAX_REAL = 1e24                # a TiB held for 30 000 years, in byte-seconds: beyond it is damage
+MAX_EPOCH = 253402300799.0     # 9999-12-31T23:59:59Z: the last instant the reports can print
+
+
+class BadLedgerRow(CgmanError):
+    """A ledger row holds a value of the wrong type or out of range."""
+
+
+def _want(col: str) -> tuple[tuple[type, ...], bool, float | None, str]:
+    """(accepted types, None allowed, upper bound, what belongs) for one column."""
+    if col in _TEXT or col in _OPT_TEXT:
+        return (str,), col in _OPT_TEXT, None, "text"
+    if col == "exit_code":
+        return (int,), True, None, "an integer"
+    if col in _COUNTS or col in _OPT_COUNTS:
+        return (int,), col in _OPT_COUNTS, MAX_COUNT, "an integer >= 0"
+    bound = MAX_EPOCH if col in _TIMES else MAX_REAL
+    return (int, float), col in _OPT_REALS, bound, "a number >= 0"
+
+
+def check_entry(e: Entry, source: str = "ledger") -> None:
+    """Raise BadLedgerRow, naming the row and column, unless every column of ``e`` holds
+    what billing needs (a column this module does not know is left alone)."""
+    for col in sorted(CHECKED_COLUMNS):
+        v = getattr(e, col, None)
+        types, optional, bound, want = _want(col)
+        if v is None and optional:
+            continue
+        ok = isinstance(v, types) and not isinstance(v, bool)
+        if ok and bound is not None:
+            ok = isinstance(v, (int, float)) and 0 <= v <= bound     # NaN fails too
+        if not ok:
+            row = shown(e.id) if isinstance(getattr(e, "id", None), str) else "?"
+            raise BadLedgerRow(f"{source}: row for container {row}: column {col} holds {shown(v)}, "
+                               f"where {want} belongs; the ledger was edited or damaged: correct or "
+                               f"delete that row (sqlite3), or bill a period without it (--since/--until)")
 
 
 def dec(x: int | float) -> Decimal:
@@ -175,17 +229,19 @@ def _key(e: Entry, by: str) -> str:
 
 
 def bill(entries: Iterable[Entry], sheet: PriceSheet | None = None, by: str = "tenant",
-         since: float | None = None, until: float | None = None) -> Bill:
+         since: float | None = None, until: float | None = None, source: str = "ledger") -> Bill:
     """Group the entries that ended in [since, until) by ``by`` and price them with ``sheet``.
 
     Rows are ordered by key, containers by end time. The total's costs are the sums of the
-    rows' costs, so a TOTAL line adds up exactly before rounding."""
+    rows' costs, so a TOTAL line adds up exactly before rounding. Every entry is checked
+    first (``check_entry``); ``source`` names the ledger in that error."""
     if by not in BY:
         raise ValueError(f"unknown grouping {by!r}: use {', '.join(BY)}")
     with localcontext(prec=PRECISION):
         groups: dict[str, _Acc] = {}
         everything = _Acc()
         for e in entries:
+            check_entry(e, source)
             if not in_period(e, since, until):
                 continue
             groups.setdefault(_key(e, by), _Acc()).add(e, sheet)
@@ -206,9 +262,9 @@ def bill(entries: Iterable[Entry], sheet: PriceSheet | None = None, by: str = "t
 
 
 # ------------------------------------------------------------------------------ time
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
+_AGO = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)$")
 _AGO_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_EPOCH = re.compile(r"^\d+(?:\.\d+)?$")
+_EPOCH = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
 TIME_FORMS = ("an ISO 8601 date or datetime (2024-05-01, 2024-05-01T12:00, 2024-05-01T12:00:00+02:00; "
               "without a zone: local time), epoch seconds (1714521600), now, or an age such as "
               "30m, 24h, 7d, 2w")

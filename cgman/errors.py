@@ -25,9 +25,31 @@ class PolicyError(CgmanError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
-        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        # Backstop: a value echoed whole (a 4 MiB key, a long path) must not flood the log line.
+        file, key, message = clip(self.file, 300), clip(self.key, 200), clip(self.message, 400)
+        where = f"{file}:{self.line}:{self.column}" if self.line else file
+        text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
         return _one_line(text)
+
+
+SHOWN_CHARS = 80
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with '…' and the original length when longer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A value from user input as it appears in an error: repr, cut to ``limit`` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return clip(text, limit)
 
 
 def _one_line(text: str) -> str:

@@ -17,19 +17,37 @@ import yaml
 
 from . import schema as S
 from .convert import cpu_quota_usec
-from .errors import CgmanError, PolicyError
+from .errors import CgmanError, PolicyError, shown
+from .inputs import DEFAULT_LIMITS, Limits, decode, read_input
 from .model import (DEFAULT_CPU_PERIOD_USEC, CpuLimits, DeviceSpec, Group, IODevice, IOLimits, LaunchSpec,
                     Location, MemoryLimits, NetworkSpec, PidsLimits, PolicySet, Resources,
                     RootfsSpec, SecurityPolicy, Unlimited)
 
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+#: No field takes a number longer than this; Python's int() would refuse past 4300 digits anyway.
+MAX_NUMBER_CHARS = 40
+
+
+def _too_many(limit: int) -> str:
+    return f"more than {limit} groups: split the policies, or raise CGMAN_MAX_GROUPS"
+
+
 class _Walker:
     """Checks one file's node tree against the schema; raises PolicyError."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.file = file
+        self.limits = limits
         # A loader per file: construct_object caches every node it builds, so a
         # shared one would grow for the life of a long-running agent.
         self.loader = yaml.SafeLoader("")
+        # The composed tree shares the node of an anchor with each of its aliases, so a
+        # node met twice was reached through an alias; one met on its own path is a cycle.
+        self._seen: set[int] = set()
+        self._path: set[int] = set()
+        self.alias_nodes = 0
+        self.groups = 0
+        self.depth = 0
 
     def fail(self, node: yaml.Node, key: str, message: str) -> PolicyError:
         m = node.start_mark
@@ -42,7 +60,29 @@ class _Walker:
         if not isinstance(node, yaml.ScalarNode):
             kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
             raise ValueError(f"expected a single value, got {kind}")
-        return self.loader.construct_object(node, deep=True)
+        if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
+            raise ValueError(f"number too long ({len(node.value)} characters; no field takes more "
+                             f"than {MAX_NUMBER_CHARS})")
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, yaml.YAMLError):
+            raise
+        except Exception:         # e.g. PyYAML's IndexError on an explicit `!!int ""`
+            raise ValueError(f"{shown(node.value)} is not a valid {node.tag.rpartition(':')[2]}") from None
+
+    def enter(self, node: yaml.Node, key: str) -> None:
+        """Count ``node`` against the alias budget; refuse a node that contains itself."""
+        i = id(node)
+        if i in self._path:
+            raise self.fail(node, key, "recursive YAML alias (a node that contains itself): "
+                                       "write the value out instead")
+        if i in self._seen:
+            self.alias_nodes += 1
+            if self.alias_nodes > self.limits.max_alias_nodes:
+                raise self.fail(node, key, f"YAML aliases expand to more than "
+                                           f"{self.limits.max_alias_nodes} nodes: excessive aliasing")
+        else:
+            self._seen.add(i)
 
     def items(self, node: yaml.Node, key: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):
@@ -63,6 +103,16 @@ class _Walker:
 
     def check(self, node: yaml.Node, f: S.Field, key: str) -> Any:
         """Validate ``node`` against field ``f``; return parsed values (dicts for objects)."""
+        self.enter(node, key)
+        if isinstance(node, yaml.ScalarNode):
+            return self._check(node, f, key)
+        self._path.add(id(node))
+        try:
+            return self._check(node, f, key)
+        finally:
+            self._path.discard(id(node))
+
+    def _check(self, node: yaml.Node, f: S.Field, key: str) -> Any:
         if isinstance(f, S.Ref):
             f = f.target()
         if isinstance(f, S.Obj):
@@ -81,18 +131,7 @@ class _Walker:
                     raise self.fail(node, _join(key, r), "required key is missing")
             return out
         if isinstance(f, S.MapOf):
-            result: dict[str, Any] = {}
-            for k, knode, vnode in self.items(node, key):
-                if "/" in k or k in (".", ".."):
-                    raise self.fail(knode, _join(key, k),
-                                    "group names cannot contain '/' or be '.'/'..'; "
-                                    "nest groups with children: instead")
-                if not S.NAME_RE.fullmatch(k):
-                    raise self.fail(knode, _join(key, k),
-                                    "bad name: use letters, digits, '_', '.', '-' (max 64), "
-                                    "starting with a letter or digit")
-                result[k] = (knode, self.check(vnode, f.value(), _join(key, k)))
-            return result
+            return self._group_map(node, f, key)
         if isinstance(f, S.ListOf):
             if not isinstance(node, yaml.SequenceNode):
                 raise self.fail(node, key, "expected a list")
@@ -102,6 +141,30 @@ class _Walker:
             return f.check(self.scalar(node))
         except (ValueError, yaml.YAMLError) as e:
             raise self.fail(node, key, str(e)) from None
+
+    def _group_map(self, node: yaml.Node, f: S.MapOf, key: str) -> dict[str, Any]:
+        """A mapping of group names (``policies:`` or ``children:``), within the limits."""
+        self.depth += 1
+        result: dict[str, Any] = {}
+        try:
+            if self.depth > self.limits.max_group_depth:
+                raise self.fail(node, key, f"groups nest deeper than {self.limits.max_group_depth} levels")
+            for k, knode, vnode in self.items(node, key):
+                self.groups += 1
+                if self.groups > self.limits.max_groups:
+                    raise self.fail(knode, _join(key, k), _too_many(self.limits.max_groups))
+                if "/" in k or k in (".", ".."):
+                    raise self.fail(knode, _join(key, k),
+                                    "group names cannot contain '/' or be '.'/'..'; "
+                                    "nest groups with children: instead")
+                if not S.NAME_RE.fullmatch(k):
+                    raise self.fail(knode, _join(key, k),
+                                    "bad name: use letters, digits, '_', '.', '-' (max 64), "
+                                    "starting with a letter or digit")
+                result[k] = (knode, self.check(vnode, f.value(), _join(key, k)))
+        finally:
+            self.depth -= 1
+        return result
 
 
 def _join(key: str, k: str) -> str:
@@ -273,32 +336,35 @@ def compose(text: str, file: str, empty: str) -> yaml.Node:
     return root
 
 
-def parse_text(text: str, file: str = "<input>") -> list[Group]:
+def parse_text(text: str, file: str = "<input>", limits: Limits = DEFAULT_LIMITS) -> list[Group]:
     """Parse one policy document; raises PolicyError naming file:line:column."""
-    w = _Walker(file)
+    if len(text) > limits.max_input_bytes:       # callers that read files have checked bytes already
+        raise PolicyError(f"policy text is too large ({len(text)} characters; the limit is "
+                          f"{limits.max_input_bytes}): split it, or raise CGMAN_MAX_INPUT_BYTES", file)
+    w = _Walker(file, limits)
     root = compose(text, file, "empty policy file: expected 'version: 1' and 'policies:'")
     d = w.check(root, S.FILE, "")
     return list(_groups(w, d["policies"], "", None, d.get("cpu_weight_formula", "oci"),
                         "policies"))
 
 
-def load_files(paths: Iterable[str | os.PathLike[str]]) -> PolicySet:
+def load_files(paths: Iterable[str | os.PathLike[str]], limits: Limits = DEFAULT_LIMITS) -> PolicySet:
     """Load and validate every file before anything is applied (all or nothing).
 
-    Directories are expanded to their *.yaml / *.yml files in name order.
+    Directories are expanded to their *.yaml / *.yml files in name order. Each file must
+    be a regular file within ``limits.max_input_bytes``; all of them together may define
+    at most ``limits.max_groups`` groups.
     """
     files = list(_expand(paths))
     if not files:
         raise PolicyError("no policy files given (pass files or a directory of *.yaml)")
     groups: dict[str, Group] = {}
     for f in files:
-        try:
-            text = Path(f).read_text(encoding="utf-8")
-        except OSError as e:
-            raise PolicyError(f"cannot read: {e.strerror}", str(f)) from None
-        except UnicodeDecodeError as e:
-            raise PolicyError(f"not UTF-8 text: {e.reason}", str(f)) from None
-        for g in parse_text(text, str(f)):
+        text = decode(read_input(f, limits.max_input_bytes), str(f))
+        for g in parse_text(text, str(f), limits):
+            if len(groups) >= limits.max_groups:
+                raise PolicyError(_too_many(limits.max_groups), g.location.file, g.location.line,
+                                  g.location.column, "policies." + g.path.replace("/", ".children."))
             if g.path in groups:
                 prev = groups[g.path].location
                 raise PolicyError(f"group '{g.path}' is already defined at {prev}",

@@ -13,13 +13,14 @@
 
 The sheet is walked as a composed node tree with the policy loader's walker, so a
 price sheet reports positions and duplicate keys exactly as policy files do. A
-sheet with any error raises and so bills nothing. Prices become ``Decimal`` through
-the shortest text of the parsed number (0.1 is exactly 0.1).
+sheet with any error raises and so bills nothing. Prices become ``Decimal`` from the
+text of the YAML scalar, never through a float, so 0.1 is exactly 0.1 and 25 significant
+digits stay 25. The sheet is read as policy files are (inputs.read_input): a regular
+file of at most max_bytes.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,8 +29,9 @@ from typing import Any
 
 import yaml
 
-from .errors import PolicyError
-from .policy import _join, _Walker, compose
+from .errors import clip, shown
+from .inputs import DEFAULT_MAX_INPUT_BYTES, decode, read_input
+from .policy import _NUMBER_TAGS, MAX_NUMBER_CHARS, _join, _Walker, compose
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -59,6 +61,11 @@ DEFAULT_CURRENCY = "USD"
 _TOP_KEYS = ("version", "currency", "prices")
 _PRICE_KEYS = ("price", "per", "mode")
 _EXPONENT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
+#: A price in plain decimal notation, YAML 1.1's '_' digit separators allowed. ASCII digits only.
+_DECIMAL_TEXT = re.compile(r"\+?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?")
+_INT_TAG = "tag:yaml.org,2002:int"
+MAX_PRICE = Decimal(10**15)
+MIN_PRICE_EXPONENT = -30
 
 
 @dataclass(frozen=True)
@@ -84,16 +91,11 @@ class PriceSheet:
         return self.prices.get(resource)
 
 
-def load_prices(path: str | Path) -> PriceSheet:
-    """Read and validate the price sheet at ``path``; raises PolicyError naming file:line:column."""
+def load_prices(path: str | Path, max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> PriceSheet:
+    """Read and validate the price sheet at ``path`` (a regular file of at most ``max_bytes``);
+    raises PolicyError naming file:line:column."""
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise PolicyError(f"cannot read price sheet: {e.strerror}", file) from None
-    except UnicodeDecodeError as e:
-        raise PolicyError(f"price sheet is not UTF-8 text ({e.reason} at byte {e.start})", file) from None
-    return parse_prices(text, file)
+    return parse_prices(decode(read_input(file, max_bytes, "price sheet"), file, "price sheet"), file)
 
 
 def parse_prices(text: str, file: str = "<input>") -> PriceSheet:
@@ -142,23 +144,39 @@ def _value(w: _Walker, node: yaml.Node, key: str) -> Any:
         raise w.fail(node, key, str(e)) from None
 
 
+def _price_value(w: _Walker, pn: yaml.Node, key: str) -> Decimal:
+    """The price as written: the scalar's own text into Decimal, never through a float
+    (a float keeps ~17 significant digits; a sheet may give more)."""
+    if not isinstance(pn, yaml.ScalarNode):
+        kind = "a mapping" if isinstance(pn, yaml.MappingNode) else "a list"
+        raise w.fail(pn, key, f"expected a single value, got {kind}")
+    text = str(pn.value).strip()
+    numeric = pn.tag in _NUMBER_TAGS or (not pn.style and _EXPONENT.fullmatch(text) is not None)
+    if not numeric:                        # quoted text, true, null, a word
+        raise w.fail(pn, key, f"expected a number (currency units per unit), got {shown(_value(w, pn, key))}")
+    if len(text) > MAX_NUMBER_CHARS:
+        raise w.fail(pn, key, f"number too long ({len(text)} characters)")
+    if text.startswith("-"):               # -0 too: a sign on a price is a typo, not a discount
+        raise w.fail(pn, key, f"price must be a finite number >= 0, got {clip(text)}")
+    if _DECIMAL_TEXT.fullmatch(text):
+        price = Decimal(text.replace("_", ""))
+    elif pn.tag == _INT_TAG:               # 0x1F, 0o17, 1:30 (YAML 1.1): ints, so exact
+        price = Decimal(_value(w, pn, key))
+    else:                                  # .inf, .nan, sexagesimal floats
+        raise w.fail(pn, key, f"price must be a finite number >= 0, got {clip(text)}")
+    if price > MAX_PRICE:
+        raise w.fail(pn, key, f"price is implausibly large ({clip(text)}; at most {MAX_PRICE:,})")
+    if price and price.adjusted() < MIN_PRICE_EXPONENT:
+        raise w.fail(pn, key, f"price {clip(text)} is finer than 1e{MIN_PRICE_EXPONENT}")
+    return price
+
+
 def _price(w: _Walker, node: yaml.Node, key: str, resource: str) -> Price:
     fields = _mapping(w, node, key, _PRICE_KEYS)
     if "price" not in fields:
         raise w.fail(node, _join(key, "price"), "required key is missing")
     units, modes = UNITS[resource], MODES[resource]
-    pn = fields["price"][1]
-    raw = _value(w, pn, _join(key, "price"))
-    if isinstance(raw, str) and isinstance(pn, yaml.ScalarNode) and not pn.style and _EXPONENT.fullmatch(raw):
-        raw = float(raw)      # YAML 1.1 reads a plain 1e-5 (no dot) as text; people mean a number
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise w.fail(pn, _join(key, "price"), f"expected a number (currency units per unit), got {raw!r}")
-    if isinstance(raw, int) and raw > 10**15:
-        raise w.fail(pn, _join(key, "price"), f"price is implausibly large ({len(str(raw))} digits)")
-    if not math.isfinite(raw) or raw < 0:
-        raise w.fail(pn, _join(key, "price"), f"price must be a finite number >= 0, got {raw!r}")
-    # repr is the shortest text that reads back as the same float: 0.1 -> Decimal("0.1").
-    price = Decimal(repr(raw)) if isinstance(raw, float) else Decimal(raw)
+    price = _price_value(w, fields["price"][1], _join(key, "price"))
     per = next(iter(units))
     if "per" in fields:
         un = fields["per"][1]

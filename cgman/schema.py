@@ -13,11 +13,14 @@ from typing import Any, Callable
 
 from . import units
 from .convert import (BFQ_MAX, SHARES_MAX, SHARES_MIN, WEIGHT_MAX, WEIGHT_MIN)
+from .errors import shown
 from .model import NAMESPACES, UNLIMITED
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME_RE = re.compile(NAME_PATTERN)
-DEVICE_PATTERN = r"^([0-9]+:[0-9]+|/dev/.+)$"
+DEVICE_PATTERN = r"^([0-9]{1,10}:[0-9]{1,10}|/dev/.+)$"
+# The kernel's dev_valid_name(): 1..15 bytes (IFNAMSIZ - 1), not "." or "..", no '/', ':' or space.
+BRIDGE_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,15}$"
 CAP_PATTERN = r"^(?i:(CAP_)?[A-Z_]{2,32})$"
 CAP_HINT = "a capability name such as NET_RAW or CAP_NET_RAW, or ALL"
 
@@ -55,9 +58,9 @@ class Int(Field):
             return UNLIMITED
         if isinstance(value, bool) or not isinstance(value, int):
             extra = " or max" if self.allow_max else ""
-            raise Invalid(f"expected an integer{extra}, got {value!r}")
+            raise Invalid(f"expected an integer{extra}, got {shown(value)}")
         if not self.lo <= value <= self.hi:
-            raise Invalid(f"{value} is out of range {self.lo}..{self.hi}")
+            raise Invalid(f"{shown(value)} is out of range {self.lo}..{self.hi}")
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -92,7 +95,7 @@ class Duration(Field):
         except units.UnitError as e:
             raise Invalid(str(e)) from None
         if not self.lo_usec <= usec <= self.hi_usec:
-            raise Invalid(f"{value} is out of range {self.lo_usec}us..{self.hi_usec}us")
+            raise Invalid(f"{shown(value)} is out of range {self.lo_usec}us..{self.hi_usec}us")
         return usec
 
     def schema(self) -> dict[str, Any]:
@@ -122,14 +125,14 @@ class CpuList(Field):
 
     def schema(self) -> dict[str, Any]:
         return self._with_doc({"type": ["string", "integer"],
-                               "pattern": r"^\s*\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*\s*$"})
+                               "pattern": r"^[ \t]*[0-9]+(-[0-9]+)?([ \t]*,[ \t]*[0-9]+(-[0-9]+)?)*[ \t]*$"})
 
 
 @dataclass(frozen=True)
 class Bool(Field):
     def check(self, value: Any) -> Any:
         if not isinstance(value, bool):
-            raise Invalid(f"expected true or false, got {value!r}")
+            raise Invalid(f"expected true or false, got {shown(value)}")
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -143,9 +146,9 @@ class Str(Field):
 
     def check(self, value: Any) -> Any:
         if not isinstance(value, str):
-            raise Invalid(f"expected a string, got {value!r}")
+            raise Invalid(f"expected a string, got {shown(value)}")
         if self.pattern and not re.fullmatch(self.pattern.rstrip("$"), value):
-            raise Invalid(f"{value!r} is not valid{': ' + self.hint if self.hint else ''}")
+            raise Invalid(f"{shown(value)} is not valid{': ' + self.hint if self.hint else ''}")
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -161,7 +164,7 @@ class Enum(Field):
 
     def check(self, value: Any) -> Any:
         if value not in self.values or isinstance(value, bool) != isinstance(self.values[0], bool):
-            raise Invalid(f"{value!r} is not one of {', '.join(map(str, self.values))}")
+            raise Invalid(f"{shown(value)} is not one of {', '.join(map(str, self.values))}")
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -248,7 +251,7 @@ LAUNCH = Obj(doc="how containers of this group are launched", fields={
     "hostname": Str(pattern=r"^[A-Za-z0-9{}_.-]{1,64}$", hint="a hostname; {name} is the container"),
     "network": Obj(fields={
         "mode": Enum(values=("none", "loopback", "bridge")),
-        "bridge": Str(pattern=r"^[A-Za-z0-9_.-]{1,15}$", hint="an interface name of 1..15 characters"),
+        "bridge": Str(pattern=BRIDGE_PATTERN, hint="an interface name of 1..15 characters, not . or .."),
         "subnet": Str(doc="IPv4 CIDR for the bridge, e.g. 10.88.0.0/24"),
     }),
     "rootfs": Obj(fields={"path": Str(pattern=r"^/.*$", hint="an absolute path"),

@@ -188,6 +188,8 @@ def test_fast_parser_knows_every_exporter_option_and_no_other():
     (["exporter", "--listen", ":9753", "--gzip"], {"listen": ":9753", "gzip": True}),
     (["--run-dir", "/r", "exporter", "--listen=1.2.3.4:1", "--no-pressure", "--read-threads", "4"],
      {"run_dir": "/r", "listen": "1.2.3.4:1", "pressure": False, "read_threads": 4}),
+    (["exporter", "--max-connections", "8", "--max-requests=2", "--header-timeout", "500ms", "--idle-timeout", "1m"],
+     {"max_connections": 8, "max_requests": 2, "header_timeout": 0.5, "idle_timeout": 60.0}),
 ])
 def test_fast_parser_reads_what_typer_would(argv, want):
     assert serve.parse(argv) == want
@@ -195,6 +197,7 @@ def test_fast_parser_reads_what_typer_would(argv, want):
 
 @pytest.mark.parametrize("argv", [["exporter", "--help"], ["exporter", "--bogus"], ["exporter", "--listen"],
                                   ["exporter", "--read-threads", "x"], ["exporter", "--read-threads", "99"],
+                                  ["exporter", "--max-connections", "0"], ["exporter", "--header-timeout", "x"],
                                   ["ps"]])
 def test_fast_parser_leaves_the_rest_to_typer(argv):
     assert serve.parse(argv) is None

@@ -23,24 +23,26 @@ log = logging.getLogger("cgman.agent")
 def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: float = 30.0,
           prune: bool = False, poll: bool = False, web_config: str | None = None,
           gzip_ok: bool = True, pressure: bool = True, read_threads: int = 2,
-          ready: Any = None) -> None:
+          http_limits: Any = None, input_limits: Any = None, ready: Any = None) -> None:
     """Run until SIGTERM or SIGINT (SIGHUP re-reads the files now)."""
     from ..errors import CgmanError
     from ..exporter.collector import Collector
     from ..exporter.server import Exporter, load_web_config, make_server
+    from ..inputs import DEFAULT_LIMITS
     from .service import Agent
     if not os.path.isdir(policy_dir):
         raise CgmanError(f"--policy-dir {policy_dir}: not a directory (create it, or point --policy-dir "
                          f"or CGMAN_POLICY_DIR at your policy files)")
     web = load_web_config(web_config) if web_config else None
-    agent = Agent(host, store, policy_dir, interval_s=interval_s, prune=prune, poll=poll)
+    agent = Agent(host, store, policy_dir, interval_s=interval_s, prune=prune, poll=poll,
+                  limits=input_limits or DEFAULT_LIMITS)
     collector = Collector(host.info, store.run, store.state, pressure=pressure, read_threads=read_threads)
     exp = Exporter(collector)
     exp.add_health(agent.health.metrics)
     exp.unhealthy = agent.stalled
     agent.on_policies = lambda ps: setattr(collector, "known_tenants",
                                            frozenset(g.tenant for g in ps.groups if g.tenant))
-    srv = make_server(exp, listen, web, gzip_ok)       # a taken port fails before anything is applied
+    srv = make_server(exp, listen, web, gzip_ok, http_limits)       # a taken port fails before anything is applied
     scheme = "https" if web and web.cert_file else "http"
     hostname, port = str(srv.server_address[0]), srv.server_address[1]
     log.info("serving %s://%s:%s/metrics; cgroup root %s, run dir %s, ledger in %s", scheme,

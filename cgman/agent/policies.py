@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import PolicyError
+from ..inputs import DEFAULT_LIMITS, Limits, read_input
 from ..model import Group, PolicySet
 from ..policy import parse_text
 
@@ -65,8 +66,9 @@ class Scan:
 class PolicyDir:
     """The files of one directory (``*.yaml``/``*.yml``, not hidden, in name order)."""
 
-    def __init__(self, directory: str, memory: str | None = None) -> None:
+    def __init__(self, directory: str, memory: str | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.directory = directory
+        self.limits = limits                    # per file: bytes, groups, aliases; groups in force in all
         self.memory = memory                    # where applied versions survive restarts
         self.files: dict[str, FileState] = {}
         self.missing: str | None = None        # why the directory cannot be listed
@@ -120,14 +122,14 @@ class PolicyDir:
                 if now - os.stat(path).st_mtime < QUIET_S:
                     res.deferred = True          # being written: read it once it is quiet
                     continue
-                raw: bytes | None = open(path, "rb").read()
+                raw: bytes | None = read_input(path, self.limits.max_input_bytes)
                 err = ""
-            except OSError as e:
+            except (OSError, PolicyError) as e:
                 if not os.path.exists(path):
                     del self.files[path]
                     res.removed.append(path)
                     continue
-                raw, err = None, f"{path}: cannot read: {e.strerror}"
+                raw, err = None, str(e) if isinstance(e, PolicyError) else f"{path}: cannot read: {e.strerror}"
             digest = hashlib.sha256(raw if raw is not None else err.encode()).digest()
             if digest == st.digest:
                 continue
@@ -138,7 +140,7 @@ class PolicyDir:
                 st.parse_error = err
                 continue
             try:
-                st.parsed = parse_text(raw.decode("utf-8"), path)
+                st.parsed = parse_text(raw.decode("utf-8"), path, self.limits)
                 if st.parsed == st.applied:
                     st.parsed = st.applied         # the same groups: not a change to apply
             except UnicodeDecodeError as e:
@@ -160,6 +162,9 @@ class PolicyDir:
             cand = st.candidate()
             error = st.parse_error or st.refused
             clash = self._clash(cand, owner) if cand else None
+            if not clash and cand and len(owner) + len(cand) > self.limits.max_groups:
+                clash = (f"{path}: its {len(cand)} groups would bring the directory past "
+                         f"{self.limits.max_groups} groups: split the policies, or raise CGMAN_MAX_GROUPS")
             if clash and cand is not st.applied and st.applied and not self._clash(st.applied, owner):
                 cand, error = st.applied, clash             # the new text clashes: keep the old
             elif clash:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..errors import CgmanError
+from ..inputs import DEFAULT_LIMITS, Limits
 from ..runtime.apply import ApplyError, Result, apply
 from .policies import PolicyDir
 from .watch import Watcher
@@ -111,10 +112,12 @@ class _Counting:
 
 class Agent:
     def __init__(self, host: Any, store: Any, policy_dir: str, *, interval_s: float = 30.0,
-                 prune: bool = False, poll: bool = False, timeout_s: float = 10.0) -> None:
+                 prune: bool = False, poll: bool = False, timeout_s: float = 10.0,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.host, self.store = host, store
         root_key = host.root.replace("/", "_")
-        self.policies = PolicyDir(policy_dir, memory=os.path.join(store.state, f"agent-{root_key}.pickle"))
+        self.policies = PolicyDir(policy_dir, memory=os.path.join(store.state, f"agent-{root_key}.pickle"),
+                                  limits=limits)
         self.interval_s, self.prune, self.timeout_s = interval_s, prune, timeout_s
         self.poll = poll
         self.health = Health(started=time.time())

@@ -29,6 +29,16 @@ def agent(
                                              "a Prometheus exporter-toolkit web config."),
     gzip: bool = typer.Option(True, "--gzip/--no-gzip", help="Compress /metrics for clients that accept it."),
     pressure: bool = typer.Option(True, "--pressure/--no-pressure", help="Serve PSI where the kernel has it."),
+    max_connections: int = typer.Option(64, "--max-connections", min=1, max=10000, help="Connections (so "
+                                        "threads) at once; past it the longest-waiting idle or slow one is "
+                                        "closed, or the new one gets 503 if all are mid-request."),
+    max_requests: int = typer.Option(40, "--max-requests", min=1, max=10000, help="Requests in flight at "
+                                     "once (as node_exporter's --web.max-requests); past it: 503."),
+    header_timeout: str = typer.Option("10s", "--header-timeout", help="A request's line and headers (and "
+                                       "the TLS handshake) must arrive whole within this, or the connection "
+                                       "is closed."),
+    idle_timeout: str = typer.Option("120s", "--idle-timeout", help="How long a kept-alive connection may "
+                                     "wait for its next request."),
 ) -> None:
     """Keep a policy directory applied, collect dead containers, serve metrics.
 
@@ -49,6 +59,7 @@ def agent(
     Example:  cgman agent --policy-dir /etc/cgman/policies --listen :9753
     Unit file: packaging/systemd/cgman-agent.service
     """
+    from .exporter import http_limits
     from .serve import interval_s, run_agent
     try:
         seconds = interval_s(interval)
@@ -56,4 +67,5 @@ def agent(
         raise typer.BadParameter(str(e), param_hint="--interval") from None
     run_agent({"policy_dir": policy_dir, "listen": listen, "interval": seconds, "prune": prune, "poll": poll,
                "web_config": web_config, "gzip": gzip, "pressure": pressure, "verbose": state["verbose"],
-               "root": state["root"], "run_dir": state["run_dir"], "state_dir": state["state_dir"]})
+               "root": state["root"], "run_dir": state["run_dir"], "state_dir": state["state_dir"],
+               **http_limits(max_connections, max_requests, header_timeout, idle_timeout)})

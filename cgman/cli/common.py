@@ -27,7 +27,31 @@ def policy_files(files: "Optional[list[Path]]") -> "list[Path]":
 
 def load(files: "Optional[list[Path]]"):
     from ..policy import load_files
-    return load_files(policy_files(files))
+    return load_files(policy_files(files), input_limits())
+
+
+def input_limits(environ: "Optional[dict[str, str]]" = None):
+    """Bounds on policy files and price sheets: CGMAN_MAX_INPUT_BYTES (bytes, or 8Mi) per file
+    and CGMAN_MAX_GROUPS per apply. Resolved here, at the edge; the library takes them as values."""
+    from ..errors import CgmanError
+    from ..inputs import DEFAULT_LIMITS, Limits
+    from ..units import UnitError, parse_quantity
+    env = os.environ if environ is None else environ
+    size, groups = env.get("CGMAN_MAX_INPUT_BYTES", ""), env.get("CGMAN_MAX_GROUPS", "")
+    limits = DEFAULT_LIMITS
+    if size:
+        try:
+            n = parse_quantity(size)
+        except UnitError:
+            n = 0
+        if not isinstance(n, int) or n < 1:
+            raise CgmanError(f"CGMAN_MAX_INPUT_BYTES={size[:40]!r}: expected a size such as 4194304 or 8Mi")
+        limits = Limits(max_input_bytes=n, max_groups=limits.max_groups)
+    if groups:
+        if not (groups.isascii() and groups.isdigit() and len(groups) < 10 and int(groups) > 0):
+            raise CgmanError(f"CGMAN_MAX_GROUPS={groups[:40]!r}: expected a positive number such as 10000")
+        limits = Limits(max_input_bytes=limits.max_input_bytes, max_groups=int(groups))
+    return limits
 
 
 def host():

@@ -24,6 +24,16 @@ def exporter(
                                   "where the kernel has it: 3 of ~12 files per container."),
     read_threads: int = typer.Option(2, "--read-threads", min=1, max=16, help="Threads reading cgroup "
                                      "files per scrape (the cost is kernel time: use the cores you can spare)."),
+    max_connections: int = typer.Option(64, "--max-connections", min=1, max=10000, help="Connections (so "
+                                        "threads) at once; past it the longest-waiting idle or slow one is "
+                                        "closed, or the new one gets 503 if all are mid-request."),
+    max_requests: int = typer.Option(40, "--max-requests", min=1, max=10000, help="Requests in flight at "
+                                     "once (as node_exporter's --web.max-requests); past it: 503."),
+    header_timeout: str = typer.Option("10s", "--header-timeout", help="A request's line and headers (and "
+                                       "the TLS handshake) must arrive whole within this, or the connection "
+                                       "is closed."),
+    idle_timeout: str = typer.Option("120s", "--idle-timeout", help="How long a kept-alive connection may "
+                                     "wait for its next request."),
 ) -> None:
     """Serve per-container usage and per-tenant billing counters to Prometheus.
 
@@ -37,4 +47,18 @@ def exporter(
     from .serve import run_exporter
     run_exporter({"listen": listen, "web_config": web_config, "gzip": gzip, "pressure": pressure,
                   "read_threads": read_threads, "verbose": state["verbose"],
-                  "run_dir": state["run_dir"], "state_dir": state["state_dir"]})
+                  "run_dir": state["run_dir"], "state_dir": state["state_dir"],
+                  **http_limits(max_connections, max_requests, header_timeout, idle_timeout)})
+
+
+def http_limits(max_connections: int, max_requests: int, header_timeout: str, idle_timeout: str) -> dict[str, object]:
+    """The HTTP bounds' options (shared with `agent`), durations checked as typer errors."""
+    from .serve import interval_s
+    out: dict[str, object] = {"max_connections": max_connections, "max_requests": max_requests}
+    for key, flag, text in (("header_timeout", "--header-timeout", header_timeout),
+                            ("idle_timeout", "--idle-timeout", idle_timeout)):
+        try:
+            out[key] = interval_s(text)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint=flag) from None
+    return out

@@ -18,6 +18,8 @@ EXPORTER_OPTIONS: dict[str, tuple[str, Any]] = {
     "--gzip": ("gzip", True), "--no-gzip": ("gzip", False),
     "--pressure": ("pressure", True), "--no-pressure": ("pressure", False),
     "--read-threads": ("read_threads", "value"),
+    "--max-connections": ("max_connections", "value"), "--max-requests": ("max_requests", "value"),
+    "--header-timeout": ("header_timeout", "value"), "--idle-timeout": ("idle_timeout", "value"),
 }
 AGENT_OPTIONS: dict[str, tuple[str, Any]] = {
     "--policy-dir": ("policy_dir", "value"),
@@ -28,8 +30,11 @@ AGENT_OPTIONS: dict[str, tuple[str, Any]] = {
     "--web-config": ("web_config", "value"),
     "--gzip": ("gzip", True), "--no-gzip": ("gzip", False),
     "--pressure": ("pressure", True), "--no-pressure": ("pressure", False),
+    "--max-connections": ("max_connections", "value"), "--max-requests": ("max_requests", "value"),
+    "--header-timeout": ("header_timeout", "value"), "--idle-timeout": ("idle_timeout", "value"),
 }
 COMMANDS = {"exporter": EXPORTER_OPTIONS, "agent": AGENT_OPTIONS}
+INT_RANGES = {"read_threads": (1, 16), "max_connections": (1, 10000), "max_requests": (1, 10000)}
 
 
 def interval_s(text: str) -> float:
@@ -75,19 +80,31 @@ def parse(argv: list[str], command: str = "exporter") -> Optional[dict[str, Any]
         i += 1
     if not seen:
         return None
-    if "interval" in opts:
-        try:
-            opts["interval"] = interval_s(opts["interval"])
-        except ValueError:
-            return None
-    if "read_threads" in opts:
-        try:
-            opts["read_threads"] = int(opts["read_threads"])
-        except ValueError:
-            return None
-        if not 1 <= opts["read_threads"] <= 16:
-            return None
+    for key in ("interval", "header_timeout", "idle_timeout"):
+        if key in opts:
+            try:
+                opts[key] = interval_s(opts[key])
+            except ValueError:
+                return None
+    for key, (low, high) in INT_RANGES.items():
+        if key in opts:
+            try:
+                opts[key] = int(opts[key])
+            except ValueError:
+                return None
+            if not low <= opts[key] <= high:
+                return None
     return opts
+
+
+def limits(opts: dict[str, Any]) -> Any:
+    """The HTTP server's bounds (exporter.conns.Limits) from parsed options."""
+    from ..exporter.conns import Limits
+    d = Limits()
+    return Limits(max_connections=int(opts.get("max_connections") or d.max_connections),
+                  max_requests=int(opts.get("max_requests") or d.max_requests),
+                  header_timeout_s=float(opts.get("header_timeout") or d.header_timeout_s),
+                  idle_timeout_s=float(opts.get("idle_timeout") or d.idle_timeout_s))
 
 
 def run_exporter(opts: dict[str, Any]) -> None:
@@ -105,7 +122,8 @@ def run_exporter(opts: dict[str, Any]) -> None:
     listen = opts.get("listen") or os.environ.get("CGMAN_EXPORTER_LISTEN") or DEFAULT_LISTEN
     serve(detect(), run_dir(opts.get("run_dir")), state_dir(opts.get("state_dir")), listen,
           web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
-          read_threads=int(opts.get("read_threads", 2)), pressure=bool(opts.get("pressure", True)))
+          read_threads=int(opts.get("read_threads", 2)), pressure=bool(opts.get("pressure", True)),
+          limits=limits(opts))
 
 
 def run_agent(opts: dict[str, Any]) -> None:
@@ -115,6 +133,7 @@ def run_agent(opts: dict[str, Any]) -> None:
     from ..drivers import open_host
     from ..exporter.server import DEFAULT_LISTEN
     from ..runtime.records import Store
+    from .common import input_limits
     level = logging.DEBUG if opts.get("verbose") else logging.INFO
     logging.basicConfig(level=level, format="cgman agent: %(levelname)s: %(message)s", force=True)
     policy_dir = opts.get("policy_dir") or os.environ.get("CGMAN_POLICY_DIR") or next(
@@ -124,4 +143,4 @@ def run_agent(opts: dict[str, Any]) -> None:
                                             bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None), policy_dir, listen,
           interval_s=float(opts.get("interval", 30.0)), prune=bool(opts.get("prune")),
           poll=bool(opts.get("poll")), web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
-          pressure=bool(opts.get("pressure", True)))
+          pressure=bool(opts.get("pressure", True)), http_limits=limits(opts), input_limits=input_limits())

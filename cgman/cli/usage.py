@@ -80,10 +80,13 @@ def usage(
     sheet = None
     if prices is not None:
         from ..prices import load_prices
-        sheet = load_prices(prices)          # before any output: a bad sheet bills nothing
-    with Ledger(ledger_path(state_dir(state["state_dir"])), readonly=True) as ledger:
+        from .common import input_limits
+        # before any output: a bad sheet bills nothing
+        sheet = load_prices(prices, input_limits().max_input_bytes)
+    path = ledger_path(state_dir(state["state_dir"]))
+    with Ledger(path, readonly=True) as ledger:
         entries = ledger.entries(start, end)
-    result = bill(entries, sheet, by, start, end)
+    result = bill(entries, sheet, by, start, end, source=path)
     if out == "json":
         _print_json(_as_json(result, sheet))
     elif out == "csv":

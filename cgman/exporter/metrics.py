@@ -80,6 +80,7 @@ TENANT: tuple[Metric, ...] = (
 
 EXPORTER = ("cgman_exporter_scrape_duration_seconds", "cgman_exporter_containers",
             "cgman_exporter_read_errors_total", "cgman_exporter_ledger_up", "cgman_exporter_scrapes_total",
-            "cgman_exporter_open_files")
+            "cgman_exporter_open_files", "cgman_exporter_connections_open",
+            "cgman_exporter_connections_rejected_total", "cgman_exporter_requests_rejected_total")
 
 ALL_NAMES: tuple[str, ...] = tuple(m.name for m in CONTAINER + RECORD + TENANT) + EXPORTER

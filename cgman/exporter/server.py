@@ -17,8 +17,10 @@ global one) and is appended to each scrape.
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -29,6 +31,8 @@ from typing import Any
 
 from ..errors import CgmanError
 from .collector import Collector
+from .health import ConnStats, Health, ProcessCollector
+from .conns import WRITE_TIMEOUT_S, Connections, HeadRejected, Limits, answer_and_close, read_head, somaxconn
 
 log = logging.getLogger(__name__)
 
@@ -89,47 +93,6 @@ def load_web_config(path: str) -> WebConfig:
     return WebConfig(cert, key, users)
 
 
-class _ProcessCollector:
-    """The standard process_* metrics of prometheus_client's ProcessCollector, less
-    process_open_fds: counting /proc/self/fd costs 10-25 ms here with the ~12,000 stat
-    files a 1000-container exporter keeps open (cgman_exporter_open_files says how many)."""
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        try:
-            with open("/proc/self/stat", "rb") as f:
-                parts = f.read().rpartition(b")")[2].split()
-            with open("/proc/stat", "rb") as f:
-                btime = next(int(ln.split()[1]) for ln in f if ln.startswith(b"btime "))
-        except (OSError, StopIteration, IndexError, ValueError):
-            return
-        ticks = os.sysconf("SC_CLK_TCK") or 100
-        yield CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
-                                  value=(int(parts[11]) + int(parts[12])) / ticks)
-        yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.", value=int(parts[20]))
-        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
-                                value=int(parts[21]) * os.sysconf("SC_PAGE_SIZE"))
-        yield GaugeMetricFamily("process_start_time_seconds", "Start time of the process since unix epoch "
-                                "in seconds.", value=btime + int(parts[19]) / ticks)
-        import resource
-        yield GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.",
-                                value=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-
-
-class _Health:
-    """Plain (name, "counter"|"gauge", help, value) tuples from a caller outside this
-    layer (the agent), rendered as metric families at each scrape."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        for name, kind, text, value in self.fn():
-            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            yield cls(name, text, value=value)
-
-
 _DUMMY: list[bytes] = []
 
 
@@ -149,7 +112,7 @@ class Exporter:
         self.collector = collector
         self.lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_ProcessCollector())
+        self.registry.register(ProcessCollector())
         self.duration = Gauge("cgman_exporter_scrape_duration_seconds",
                               "How long the previous scrape took to collect.", registry=self.registry)
         self.containers = Gauge("cgman_exporter_containers", "Live containers in the previous scrape.",
@@ -169,7 +132,7 @@ class Exporter:
 
     def add_health(self, fn: Any) -> None:
         """Serve ``fn()``'s (name, kind, help, value) tuples with every scrape."""
-        self.registry.register(_Health(fn))
+        self.registry.register(Health(fn))
 
     def scrape(self) -> list[bytes]:
         """The body of /metrics, as chunks (see Collector.collect_chunks)."""
@@ -193,17 +156,72 @@ _LANDING = b"""<html><head><title>cgman exporter</title></head><body>
 """
 
 
-def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPRequestHandler]:
+def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool, conns: Connections) -> type[BaseHTTPRequestHandler]:
+    limits = conns.limits
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "cgman-exporter"
-
-        timeout = 30                  # seconds a client may idle mid-request
+        # The head and the body are separate writes: with Nagle, a kept-alive client's delayed
+        # ACK held each answer's body back 40 ms.
+        disable_nagle_algorithm = True
+        timeout = None                # each read and write sets its own (conns.py)
 
         def setup(self) -> None:
+            self.accepted = time.monotonic()
             super().setup()
+            self.rfile.close()        # heads are read by conns.read_head into self.buf, never buffered here
+            self.rfile = io.BytesIO()
+            self.buf = bytearray()
+            self.first = True
             if isinstance(self.request, ssl.SSLSocket):
-                self.request.do_handshake()
+                # Under the head's deadline, in this thread: a client that never finishes the
+                # handshake holds one slot for --header-timeout, never the accept loop.
+                self.request.settimeout(max(0.001, self.accepted + limits.header_timeout_s - time.monotonic()))
+                try:
+                    self.request.do_handshake()
+                except TimeoutError:
+                    conns.count("header_timeout")
+                    raise
+
+        def handle_one_request(self) -> None:
+            sock = self.connection
+            self.close_connection = True
+            wait_until = self.accepted + limits.header_timeout_s if self.first else \
+                time.monotonic() + limits.idle_timeout_s
+            try:
+                head = read_head(sock, self.buf, limits, wait_until, self.first)
+            except HeadRejected as e:
+                conns.count(e.reason)
+                log.debug("%s: %s", self.address_string(), e.text)
+                if e.code:
+                    answer_and_close(sock, e.code, e.text)
+                return
+            self.first = False
+            if head is None or not conns.busy(sock):
+                return
+            try:
+                self._serve(head)
+            except TimeoutError:
+                self.close_connection = True        # it stopped reading the answer
+            finally:
+                conns.waiting(sock)
+
+        def _serve(self, head: bytes) -> None:
+            line, _, rest = head.partition(b"\n")
+            self.raw_requestline = line + b"\n"
+            self.rfile = io.BytesIO(rest + b"\r\n")          # parse_request reads the headers from here
+            if not self.parse_request():
+                return
+            if self.headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in self.headers:
+                self.close_connection = True        # a body is never read: the next request would start in it
+            method = getattr(self, "do_" + self.command, None)
+            self.connection.settimeout(WRITE_TIMEOUT_S)
+            if method is None:
+                self.send_error(501, f"Unsupported method ({self.command!r})")
+                return
+            method()
+            self.wfile.flush()
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("%s " + fmt, self.address_string(), *args)
@@ -216,9 +234,11 @@ def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPReque
             self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
             for k, v in (extra or {}).items():
                 self.send_header(k, v)
+            deadline = time.monotonic() + WRITE_TIMEOUT_S
             self.end_headers()
             if self.command != "HEAD":
                 for c in chunks:
+                    self.connection.settimeout(max(0.001, deadline - time.monotonic()))
                     self.wfile.write(c)
 
         def _authorized(self) -> bool:
@@ -244,6 +264,17 @@ def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool) -> type[BaseHTTPReque
                 return False
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if not conns.requests.acquire(blocking=False):
+                conns.reject_request()
+                self._send(503, f"{limits.max_requests} requests already in flight (--max-requests); "
+                                f"retry later\n".encode(), extra={"Retry-After": "1"})
+                return
+            try:
+                self._get()
+            finally:
+                conns.requests.release()
+
+        def _get(self) -> None:
             path = self.path.split("?", 1)[0]
             if not self._authorized():
                 self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="cgman"'})
@@ -285,10 +316,21 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_BUSY_BODY = b"every connection is busy (--max-connections); retry later\n"
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+         b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     ssl_context: ssl.SSLContext | None = None
+    conns: Connections
+
+    def server_activate(self) -> None:
+        # http.server's backlog is 5: a burst of scrapes waited out SYN retries (1 s each).
+        self.request_queue_size = somaxconn()
+        super().server_activate()
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
@@ -298,28 +340,52 @@ class _Server(ThreadingHTTPServer):
             sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection if conns.admit gives it a slot; else a 503 without one."""
+        if not self.conns.admit(request):
+            if self.ssl_context is None:
+                try:
+                    request.send(_BUSY, socket.MSG_DONTWAIT)        # never blocks the accept loop
+                except OSError:
+                    pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:                    # no thread to be had: the connection goes, the server stays
+            self.conns.release(request)
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.conns.release(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
         log.debug("connection from %s failed: %s", client_address, sys.exc_info()[1])
 
 
-def make_server(exp: Exporter, listen: str, web: WebConfig | None = None, gzip_ok: bool = False) -> _Server:
+def make_server(exp: Exporter, listen: str, web: WebConfig | None = None, gzip_ok: bool = False,
+                limits: Limits | None = None) -> _Server:
     """Bind (and wrap in TLS if configured); serve_forever() is the caller's."""
     web = web or WebConfig()
     host, port = parse_listen(listen)
     if ":" in host:
-        import socket
-
         class _Server6(_Server):
             address_family = socket.AF_INET6
         cls: type[_Server] = _Server6
     else:
         cls = _Server
+    conns = Connections(limits or Limits())
     try:
-        srv = cls((host, port), _handler(exp, web, gzip_ok))
+        srv = cls((host, port), _handler(exp, web, gzip_ok, conns))
     except OSError as e:
         raise CgmanError(f"cannot listen on {listen}: {e.strerror} (is another exporter running? "
                          f"pick another --listen)") from None
+    srv.conns = conns
+    exp.registry.register(ConnStats(conns))
     if web.cert_file and web.key_file:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
