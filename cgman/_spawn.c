@@ -79,7 +79,10 @@ struct clone_args_v2 {
         set_tid, set_tid_size, cgroup;
 };
 
-enum { OP_MOUNT = 1, OP_MKDIR, OP_TOUCH, OP_PIVOT, OP_CHDIR, OP_UMOUNT, OP_SYMLINK };
+/* OP_HOLD opens a path (O_PATH) before later mounts hide it; OP_BIND_HELD bind-mounts held fd
+ * number ``a`` (a decimal index) onto ``b`` through /proc/self/fd, as runc mounts its sources. */
+enum { OP_MOUNT = 1, OP_MKDIR, OP_TOUCH, OP_PIVOT, OP_CHDIR, OP_UMOUNT, OP_SYMLINK, OP_HOLD, OP_BIND_HELD };
+#define MAX_HELD 64
 /* Or'ed into an op's kind: a path that does not exist is skipped (masked paths that this
  * kernel does not have, as runc does). */
 #define OP_OPTIONAL 0x100
@@ -110,6 +113,8 @@ struct job {
     struct sock_fprog filter;       /* seccomp program; len 0: none */
     int parent_pidfd;               /* to notice a parent that died while pdeathsig was cleared */
     int cur_op;                     /* which op failed, for the error message */
+    int held[MAX_HELD];             /* OP_HOLD's descriptors, by index */
+    int n_held;
 };
 
 static void fail(struct job *j, int stage)
@@ -152,6 +157,21 @@ static int loopback_up(void)
     return r;
 }
 
+/* "/proc/self/fd/N" for held descriptor ``o->a`` (an index), without snprintf. */
+static int bind_held(struct job *j, struct op *o)
+{
+    int idx = 0;
+    for (const char *c = o->a; *c; c++) idx = idx * 10 + (*c - '0');
+    if (idx < 0 || idx >= j->n_held) { errno = EBADF; return -1; }
+    char path[32] = "/proc/self/fd/", digits[12];
+    int n = 0, fd = j->held[idx];
+    do { digits[n++] = (char)('0' + fd % 10); fd /= 10; } while (fd && n < 11);
+    size_t len = strlen(path);
+    while (n) path[len++] = digits[--n];
+    path[len] = 0;
+    return mount(path, o->b, NULL, o->flags, NULL);
+}
+
 static void run_ops(struct job *j)
 {
     for (Py_ssize_t i = 0; i < j->n_ops; i++) {
@@ -186,6 +206,15 @@ static void run_ops(struct job *j)
         case OP_SYMLINK:
             r = symlink(o->a, o->b); stage = ST_SYMLINK;
             if (r < 0 && errno == EEXIST) r = 0;
+            break;
+        case OP_HOLD:
+            stage = ST_MOUNT;
+            if (j->n_held >= MAX_HELD) { errno = E2BIG; r = -1; break; }
+            r = open(o->a, O_PATH | O_CLOEXEC);
+            if (r >= 0) { j->held[j->n_held++] = r; r = 0; }
+            break;
+        case OP_BIND_HELD:
+            r = bind_held(j, o); stage = ST_MOUNT;
             break;
         }
         if (r < 0 && !(optional && errno == ENOENT)) fail(j, stage);
@@ -479,6 +508,8 @@ PyMODINIT_FUNC PyInit__spawn(void)
     PyModule_AddIntConstant(m, "OP_UMOUNT", OP_UMOUNT);
     PyModule_AddIntConstant(m, "OP_SYMLINK", OP_SYMLINK);
     PyModule_AddIntConstant(m, "OP_OPTIONAL", OP_OPTIONAL);
+    PyModule_AddIntConstant(m, "OP_HOLD", OP_HOLD);
+    PyModule_AddIntConstant(m, "OP_BIND_HELD", OP_BIND_HELD);
     PyModule_AddIntConstant(m, "MS_RDONLY", MS_RDONLY);
     PyModule_AddIntConstant(m, "MS_NOSUID", MS_NOSUID);
     PyModule_AddIntConstant(m, "MS_NODEV", MS_NODEV);

@@ -9,6 +9,8 @@ OP_CHDIR: int
 OP_UMOUNT: int
 OP_SYMLINK: int
 OP_OPTIONAL: int
+OP_HOLD: int
+OP_BIND_HELD: int
 MS_RDONLY: int
 MS_NOSUID: int
 MS_NODEV: int

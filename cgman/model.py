@@ -120,6 +120,14 @@ class DeviceSpec:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """A host path a group's containers without a root of their own may write (launch.volumes)."""
+
+    path: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
 class SecurityPolicy:
     """What a group's containers may do (launch.*): the defaults are the secure ones."""
 
@@ -130,6 +138,7 @@ class SecurityPolicy:
     no_new_privileges: bool = True
     seccomp: str = "default"               # default | unconfined | an absolute path to a JSON profile
     devices: tuple[DeviceSpec, ...] = ()
+    volumes: tuple[VolumeSpec, ...] = ()     # writable host paths; the rest of the host is read-only
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from .errors import CgmanError, PolicyError, shown
 from .inputs import DEFAULT_LIMITS, Limits, decode, read_input
 from .model import (DEFAULT_CPU_PERIOD_USEC, CpuLimits, DeviceSpec, Group, IODevice, IOLimits, LaunchSpec,
                     Location, MemoryLimits, NetworkSpec, PidsLimits, PolicySet, Resources,
-                    RootfsSpec, SecurityPolicy, Unlimited)
+                    RootfsSpec, SecurityPolicy, Unlimited, VolumeSpec)
 
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 #: No field takes a number longer than this; Python's int() would refuse past 4300 digits anyway.
@@ -269,14 +269,16 @@ def _launch(w: _Walker, d: dict[str, Any], key: str) -> LaunchSpec:
 def _security(w: _Walker, d: dict[str, Any], key: str, ns: tuple[str, ...]) -> SecurityPolicy:
     """launch.{privileged, allow_privileged, capabilities, no_new_privileges, seccomp, devices}."""
     from .security import caps, devices, seccomp
+    from .security.resolve import volume_path
     privileged = d.get("privileged", False)
     if privileged and not d.get("allow_privileged", False):
         raise w.fail(d["__key__privileged"], f"{key}.privileged",
                      "a privileged group must also say allow_privileged: true (both are the operator's choice)")
-    if not privileged and "mount" not in ns:
+    if not privileged and not {"mount", "pid"} <= set(ns):
         raise w.fail(d.get("__key__namespaces", d["__node__"]), f"{key}.namespaces",
-                     "containers need the mount namespace for their protections (a read-only cgroupfs, "
-                     "masked /proc paths): add mount, or set privileged: true")
+                     "containers need the mount and pid namespaces for their protections (a read-only "
+                     "cgroupfs and host view, masked /proc paths, no reach into other tenants' processes): "
+                     "add mount and pid, or set privileged: true")
     cap_d = d.get("capabilities", {})
     lists: dict[str, tuple[str, ...]] = {}
     for which in ("add", "drop"):
@@ -300,10 +302,16 @@ def _security(w: _Walker, d: dict[str, Any], key: str, ns: tuple[str, ...]) -> S
         except ValueError as e:
             raise w.fail(node, f"{key}.devices[{i}].path", str(e)) from None
         devs.append(DeviceSpec(path=dev["path"], access=dev.get("access", "rwm")))
+    vols = []
+    for i, (node, v) in enumerate(d.get("volumes", [])):
+        try:
+            vols.append(VolumeSpec(path=volume_path(v["path"]), readonly=v.get("readonly", False)))
+        except ValueError as e:
+            raise w.fail(node, f"{key}.volumes[{i}].path", str(e)) from None
     return SecurityPolicy(privileged=privileged, allow_privileged=d.get("allow_privileged", False),
                           cap_add=lists["add"], cap_drop=lists["drop"],
                           no_new_privileges=d.get("no_new_privileges", True), seccomp=profile,
-                          devices=tuple(devs))
+                          devices=tuple(devs), volumes=tuple(vols))
 
 
 def _groups(w: _Walker, tree: dict[str, Any], parent: str, tenant: str | None,

@@ -272,6 +272,10 @@ LAUNCH = Obj(doc="how containers of this group are launched", fields={
     "devices": ListOf(item=Obj(required=("path",), fields={
         "path": Str(pattern=r"^/dev/.+$", hint="a device node under /dev"),
         "access": Str(pattern=r"^(?!.*(.).*\1)[rwm]{1,3}$", hint="a combination of r, w and m")})),
+    "volumes": ListOf(doc="host paths that containers without a root of their own may write (the rest of "
+                          "the host is read-only to them)", item=Obj(required=("path",), fields={
+        "path": Str(pattern=r"^/.+$", hint="an absolute path"),
+        "readonly": Bool(doc="shared read-only (default: writable)")})),
 })
 
 

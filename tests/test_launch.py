@@ -39,6 +39,7 @@ policies:
           pids: {max: 64}
         launch:
           network: {mode: loopback}
+          volumes: [{path: /tmp}]       # the tests' files (the rest of the host is read-only to it)
       plain:
         container:
           pids: {max: 32}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import write_policy
+from .conftest import REPO, write_policy
 
 pytestmark = pytest.mark.kernel
 
@@ -45,6 +45,8 @@ policies:
 # The probes: one line "name=ok" or "name=no" each, then "done", then the container waits.
 PROBES = r"""
 probe() { n=$1; shift; if "$@" >/dev/null 2>&1; then echo "$n=ok"; else echo "$n=no"; fi; }
+mkdir -p $MNT $NODES
+probe host_write sh -c "echo x > $HOSTFILE"
 probe own_limit sh -c "echo $OWN_VALUE > $OWN_LIMIT"
 probe parent_limit sh -c "echo $PARENT_VALUE > $PARENT_LIMIT"
 [ -n "$VIEW_LIMIT" ] && probe view_limit sh -c "echo $OWN_VALUE > $VIEW_LIMIT"
@@ -83,7 +85,7 @@ for name, n in sorted(nr.items()):
 
 
 @pytest.fixture
-def pol(tmp_path, cli):
+def pol(tmp_path, cli, host):     # host: removes this test's cgroup root afterwards
     p = write_policy(tmp_path, "sec.yaml", POLICY)
     cli("apply", str(p), check=True)
     return p
@@ -163,6 +165,8 @@ def _escape(cli, host, pol, tmp_path, group: str, *flags: str, rootfs: Path | No
         os.makedirs(tmp_path / "nodes", exist_ok=True)
     env = _probe_env(host, group, name, mnt, default)
     env["NODES"] = "/tmp" if rootfs else str(tmp_path / "nodes")
+    # a host file outside /tmp (a container's /tmp is its own): the repository's top
+    env["HOSTFILE"] = str(REPO / f".cgman-probe-{name}")
     args = ["run", "-f", str(pol), "-p", group, "--name", name, "-d", *flags]
     args += ["--rootfs", str(rootfs)] if rootfs else []
     for k, v in env.items():
@@ -187,13 +191,14 @@ def _escape(cli, host, pol, tmp_path, group: str, *flags: str, rootfs: Path | No
                     assert line.endswith(f"/{host.root}/{group}/{name}"), line
         return res
     finally:
-        cli("stop", "-t", "0", name)
+        cli("stop", "-t", "0s", name)
         cli("rm", "-f", name)
+        Path(env["HOSTFILE"]).unlink(missing_ok=True)
 
 
-BLOCKED = ("own_limit", "parent_limit", "view_limit", "procs_other", "procs_child", "procs_root", "mount_cgroup2",
-           "mount_proc", "mount_sysfs", "mknod_block", "open_disk", "unshare_user", "masked", "exe_write",
-           "environ")
+BLOCKED = ("host_write", "own_limit", "parent_limit", "view_limit", "procs_other", "procs_child", "procs_root",
+           "mount_cgroup2", "mount_proc", "mount_sysfs", "mknod_block", "open_disk", "unshare_user", "masked",
+           "exe_write", "environ")
 
 
 def _assert_all_blocked(res: dict[str, str]) -> None:
@@ -244,7 +249,7 @@ def test_a_default_container_with_a_rootfs_cannot_escape(cli, host, pol, tmp_pat
 def test_the_same_attempts_work_when_privileged(cli, host, pol, tmp_path):
     """The matrix can fail: with the protections off the same writes and mounts succeed."""
     res = _escape(cli, host, pol, tmp_path, "t/lax", "--privileged")
-    should_work = ["parent_limit", "procs_child", "mount_cgroup2", "mount_proc", "mknod_block",
+    should_work = ["host_write", "parent_limit", "procs_child", "mount_cgroup2", "mount_proc", "mknod_block",
                    "open_disk", "unshare_user", "masked"]
     if host.layout.version_of("memory") == 1 or not _nsdelegate():
         should_work.append("own_limit")     # with nsdelegate the kernel keeps a cgroupns root's files
@@ -288,13 +293,11 @@ def test_the_environment_test_can_fail(cli, pol):
 
 # ---------------------------------------------------------------------- what keeps working
 @pytest.mark.cgroup2
-def test_ordinary_workloads_keep_working(cli, pol, tmp_path):
+def test_ordinary_workloads_keep_working(cli, pol):
     import sys
-    work = tmp_path / "work"
-    work.mkdir()
-    script = f"""
+    script = """
 import os, socket, threading, signal, subprocess
-os.chdir({str(work)!r})
+os.chdir("/tmp")                      # its own /tmp: the rest of the host is read-only to it
 open("f", "w").write("x"); os.chown("f", 1000, 1000); os.chmod("f", 0o600); print("chown ok")
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 80)); s.listen()
 print("bind 80 ok")
@@ -332,7 +335,7 @@ def test_exec_gets_the_containers_settings(cli, pol):
         assert sec["privileged"] is False and "NET_RAW" not in sec["capabilities"]
         assert sec["seccomp"] == "default" and sec["no_new_privileges"] is True
     finally:
-        cli("stop", "-t", "0", "ex1")
+        cli("stop", "-t", "0s", "ex1")
         cli("rm", "-f", "ex1")
 
 
@@ -365,7 +368,8 @@ BAD = {
     "device": ("    launch: {devices: [{path: /dev/nonexistent-cgman}]}\n", "policies.g.launch.devices[0].path",
                "No such file"),
     "privileged": ("    launch: {privileged: true}\n", "policies.g.launch.privileged", "allow_privileged"),
-    "no_mount": ("    launch: {namespaces: [pid, net]}\n", "policies.g.launch.namespaces", "mount namespace"),
+    "no_mount": ("    launch: {namespaces: [pid, net]}\n", "policies.g.launch.namespaces", "mount and pid namespaces"),
+    "no_pid": ("    launch: {namespaces: [mount, net]}\n", "policies.g.launch.namespaces", "mount and pid namespaces"),
 }
 
 
@@ -407,10 +411,11 @@ def test_a_custom_profile_is_enforced(cli, pol, tmp_path):
     prof = tmp_path / "nomkdir.json"
     prof.write_text(json.dumps(doc))
     d = tmp_path / "made"
-    p = cli("run", "-f", str(pol), "-p", "t/lax", "--rm", "--security-opt", f"seccomp={prof}", "--",
+    vol = ["--volume", str(tmp_path)]          # a host dir it may write (t/lax allows privileges)
+    p = cli("run", "-f", str(pol), "-p", "t/lax", "--rm", *vol, "--security-opt", f"seccomp={prof}", "--",
             "mkdir", str(d))
     assert p.returncode != 0 and "Operation not permitted" in p.stderr and not d.exists()
-    p = cli("run", "-f", str(pol), "-p", "t/lax", "--rm", "--", "mkdir", str(d))
+    p = cli("run", "-f", str(pol), "-p", "t/lax", "--rm", *vol, "--", "mkdir", str(d))
     assert p.returncode == 0 and d.exists()
 
 

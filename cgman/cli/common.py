@@ -87,11 +87,12 @@ def argv_after_dashes(command: Optional[list[str]]) -> list[str]:
 
 def run_security(privileged: bool = False, cap_add: Optional[list[str]] = None,
                  cap_drop: Optional[list[str]] = None, devices: Optional[list[str]] = None,
-                 opts: Optional[list[str]] = None) -> Any:
+                 opts: Optional[list[str]] = None, volumes: Optional[list[str]] = None) -> Any:
     """`run`'s security flags as a RunSecurity. ValueError names the flag and what is wrong.
 
     --device PATH[:ACCESS] (ACCESS of r, w, m; default rwm); --security-opt seccomp=default|
-    unconfined|FILE and no-new-privileges[=true|false], as `docker run` spells them."""
+    unconfined|FILE and no-new-privileges[=true|false], as `docker run` spells them; --volume
+    PATH[:ro] (a host path, the same path inside)."""
     from ..security.caps import normalize
     from ..security.devices import check_access
     from ..security.resolve import RunSecurity
@@ -111,7 +112,13 @@ def run_security(privileged: bool = False, cap_add: Optional[list[str]] = None,
         else:
             raise ValueError(f"--security-opt {o[:60]!r}: use seccomp=default|unconfined|FILE or "
                              f"no-new-privileges[=true|false]")
-    return RunSecurity(privileged=privileged, cap_add=tuple(normalize(c) for c in cap_add or ()),
+    vols = []
+    for v in volumes or []:
+        path, _, mode = v.partition(":")
+        if mode not in ("", "ro", "rw") or not path:
+            raise ValueError(f"--volume {v[:60]!r}: use PATH or PATH:ro (an absolute host path)")
+        vols.append((os.path.abspath(path), mode == "ro"))
+    return RunSecurity(volumes=tuple(vols), privileged=privileged, cap_add=tuple(normalize(c) for c in cap_add or ()),
                        cap_drop=tuple(normalize(c) for c in cap_drop or ()), devices=tuple(devs),
                        seccomp=seccomp, no_new_privileges=nnp)
 

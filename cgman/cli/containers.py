@@ -65,6 +65,10 @@ def run(
     security_opt: Optional[list[str]] = typer.Option(None, "--security-opt", help="seccomp=default|unconfined|"
                                                      "FILE or no-new-privileges=true|false (loosening needs "
                                                      "allow_privileged)."),
+    volume: Optional[list[str]] = typer.Option(None, "--volume", help="A host path the container may write "
+                                               "(PATH or PATH:ro; the rest of the host is read-only to a "
+                                               "container without --rootfs); repeat. Within the group's "
+                                               "launch.volumes, or with allow_privileged."),
 ) -> None:
     """Run CMD in a new container under a policy group; exit with its status (128+N for signal N).
 
@@ -96,7 +100,7 @@ def run(
         mem = q
     from .common import run_security
     try:
-        security = run_security(privileged, cap_add, cap_drop, device, security_opt)
+        security = run_security(privileged, cap_add, cap_drop, device, security_opt, volume)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     code = execute(policy=policy, command=_argv(command), name=name, detach=detach, cpus=cpus, memory_bytes=mem,

@@ -33,6 +33,7 @@ RUN_OPTIONS: dict[str, tuple[str, Any]] = {
     "--cap-add": ("cap_add", "multi"), "--cap-drop": ("cap_drop", "multi"),
     "--device": ("device", "multi"),
     "--security-opt": ("security_opt", "multi"),
+    "--volume": ("volume", "multi"),
 }
 GLOBAL_OPTIONS: dict[str, tuple[str, Any]] = {
     "-v": ("verbose", True), "--verbose": ("verbose", True),
@@ -43,7 +44,7 @@ GLOBAL_OPTIONS: dict[str, tuple[str, Any]] = {
 def parse(argv: list[str]) -> Optional[dict[str, Any]]:
     """Options of `[GLOBAL...] run [OPTIONS...] [--] CMD...`, or None to leave it to typer."""
     opts: dict[str, Any] = {"layer": [], "env": [], "file": [], "cap_add": [], "cap_drop": [], "device": [],
-                            "security_opt": []}
+                            "security_opt": [], "volume": []}
     seen_run = False
     i = 0
     while i < len(argv):
@@ -95,7 +96,7 @@ def run_kwargs(o: dict[str, Any]) -> Optional[dict[str, Any]]:
     from .common import env_pairs, run_security
     try:
         security = run_security(o.get("privileged", False), o["cap_add"], o["cap_drop"], o["device"],
-                                o["security_opt"])
+                                o["security_opt"], o["volume"])
         cpus = float(o["cpus"]) if "cpus" in o else None
         pids = int(o["pids"]) if "pids" in o else None
         mem = None

@@ -107,9 +107,9 @@ def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str],
         ns.add("mount")
     hostname = o.hostname or (ls.hostname or "{name}").replace("{name}", name)
     security = resolve(group, ls.security, o.security)
-    if not security.privileged and "mount" not in ns:
-        raise LaunchError(f"group {group} launches without a mount namespace, which its containers' protections "
-                          f"need (a read-only cgroupfs, masked /proc paths): add mount to launch.namespaces")
+    if not security.privileged and not {"mount", "pid"} <= ns:
+        raise LaunchError(f"group {group} launches without a mount or pid namespace, which its containers' "
+                          f"protections need: add mount and pid to launch.namespaces")
     return ContainerSpec(name=name, group=group, tenant=g.tenant, argv=tuple(argv), resources=res,
                          formula=g.formula, namespaces=frozenset(ns), hostname=hostname[:64],
                          network=NetworkSpec(mode=net.mode, bridge=net.bridge, subnet=net.subnet),

@@ -296,7 +296,19 @@ def _protection(host: "Host", spec: ContainerSpec, leaf: str, root: str | None) 
     else:
         sys_flags = 0 if "net" in spec.namespaces else None
     return rfs.protect_ops(root=root, views=views, tmpfs_flags=tmpfs_flags, sys_flags=sys_flags,
-                           masked=MASKED_PATHS, readonly=READONLY_PATHS)
+                           masked=MASKED_PATHS, readonly=READONLY_PATHS,
+                           host=_host_view(mounts, spec) if root is None else None)
+
+
+def _host_view(mounts: list[Any], spec: ContainerSpec) -> rfs.HostView:
+    """The host as a container without a root sees it: read-only but for its volumes."""
+    points = [(m.mountpoint, rfs.mount_flags(m.options)) for m in mounts]
+
+    def flags_at(path: str) -> int:        # the flags of the mount a path lies on
+        best = max((p for p, _ in points if path == p or path.startswith(p.rstrip("/") + "/")), key=len)
+        return dict(points)[best]
+    vols = tuple((p, ro, flags_at(p), os.path.isdir(p)) for p, ro in spec.security.volumes)
+    return rfs.HostView(mounts=tuple(points), volumes=vols, ipc_ns="ipc" in spec.namespaces)
 
 
 def _devices(host: "Host", leaf: str, sec: Security) -> None:

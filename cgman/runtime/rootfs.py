@@ -14,8 +14,8 @@ from typing import Iterable
 
 # <sys/mount.h> and the helper's operations, from the helper itself (one source of truth).
 from .._spawn import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
-                      MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, OP_MKDIR, OP_MOUNT, OP_OPTIONAL,
-                      OP_PIVOT, OP_SYMLINK, OP_TOUCH)
+                      MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, OP_BIND_HELD, OP_HOLD, OP_MKDIR, OP_MOUNT,
+                      OP_OPTIONAL, OP_PIVOT, OP_SYMLINK, OP_TOUCH)
 
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -86,14 +86,58 @@ def _cgroup_ops(views: list[CgroupView], prefix: str, tmpfs_flags: int | None) -
     return ops
 
 
+@dataclass(frozen=True)
+class HostView:
+    """What a container without a root of its own sees of the host: every mount read-only,
+    private /tmp, /var/tmp, /dev/shm and /dev/pts, and the volumes it may write."""
+
+    mounts: tuple[tuple[str, int], ...]          # (mountpoint, per-mount flags), mountinfo order
+    volumes: tuple[tuple[str, bool, int, bool], ...] = ()    # (path, read-only, flags, is a directory)
+    ipc_ns: bool = True
+
+
+_PRIVATE_TMP = ("/tmp", "/var/tmp")
+
+
+def _host_view_ops(view: HostView) -> tuple[list[Op], list[Op]]:
+    """(before the new /proc, after it). Volume sources are held open first: the private /tmp
+    would hide one that lies below it."""
+    before: list[Op] = [(OP_HOLD, _b(p)) for p, _, _, _ in view.volumes]
+    before += [_ro(m, flags, optional=True) for m, flags in view.mounts]
+    after: list[Op] = [(OP_MOUNT | OP_OPTIONAL, b"devpts", b"/dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC,
+                        b"newinstance,ptmxmode=0666,mode=0620"),
+                       (OP_MOUNT | OP_OPTIONAL, b"/dev/pts/ptmx", b"/dev/ptmx", None, MS_BIND)]
+    if view.ipc_ns:
+        after.append((OP_MOUNT | OP_OPTIONAL, b"shm", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV,
+                      b"mode=1777,size=65536k"))
+    after += [(OP_MOUNT | OP_OPTIONAL, b"tmpfs", _b(t), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=1777")
+              for t in _PRIVATE_TMP]
+    for i, (path, ro, flags, is_dir) in enumerate(view.volumes):
+        tmp = next((t for t in _PRIVATE_TMP if path.startswith(t + "/")), None)
+        if tmp is not None:           # recreate its place in the private tmpfs
+            parts = path[len(tmp) + 1:].split("/")
+            dirs = parts if is_dir else parts[:-1]
+            after += [(OP_MKDIR, _b("/".join([tmp, *dirs[:k + 1]]))) for k in range(len(dirs))]
+            if not is_dir:
+                after.append((OP_TOUCH, _b(path)))
+        # not MS_REC: a recursive bind of a source below /tmp would copy the private tmpfs too
+        after += [(OP_BIND_HELD, str(i).encode(), _b(path), None, MS_BIND),
+                  (OP_MOUNT, None, _b(path), None, MS_REMOUNT | MS_BIND | flags | (MS_RDONLY if ro else 0))]
+    return before, after
+
+
 def protect_ops(*, root: str | None, views: list[CgroupView], tmpfs_flags: int | None,
-                sys_flags: int | None, masked: Iterable[str], readonly: Iterable[str]) -> tuple[list[Op], list[Op]]:
-    """(before pivot_root, after it): the container's read-only view of its own cgroup,
-    a read-only /sys, masked paths (runc's: /dev/null over files, an empty read-only tmpfs
-    over directories) and read-only paths. Paths this kernel lacks are skipped."""
+                sys_flags: int | None, masked: Iterable[str], readonly: Iterable[str],
+                host: HostView | None = None) -> tuple[list[Op], list[Op]]:
+    """(before the new /proc or pivot_root, after it): without a root of its own, the host
+    read-only (``host``); the container's read-only view of its own cgroup; a read-only /sys;
+    masked paths (runc's: /dev/null over files, an empty read-only tmpfs over directories) and
+    read-only paths. Paths this kernel lacks are skipped."""
     before: list[Op] = []
     after: list[Op] = []
     if root is None:
+        if host is not None:
+            before, after = _host_view_ops(host)
         after += _cgroup_ops(views, "", tmpfs_flags)
         if sys_flags is not None:
             after.append(_ro("/sys", sys_flags))
@@ -127,6 +171,7 @@ def mount_ops(*, root: str | None, overlay: Overlay | None, pid_ns: bool, net_ns
         ops.append((OP_MOUNT, _b(root), _b(root), None, MS_BIND | MS_REC))   # pivot_root needs a mount
     before, after = protect
     if root is None:
+        ops += before
         if pid_ns:   # the host's /proc shows the host's pids: remount it for the new namespace
             ops.append((OP_MOUNT, b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC))
         return ops + after
@@ -137,7 +182,10 @@ def mount_ops(*, root: str | None, overlay: Overlay | None, pid_ns: bool, net_ns
     for name in DEVICES:
         ops += [(OP_TOUCH, _b(f"{dev}/{name}")),
                 (OP_MOUNT, _b(f"/dev/{name}"), _b(f"{dev}/{name}"), None, MS_BIND)]
-    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+    ops += [(OP_MKDIR, _b(f"{dev}/pts")),
+            (OP_MOUNT, b"devpts", _b(f"{dev}/pts"), b"devpts", MS_NOSUID | MS_NOEXEC,
+             b"newinstance,ptmxmode=0666,mode=0620")]
+    for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         ops.append((OP_SYMLINK, _b(target), _b(f"{dev}/{link}")))
     if ipc_ns:

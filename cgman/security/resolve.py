@@ -8,6 +8,7 @@ refused unless the group says ``allow_privileged: true``. Dropping more is alway
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,24 @@ class RunSecurity:
     devices: tuple[tuple[str, str], ...] = ()          # (path, access)
     seccomp: str | None = None
     no_new_privileges: bool | None = None
+    volumes: tuple[tuple[str, bool], ...] = ()         # (path, readonly)
+
+
+def volume_path(path: str) -> str:
+    """An absolute host path for a volume, symlinks resolved (the bind follows them anyway, so
+    what is checked is what is mounted). ValueError if it does not exist."""
+    if not path.startswith("/"):
+        raise ValueError(f"{path[:80]!r}: give an absolute path")
+    real = os.path.realpath(path)
+    if not os.path.exists(real):
+        raise ValueError(f"{path[:80]}: no such file or directory on this host")
+    if real == "/":
+        raise ValueError("/ cannot be a volume: the whole host would be writable (that is --privileged)")
+    return real
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,7 @@ class Security:
     no_new_privileges: bool = True
     seccomp: str = S.DEFAULT
     devices: tuple[DeviceRule, ...] = field(default=DEFAULT_DEVICES)
+    volumes: tuple[tuple[str, bool], ...] = ()         # writable (or read-only) host paths
 
     def summary(self) -> dict[str, Any]:
         """For the record (`cgman inspect`) and for `cgman exec`, which applies the same."""
@@ -54,6 +74,8 @@ class Security:
         return {"privileged": False, "capabilities": sorted(self.caps),
                 "no_new_privileges": self.no_new_privileges, "seccomp": self.seccomp,
                 "devices": [d.as_dict() for d in self.devices], "cgroupfs": "read-only, own cgroup only",
+                "host_filesystem": "read-only but for volumes (without a root of its own)",
+                "volumes": [{"path": p, "readonly": ro} for p, ro in self.volumes],
                 "masked_paths": list(MASKED_PATHS), "readonly_paths": list(READONLY_PATHS)}
 
 
@@ -93,11 +115,29 @@ def resolve(group: str, pol: SecurityPolicy, run: RunSecurity) -> Security:
             devices.append(from_path(path, access))
         except ValueError as e:
             raise LaunchError(f"--device: {e}") from None
-    return Security(caps=caps, no_new_privileges=nnp, seccomp=profile, devices=tuple(devices))
+    return Security(caps=caps, no_new_privileges=nnp, seccomp=profile, devices=tuple(devices),
+                    volumes=_volumes(group, pol, run))
+
+
+def _volumes(group: str, pol: SecurityPolicy, run: RunSecurity) -> tuple[tuple[str, bool], ...]:
+    """The group's volumes plus the run's; a run's must lie within one of the group's, no less
+    read-only, unless the group allows privileges."""
+    out = {v.path: v.readonly for v in pol.volumes}
+    for path, ro in run.volumes:
+        try:
+            real = volume_path(path)
+        except ValueError as e:
+            raise LaunchError(f"--volume: {e}") from None
+        if not pol.allow_privileged and not any(_within(real, v.path) and (ro or not v.readonly)
+                                                for v in pol.volumes):
+            raise _refuse(group, f"--volume {real}{':ro' if ro else ''}",
+                          f"launch.volumes: [{{path: {real}}}]")
+        out[real] = ro
+    return tuple(sorted(out.items()))
 
 
 _SUMMARY_KEYS = {"privileged", "capabilities", "no_new_privileges", "seccomp", "devices", "cgroupfs",
-                 "masked_paths", "readonly_paths"}
+                 "masked_paths", "readonly_paths", "host_filesystem", "volumes"}
 
 
 def check_summary(v: Any) -> str:
@@ -118,7 +158,7 @@ def check_summary(v: Any) -> str:
         return "seccomp: not default, unconfined or an absolute path"
     if not isinstance(v.get("no_new_privileges"), bool):
         return "no_new_privileges: not true or false"
-    for k in ("devices", "masked_paths", "readonly_paths"):
+    for k in ("devices", "masked_paths", "readonly_paths", "volumes"):
         if not isinstance(v.get(k, []), list) or len(v.get(k, [])) > 1024:
             return f"{k}: not a list"
     return ""
