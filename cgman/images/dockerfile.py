@@ -136,12 +136,12 @@ def _one(cmd: str, rest: str, line: int, where: str) -> Instruction:
             raise _fail(where, cmd, f"bad name {name[:40]!r}")
         return Instruction(cmd, rest, line, where, args=(name, rest) if "=" in rest else (name,))
     if cmd == "FROM":
-        words = rest.split()
-        if len(words) == 3 and words[1].upper() == "AS":
-            words = words[:1]
-        if len(words) != 1:
+        base = rest.split()
+        if len(base) == 3 and base[1].upper() == "AS":
+            base = base[:1]
+        if len(base) != 1:
             raise _fail(where, cmd, "use FROM scratch, FROM NAME:TAG or FROM oci:DIR:TAG")
-        return Instruction(cmd, rest, line, where, args=tuple(words))
+        return Instruction(cmd, rest, line, where, args=tuple(base))
     if cmd == "EXPOSE":
         for p in rest.split():
             if not re.fullmatch(r"(\$\{?\w+\}?|\d{1,5})(/(tcp|udp|sctp))?", p):

@@ -112,5 +112,5 @@ def run_settings(store: ImageStore, ref: str, command: list[str]) -> RunSettings
     if not argv:
         raise ImageError(f"image {image.ref} has no Entrypoint or Cmd: give a command after --")
     cwd = c.get("WorkingDir") if isinstance(c.get("WorkingDir"), str) and c.get("WorkingDir") else None
-    user = c.get("User") if isinstance(c.get("User"), str) else ""
+    user = str(c.get("User") or "")
     return RunSettings(dirs, tuple(argv), tuple(env_pairs(c.get("Env"))), cwd, resolve_user(user, dirs))

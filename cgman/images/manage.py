@@ -65,9 +65,11 @@ def import_layout(store: ImageStore, src_dir: str, tag: str, ref: str | None) ->
     if desc.get("mediaType") == OCI_INDEX:
         raise ImageError(f"{src_dir}:{tag} is a multi-platform index; copy one platform first "
                          f"(skopeo copy --override-arch amd64 ...)")
+    size = desc.get("size")
+    if not isinstance(size, int) or size < 0:
+        raise ImageError(f"{src_dir}/index.json: the descriptor of {tag!r} has no valid size")
     with store.lock("gc", shared=True):
-        size = desc.get("size")
-        copy_tree_blobs(src, store.blobs, [(desc.get("digest", ""), size if isinstance(size, int) else -1)],
+        copy_tree_blobs(src, store.blobs, [(desc.get("digest", ""), size)],
                         store.tmp, MAX_JSON)
         manifest = store.blobs.json(desc["digest"])
         cfg = manifest.get("config")
