@@ -104,6 +104,7 @@ struct job {
     const char *hostname;
     int lo_up, setsid_, pdeathsig;
     long uid, gid;                  /* setresuid/gid inside, -1: leave */
+    long run_uid, run_gid;          /* the workload's user (an image's USER), after the mounts; -1: root */
     int release_rd, error_wr;
     int init_fd;                    /* sealed memfd of cgman-init; -1: exec the workload as PID 1 */
     char **init_argv;               /* {"cgman-init", argv...} */
@@ -243,10 +244,25 @@ static int load_filter(struct job *j)
  * filter, so it goes in before the capabilities are dropped (the profile must then allow
  * capset, prctl and execve, as Docker's does); with no_new_privs it goes in last, so the
  * fewest syscalls run under it before the exec. */
+static void rearm_pdeathsig(struct job *j);
+
+/* An image's USER: after the bounding set is dropped (that needs CAP_SETPCAP, which a
+ * non-root uid loses) and before no_new_privs; the kernel then clears the permitted and
+ * effective sets, as for any process that leaves uid 0 (Docker's behaviour). */
+static void switch_user(struct job *j)
+{
+    if (j->run_uid < 0 && j->run_gid < 0) return;
+    if (setgroups(0, NULL) < 0) fail(j, ST_SETGROUPS);
+    if (j->run_gid >= 0 && setresgid(j->run_gid, j->run_gid, j->run_gid) < 0) fail(j, ST_SETGID);
+    if (j->run_uid >= 0 && setresuid(j->run_uid, j->run_uid, j->run_uid) < 0) fail(j, ST_SETUID);
+    rearm_pdeathsig(j);
+}
+
 static void apply_security(struct job *j)
 {
     if (j->filter.len && !j->nnp && load_filter(j) < 0) fail(j, ST_SECCOMP);
     if (j->drop_caps && drop_caps(j->cap_keep) < 0) fail(j, ST_CAPS);
+    switch_user(j);
     if (j->nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail(j, ST_NNP);
     if (j->filter.len && j->nnp && load_filter(j) < 0) fail(j, ST_SECCOMP);
 }
@@ -261,6 +277,18 @@ static void exec_init(struct job *j)
     if (dup2(err, INIT_ERROR_FD) < 0) fail(j, ST_INIT);     /* dup2 leaves it open across exec */
     syscall(SYS_execveat, init, "", j->init_argv, j->envp, AT_EMPTY_PATH);
     fail(j, ST_INIT);
+}
+
+/* Changing credentials clears PR_SET_PDEATHSIG: set it again, then make sure the
+ * parent did not die in between (getppid() is 0 across a pid namespace). */
+static void rearm_pdeathsig(struct job *j)
+{
+    if (!j->pdeathsig) return;
+    prctl(PR_SET_PDEATHSIG, j->pdeathsig);
+    if (j->parent_pidfd >= 0) {
+        struct pollfd pfd = {j->parent_pidfd, POLLIN, 0};
+        if (poll(&pfd, 1, 0) > 0) { errno = ECANCELED; fail(j, ST_RELEASE); }
+    }
 }
 
 static int child_main(struct job *j)
@@ -280,15 +308,7 @@ static int child_main(struct job *j)
         if (setresgid(j->gid, j->gid, j->gid) < 0) fail(j, ST_SETGID);
     }
     if (j->uid >= 0 && setresuid(j->uid, j->uid, j->uid) < 0) fail(j, ST_SETUID);
-    if ((j->uid >= 0 || j->gid >= 0) && j->pdeathsig) {
-        /* Changing credentials clears PR_SET_PDEATHSIG: set it again, then make sure the
-         * parent did not die in between (getppid() is 0 across a pid namespace). */
-        prctl(PR_SET_PDEATHSIG, j->pdeathsig);
-        if (j->parent_pidfd >= 0) {
-            struct pollfd pfd = {j->parent_pidfd, POLLIN, 0};
-            if (poll(&pfd, 1, 0) > 0) { errno = ECANCELED; fail(j, ST_RELEASE); }
-        }
-    }
+    if (j->uid >= 0 || j->gid >= 0) rearm_pdeathsig(j);
     if (j->unshare_flags && unshare(j->unshare_flags) < 0) fail(j, ST_UNSHARE);
     if (j->hostname && sethostname(j->hostname, strlen(j->hostname)) < 0) fail(j, ST_HOSTNAME);
     if (j->lo_up && loopback_up() < 0) fail(j, ST_LOOPBACK);
@@ -341,17 +361,17 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"argv", "envp", "clone_flags", "cgroup_fd", "unshare_flags", "hostname",
                              "lo_up", "ops", "init_fd", "setsid", "pdeathsig", "uid", "gid", "setns_fds",
-                             "drop_caps", "cap_keep", "no_new_privs", "seccomp", NULL};
+                             "drop_caps", "cap_keep", "no_new_privs", "seccomp", "run_uid", "run_gid", NULL};
     PyObject *argv_o, *envp_o, *hostname_o = Py_None, *ops_o = NULL, *setns_o = NULL;
     unsigned long long clone_flags = 0, cap_keep = 0;
     unsigned long unshare_flags = 0;
     int cgroup_fd = -1, lo_up = 0, init_fd = -1, setsid_ = 1, pdeathsig = SIGKILL, drop = 0, nnp = 0;
-    long uid = -1, gid = -1;
+    long uid = -1, gid = -1, run_uid = -1, run_gid = -1;
     Py_buffer filter = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*", kwlist, &argv_o, &envp_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*ll", kwlist, &argv_o, &envp_o,
                                      &clone_flags, &cgroup_fd, &unshare_flags, &hostname_o, &lo_up,
                                      &ops_o, &init_fd, &setsid_, &pdeathsig, &uid, &gid, &setns_o,
-                                     &drop, &cap_keep, &nnp, &filter))
+                                     &drop, &cap_keep, &nnp, &filter, &run_uid, &run_gid))
         return NULL;
     if (filter.buf && (filter.len % sizeof(struct sock_filter) || filter.len == 0 ||
                        filter.len / sizeof(struct sock_filter) > BPF_MAXINSNS)) {
@@ -420,6 +440,7 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     j.unshare_flags = unshare_flags;
     j.lo_up = lo_up; j.setsid_ = setsid_; j.pdeathsig = pdeathsig;
     j.uid = uid; j.gid = gid; j.cur_op = -1;
+    j.run_uid = run_uid; j.run_gid = run_gid;
 
     if (pipe2(release, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);

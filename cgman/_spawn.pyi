@@ -37,4 +37,5 @@ def spawn(argv: Sequence[bytes], envp: Sequence[bytes], clone_flags: int = ..., 
           ops: Sequence[tuple[Any, ...]] | None = ..., init_fd: int = ..., setsid: bool = ...,
           pdeathsig: int = ..., uid: int = ..., gid: int = ...,
           setns_fds: Sequence[int] | None = ..., drop_caps: bool = ..., cap_keep: int = ...,
-          no_new_privs: bool = ..., seccomp: bytes | None = ...) -> tuple[int, bool, int, int]: ...
+          no_new_privs: bool = ..., seccomp: bytes | None = ..., run_uid: int = ...,
+          run_gid: int = ...) -> tuple[int, bool, int, int]: ...

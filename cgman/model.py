@@ -151,6 +151,7 @@ class LaunchSpec:
     user_map_gid: int | None = None        # host gid of container root (default: the uid)
     user_map_count: int | None = None      # how many ids are mapped (default 65536)
     security: SecurityPolicy = SecurityPolicy()
+    image: str | None = None               # NAME:TAG: `cgman run` without a root uses it
 
 
 @dataclass(frozen=True)

@@ -255,6 +255,8 @@ def _launch(w: _Walker, d: dict[str, Any], key: str) -> LaunchSpec:
         if ("path" in r) == ("layers" in r):
             raise w.fail(r["__node__"], f"{key}.rootfs", "give exactly one of path or layers")
         rootfs = RootfsSpec(path=r.get("path"), layers=tuple(v for _, v in r.get("layers", [])))
+    if "image" in d and rootfs is not None:
+        raise w.fail(d["__key__image"], f"{key}.image", "give image or rootfs, not both")
     user = d.get("user", {})
     uid = user.get("uid")
     if "user" in d and "user" not in ns:
@@ -263,7 +265,8 @@ def _launch(w: _Walker, d: dict[str, Any], key: str) -> LaunchSpec:
                       network=NetworkSpec(mode=mode, bridge=net_d.get("bridge", "cgman0"),
                                           subnet=subnet),
                       rootfs=rootfs, user_map_uid=uid, user_map_gid=user.get("gid"),
-                      user_map_count=user.get("count"), security=_security(w, d, key, ns))
+                      user_map_count=user.get("count"), security=_security(w, d, key, ns),
+                      image=d.get("image"))
 
 
 def _security(w: _Walker, d: dict[str, Any], key: str, ns: tuple[str, ...]) -> SecurityPolicy:

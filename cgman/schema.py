@@ -256,6 +256,8 @@ LAUNCH = Obj(doc="how containers of this group are launched", fields={
     }),
     "rootfs": Obj(fields={"path": Str(pattern=r"^/.*$", hint="an absolute path"),
                           "layers": ListOf(item=Str(pattern=r"^/.*$", hint="an absolute path"))}),
+    "image": Str(pattern=r"^[a-z0-9][a-z0-9._/-]{0,127}:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+                 hint="NAME:TAG of an image in `cgman images`", doc="default image for `cgman run` (issue 15)"),
     "user": Obj(doc="user namespace mapping (with namespaces: [user])",
                 fields={"uid": Int(lo=1, hi=2**32 - 2), "gid": Int(lo=1, hi=2**32 - 2),
                         "count": Int(lo=1, hi=2**32 - 1)}),

@@ -12,6 +12,9 @@ command -v musl-gcc >/dev/null || need+=(musl-tools)         # cgman-init, the c
 # Container tests: a static busybox for rootfs/overlay images, file(1) to check it is static.
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 command -v file >/dev/null || need+=(file)
+# Image tests trade OCI layouts with tools no one here wrote.
+command -v umoci >/dev/null || need+=(umoci)
+command -v skopeo >/dev/null || need+=(skopeo)
 # Grafana dashboard tests: promtool checks their PromQL; a real Prometheus evaluates every panel.
 command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)   # tests/test_packaging.py verifies the units offline

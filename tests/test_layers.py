@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "cgman"
 LAYER = {"errors": 0, "units": 0, "model": 0, "schema": 1, "convert": 1, "inputs": 1, "security": 1, "_secure": 1,
          "policy": 2, "prices": 2,
          "plan": 3, "drivers": 4, "runtime": 5, "billing": 5, "_spawn": 5, "_fastread": 5,
-         "exporter": 6, "agent": 7, "cli": 8, "__main__": 9, "__init__": 0}
+         "exporter": 6, "images": 6, "agent": 7, "cli": 8, "__main__": 9, "__init__": 0}
 # third-party libraries and the only places that may import them
 THIRD_PARTY = {"typer": {"cli"}, "click": {"cli"}, "prometheus_client": {"exporter"},
                "yaml": {"policy", "prices", "exporter/server.py"},

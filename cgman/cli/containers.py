@@ -42,6 +42,8 @@ def run(
     rootfs: Optional[Path] = typer.Option(None, "--rootfs", help="Directory to use as / (pivot_root)."),
     layer: Optional[list[Path]] = typer.Option(None, "--layer", help="Read-only lower layer, bottom first; "
                                                "repeat. An overlayfs with a private upper dir becomes /."),
+    image: Optional[str] = typer.Option(None, "--image", help="NAME:TAG from `cgman images`: its layers "
+                                        "are the root; its Entrypoint, Cmd, Env, WorkingDir and User apply."),
     userns: bool = typer.Option(False, "--userns", help="Also a user namespace: root inside maps to an "
                                 "unprivileged host uid (policy launch.user, default 100000)."),
     init: bool = typer.Option(True, "--init/--no-init", help="A minimal init as PID 1 that reaps zombies and "
@@ -107,7 +109,7 @@ def run(
                    pids=pids, hostname=hostname, network=network, rootfs=str(rootfs) if rootfs else None,
                    layers=tuple(str(p) for p in layer or ()), userns=userns, init=init, env=_env(env),
                    timeout_s=_seconds(timeout) if timeout else None, timeout_text=timeout or "", auto_remove=rm,
-                   files=files, security=security)
+                   files=files, security=security, image=image)
     raise typer.Exit(code)
 
 

@@ -23,6 +23,7 @@ RUN_OPTIONS: dict[str, tuple[str, Any]] = {
     "--network": ("network", "value"),
     "--rootfs": ("rootfs", "value"),
     "--layer": ("layer", "multi"),
+    "--image": ("image", "value"),
     "--userns": ("userns", True),
     "--init": ("init", True), "--no-init": ("init", False),
     "--env": ("env", "multi"), "-e": ("env", "multi"),
@@ -114,7 +115,8 @@ def run_kwargs(o: dict[str, Any]) -> Optional[dict[str, Any]]:
                 rootfs=o.get("rootfs"),
                 layers=tuple(o["layer"]), userns=o.get("userns", False),
                 init=o.get("init", True), env=env, timeout_s=timeout_s, timeout_text=o.get("timeout", ""),
-                auto_remove=o.get("rm", False), files=list(o["file"]) or None, security=security)
+                auto_remove=o.get("rm", False), files=list(o["file"]) or None, security=security,
+                image=o.get("image"))
 
 
 def main(argv: list[str]) -> Optional[int]:

@@ -50,16 +50,32 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
             layers: tuple[str, ...] = (), userns: bool = False, init: bool = True,
             env: tuple[tuple[str, str], ...] = (), timeout_s: Optional[float] = None,
             timeout_text: str = "", auto_remove: bool = False, files: Optional[list[Path]] = None,
-            security: Optional[RunSecurity] = None) -> int:
+            security: Optional[RunSecurity] = None, image: Optional[str] = None) -> int:
     """Run a container; the exit code for the CLI (the workload's, or 0 after -d)."""
+    import dataclasses
+
     from ..runtime import containers as C
     from ..security.resolve import RunSecurity
+    h, st = host(), store()
+    policies, source = policies_for_run(st, h.root, files)
+    g = policies.get(policy.strip("/"))
+    if image is None and not rootfs and not layers and g is not None and g.launch is not None:
+        image = g.launch.image                     # the group's default image
+    settings = None
+    if image is not None:
+        from ..errors import LaunchError
+        from ..images.image import run_settings
+        from ..images.store import ImageStore
+        if rootfs or layers:
+            raise LaunchError("give --image, or --rootfs/--layer, not both")
+        settings = run_settings(ImageStore(st.state), image, command)
+        command, layers, env = list(settings.argv), settings.layers, settings.env + env
     o = C.Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
                     rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove,
                     security=security or RunSecurity())
-    h, st = host(), store()
-    policies, source = policies_for_run(st, h.root, files)
     spec = C.spec_for(policies, policy, name, command, o, **source)
+    if settings is not None:
+        spec = dataclasses.replace(spec, cwd=settings.cwd, user=settings.user)
     collect_quietly()
     if detach:
         rec = C.run_detached(h, st, spec, timeout_s)

@@ -66,6 +66,8 @@ class ContainerSpec:
     init: bool = True
     auto_remove: bool = False
     security: Security = Security()
+    cwd: str | None = None                            # absolute, inside the root (an image's WorkingDir)
+    user: tuple[int, int] | None = None               # (uid, gid) of the workload (an image's User)
 
 
 def _ns_flags(names: set[str]) -> int:
@@ -220,7 +222,7 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
                   unshare_flags: int = 0, hostname: str | None = None, lo_up: bool = False,
                   ops: list[Any] | None = None, init: bool = True, uid: int = -1, gid: int = -1,
                   setns_fds: list[int] | None = None, security: Security | None = None,
-                  cache_dir: str | None = None) -> Process:
+                  cache_dir: str | None = None, run_user: tuple[int, int] | None = None) -> Process:
     """Clone a child into ``leaf`` (v2 at birth, v1 before release). It waits for release().
 
     ``security`` (default: the secure defaults) is applied by the child right before exec;
@@ -242,7 +244,8 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
                                             unshare_flags=unshare_flags,
                                             hostname=os.fsencode(hostname) if hostname else None,
                                             lo_up=lo_up, ops=ops or None, init_fd=init_fd, uid=uid, gid=gid,
-                                            setns_fds=setns_fds, **sec_kw)
+                                            setns_fds=setns_fds, **sec_kw,
+                                            **({"run_uid": run_user[0], "run_gid": run_user[1]} if run_user else {}))
     except OSError as e:
         raise LaunchError(f"cannot create the container's process: {e.strerror}"
                           f"{' (too many processes? check pids.max)' if e.errno == errno.EAGAIN else ''}") from None
@@ -575,6 +578,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         ops = rfs.mount_ops(root=spec.rootfs.path if spec.rootfs else None, overlay=overlay,
                             pid_ns="pid" in ns, net_ns="net" in ns, ipc_ns="ipc" in ns,
                             userns="user" in ns, protect=_protection(host, spec, leaf, root)) if "mount" in ns else []
+        ops += rfs.workdir_ops(spec.cwd) if spec.cwd and root is not None else []
         if before_spawn is not None:
             before_spawn()
         userns = "user" in ns
@@ -583,7 +587,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
                              hostname=spec.hostname if "uts" in ns else None,
                              lo_up="net" in ns and spec.network.mode in ("loopback", "bridge"),
                              ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1,
-                             security=spec.security, cache_dir=store.state)
+                             security=spec.security, cache_dir=store.state, run_user=spec.user)
         rec.pid, rec.pid_start = proc.pid, proc_start_ticks(proc.pid)
         if userns:
             uid, gid, count = spec.user_map or DEFAULT_USER_MAP

@@ -14,8 +14,8 @@ from typing import Iterable
 
 # <sys/mount.h> and the helper's operations, from the helper itself (one source of truth).
 from .._spawn import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
-                      MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, OP_BIND_HELD, OP_HOLD, OP_MKDIR, OP_MOUNT,
-                      OP_OPTIONAL, OP_PIVOT, OP_SYMLINK, OP_TOUCH)
+                      MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, OP_BIND_HELD, OP_CHDIR, OP_HOLD, OP_MKDIR,
+                      OP_MOUNT, OP_OPTIONAL, OP_PIVOT, OP_SYMLINK, OP_TOUCH)
 
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -203,3 +203,14 @@ def mount_ops(*, root: str | None, overlay: Overlay | None, pid_ns: bool, net_ns
     ops += before
     ops.append((OP_PIVOT, _b(r)))
     return ops + after
+
+
+def workdir_ops(cwd: str) -> list[Op]:
+    """After pivot_root: create the working directory (as Docker does for a WORKDIR the image
+    lacks; it lands in the container's upper dir) and enter it. Inside the new root, so a
+    link in the image resolves there, never on the host."""
+    parts = [p for p in cwd.split("/") if p]
+    if not cwd.startswith("/") or any(p in (".", "..") for p in parts):
+        raise ValueError(f"working directory {cwd!r} must be an absolute path without . or ..")
+    ops: list[Op] = [(OP_MKDIR, _b("/" + "/".join(parts[:i + 1]))) for i in range(len(parts))]
+    return ops + [(OP_CHDIR, _b("/" + "/".join(parts)))]
