@@ -51,10 +51,12 @@ SCRAPE_S = 1.0
 POLICY = """\
 version: 1
 policies:
-  acme: {tenant: fleet-acme, container: {memory: {max: 256Mi}, pids: {max: 64}}}
-  globex: {tenant: fleet-globex, container: {memory: {max: 256Mi}, pids: {max: 64}}}
-  initech: {tenant: fleet-initech, container: {memory: {max: 256Mi}, pids: {max: 64}}}
+  acme: {tenant: fleet-acme, container: {memory: {max: 256Mi}, pids: {max: 64}}, launch: {volumes: [{path: /tmp}]}}
+  globex: {tenant: fleet-globex, container: {memory: {max: 256Mi}, pids: {max: 64}}, launch: {volumes: [{path: /tmp}]}}
+  initech: {tenant: fleet-initech, container: {memory: {max: 256Mi}, pids: {max: 64}},
+            launch: {volumes: [{path: /tmp}]}}
 """
+# (launch.volumes: the containers write their IO load into the test's dir; the host is read-only to them)
 COLS = ("cpu_s", "mem_bs", "read_b", "write_b", "containers")
 # node -> containers it runs, by group: fleet-acme on both nodes, the others on one each.
 WORKLOAD = {"a": ["acme", "acme", "globex"], "b": ["acme", "initech"]}

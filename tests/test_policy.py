@@ -644,7 +644,8 @@ def test_json_schema_objects_reject_unknown_keys():
     (("$defs", "group", "properties", "container"), {"cpu", "memory", "io", "pids"}),
     (("$defs", "group", "properties", "launch"), {"namespaces", "hostname", "network", "rootfs", "user",
                                                   "privileged", "allow_privileged", "capabilities",
-                                                  "no_new_privileges", "seccomp", "devices", "image"}),
+                                                  "no_new_privileges", "seccomp", "devices", "volumes",
+                                                  "image"}),
     (("$defs", "group", "properties", "launch", "properties", "network"), {"mode", "bridge", "subnet"}),
 ])
 def test_json_schema_properties_match_spec_keys(where, keys):

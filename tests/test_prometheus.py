@@ -46,9 +46,11 @@ policies:
           cpu: {{max: 0.5}}
           memory: {{max: 256Mi}}
           pids: {{max: 64}}
+        launch: {{volumes: [{{path: /tmp}}]}}     # its IO goes to the test's dir (the host is read-only)
       batch:
         container:
           memory: {{max: 512Mi}}
+        launch: {{volumes: [{{path: /tmp}}]}}
 """
 
 # Holds 48 MiB and burns CPU against its 0.5-CPU quota (throttled), writing a little now and then.
