@@ -38,7 +38,7 @@ if TYPE_CHECKING:     # for hints only: billing reads no file and needs neither 
     from .prices import Price, PriceSheet
     from .runtime.ledger import Entry
 
-BY = ("tenant", "group", "container")
+BY = ("tenant", "group", "container", "node")     # node: the fleet ledger's rows only
 PRECISION = 50           # significant digits while billing: room for 20 places after the point
 PLACES = 20              # decimal places of every quotient (cost, GiB-hours)
 _QUANTUM = Decimal(1).scaleb(-PLACES)
@@ -96,7 +96,7 @@ class Bill:
 # a number column, and SQLite's type affinity keeps it. Each row is checked before use, so a
 # bad row gives one line naming it instead of a traceback from deep in the arithmetic.
 _TEXT = ("id", "name", "tenant", "grp", "cgroup_root")
-_OPT_TEXT = ("exit_reason",)
+_OPT_TEXT = ("exit_reason", "node")     # node: only on the fleet ledger's rows (fleet.FleetEntry)
 _COUNTS = ("cpu_usage_usec", "io_read_bytes", "io_write_bytes", "host_memory_bytes")
 _OPT_COUNTS = ("cpu_user_usec", "cpu_system_usec", "memory_peak_bytes", "memory_limit_bytes")
 _TIMES = ("started", "ended", "recorded")
@@ -225,6 +225,8 @@ class _Acc:
 
 
 def _key(e: Entry, by: str) -> str:
+    if by == "node":
+        return str(getattr(e, "node", None) or "")
     return e.tenant if by == "tenant" else e.grp if by == "group" else e.id
 
 

@@ -39,6 +39,12 @@ def agent(
                                        "is closed."),
     idle_timeout: str = typer.Option("120s", "--idle-timeout", help="How long a kept-alive connection may "
                                      "wait for its next request."),
+    ledger_url: Optional[str] = typer.Option(None, "--ledger-url", envvar="CGMAN_LEDGER_URL", show_default=False,
+                                             help="Ship every ledger row to this PostgreSQL (postgresql://USER@HOST"
+                                                  "/DB; password in ~/.pgpass), the fleet's bill of record. "
+                                                  "See docs/fleet.md."),
+    node: Optional[str] = typer.Option(None, "--node", show_default=False, help="This node's name in the "
+                                       "fleet ledger (unique per node). [default: the host name]"),
 ) -> None:
     """Keep a policy directory applied, collect dead containers, serve metrics.
 
@@ -68,4 +74,5 @@ def agent(
     run_agent({"policy_dir": policy_dir, "listen": listen, "interval": seconds, "prune": prune, "poll": poll,
                "web_config": web_config, "gzip": gzip, "pressure": pressure, "verbose": state["verbose"],
                "root": state["root"], "run_dir": state["run_dir"], "state_dir": state["state_dir"],
+               "ledger_url": ledger_url, "node": node,
                **http_limits(max_connections, max_requests, header_timeout, idle_timeout)})

@@ -395,6 +395,7 @@ from . import containers as _containers  # noqa: E402,F401  (registers run, exec
 from . import usage as _usage  # noqa: E402,F401  (registers usage)
 from . import exporter as _exporter  # noqa: E402,F401  (registers exporter)
 from . import agent as _agent  # noqa: E402,F401  (registers agent)
+from . import fleet as _fleet  # noqa: E402,F401  (registers fleet init, fleet nodes)
 
 if __name__ == "__main__":
     main()

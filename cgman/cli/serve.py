@@ -23,6 +23,7 @@ EXPORTER_OPTIONS: dict[str, tuple[str, Any]] = {
 }
 AGENT_OPTIONS: dict[str, tuple[str, Any]] = {
     "--policy-dir": ("policy_dir", "value"),
+    "--ledger-url": ("ledger_url", "value"), "--node": ("node", "value"),
     "--listen": ("listen", "value"), "-l": ("listen", "value"),
     "--interval": ("interval", "value"),
     "--prune": ("prune", True),
@@ -139,8 +140,15 @@ def run_agent(opts: dict[str, Any]) -> None:
     policy_dir = opts.get("policy_dir") or os.environ.get("CGMAN_POLICY_DIR") or next(
         (d for d in ("/etc/cgman/policies", "policies") if os.path.isdir(d)), "/etc/cgman/policies")
     listen = opts.get("listen") or os.environ.get("CGMAN_EXPORTER_LISTEN") or DEFAULT_LISTEN
-    serve(open_host(opts.get("root")), Store(opts.get("run_dir"), opts.get("state_dir"), root=opts.get("root"),
-                                            bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None), policy_dir, listen,
+    store = Store(opts.get("run_dir"), opts.get("state_dir"), root=opts.get("root"),
+                  bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None)
+    url = opts.get("ledger_url") or os.environ.get("CGMAN_LEDGER_URL")
+    fleet = None
+    if url:
+        from ..fleet import shipper
+        fleet = shipper(url, opts.get("node"), store.state,
+                        stop_at=os.environ.get("CGMAN_AGENT_TEST_STOP_AT", ""))
+    serve(open_host(opts.get("root")), store, policy_dir, listen, fleet=fleet,
           interval_s=float(opts.get("interval", 30.0)), prune=bool(opts.get("prune")),
           poll=bool(opts.get("poll")), web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
           pressure=bool(opts.get("pressure", True)), http_limits=limits(opts), input_limits=input_limits())
