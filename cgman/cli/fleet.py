@@ -28,7 +28,7 @@ def init(ledger_url: str = typer.Option(..., "--ledger-url", envvar="CGMAN_LEDGE
     make each node's login role a member of cgman_agent and the billing one of
     cgman_billing (docs/fleet.md).
     """
-    from .. import __version__
+    from cgman import __version__
     from ..fleet.db import describe, init as do_init
     from ..fleet.schema import VERSION
     applied = do_init(ledger_url, __version__)
