@@ -207,3 +207,22 @@ def test_by_node_needs_the_fleet_ledger(tmp_path):
     write(tmp_path, ENTRIES[:1])
     p = usage("--by", "node", state=tmp_path)
     assert p.returncode == 2 and "one node" in p.stderr and "--ledger-url" in p.stderr, p.stderr
+
+
+def test_a_second_ledger_in_one_process_keeps_the_first_ones_locks(tmp_path):
+    """SQLite's locks are POSIX locks, which any close() of the file in the process drops: the
+    exporter preparing its Ledger must not strip the shipper's, or another process deletes the
+    WAL under the shipper's open connection and the shipper never sees a new row again."""
+    path = ledger_path(str(tmp_path))
+    keep = Ledger(path)
+    assert keep.record(ENTRIES[0])
+    with Ledger(path, readonly=True) as other:
+        assert len(other.entries()) == 1
+    code = ("import sys; from cgman.runtime.ledger import Ledger; from tests.test_usage_cli import ENTRIES\n"
+            f"with Ledger({path!r}) as led: led.record(ENTRIES[1])")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert os.path.exists(path + "-wal"), "the WAL was deleted under an open connection"
+        assert [e.id for e in keep.entries()] == ["c1", "c2"]
+    finally:
+        keep.close()
