@@ -44,7 +44,10 @@ class Waiting:
 
 
 class Outbox:
-    """The outbox of ``ledger`` towards the central database whose id is ``target``."""
+    """Every query here reads its rows to the end (fetchall): a statement left open (a bare
+    fetchone) keeps SQLite's read snapshot, and the thread would never see new rows.
+
+    The outbox of ``ledger`` towards the central database whose id is ``target``."""
 
     def __init__(self, ledger: Ledger, target: str) -> None:
         self.ledger, self.target = ledger, target
@@ -60,14 +63,14 @@ class Outbox:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                new = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'fleet_outbox'").fetchone() is None
+                new = not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'fleet_outbox'").fetchall()
                 for stmt in _OUTBOX:
                     db.execute(stmt)
                 if new:
                     db.execute("INSERT OR IGNORE INTO fleet_outbox (id) SELECT id FROM containers "
                                "ORDER BY recorded, id")
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('fleet_instance', ?)", (os.urandom(16).hex(),))
-                row = db.execute("SELECT value FROM meta WHERE key = 'fleet_instance'").fetchone()
+                row = db.execute("SELECT value FROM meta WHERE key = 'fleet_instance'").fetchall()[0]
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -77,8 +80,8 @@ class Outbox:
         return str(row[0])
 
     def acked(self) -> int:
-        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (self._acked_key,)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._db().execute("SELECT value FROM meta WHERE key = ?", (self._acked_key,)).fetchall()
+        return int(rows[0][0]) if rows else 0
 
     def batch(self, limit: int) -> list[tuple[int, Entry]]:
         """Up to ``limit`` rows after the high-water mark, in commit order, with their seq."""
@@ -146,9 +149,9 @@ class Outbox:
         db = self._db()
         try:
             n, oldest = db.execute("SELECT count(*), min(c.recorded) FROM fleet_outbox o JOIN containers c "
-                                   "ON c.id = o.id WHERE o.seq > ?", (self.acked(),)).fetchone()
+                                   "ON c.id = o.id WHERE o.seq > ?", (self.acked(),)).fetchall()[0]
             m, oldest_r = db.execute("SELECT count(*), min(c.recorded) FROM fleet_refused r JOIN containers c "
-                                     "ON c.id = r.id WHERE r.target = ?", (self.target,)).fetchone()
+                                     "ON c.id = r.id WHERE r.target = ?", (self.target,)).fetchall()[0]
         except sqlite3.Error as e:
             raise self.ledger._error(e, "counting rows to ship") from e
         both = [t for t in (oldest, oldest_r) if t is not None]
