@@ -161,7 +161,7 @@ static PyObject *pread_all(PyObject *self, PyObject *args)
  */
 enum {
     S_CPU_USAGE, S_CPU_USER, S_CPU_SYSTEM, S_CPU_THROTTLED,
-    S_MEM, S_MEM_WS, S_MEM_INACTIVE, S_OOM,
+    S_MEM, S_MEM_WS, S_MEM_INACTIVE, S_OOM, S_MEM_RSS, S_MEM_CACHE,
     S_IO_RB, S_IO_WB, S_IO_RO, S_IO_WO,
     S_PIDS, S_FROZEN,
     S_PSI_CPU_SOME, S_PSI_CPU_FULL, S_PSI_MEM_SOME, S_PSI_MEM_FULL, S_PSI_IO_SOME, S_PSI_IO_FULL,
@@ -174,6 +174,7 @@ enum {
     K_SKIP, K_V2_CPU_STAT, K_CPUACCT_USAGE, K_CPUACCT_STAT, K_V1_CPU_STAT, K_MEM_BYTES,
     K_V1_MEM_STAT, K_V2_MEM_STAT, K_OOM, K_BLKIO_BYTES, K_BLKIO_OPS, K_V2_IO_STAT, K_PIDS,
     K_V1_FREEZER, K_V2_EVENTS, K_PSI_CPU, K_PSI_MEM, K_PSI_IO,
+    K_V1_MEM_STAT_RSS, K_V2_MEM_STAT_RSS,   /* memory.stat with rss and cache too (--compat cadvisor) */
 };
 
 #define RBUF (128 * 1024)
@@ -233,6 +234,18 @@ static void parse_file(int kind, char *b, size_t n, long long *v)
     case K_V2_MEM_STAT: {
         long long x = keyed(b, n, "inactive_file");
         if (x >= 0) v[S_MEM_INACTIVE] = x;
+        break;
+    }
+    case K_V1_MEM_STAT_RSS:
+    case K_V2_MEM_STAT_RSS: {
+        /* Only with --compat cadvisor: the default scrape does not pay for two more scans. */
+        int v1 = kind == K_V1_MEM_STAT_RSS;
+        long long x = keyed(b, n, v1 ? "total_inactive_file" : "inactive_file");
+        long long r = keyed(b, n, v1 ? "total_rss" : "anon");
+        long long c = keyed(b, n, v1 ? "total_cache" : "file");
+        if (x >= 0) v[S_MEM_INACTIVE] = x;
+        if (r >= 0) v[S_MEM_RSS] = r;
+        if (c >= 0) v[S_MEM_CACHE] = c;
         break;
     }
     case K_OOM: {

@@ -38,7 +38,7 @@ if TYPE_CHECKING:     # for hints only: billing reads no file and needs neither 
     from .prices import Price, PriceSheet
     from .runtime.ledger import Entry
 
-BY = ("tenant", "group", "container")
+BY = ("tenant", "group", "container", "node")     # node: the fleet ledger's rows only
 PRECISION = 50           # significant digits while billing: room for 20 places after the point
 PLACES = 20              # decimal places of every quotient (cost, GiB-hours)
 _QUANTUM = Decimal(1).scaleb(-PLACES)
@@ -96,7 +96,7 @@ class Bill:
 # a number column, and SQLite's type affinity keeps it. Each row is checked before use, so a
 # bad row gives one line naming it instead of a traceback from deep in the arithmetic.
 _TEXT = ("id", "name", "tenant", "grp", "cgroup_root")
-_OPT_TEXT = ("exit_reason",)
+_OPT_TEXT = ("exit_reason", "node")     # node: only on the fleet ledger's rows (fleet.FleetEntry)
 _COUNTS = ("cpu_usage_usec", "io_read_bytes", "io_write_bytes", "host_memory_bytes")
 _OPT_COUNTS = ("cpu_user_usec", "cpu_system_usec", "memory_peak_bytes", "memory_limit_bytes")
 _TIMES = ("started", "ended", "recorded")
@@ -128,9 +128,8 @@ def _want(col: str) -> tuple[tuple[type, ...], bool, float | None, str]:
 def check_entry(e: Entry, source: str = "ledger") -> None:
     """Raise BadLedgerRow, naming the row and column, unless every column of ``e`` holds
     what billing needs (a column this module does not know is left alone)."""
-    for col in sorted(CHECKED_COLUMNS):
+    for col, (types, optional, bound, want) in _WANTS:
         v = getattr(e, col, None)
-        types, optional, bound, want = _want(col)
         if v is None and optional:
             continue
         ok = isinstance(v, types) and not isinstance(v, bool)
@@ -141,6 +140,9 @@ def check_entry(e: Entry, source: str = "ledger") -> None:
             raise BadLedgerRow(f"{source}: row for container {row}: column {col} holds {shown(v)}, "
                                f"where {want} belongs; the ledger was edited or damaged: correct or "
                                f"delete that row (sqlite3), or bill a period without it (--since/--until)")
+
+
+_WANTS = tuple((col, _want(col)) for col in sorted(CHECKED_COLUMNS))     # once, not per row
 
 
 def dec(x: int | float) -> Decimal:
@@ -200,15 +202,14 @@ class _Acc:
     mem_billed_bs: Decimal = Decimal(0)
     entries: list[Entry] = field(default_factory=list)
 
-    def add(self, e: Entry, sheet: PriceSheet | None) -> None:
-        q = quantities(e)
+    def add(self, e: Entry, q: _Quantities, cpu_billed: Decimal, mem_billed: Decimal) -> None:
         self.containers += 1
         self.cpu_s += q.cpu_usage_s
         self.mem_bs += q.mem_usage_bs
         self.io_r += e.io_read_bytes
         self.io_w += e.io_write_bytes
-        self.cpu_billed_s += _billed(q.cpu_usage_s, q.cpu_alloc_s, sheet.get("cpu") if sheet else None)
-        self.mem_billed_bs += _billed(q.mem_usage_bs, q.mem_alloc_bs, sheet.get("memory") if sheet else None)
+        self.cpu_billed_s += cpu_billed
+        self.mem_billed_bs += mem_billed
         self.entries.append(e)
 
     def cost(self, sheet: PriceSheet) -> Cost:
@@ -225,6 +226,8 @@ class _Acc:
 
 
 def _key(e: Entry, by: str) -> str:
+    if by == "node":
+        return str(getattr(e, "node", None) or "")
     return e.tenant if by == "tenant" else e.grp if by == "group" else e.id
 
 
@@ -240,12 +243,16 @@ def bill(entries: Iterable[Entry], sheet: PriceSheet | None = None, by: str = "t
     with localcontext(prec=PRECISION):
         groups: dict[str, _Acc] = {}
         everything = _Acc()
+        cpu_price, mem_price = (sheet.get("cpu"), sheet.get("memory")) if sheet else (None, None)
         for e in entries:
             check_entry(e, source)
             if not in_period(e, since, until):
                 continue
-            groups.setdefault(_key(e, by), _Acc()).add(e, sheet)
-            everything.add(e, sheet)
+            q = quantities(e)          # once per container, added to its group and to the total
+            cpu_billed = _billed(q.cpu_usage_s, q.cpu_alloc_s, cpu_price)
+            mem_billed = _billed(q.mem_usage_bs, q.mem_alloc_bs, mem_price)
+            groups.setdefault(_key(e, by), _Acc()).add(e, q, cpu_billed, mem_billed)
+            everything.add(e, q, cpu_billed, mem_billed)
         if by == "container":
             order = sorted(groups, key=lambda k: (groups[k].entries[0].ended, k))
         else:

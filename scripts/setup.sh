@@ -17,6 +17,8 @@ command -v umoci >/dev/null || need+=(umoci)
 command -v skopeo >/dev/null || need+=(skopeo)
 # Grafana dashboard tests: promtool checks their PromQL; a real Prometheus evaluates every panel.
 command -v promtool >/dev/null || need+=(prometheus)
+# Fleet ledger tests: a throw-away PostgreSQL cluster (initdb/pg_ctl from /usr/lib/postgresql/*/bin).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v systemd-analyze >/dev/null || need+=(systemd)   # tests/test_packaging.py verifies the units offline
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}" >&2
@@ -29,5 +31,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
 [ -x cgman/cgman-init ] || { echo "setup: cgman/cgman-init was not built" >&2; exit 1; }
-.venv/bin/python -c 'import cgman, cgman._spawn, cgman._fastread, cgman._secure, bcrypt, typer, yaml, psutil, prometheus_client, pyroute2, pytest, hypothesis' \
+.venv/bin/python -c 'import cgman, cgman._spawn, cgman._fastread, cgman._secure, bcrypt, typer, yaml, psutil, prometheus_client, pyroute2, pytest, hypothesis, psycopg' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }

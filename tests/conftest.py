@@ -14,6 +14,8 @@ from typing import Iterator
 
 import pytest
 
+from .pg import postgres  # noqa: F401  (session fixture: a throw-away PostgreSQL for the fleet ledger)
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -412,8 +412,10 @@ def test_the_c_scrape_and_the_python_reference_agree(lib):
     try:
         lib.host.freeze("acme/web/p3")
         time.sleep(0.5)                              # let p2's burst finish: values at rest
-        cols = [Collector(lib.host.info, lib.store.run, lib.store.state, c_scrape=c) for c in (True, False)]
-        c_text, py_text = (col.collect() for col in cols)
+        # Each path with and without --compat cadvisor (its rss/cache parsing too).
+        cols = [Collector(lib.host.info, lib.store.run, lib.store.state, c_scrape=c, compat=compat)
+                for compat in (None, "cadvisor") for c in (True, False)]
+        c_text, py_text, c_compat, py_compat = (col.collect() for col in cols)
         for col in cols:
             col.close()
         a, b = samples(c_text), samples(py_text)
@@ -421,6 +423,15 @@ def test_the_c_scrape_and_the_python_reference_agree(lib):
         assert sum(1 for (n, _) in a if n == "cgman_container_info") == 3
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=0.02, abs=1e-3), k
+        ca, cb = samples(c_compat), samples(py_compat)
+        assert ca.keys() == cb.keys()
+        assert {k for k in ca if not k[0].startswith("container_")} == a.keys()    # compat only adds
+        for k in ca:
+            assert ca[k] == pytest.approx(cb[k], rel=0.02, abs=2 if k[0] == "container_last_seen" else 1e-3), k
+        cad = {n: v for (n, lab), v in ca.items() if n.startswith("container_") and dict(lab)["name"] == "p1"}
+        assert cad["container_spec_cpu_quota"] == 25000 and cad["container_spec_cpu_period"] == 100000
+        assert cad["container_spec_memory_limit_bytes"] == 64 << 20 and cad["container_threads_max"] == 8
+        assert cad["container_memory_rss"] > 0 and "container_memory_cache" in cad
         assert value(c_text, "cgman_frozen", container="p3", group="acme/web", tenant="acme") == 1
         assert value(c_text, "cgman_limit_cpu_cpus", container="p1", group="acme/web", tenant="acme") == 0.25
     finally:

@@ -494,6 +494,7 @@ def test_fast_parser_knows_every_agent_option_and_no_other():
      {"root": "r", "policy_dir": "/p", "interval": 3600.0, "prune": True, "poll": True, "listen": ":1",
       "gzip": False}),
     (["agent", "--interval", "500ms", "-l", "127.0.0.1:2"], {"interval": 0.5, "listen": "127.0.0.1:2"}),
+    (["agent", "--compat=cadvisor"], {"compat": "cadvisor"}),
 ])
 def test_fast_parser_reads_what_typer_would(argv, want):
     from cgman.cli import serve
@@ -502,7 +503,8 @@ def test_fast_parser_reads_what_typer_would(argv, want):
 
 @pytest.mark.parametrize("argv", [["agent", "--help"], ["agent", "--bogus"], ["agent", "--interval"],
                                   ["agent", "--interval", "0s"], ["agent", "--interval", "soon"],
-                                  ["agent", "--read-threads", "2"], ["exporter"]])
+                                  ["agent", "--read-threads", "2"], ["agent", "--compat", "cAdvisor"],
+                                  ["exporter"]])
 def test_fast_parser_leaves_the_rest_to_typer(argv):
     from cgman.cli import serve
     assert serve.parse(argv, "agent") is None

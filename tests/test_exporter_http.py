@@ -190,6 +190,7 @@ def test_fast_parser_knows_every_exporter_option_and_no_other():
      {"run_dir": "/r", "listen": "1.2.3.4:1", "pressure": False, "read_threads": 4}),
     (["exporter", "--max-connections", "8", "--max-requests=2", "--header-timeout", "500ms", "--idle-timeout", "1m"],
      {"max_connections": 8, "max_requests": 2, "header_timeout": 0.5, "idle_timeout": 60.0}),
+    (["exporter", "--compat", "cadvisor"], {"compat": "cadvisor"}),
 ])
 def test_fast_parser_reads_what_typer_would(argv, want):
     assert serve.parse(argv) == want
@@ -198,7 +199,7 @@ def test_fast_parser_reads_what_typer_would(argv, want):
 @pytest.mark.parametrize("argv", [["exporter", "--help"], ["exporter", "--bogus"], ["exporter", "--listen"],
                                   ["exporter", "--read-threads", "x"], ["exporter", "--read-threads", "99"],
                                   ["exporter", "--max-connections", "0"], ["exporter", "--header-timeout", "x"],
-                                  ["ps"]])
+                                  ["exporter", "--compat", "docker"], ["exporter", "--compat"], ["ps"]])
 def test_fast_parser_leaves_the_rest_to_typer(argv):
     assert serve.parse(argv) is None
 

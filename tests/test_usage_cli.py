@@ -212,7 +212,7 @@ def test_a_missing_price_sheet(state, tmp_path):
 
 
 @pytest.mark.parametrize("args, option, fragment", [
-    (["--by", "host"], "--by", "use tenant, group or container"),
+    (["--by", "host"], "--by", "use tenant, group, container or node"),
     (["--format", "xml"], "--format", "use table, csv or json"),
     (["--json", "--format", "csv"], "--json", "give one"),
     (["--since", "yesterday"], "--since", "epoch seconds"),

@@ -23,8 +23,10 @@ log = logging.getLogger("cgman.agent")
 def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: float = 30.0,
           prune: bool = False, poll: bool = False, web_config: str | None = None,
           gzip_ok: bool = True, pressure: bool = True, read_threads: int = 2,
-          http_limits: Any = None, input_limits: Any = None, ready: Any = None) -> None:
-    """Run until SIGTERM or SIGINT (SIGHUP re-reads the files now)."""
+          http_limits: Any = None, input_limits: Any = None, ready: Any = None,
+          fleet: Any = None, compat: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT (SIGHUP re-reads the files now). ``fleet``: a
+    fleet.shipper.Shipper to run beside the loop (--ledger-url), checked here first."""
     from ..errors import CgmanError
     from ..exporter.collector import Collector
     from ..exporter.server import Exporter, load_web_config, make_server
@@ -34,9 +36,12 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
         raise CgmanError(f"--policy-dir {policy_dir}: not a directory (create it, or point --policy-dir "
                          f"or CGMAN_POLICY_DIR at your policy files)")
     web = load_web_config(web_config) if web_config else None
+    if fleet is not None:
+        _open_fleet(fleet)
     agent = Agent(host, store, policy_dir, interval_s=interval_s, prune=prune, poll=poll,
                   limits=input_limits or DEFAULT_LIMITS)
-    collector = Collector(host.info, store.run, store.state, pressure=pressure, read_threads=read_threads)
+    collector = Collector(host.info, store.run, store.state, pressure=pressure, read_threads=read_threads,
+                          compat=compat)
     exp = Exporter(collector)
     exp.add_health(agent.health.metrics)
     exp.unhealthy = agent.stalled
@@ -50,6 +55,10 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     http = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5},
                             name="cgman-agent-http", daemon=True)
     http.start()
+    if fleet is not None:
+        exp.add_health(fleet.health.metrics)
+        shipping = threading.Thread(target=fleet.run, name="cgman-agent-ship", daemon=True)
+        shipping.start()
 
     old = {s: signal.signal(s, lambda *_: agent.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: agent.reload())
@@ -60,8 +69,22 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if fleet is not None:
+            fleet.stop()
+            shipping.join(10)
+            fleet.close()
         srv.shutdown()
         srv.server_close()
         collector.close()
         log.info("stopped")
         sys.stderr.flush()
+
+
+def _open_fleet(fleet: Any) -> None:
+    """A wrong URL, password, schema or a taken node name stop the agent here, in one line;
+    a database that is only down does not: rows wait in the local ledger until it is back."""
+    from ..fleet.db import FleetUnreachable
+    try:
+        fleet.open()
+    except FleetUnreachable as e:
+        log.error("%s: starting anyway; rows wait in the local ledger and ship when it is back", e)

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from .common import state
+from .exporter import Compat
 from .main import app
 
 
@@ -29,6 +30,9 @@ def agent(
                                              "a Prometheus exporter-toolkit web config."),
     gzip: bool = typer.Option(True, "--gzip/--no-gzip", help="Compress /metrics for clients that accept it."),
     pressure: bool = typer.Option(True, "--pressure/--no-pressure", help="Serve PSI where the kernel has it."),
+    compat: Optional[Compat] = typer.Option(None, "--compat", show_default=False, help="Also serve another "
+                                            "exporter's names for the same values: cadvisor (container_* with "
+                                            "id, name, image; README lists which map)."),
     max_connections: int = typer.Option(64, "--max-connections", min=1, max=10000, help="Connections (so "
                                         "threads) at once; past it the longest-waiting idle or slow one is "
                                         "closed, or the new one gets 503 if all are mid-request."),
@@ -39,6 +43,12 @@ def agent(
                                        "is closed."),
     idle_timeout: str = typer.Option("120s", "--idle-timeout", help="How long a kept-alive connection may "
                                      "wait for its next request."),
+    ledger_url: Optional[str] = typer.Option(None, "--ledger-url", envvar="CGMAN_LEDGER_URL", show_default=False,
+                                             help="Ship every ledger row to this PostgreSQL (postgresql://USER@HOST"
+                                                  "/DB; password in ~/.pgpass), the fleet's bill of record. "
+                                                  "See docs/fleet.md."),
+    node: Optional[str] = typer.Option(None, "--node", show_default=False, help="This node's name in the "
+                                       "fleet ledger (unique per node). [default: the host name]"),
 ) -> None:
     """Keep a policy directory applied, collect dead containers, serve metrics.
 
@@ -68,4 +78,5 @@ def agent(
     run_agent({"policy_dir": policy_dir, "listen": listen, "interval": seconds, "prune": prune, "poll": poll,
                "web_config": web_config, "gzip": gzip, "pressure": pressure, "verbose": state["verbose"],
                "root": state["root"], "run_dir": state["run_dir"], "state_dir": state["state_dir"],
+               "ledger_url": ledger_url, "node": node, "compat": compat.value if compat else None,
                **http_limits(max_connections, max_requests, header_timeout, idle_timeout)})

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Optional
 
 import typer
 
 from .common import state
 from .main import app
+
+
+class Compat(str, Enum):
+    """--compat: the names of another exporter to serve as well (exporter/cadvisor.py)."""
+    cadvisor = "cadvisor"
 
 
 @app.command()
@@ -24,6 +30,9 @@ def exporter(
                                   "where the kernel has it: 3 of ~12 files per container."),
     read_threads: int = typer.Option(2, "--read-threads", min=1, max=16, help="Threads reading cgroup "
                                      "files per scrape (the cost is kernel time: use the cores you can spare)."),
+    compat: Optional[Compat] = typer.Option(None, "--compat", show_default=False, help="Also serve another "
+                                            "exporter's names for the same values: cadvisor (container_* with "
+                                            "id, name, image; README lists which map)."),
     max_connections: int = typer.Option(64, "--max-connections", min=1, max=10000, help="Connections (so "
                                         "threads) at once; past it the longest-waiting idle or slow one is "
                                         "closed, or the new one gets 503 if all are mid-request."),
@@ -47,6 +56,7 @@ def exporter(
     from .serve import run_exporter
     run_exporter({"listen": listen, "web_config": web_config, "gzip": gzip, "pressure": pressure,
                   "read_threads": read_threads, "verbose": state["verbose"],
+                  "compat": compat.value if compat else None,
                   "run_dir": state["run_dir"], "state_dir": state["state_dir"],
                   **http_limits(max_connections, max_requests, header_timeout, idle_timeout)})
 

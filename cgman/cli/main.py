@@ -396,6 +396,7 @@ from . import usage as _usage  # noqa: E402,F401  (registers usage)
 from . import exporter as _exporter  # noqa: E402,F401  (registers exporter)
 from . import agent as _agent  # noqa: E402,F401  (registers agent)
 from . import images as _images  # noqa: E402,F401  (registers build, images, rmi, image ...)
+from . import fleet as _fleet  # noqa: E402,F401  (registers fleet init, fleet nodes)
 
 if __name__ == "__main__":
     main()

@@ -18,11 +18,13 @@ EXPORTER_OPTIONS: dict[str, tuple[str, Any]] = {
     "--gzip": ("gzip", True), "--no-gzip": ("gzip", False),
     "--pressure": ("pressure", True), "--no-pressure": ("pressure", False),
     "--read-threads": ("read_threads", "value"),
+    "--compat": ("compat", "value"),
     "--max-connections": ("max_connections", "value"), "--max-requests": ("max_requests", "value"),
     "--header-timeout": ("header_timeout", "value"), "--idle-timeout": ("idle_timeout", "value"),
 }
 AGENT_OPTIONS: dict[str, tuple[str, Any]] = {
     "--policy-dir": ("policy_dir", "value"),
+    "--ledger-url": ("ledger_url", "value"), "--node": ("node", "value"),
     "--listen": ("listen", "value"), "-l": ("listen", "value"),
     "--interval": ("interval", "value"),
     "--prune": ("prune", True),
@@ -30,10 +32,12 @@ AGENT_OPTIONS: dict[str, tuple[str, Any]] = {
     "--web-config": ("web_config", "value"),
     "--gzip": ("gzip", True), "--no-gzip": ("gzip", False),
     "--pressure": ("pressure", True), "--no-pressure": ("pressure", False),
+    "--compat": ("compat", "value"),
     "--max-connections": ("max_connections", "value"), "--max-requests": ("max_requests", "value"),
     "--header-timeout": ("header_timeout", "value"), "--idle-timeout": ("idle_timeout", "value"),
 }
 COMMANDS = {"exporter": EXPORTER_OPTIONS, "agent": AGENT_OPTIONS}
+CHOICES = {"compat": ("cadvisor",)}        # --compat: extra names to serve (exporter/cadvisor.py)
 INT_RANGES = {"read_threads": (1, 16), "max_connections": (1, 10000), "max_requests": (1, 10000)}
 
 
@@ -86,6 +90,9 @@ def parse(argv: list[str], command: str = "exporter") -> Optional[dict[str, Any]
                 opts[key] = interval_s(opts[key])
             except ValueError:
                 return None
+    for key, allowed in CHOICES.items():
+        if key in opts and opts[key] not in allowed:
+            return None
     for key, (low, high) in INT_RANGES.items():
         if key in opts:
             try:
@@ -123,7 +130,7 @@ def run_exporter(opts: dict[str, Any]) -> None:
     serve(detect(), run_dir(opts.get("run_dir")), state_dir(opts.get("state_dir")), listen,
           web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
           read_threads=int(opts.get("read_threads", 2)), pressure=bool(opts.get("pressure", True)),
-          limits=limits(opts))
+          limits=limits(opts), compat=opts.get("compat"))
 
 
 def run_agent(opts: dict[str, Any]) -> None:
@@ -139,8 +146,16 @@ def run_agent(opts: dict[str, Any]) -> None:
     policy_dir = opts.get("policy_dir") or os.environ.get("CGMAN_POLICY_DIR") or next(
         (d for d in ("/etc/cgman/policies", "policies") if os.path.isdir(d)), "/etc/cgman/policies")
     listen = opts.get("listen") or os.environ.get("CGMAN_EXPORTER_LISTEN") or DEFAULT_LISTEN
-    serve(open_host(opts.get("root")), Store(opts.get("run_dir"), opts.get("state_dir"), root=opts.get("root"),
-                                            bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None), policy_dir, listen,
+    store = Store(opts.get("run_dir"), opts.get("state_dir"), root=opts.get("root"),
+                  bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None)
+    url = opts.get("ledger_url") or os.environ.get("CGMAN_LEDGER_URL")
+    fleet = None
+    if url:
+        from ..fleet import shipper
+        fleet = shipper(url, opts.get("node"), store.state,
+                        stop_at=os.environ.get("CGMAN_AGENT_TEST_STOP_AT", ""))
+    serve(open_host(opts.get("root")), store, policy_dir, listen, fleet=fleet,
           interval_s=float(opts.get("interval", 30.0)), prune=bool(opts.get("prune")),
           poll=bool(opts.get("poll")), web_config=opts.get("web_config"), gzip_ok=bool(opts.get("gzip", True)),
-          pressure=bool(opts.get("pressure", True)), http_limits=limits(opts), input_limits=input_limits())
+          pressure=bool(opts.get("pressure", True)), http_limits=limits(opts), input_limits=input_limits(),
+          compat=opts.get("compat"))

@@ -30,7 +30,8 @@ _HEADS = {"cpu": "CPU", "memory": "MEMORY", "io_read": "READ", "io_write": "WRIT
 
 @app.command()
 def usage(
-    by: str = typer.Option("tenant", "--by", help="Group rows by tenant, group or container."),
+    by: str = typer.Option("tenant", "--by", help="Group rows by tenant, group, container or (with "
+                           "--ledger-url) node."),
     since: Optional[str] = typer.Option(None, "--since", help="Bill containers that ended at or after T: "
                                         "2024-05-01, 2024-05-01T12:00[+02:00] (no zone: local), epoch "
                                         "seconds, now, or an age such as 7d, 24h, 30m. [default: no start]",
@@ -42,6 +43,9 @@ def usage(
     fmt: Optional[str] = typer.Option(None, "--format", help="table (default), csv or json.",
                                       show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
+    ledger_url: Optional[str] = typer.Option(None, "--ledger-url", show_default=False, help="Bill the fleet: "
+                                             "every node's rows in this PostgreSQL (postgresql://USER@HOST/DB, "
+                                             "a cgman_billing role; docs/fleet.md) instead of this node's ledger."),
 ) -> None:
     """Usage and cost of finished containers per tenant, group or container, from the ledger.
 
@@ -53,6 +57,8 @@ def usage(
       cgman usage --since 2024-05-01 --prices prices/example.yaml
 
       cgman usage --by container --since 24h --format csv
+
+      cgman usage --ledger-url postgresql://billing@db/cgman --by node --since 2024-05-01 --until 2024-06-01
     """
     import time
 
@@ -61,6 +67,9 @@ def usage(
     from ..runtime.records import state_dir
     if by not in BY:
         raise typer.BadParameter(f"{by!r}: use {', '.join(BY[:-1])} or {BY[-1]}", param_hint="--by")
+    if by == "node" and not ledger_url:
+        raise typer.BadParameter("a node's own ledger holds one node: give --ledger-url to bill the fleet "
+                                 "by node", param_hint="--by")
     if fmt is not None and fmt not in FORMATS:
         raise typer.BadParameter(f"{fmt!r}: use table, csv or json", param_hint="--format")
     if as_json and fmt not in (None, "json"):
@@ -83,16 +92,31 @@ def usage(
         from .common import input_limits
         # before any output: a bad sheet bills nothing
         sheet = load_prices(prices, input_limits().max_input_bytes)
-    path = ledger_path(state_dir(state["state_dir"]))
-    with Ledger(path, readonly=True) as ledger:
-        entries = ledger.entries(start, end)
-    result = bill(entries, sheet, by, start, end, source=path)
+    if ledger_url:
+        result = _fleet_bill(ledger_url, sheet, by, start, end)
+    else:
+        path = ledger_path(state_dir(state["state_dir"]))
+        with Ledger(path, readonly=True) as ledger:
+            entries = ledger.entries(start, end)
+        result = bill(entries, sheet, by, start, end, source=path)
     if out == "json":
         _print_json(_as_json(result, sheet))
     elif out == "csv":
         _csv(result)
     else:
         _table(result, sheet)
+
+
+def _fleet_bill(url: str, sheet: PriceSheet | None, by: str, start: float | None, end: float | None) -> Bill:
+    """The same bill from the fleet ledger's rows, streamed from PostgreSQL."""
+    from ..billing import bill
+    from ..fleet.db import check, connect, describe, entries
+    conn = connect(url, "usage")
+    try:
+        check(conn, url)
+        return bill(entries(conn, url, start, end), sheet, by, start, end, source=describe(url))
+    finally:
+        conn.close()
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -117,7 +141,9 @@ def _entry_fields(r: Row) -> dict[str, Any]:
     e = r.entry
     if e is None:
         return {}
-    return {"name": e.name, "tenant": e.tenant, "group": e.grp, "started": _when(e.started),
+    node_name = getattr(e, "node", None)          # fleet.FleetEntry: rows from --ledger-url
+    node = {"node": node_name} if isinstance(node_name, str) else {}
+    return {"name": e.name, "tenant": e.tenant, "group": e.grp, **node, "started": _when(e.started),
             "ended": _when(e.ended), "exit_code": e.exit_code}
 
 
@@ -146,7 +172,8 @@ def _as_json(b: Bill, sheet: PriceSheet | None) -> dict[str, Any]:
 
 def _csv(b: Bill) -> None:
     w = csv.writer(sys.stdout, lineterminator="\n")
-    extra = ["name", "tenant", "group"] if b.by == "container" else []
+    fleet = any(isinstance(getattr(r.entry, "node", None), str) for r in b.rows)
+    extra = ["name", "tenant", "group"] + (["node"] if fleet else []) if b.by == "container" else []
     priced = b.currency is not None
     w.writerow([b.by, *extra, "containers", "cpu_seconds", "memory_byte_seconds", "memory_gib_hours",
                 "io_read_bytes", "io_write_bytes",
@@ -154,7 +181,8 @@ def _csv(b: Bill) -> None:
                 *[f"cost_{res}" for res in b.priced], *(["cost_total"] if priced else [])])
     for r in (*b.rows, b.total):
         e = r.entry
-        w.writerow([r.key, *([e.name, e.tenant, e.grp] if e else [""] * len(extra)), r.containers,
+        keys = [e.name, e.tenant, e.grp] + ([getattr(e, "node", "")] if fleet else []) if e else [""] * len(extra)
+        w.writerow([r.key, *keys, r.containers,
                     _exact(r.cpu_seconds), _exact(r.memory_byte_seconds), _exact(r.memory_gib_hours),
                     r.io_read_bytes, r.io_write_bytes,
                     *([_exact(r.billed_cpu_seconds), _exact(r.billed_memory_byte_seconds)] if priced else []),

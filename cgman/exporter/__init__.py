@@ -16,13 +16,14 @@ log = logging.getLogger(__name__)
 
 def serve(info: Any, run_dir: str, state_dir: str, listen: str, *, web_config: str | None = None,
           gzip_ok: bool = False, read_threads: int = 2, pressure: bool = True,
-          limits: Any = None, ready: Any = None) -> None:
+          limits: Any = None, ready: Any = None, compat: str | None = None) -> None:
     """Serve until SIGTERM or SIGINT. ``ready(server)`` is called once listening;
-    ``limits``: the HTTP server's bounds (conns.Limits; None: the defaults)."""
+    ``limits``: the HTTP server's bounds (conns.Limits; None: the defaults); ``compat``:
+    "cadvisor" also serves cAdvisor's container_* names (cadvisor.py)."""
     from .collector import Collector
     from .server import Exporter, load_web_config, make_server
     web = load_web_config(web_config) if web_config else None
-    collector = Collector(info, run_dir, state_dir, pressure=pressure, read_threads=read_threads)
+    collector = Collector(info, run_dir, state_dir, pressure=pressure, read_threads=read_threads, compat=compat)
     srv = make_server(Exporter(collector), listen, web, gzip_ok, limits)
     scheme = "https" if web and web.cert_file else "http"
     host, port = str(srv.server_address[0]), srv.server_address[1]

@@ -35,6 +35,10 @@ from typing import Any, Callable, Iterator
 
 from ..runtime import stats
 from ..runtime.ledger import Ledger, LedgerError, LedgerNotReady, ledger_path
+from .cadvisor import KEYS as COMPAT_KEYS
+from .cadvisor import image as _image
+from .cadvisor import nonneg_int as _int
+from .cadvisor import render as render_compat
 from .metrics import CONTAINER, RECORD, TENANT
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,12 @@ class Live:
     limits: dict[str, float | int]
     final_usage: dict[str, Any] | None
     ledger_pending: bool
+    # What --compat cadvisor adds (exporter/cadvisor.py)
+    group: str = ""
+    cgroup_path: str = ""          # below the mount, as cAdvisor's id: /<cgman root>/<group>/<name>
+    image: str = "host"            # the rootfs, or host: never empty (dashboards select image!="")
+    memory_peak_bytes: int | None = None
+    cpu_period_usec: int | None = None
 
 
 _UNLIMITED = 1 << 62
@@ -100,7 +110,12 @@ def _live_from(d: dict[str, Any], mounts: list[str]) -> Live:
         dirs={m: stats.cgroup_dir(m, root, cg) for m in mounts},
         state=d.get("state", ""), started=d.get("started"),
         memory_byte_seconds=float(d.get("memory_byte_seconds") or 0.0),
-        limits=limits, final_usage=d.get("final_usage"), ledger_pending=bool(d.get("ledger_pending")))
+        limits=limits, final_usage=d.get("final_usage"), ledger_pending=bool(d.get("ledger_pending")),
+        group=d["group"], cgroup_path="/" + "/".join(p for p in (root.strip("/"), cg) if p),
+        image=_image(d.get("rootfs")), memory_peak_bytes=_int(d.get("memory_peak_bytes")),
+        cpu_period_usec=_int(lim.get("cpu_period_usec")))
+
+
 
 
 # A container read in this scrape: its record, CPU µs, IO read and write bytes (-1: absent).
@@ -144,8 +159,11 @@ class Collector:
     """Scrapes the containers of one run dir (every cgroup root they use)."""
 
     def __init__(self, info: Any, run_dir: str, state_dir: str, *, pressure: bool = True,
-                 read_threads: int = 2, c_scrape: bool = True) -> None:
+                 read_threads: int = 2, c_scrape: bool = True, compat: str | None = None) -> None:
         self.files = stats.stat_files(info, pressure=pressure)
+        self.compat = compat == "cadvisor"      # also serve cAdvisor's names (exporter/cadvisor.py)
+        self._parsers = [stats.RSS_PARSERS.get(f.parse, f.parse) if self.compat else f.parse
+                         for f in self.files]
         self.mounts = sorted({f.mount for f in self.files})
         self.containers_dir = os.path.join(run_dir, "containers")
         self.ledger = Ledger(ledger_path(state_dir), readonly=True)
@@ -153,7 +171,7 @@ class Collector:
         self._pread_all = _reader()
         from .fast import KIND, module
         self._fast: Any = module() if c_scrape else None
-        self._kinds = bytes(KIND.get(f.parse, 0) for f in self.files)
+        self._kinds = bytes(KIND.get(p, 0) for p in self._parsers)
         self._records: dict[str, tuple[tuple[int, int], Live]] = {}
         self._open: dict[str, _Open] = {}
         self.read_errors = 0
@@ -243,12 +261,16 @@ class Collector:
         for cid in [k for k in self._open if k not in live_ids]:
             self._drop(cid)
         self._unread = set()
+        compat: list[tuple[Live, dict[str, int]]] | None = [] if self.compat else None
         if self._fast is not None:
-            body, seen = self._containers_c(live)
+            body, seen = self._containers_c(live, compat)
         else:
-            body, seen = self._containers_py(live)
+            body, seen = self._containers_py(live, compat)
         self.last_containers = len(seen)
-        return [body, self._tenants(seen, pending, {}).encode()]
+        out = [body, self._tenants(seen, pending, {}).encode()]
+        if compat is not None:
+            out.append(render_compat(compat, _micro))
+        return out
 
     def _groups(self, live: list[Live], size: int) -> Iterator[tuple[list[tuple[Live, _Open]], list[int]]]:
         """``live`` in groups of at most ``size`` containers, and at most TRANSIENT of those
@@ -277,7 +299,8 @@ class Collector:
             if c.id not in self._open:
                 o.close()
 
-    def _containers_c(self, live: list[Live]) -> tuple[bytes, list[Seen]]:
+    def _containers_c(self, live: list[Live], compat: list[tuple[Live, dict[str, int]]] | None = None
+                      ) -> tuple[bytes, list[Seen]]:
         """Reads, parsing and text in C (exporter/fast.py): a few ms per 1000 containers."""
         from .fast import NSLOTS, RENDER, SLOT
         batch: list[tuple[Live, _Open]] = []
@@ -307,16 +330,19 @@ class Collector:
             if v[base + cpu] < 0:
                 self._unread.add(c.tenant)        # its CPU is unknown: no tenant total this scrape
             seen.append((c, v[base + cpu], v[base + rb], v[base + wb]))
+            if compat is not None:
+                compat.append((c, {k: v[base + SLOT[k]] for k in COMPAT_KEYS}))
         del v
         body = self._fast.render(raw, labels, RENDER)
         return body, seen
 
-    def _containers_py(self, live: list[Live]) -> tuple[bytes, list[Seen]]:
+    def _containers_py(self, live: list[Live], compat: list[tuple[Live, dict[str, int]]] | None = None
+                       ) -> tuple[bytes, list[Seen]]:
         """The same in Python, with stats.py's parsers (when the C helper is not built)."""
         lines: list[list[str]] = [[] for _ in CONTAINER]
         rlines: list[list[str]] = [[] for _ in RECORD]
         seen: list[tuple[Live, dict[str, int]]] = []
-        parsers = [f.parse for f in self.files]
+        parsers = self._parsers
         for batch, fds in self._groups(live, CHUNK):
             try:
                 data = self._pread_all(fds, self.read_threads)
@@ -364,6 +390,8 @@ class Collector:
                 lim = c.limits.get(key)
                 if lim is not None:
                     rlines[j].append(f"{RECORD[j].name}{L} {_micro(round(lim * 1e6)) if j == 3 else int(lim)}")
+        if compat is not None:
+            compat += seen
         out: list[str] = []
         for m, ls in zip(CONTAINER + RECORD, lines + rlines, strict=True):
             if ls:

@@ -14,6 +14,7 @@ from .metrics import CONTAINER, RECORD
 # Per-container int64 slots, in the order of the C enum (-1: absent).
 SLOTS = ("cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "cpu_throttled_usec",
          "memory_bytes", "memory_working_set_bytes", "memory_inactive_file_bytes", "memory_oom_kills",
+         "memory_rss_bytes", "memory_cache_bytes",
          "io_read_bytes", "io_write_bytes", "io_read_ops", "io_write_ops",
          "pids", "frozen",
          "psi_cpu_some_usec", "psi_cpu_full_usec", "psi_memory_some_usec", "psi_memory_full_usec",
@@ -29,7 +30,7 @@ KIND: dict[Any, int] = {
     stats.p_memory_bytes: 5, stats.p_v1_memory_stat: 6, stats.p_v2_memory_stat: 7, stats.p_oom_kills: 8,
     stats.p_v1_blkio_bytes: 9, stats.p_v1_blkio_ops: 10, stats.p_v2_io_stat: 11, stats.p_pids: 12,
     stats.p_v1_freezer: 13, stats.p_v2_events: 14, stats.p_psi_cpu: 15, stats.p_psi_memory: 16,
-    stats.p_psi_io: 17,
+    stats.p_psi_io: 17, stats.p_v1_memory_stat_rss: 18, stats.p_v2_memory_stat_rss: 19,
 }
 
 _RECORD_SLOTS = {"": ("_info", False), "started": ("_start_usec", True),

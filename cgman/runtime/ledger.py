@@ -221,7 +221,7 @@ class Ledger:
                         raise UnsafeDir(f"refusing {self.path}{suffix}: not a regular file (a link?); remove it")
                 except FileNotFoundError:
                     pass
-            fd = d.open(name, os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT, 0o600)
+            fd = _open_path(d, dfd, name, create=not self.readonly)
         except FileNotFoundError:
             raise LedgerError(f"no ledger at {self.path}: no container has finished under this "
                               f"state dir yet (--state-dir, CGMAN_STATE_DIR)") from None
@@ -232,8 +232,10 @@ class Ledger:
                               f"(--state-dir, CGMAN_STATE_DIR)") from None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise LedgerError(f"refusing {self.path}: not a regular file (a link?); remove it")
             if st.st_mode & 0o077 and st.st_uid == os.geteuid():
-                os.fchmod(fd, 0o600)       # a ledger of an older cgman was 0644
+                os.chmod(f"/proc/self/fd/{fd}", 0o600)      # a ledger of an older cgman was 0644
         finally:
             os.close(fd)
 
@@ -320,6 +322,27 @@ class Ledger:
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
+
+
+def _open_path(d: Any, dfd: int, name: str, create: bool) -> int:
+    """An O_PATH fd of the ledger file (created 0600 when missing and ``create``).
+
+    O_PATH, not a read or write open: closing any other fd of a file drops every POSIX lock
+    the process holds on it (fcntl(2)), and SQLite's locks are POSIX locks. A process that
+    keeps one connection open (the agent's shipper) while another Ledger of the same file
+    is prepared (the exporter's) would lose its locks, and another process could then take
+    the WAL for unused and delete it under the open connection. Closing an O_PATH fd drops
+    no locks, and a file just created with O_EXCL has no connection yet."""
+    while True:
+        try:
+            return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            if not create:
+                raise
+        try:
+            return int(d.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            continue            # created by another process meanwhile: open that one
 
 
 def _json_list(items: list[str]) -> str:

@@ -103,6 +103,23 @@ def p_v2_memory_stat(data: bytes, out: Values) -> None:
         out["memory_inactive_file_bytes"] = v
 
 
+def _memory_stat_rss(inactive: bytes, rss: bytes, cache: bytes) -> Parser:
+    def parse(data: bytes, out: Values) -> None:
+        for key, name in ((inactive, "memory_inactive_file_bytes"), (rss, "memory_rss_bytes"),
+                          (cache, "memory_cache_bytes")):
+            v = _find_int(data, key)
+            if v is not None:
+                out[name] = v
+    return parse
+
+
+# memory.stat with cAdvisor's RSS and cache too (--compat cadvisor): v1 total_rss/total_cache,
+# v2 anon/file, as cAdvisor reads them.
+p_v1_memory_stat_rss = _memory_stat_rss(b"total_inactive_file ", b"total_rss ", b"total_cache ")
+p_v2_memory_stat_rss = _memory_stat_rss(b"inactive_file ", b"anon ", b"file ")
+RSS_PARSERS: dict[Parser, Parser] = {p_v1_memory_stat: p_v1_memory_stat_rss, p_v2_memory_stat: p_v2_memory_stat_rss}
+
+
 def p_oom_kills(data: bytes, out: Values) -> None:
     """v1 memory.oom_control and v2 memory.events both have an ``oom_kill N`` line."""
     v = _find_int(data, b"oom_kill ")
