@@ -297,21 +297,19 @@ static int load_device_filter(PyObject *rules)
 
 static PyObject *py_load_device_filter(PyObject *self, PyObject *rules)
 {
-    /* load_device_filter(rules): load and drop the program (for `cgman doctor`) */
+    /* load_device_filter(rules) -> fd of the loaded program (close-on-exec). One program
+     * serves any number of cgroups: loading (the verifier) is the dear part, so the caller
+     * keeps it. */
     int pfd = load_device_filter(rules);
     if (pfd < 0) return NULL;
-    close(pfd);
-    Py_RETURN_NONE;
+    return PyLong_FromLong(pfd);
 }
 
 static PyObject *py_attach_device_filter(PyObject *self, PyObject *args)
 {
-    /* attach_device_filter(cgroup_fd, rules) with rules ((type, major, minor, access), ...) */
-    int cgfd;
-    PyObject *rules;
-    if (!PyArg_ParseTuple(args, "iO", &cgfd, &rules)) return NULL;
-    int pfd = load_device_filter(rules);
-    if (pfd < 0) return NULL;
+    /* attach_device_filter(cgroup_fd, program_fd) */
+    int cgfd, pfd;
+    if (!PyArg_ParseTuple(args, "ii", &cgfd, &pfd)) return NULL;
     union bpf_attr a;
     memset(&a, 0, sizeof a);
     a.target_fd = (uint32_t)cgfd;
@@ -320,7 +318,6 @@ static PyObject *py_attach_device_filter(PyObject *self, PyObject *args)
     a.attach_flags = BPF_F_ALLOW_MULTI;            /* ancestors' filters (systemd's) still apply too */
     int r = (int)syscall(SYS_bpf, BPF_PROG_ATTACH, &a, sizeof a);
     int e = errno;
-    close(pfd);                                    /* the cgroup holds the program now */
     if (r < 0) {
         errno = e;
         return PyErr_Format(PyExc_OSError, "attaching the device filter (BPF_PROG_ATTACH): %s", strerror(e));
@@ -336,10 +333,10 @@ static PyMethodDef methods[] = {
      "check_name(kind, name) -> bool; kind: syscall, action, op or arch"},
     {"native_arch", py_native_arch, METH_NOARGS, "native_arch() -> 'SCMP_ARCH_X86_64', ..."},
     {"load_device_filter", py_load_device_filter, METH_O,
-     "load_device_filter(rules): build and load the device program, then drop it (a probe)"},
-    {"attach_device_filter", py_attach_device_filter, METH_VARARGS,
-     "attach_device_filter(cgroup_fd, ((type, major, minor, access), ...)); type 0 any, 1 block,\n"
+     "load_device_filter(((type, major, minor, access), ...)) -> program fd; type 0 any, 1 block,\n"
      "2 char; major/minor -1 any; access bits mknod 1, read 2, write 4"},
+    {"attach_device_filter", py_attach_device_filter, METH_VARARGS,
+     "attach_device_filter(cgroup_fd, program_fd): attach (BPF_F_ALLOW_MULTI) to a cgroup2 directory"},
     {NULL, NULL, 0, NULL},
 };
 

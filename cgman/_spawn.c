@@ -81,7 +81,15 @@ struct clone_args_v2 {
 
 /* OP_HOLD opens a path (O_PATH) before later mounts hide it; OP_BIND_HELD bind-mounts held fd
  * number ``a`` (a decimal index) onto ``b`` through /proc/self/fd, as runc mounts its sources. */
-enum { OP_MOUNT = 1, OP_MKDIR, OP_TOUCH, OP_PIVOT, OP_CHDIR, OP_UMOUNT, OP_SYMLINK, OP_HOLD, OP_BIND_HELD };
+enum { OP_MOUNT = 1, OP_MKDIR, OP_TOUCH, OP_PIVOT, OP_CHDIR, OP_UMOUNT, OP_SYMLINK, OP_HOLD, OP_BIND_HELD,
+       OP_RDONLY_TREE };    /* mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY): a tree read-only at once */
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+struct mount_attr_v0 { uint64_t attr_set, attr_clr, propagation, userns_fd; };
 #define MAX_HELD 64
 /* Or'ed into an op's kind: a path that does not exist is skipped (masked paths that this
  * kernel does not have, as runc does). */
@@ -217,6 +225,12 @@ static void run_ops(struct job *j)
         case OP_BIND_HELD:
             r = bind_held(j, o); stage = ST_MOUNT;
             break;
+        case OP_RDONLY_TREE: {
+            struct mount_attr_v0 attr = {1 /* MOUNT_ATTR_RDONLY */, 0, 0, 0};
+            r = (int)syscall(SYS_mount_setattr, AT_FDCWD, o->a, AT_RECURSIVE, &attr, sizeof attr);
+            stage = ST_MOUNT;
+            break;
+        }
         }
         if (r < 0 && !(optional && errno == ENOENT)) fail(j, stage);
     }
@@ -531,6 +545,7 @@ PyMODINIT_FUNC PyInit__spawn(void)
     PyModule_AddIntConstant(m, "OP_OPTIONAL", OP_OPTIONAL);
     PyModule_AddIntConstant(m, "OP_HOLD", OP_HOLD);
     PyModule_AddIntConstant(m, "OP_BIND_HELD", OP_BIND_HELD);
+    PyModule_AddIntConstant(m, "OP_RDONLY_TREE", OP_RDONLY_TREE);
     PyModule_AddIntConstant(m, "MS_RDONLY", MS_RDONLY);
     PyModule_AddIntConstant(m, "MS_NOSUID", MS_NOSUID);
     PyModule_AddIntConstant(m, "MS_NODEV", MS_NODEV);

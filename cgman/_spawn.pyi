@@ -11,6 +11,7 @@ OP_SYMLINK: int
 OP_OPTIONAL: int
 OP_HOLD: int
 OP_BIND_HELD: int
+OP_RDONLY_TREE: int
 MS_RDONLY: int
 MS_NOSUID: int
 MS_NODEV: int

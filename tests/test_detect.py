@@ -107,3 +107,23 @@ def test_parse_mountinfo_edge_cases(text, expected):
 def test_lines_are_independent_of_order():
     lines = HYBRID.splitlines()
     assert parse_mountinfo("\n".join(reversed(lines))) == parse_mountinfo(HYBRID)
+
+
+@pytest.mark.kernel
+def test_the_mount_table_is_read_again_only_after_a_mount(tmp_path):
+    """read_mounts keeps its parse until the kernel flags mountinfo as changed (POLLPRI)."""
+    import subprocess
+    import sys
+    script = f"""
+import os, subprocess
+from cgman.drivers.detect import read_mounts
+a = read_mounts(); b = read_mounts()
+assert a is b, "unchanged table parsed again"
+subprocess.run(["mount", "-t", "tmpfs", "cgman-probe", {str(tmp_path)!r}], check=True)
+c = read_mounts()
+assert c is not a and any(m.mountpoint == {str(tmp_path)!r} for m in c), "a new mount not seen"
+print("ok")
+"""
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", script],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "ok", p.stderr

@@ -73,9 +73,29 @@ def mounts(text: str) -> list[Mount]:
     return out
 
 
+_TABLE: dict[str, tuple[int, list[Mount]]] = {}
+
+
 def read_mounts(mountinfo: str = MOUNTINFO) -> list[Mount]:
-    with open(mountinfo, encoding="utf-8") as f:
-        return mounts(f.read())
+    """The mount table, parsed again only when it changed: the kernel marks an open mountinfo
+    file POLLPRI after any mount or unmount, so a launcher reads it once, not per container."""
+    import select
+    cached = _TABLE.get(mountinfo)
+    if cached is not None:
+        fd, table = cached
+        p = select.poll()
+        p.register(fd, select.POLLPRI | select.POLLERR)
+        if not p.poll(0):
+            return table
+        os.close(fd)
+        del _TABLE[mountinfo]
+    fd = os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    table = mounts(b"".join(chunks).decode("utf-8", "replace"))
+    _TABLE[mountinfo] = (fd, table)
+    return table
 
 
 def detect(mountinfo: str = MOUNTINFO) -> HostInfo:

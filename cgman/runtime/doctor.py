@@ -154,7 +154,7 @@ def security_checks(host: Host) -> list[Check]:
     if host.v2 is not None:
         try:
             from .. import _secure
-            _secure.load_device_filter([d.bpf() for d in DEFAULT])
+            os.close(_secure.load_device_filter([d.bpf() for d in DEFAULT]))
             out.append(Check("device filter (BPF)", True, "BPF_PROG_TYPE_CGROUP_DEVICE programs load"))
         except (ImportError, OSError) as e:
             out.append(Check("device filter (BPF)", False, f"{e}",

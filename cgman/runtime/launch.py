@@ -311,7 +311,14 @@ def _host_view(mounts: list[Any], spec: ContainerSpec) -> rfs.HostView:
         best = max((p for p, _ in points if path == p or path.startswith(p.rstrip("/") + "/")), key=len)
         return dict(points)[best]
     vols = tuple((p, ro, flags_at(p), os.path.isdir(p)) for p, ro in spec.security.volumes)
-    return rfs.HostView(mounts=tuple(points), volumes=vols, ipc_ns="ipc" in spec.namespaces)
+    return rfs.HostView(mounts=tuple(points), volumes=vols, ipc_ns="ipc" in spec.namespaces,
+                        setattr=_kernel_at_least(5, 12))
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    import re
+    m = re.match(r"([0-9]+)\.([0-9]+)", os.uname().release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
 
 
 def _devices(host: "Host", leaf: str, sec: Security) -> None:
@@ -319,15 +326,18 @@ def _devices(host: "Host", leaf: str, sec: Security) -> None:
     cgroup2 leaf (pure v2, or hybrid as well) a BPF device program."""
     if sec.privileged:
         return
-    if "devices" in host.layout.v1_controllers:
+    # The BPF program on a cgroup2 leaf is checked for every process there, whatever v1 devices
+    # cgroup it is in too: the v1 rules are for hosts without cgroup2 only.
+    if "devices" in host.layout.v1_controllers and host.v2 is None:
         host.write(Write(leaf, "devices", "devices.deny", "a"))
         for d in sec.devices:
             host.write(Write(leaf, "devices", "devices.allow", d.v1_line()))
     if host.v2 is not None:
         from .. import _secure
+        from ..security.devices import program_fd
         fd = host.v2.t.open_dir(leaf)
         try:
-            _secure.attach_device_filter(fd, [d.bpf() for d in sec.devices])
+            _secure.attach_device_filter(fd, program_fd(sec.devices))
         except OSError as e:
             raise LaunchError(f"cannot restrict the devices of {leaf}: {e} (see `cgman doctor`)") from None
         finally:

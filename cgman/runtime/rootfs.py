@@ -15,7 +15,7 @@ from typing import Iterable
 # <sys/mount.h> and the helper's operations, from the helper itself (one source of truth).
 from .._spawn import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                       MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, OP_BIND_HELD, OP_CHDIR, OP_HOLD, OP_MKDIR,
-                      OP_MOUNT, OP_OPTIONAL, OP_PIVOT, OP_SYMLINK, OP_TOUCH)
+                      OP_MOUNT, OP_OPTIONAL, OP_PIVOT, OP_RDONLY_TREE, OP_SYMLINK, OP_TOUCH)
 
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -68,9 +68,10 @@ def _ro(target: str, flags: int, optional: bool = False) -> Op:
             MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
 
 
-def _cgroup_ops(views: list[CgroupView], prefix: str, tmpfs_flags: int | None) -> list[Op]:
+def _cgroup_ops(views: list[CgroupView], prefix: str, tmpfs_flags: int | None, all_ro: bool = False) -> list[Op]:
     """Each cgroup mount replaced by a read-only bind of the container's own cgroup (or made
-    read-only where it has none). ``tmpfs_flags``: the v1 tmpfs holding the hierarchies."""
+    read-only where it has none). ``tmpfs_flags``: the v1 tmpfs holding the hierarchies.
+    ``all_ro``: every mount is read-only already, and a bind keeps its source's read-only flag."""
     ops: list[Op] = []
     for v in views:
         target = prefix + v.mountpoint
@@ -80,8 +81,9 @@ def _cgroup_ops(views: list[CgroupView], prefix: str, tmpfs_flags: int | None) -
             ops.append((OP_MOUNT, _b(v.leaf), _b(target), None, MS_BIND))
         elif prefix:
             continue               # a new root shows only the hierarchies the container is in
-        ops.append(_ro(target, v.flags))
-    if tmpfs_flags is not None:
+        if not all_ro:
+            ops.append(_ro(target, v.flags))
+    if tmpfs_flags is not None and not all_ro:
         ops.append(_ro(prefix + "/sys/fs/cgroup", tmpfs_flags))
     return ops
 
@@ -92,6 +94,7 @@ class HostView:
     private /tmp, /var/tmp, /dev/shm and /dev/pts, and the volumes it may write."""
 
     mounts: tuple[tuple[str, int], ...]          # (mountpoint, per-mount flags), mountinfo order
+    setattr: bool = True                         # the kernel has mount_setattr (5.12+): one call for all
     volumes: tuple[tuple[str, bool, int, bool], ...] = ()    # (path, read-only, flags, is a directory)
     ipc_ns: bool = True
 
@@ -103,7 +106,10 @@ def _host_view_ops(view: HostView) -> tuple[list[Op], list[Op]]:
     """(before the new /proc, after it). Volume sources are held open first: the private /tmp
     would hide one that lies below it."""
     before: list[Op] = [(OP_HOLD, _b(p)) for p, _, _, _ in view.volumes]
-    before += [_ro(m, flags, optional=True) for m, flags in view.mounts]
+    if view.setattr:
+        before.append((OP_RDONLY_TREE, b"/"))
+    else:
+        before += [_ro(m, flags, optional=True) for m, flags in view.mounts]
     after: list[Op] = [(OP_MOUNT | OP_OPTIONAL, b"devpts", b"/dev/pts", b"devpts", MS_NOSUID | MS_NOEXEC,
                         b"newinstance,ptmxmode=0666,mode=0620"),
                        (OP_MOUNT | OP_OPTIONAL, b"/dev/pts/ptmx", b"/dev/ptmx", None, MS_BIND)]
@@ -136,10 +142,11 @@ def protect_ops(*, root: str | None, views: list[CgroupView], tmpfs_flags: int |
     before: list[Op] = []
     after: list[Op] = []
     if root is None:
+        all_ro = host is not None and host.setattr
         if host is not None:
             before, after = _host_view_ops(host)
-        after += _cgroup_ops(views, "", tmpfs_flags)
-        if sys_flags is not None:
+        after += _cgroup_ops(views, "", tmpfs_flags, all_ro)
+        if sys_flags is not None and not all_ro:
             after.append(_ro("/sys", sys_flags))
     elif sys_flags is not None:      # with its own netns a new root has a read-only sysfs
         r = root.rstrip("/")

@@ -42,6 +42,19 @@ DEFAULT = (DeviceRule("c", 1, 3, "rwm", "/dev/null"), DeviceRule("c", 1, 5, "rwm
            DeviceRule("c", 5, 2, "rwm", "/dev/ptmx"), DeviceRule("c", 136, ANY, "rwm", "/dev/pts/*"))
 
 
+_PROGRAMS: dict[tuple[tuple[int, int, int, int], ...], int] = {}
+
+
+def program_fd(rules: tuple[DeviceRule, ...]) -> int:
+    """The loaded v2 device program for ``rules``: loaded once per process (the verifier is
+    most of its cost), then attached to each container's cgroup. OSError if the kernel refuses."""
+    key = tuple(r.bpf() for r in rules)
+    if key not in _PROGRAMS:
+        from .._secure import load_device_filter
+        _PROGRAMS[key] = load_device_filter(list(key))
+    return _PROGRAMS[key]
+
+
 def check_access(access: str) -> str:
     if not access or any(a not in "rwm" for a in access) or len(set(access)) != len(access):
         raise ValueError(f"access must be a combination of r, w and m, not {access[:20]!r}")
