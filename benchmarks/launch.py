@@ -379,7 +379,8 @@ def main() -> int:
         if failed:
             print("WARNING: could not remove: " + "; ".join(failed), file=sys.stderr)
     # cgman's policy groups are expected; anything else was left behind by a tool (and removed now)
-    stray = sorted(removed - {f"{PREFIX}{tag}-{r}{g}" for r in ("cgman", "lib", "libc") for g in ("", "/bench")})
+    stray = sorted(removed - {f"{PREFIX}{tag}-{r}{g}" for r in ("cgman", "cgmanp", "lib", "libc", "libp")
+                              for g in ("", "/bench")})
     if stray:
         print(f"note: the tools left {len(stray)} cgroup(s) behind (removed): {', '.join(stray[:5])}",
               file=sys.stderr)
