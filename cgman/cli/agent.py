@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from .common import state
-from .exporter import Compat
+from .exporter import (Compat, CompatOpt, HeaderTimeoutOpt, IdleTimeoutOpt, MaxConnectionsOpt,
+                       MaxRequestsOpt)
 from .main import app
 
 
@@ -30,19 +31,11 @@ def agent(
                                              "a Prometheus exporter-toolkit web config."),
     gzip: bool = typer.Option(True, "--gzip/--no-gzip", help="Compress /metrics for clients that accept it."),
     pressure: bool = typer.Option(True, "--pressure/--no-pressure", help="Serve PSI where the kernel has it."),
-    compat: Optional[Compat] = typer.Option(None, "--compat", show_default=False, help="Also serve another "
-                                            "exporter's names for the same values: cadvisor (container_* with "
-                                            "id, name, image; README lists which map)."),
-    max_connections: int = typer.Option(64, "--max-connections", min=1, max=10000, help="Connections (so "
-                                        "threads) at once; past it the longest-waiting idle or slow one is "
-                                        "closed, or the new one gets 503 if all are mid-request."),
-    max_requests: int = typer.Option(40, "--max-requests", min=1, max=10000, help="Requests in flight at "
-                                     "once (as node_exporter's --web.max-requests); past it: 503."),
-    header_timeout: str = typer.Option("10s", "--header-timeout", help="A request's line and headers (and "
-                                       "the TLS handshake) must arrive whole within this, or the connection "
-                                       "is closed."),
-    idle_timeout: str = typer.Option("120s", "--idle-timeout", help="How long a kept-alive connection may "
-                                     "wait for its next request."),
+    compat: Optional[Compat] = CompatOpt,
+    max_connections: int = MaxConnectionsOpt,
+    max_requests: int = MaxRequestsOpt,
+    header_timeout: str = HeaderTimeoutOpt,
+    idle_timeout: str = IdleTimeoutOpt,
     ledger_url: Optional[str] = typer.Option(None, "--ledger-url", envvar="CGMAN_LEDGER_URL", show_default=False,
                                              help="Ship every ledger row to this PostgreSQL (postgresql://USER@HOST"
                                                   "/DB; password in ~/.pgpass), the fleet's bill of record. "

@@ -16,6 +16,20 @@ class Compat(str, Enum):
     cadvisor = "cadvisor"
 
 
+
+# The HTTP server's options, shared by `cgman exporter` and `cgman agent` (one declaration).
+CompatOpt = typer.Option(None, "--compat", show_default=False, help="Also serve another exporter's names "
+                         "for the same values: cadvisor (container_* with id, name, image; README lists which map).")
+MaxConnectionsOpt = typer.Option(64, "--max-connections", min=1, max=10000, help="Connections (so threads) at "
+                                 "once; past it the longest-waiting idle or slow one is closed, or the new one "
+                                 "gets 503 if all are mid-request.")
+MaxRequestsOpt = typer.Option(40, "--max-requests", min=1, max=10000, help="Requests in flight at once (as "
+                              "node_exporter's --web.max-requests); past it: 503.")
+HeaderTimeoutOpt = typer.Option("10s", "--header-timeout", help="A request's line and headers (and the TLS "
+                                "handshake) must arrive whole within this, or the connection is closed.")
+IdleTimeoutOpt = typer.Option("120s", "--idle-timeout", help="How long a kept-alive connection may wait for "
+                              "its next request.")
+
 @app.command()
 def exporter(
     listen: Optional[str] = typer.Option(None, "--listen", "-l", envvar="CGMAN_EXPORTER_LISTEN",
@@ -30,19 +44,11 @@ def exporter(
                                   "where the kernel has it: 3 of ~12 files per container."),
     read_threads: int = typer.Option(2, "--read-threads", min=1, max=16, help="Threads reading cgroup "
                                      "files per scrape (the cost is kernel time: use the cores you can spare)."),
-    compat: Optional[Compat] = typer.Option(None, "--compat", show_default=False, help="Also serve another "
-                                            "exporter's names for the same values: cadvisor (container_* with "
-                                            "id, name, image; README lists which map)."),
-    max_connections: int = typer.Option(64, "--max-connections", min=1, max=10000, help="Connections (so "
-                                        "threads) at once; past it the longest-waiting idle or slow one is "
-                                        "closed, or the new one gets 503 if all are mid-request."),
-    max_requests: int = typer.Option(40, "--max-requests", min=1, max=10000, help="Requests in flight at "
-                                     "once (as node_exporter's --web.max-requests); past it: 503."),
-    header_timeout: str = typer.Option("10s", "--header-timeout", help="A request's line and headers (and "
-                                       "the TLS handshake) must arrive whole within this, or the connection "
-                                       "is closed."),
-    idle_timeout: str = typer.Option("120s", "--idle-timeout", help="How long a kept-alive connection may "
-                                     "wait for its next request."),
+    compat: Optional[Compat] = CompatOpt,
+    max_connections: int = MaxConnectionsOpt,
+    max_requests: int = MaxRequestsOpt,
+    header_timeout: str = HeaderTimeoutOpt,
+    idle_timeout: str = IdleTimeoutOpt,
 ) -> None:
     """Serve per-container usage and per-tenant billing counters to Prometheus.
 
