@@ -82,7 +82,10 @@ struct clone_args_v2 {
 /* OP_HOLD opens a path (O_PATH) before later mounts hide it; OP_BIND_HELD bind-mounts held fd
  * number ``a`` (a decimal index) onto ``b`` through /proc/self/fd, as runc mounts its sources. */
 enum { OP_MOUNT = 1, OP_MKDIR, OP_TOUCH, OP_PIVOT, OP_CHDIR, OP_UMOUNT, OP_SYMLINK, OP_HOLD, OP_BIND_HELD,
-       OP_RDONLY_TREE };    /* mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY): a tree read-only at once */
+       OP_RDONLY_TREE,      /* mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY): a tree read-only at once */
+       OP_OVERLAY_HELD };   /* overlay on ``b``, lowerdir = held fd ``a``, the rest of the options ``data`` */
+/* Or'ed into an op's kind: any error is ignored (a step with a fallback already in place). */
+#define OP_TOLERANT 0x200
 #ifndef SYS_mount_setattr
 #define SYS_mount_setattr 442
 #endif
@@ -181,19 +184,37 @@ static int bind_held(struct job *j, struct op *o)
     return mount(path, o->b, NULL, o->flags, NULL);
 }
 
+/* overlay with lowerdir=/proc/self/fd/N (a held fd) and ``o->data`` appended. */
+static int overlay_held(struct job *j, struct op *o)
+{
+    int idx = 0;
+    for (const char *c = o->a; *c; c++) idx = idx * 10 + (*c - '0');
+    if (idx < 0 || idx >= j->n_held || !o->data) { errno = EBADF; return -1; }
+    char opts[1024] = "lowerdir=/proc/self/fd/", digits[12];
+    int n = 0, fd = j->held[idx];
+    do { digits[n++] = (char)('0' + fd % 10); fd /= 10; } while (fd && n < 11);
+    size_t len = strlen(opts);
+    while (n) opts[len++] = digits[--n];
+    size_t dl = strlen(o->data);
+    if (len + dl + 1 > sizeof opts) { errno = E2BIG; return -1; }
+    memcpy(opts + len, o->data, dl + 1);
+    return mount("overlay", o->b, "overlay", o->flags, opts);
+}
+
 static void run_ops(struct job *j)
 {
     for (Py_ssize_t i = 0; i < j->n_ops; i++) {
         struct op *o = &j->ops[i];
         int optional = o->kind & OP_OPTIONAL, r = 0, stage = 0;
         j->cur_op = (int)i;
-        switch (o->kind & ~OP_OPTIONAL) {
+        switch (o->kind & ~(OP_OPTIONAL | OP_TOLERANT)) {
         case OP_MOUNT:
             r = mount(o->a, o->b, o->c, o->flags, o->data); stage = ST_MOUNT;
             break;
-        case OP_MKDIR:
+        case OP_MKDIR:         /* mode 0755, or ``flags`` set exactly (no umask) */
             r = mkdir(o->a, 0755); stage = ST_MKDIR;
             if (r < 0 && errno == EEXIST) r = 0;
+            if (r == 0 && o->flags) r = chmod(o->a, (mode_t)o->flags);
             break;
         case OP_TOUCH: {
             int fd = open(o->a, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
@@ -225,6 +246,9 @@ static void run_ops(struct job *j)
         case OP_BIND_HELD:
             r = bind_held(j, o); stage = ST_MOUNT;
             break;
+        case OP_OVERLAY_HELD:
+            r = overlay_held(j, o); stage = ST_MOUNT;
+            break;
         case OP_RDONLY_TREE: {
             struct mount_attr_v0 attr = {1 /* MOUNT_ATTR_RDONLY */, 0, 0, 0};
             r = (int)syscall(SYS_mount_setattr, AT_FDCWD, o->a, AT_RECURSIVE, &attr, sizeof attr);
@@ -232,7 +256,7 @@ static void run_ops(struct job *j)
             break;
         }
         }
-        if (r < 0 && !(optional && errno == ENOENT)) fail(j, stage);
+        if (r < 0 && !(optional && errno == ENOENT) && !(o->kind & OP_TOLERANT)) fail(j, stage);
     }
 }
 
@@ -546,6 +570,8 @@ PyMODINIT_FUNC PyInit__spawn(void)
     PyModule_AddIntConstant(m, "OP_HOLD", OP_HOLD);
     PyModule_AddIntConstant(m, "OP_BIND_HELD", OP_BIND_HELD);
     PyModule_AddIntConstant(m, "OP_RDONLY_TREE", OP_RDONLY_TREE);
+    PyModule_AddIntConstant(m, "OP_OVERLAY_HELD", OP_OVERLAY_HELD);
+    PyModule_AddIntConstant(m, "OP_TOLERANT", OP_TOLERANT);
     PyModule_AddIntConstant(m, "MS_RDONLY", MS_RDONLY);
     PyModule_AddIntConstant(m, "MS_NOSUID", MS_NOSUID);
     PyModule_AddIntConstant(m, "MS_NODEV", MS_NODEV);

@@ -312,7 +312,7 @@ def _host_view(mounts: list[Any], spec: ContainerSpec) -> rfs.HostView:
         return dict(points)[best]
     vols = tuple((p, ro, flags_at(p), os.path.isdir(p)) for p, ro in spec.security.volumes)
     return rfs.HostView(mounts=tuple(points), volumes=vols, ipc_ns="ipc" in spec.namespaces,
-                        setattr=_kernel_at_least(5, 12))
+                        setattr=_kernel_at_least(5, 12), userns="user" in spec.namespaces)
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:

@@ -15,7 +15,8 @@ from typing import Iterable
 # <sys/mount.h> and the helper's operations, from the helper itself (one source of truth).
 from .._spawn import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                       MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, OP_BIND_HELD, OP_CHDIR, OP_HOLD, OP_MKDIR,
-                      OP_MOUNT, OP_OPTIONAL, OP_PIVOT, OP_RDONLY_TREE, OP_SYMLINK, OP_TOUCH)
+                      OP_MOUNT, OP_OPTIONAL, OP_OVERLAY_HELD, OP_PIVOT, OP_RDONLY_TREE, OP_SYMLINK, OP_TOLERANT,
+                      OP_TOUCH)
 
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -97,15 +98,30 @@ class HostView:
     setattr: bool = True                         # the kernel has mount_setattr (5.12+): one call for all
     volumes: tuple[tuple[str, bool, int, bool], ...] = ()    # (path, read-only, flags, is a directory)
     ipc_ns: bool = True
+    userns: bool = False
 
 
 _PRIVATE_TMP = ("/tmp", "/var/tmp")
+_TMP_UPPER, _TMP_WORK = "/tmp/.cgman-upper", "/tmp/.cgman-work"
+
+
+def _tmp_ops(held: int, userns: bool) -> list[Op]:
+    """/tmp and /var/tmp: the container's own. /tmp is an overlay whose lower layer is the
+    host's /tmp (read through, so programs kept there still run) and whose upper layer is a
+    private tmpfs: writes never reach the host. Where overlayfs refuses (a user namespace on an
+    old kernel), the private tmpfs alone remains."""
+    ops: list[Op] = [(OP_MOUNT | OP_OPTIONAL, b"tmpfs", _b(t), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=1777")
+                     for t in _PRIVATE_TMP]
+    extra = f",upperdir={_TMP_UPPER},workdir={_TMP_WORK}" + (",userxattr" if userns else "")
+    ops += [(OP_MKDIR, _b(_TMP_UPPER), None, None, 0o1777), (OP_MKDIR, _b(_TMP_WORK)),
+            (OP_OVERLAY_HELD | OP_TOLERANT, str(held).encode(), b"/tmp", None, MS_NOSUID | MS_NODEV, _b(extra))]
+    return ops
 
 
 def _host_view_ops(view: HostView) -> tuple[list[Op], list[Op]]:
-    """(before the new /proc, after it). Volume sources are held open first: the private /tmp
-    would hide one that lies below it."""
-    before: list[Op] = [(OP_HOLD, _b(p)) for p, _, _, _ in view.volumes]
+    """(before the new /proc, after it). Volume sources and /tmp are held open first: the
+    private /tmp would hide a source below it."""
+    before: list[Op] = [(OP_HOLD, _b(p)) for p, _, _, _ in view.volumes] + [(OP_HOLD, b"/tmp")]
     if view.setattr:
         before.append((OP_RDONLY_TREE, b"/"))
     else:
@@ -116,8 +132,7 @@ def _host_view_ops(view: HostView) -> tuple[list[Op], list[Op]]:
     if view.ipc_ns:
         after.append((OP_MOUNT | OP_OPTIONAL, b"shm", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV,
                       b"mode=1777,size=65536k"))
-    after += [(OP_MOUNT | OP_OPTIONAL, b"tmpfs", _b(t), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=1777")
-              for t in _PRIVATE_TMP]
+    after += _tmp_ops(len(view.volumes), view.userns)
     for i, (path, ro, flags, is_dir) in enumerate(view.volumes):
         tmp = next((t for t in _PRIVATE_TMP if path.startswith(t + "/")), None)
         if tmp is not None:           # recreate its place in the private tmpfs
