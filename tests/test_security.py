@@ -178,6 +178,9 @@ def _escape(cli, host, pol, tmp_path, group: str, *flags: str, rootfs: Path | No
         del os.environ["CGMAN_TEST_SECRET"]
     try:
         res = _results(cli, name)
+        # What counts is the host's file, not the write: below /tmp (a checkout there, say) the
+        # container's write succeeds into its own /tmp overlay and never reaches the host.
+        res["host_write"] = "ok" if Path(env["HOSTFILE"]).exists() else "no"
         rec = json.loads(cli("inspect", name, check=True).stdout)
         init = rec["pid"]
         wl = _workload(init)

@@ -82,6 +82,10 @@ END;
 """
 
 
+
+def _not_regular(mode: int) -> str:
+    return "it is a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+
 class LedgerError(CgmanError):
     """The ledger cannot be opened, read or written (locked, corrupt, not writable)."""
 
@@ -217,8 +221,9 @@ class Ledger:
             dfd = d.fd(create=not self.readonly)
             for suffix in ("-wal", "-shm", "-journal"):
                 try:
-                    if not stat.S_ISREG(os.stat(name + suffix, dir_fd=dfd, follow_symlinks=False).st_mode):
-                        raise UnsafeDir(f"refusing {self.path}{suffix}: not a regular file (a link?); remove it")
+                    mode = os.stat(name + suffix, dir_fd=dfd, follow_symlinks=False).st_mode
+                    if not stat.S_ISREG(mode):
+                        raise UnsafeDir(f"refusing {self.path}{suffix}: {_not_regular(mode)}; remove it")
                 except FileNotFoundError:
                     pass
             fd = _open_path(d, dfd, name, create=not self.readonly)
@@ -233,7 +238,7 @@ class Ledger:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise LedgerError(f"refusing {self.path}: not a regular file (a link?); remove it")
+                raise LedgerError(f"refusing {self.path}: {_not_regular(st.st_mode)}; remove it")
             if st.st_mode & 0o077 and st.st_uid == os.geteuid():
                 os.chmod(f"/proc/self/fd/{fd}", 0o600)      # a ledger of an older cgman was 0644
         finally:
