@@ -16,8 +16,6 @@ The exposition passes `promtool check metrics`.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ import pytest
 
 from .conftest import REPO, cli_env, write_policy
 from .test_grafana import promtool
-from .test_prometheus import LIVE, PROMETHEUS, PY, free_port, http_get, query, stop_process, wait_for
+from .test_prometheus import LIVE, PY, free_port, http_get, query, running_prometheus, stop_process, wait_for
 from .test_prometheus import cgman as cgman_fixture
 
 cgman = cgman_fixture          # the same `cgman ARGS` fixture as test_prometheus.py
@@ -92,26 +90,7 @@ def compat_exporter(host, root_name: str, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def prometheus(compat_exporter: str, tmp_path: Path) -> Iterator[str]:
     """/usr/bin/prometheus scraping the exporter every second as job "cadvisor"; yields its URL."""
-    if not os.access(PROMETHEUS, os.X_OK):
-        pytest.fail(f"{PROMETHEUS} not found: install Debian's prometheus package (scripts/setup.sh does)")
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [compat_exporter]}]}],
-    }))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "prometheus.log"
-    with open(log, "wb") as out:
-        p = subprocess.Popen([PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        wait_for("prometheus ready", lambda: http_get(f"{url}/-/ready", timeout=2), 60, p, log)
-        wait_for("prometheus scraping the exporter", lambda: query(url, f'up{{job="{JOB}"}} == 1'), 60, p, log)
-        yield url
-    finally:
-        stop_process(p)
+    yield from running_prometheus(tmp_path, JOB, compat_exporter, [])
 
 
 def test_dashboards_893_and_179_get_data_from_compat_series(prometheus, compat_exporter, cgman, tmp_path):  # noqa: F811

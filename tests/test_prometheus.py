@@ -156,13 +156,19 @@ def exporter(host, root_name: str, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def prometheus(exporter: str, tmp_path: Path) -> Iterator[str]:
     """/usr/bin/prometheus scraping the exporter every second, with the shipped rules; yields its URL."""
+    yield from running_prometheus(tmp_path, JOB, exporter, [str(RULES)])
+
+
+def running_prometheus(tmp_path: Path, job: str, target: str, rule_files: list[str]) -> Iterator[str]:
+    """A real Prometheus on loopback scraping ``target`` as ``job`` every second; yields its URL
+    once it has scraped once, and stops it (by PID) afterwards."""
     if not os.access(PROMETHEUS, os.X_OK):
         pytest.fail(f"{PROMETHEUS} not found: install Debian's prometheus package (scripts/setup.sh does)")
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(json.dumps({           # JSON is YAML
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [exporter]}]}],
+        "rule_files": rule_files,
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}],
     }))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -175,7 +181,7 @@ def prometheus(exporter: str, tmp_path: Path) -> Iterator[str]:
         wait_for("prometheus ready", lambda: http_get(f"{url}/-/ready", timeout=2), 60, p, log)
         # Target discovery hands over new targets at most every 5 s: wait for the first scrape, so
         # the counters have samples from before the workload (their increase is the workload's).
-        wait_for("prometheus scraping the exporter", lambda: query(url, f'up{{job="{JOB}"}} == 1'), 60, p, log)
+        wait_for("prometheus scraping the exporter", lambda: query(url, f'up{{job="{job}"}} == 1'), 60, p, log)
         yield url
     finally:
         stop_process(p)
