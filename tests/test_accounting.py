@@ -209,7 +209,7 @@ def test_exporter_reports_what_the_kernel_says(lib):
 
 def test_a_container_vanishing_mid_scrape_never_fails_it(lib):
     from cgman.exporter.collector import Collector
-    from cgman.runtime.launch import _remove_cgroup
+    from cgman.runtime.collect import _remove_cgroup
     a = launch(lib.host, lib.store, spec("a", ["sleep", "60"]))
     b = launch(lib.host, lib.store, spec("b", ["sleep", "60"]))
     col = Collector(lib.host.info, lib.store.run, lib.store.state)

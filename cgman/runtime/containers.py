@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
 from ..security.resolve import RunSecurity, from_summary, resolve
-from .launch import (CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, finish, launch, retry_cleanup,
-                     start_process)
+from .collect import finish, retry_cleanup
+from .launch import CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, launch, start_process
 from .recordcheck import OtherRoot, owned_pid, signal_owned
 from .records import Record, Store, alive
 

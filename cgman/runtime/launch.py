@@ -30,11 +30,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import Busy, CgmanError, CgroupIOError, LaunchError, NotFound
+from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import NetworkSpec, Resources, RootfsSpec
 from ..plan import ACCOUNTING_CONTROLLERS, ROOT, Write, controllers_used, translate
-from ..security.resolve import MASKED_PATHS, READONLY_PATHS, Security
+from ..security.resolve import Security
 from . import rootfs as rfs
+from .collect import finish
+from .confine import confine_devices, mount_protection, spawn_security
 from .records import Record, Store, proc_start_ticks
 
 if TYPE_CHECKING:
@@ -228,7 +230,7 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
     ``security`` (default: the secure defaults) is applied by the child right before exec;
     ``init``: exec cgman-init from its sealed memfd, which then starts ``argv``."""
     sp = _spawn_module()
-    sec_kw = _security_kwargs(security or Security(), cache_dir)
+    sec_kw = spawn_security(security or Security(), cache_dir)
     from ..security.init import memfd
     init_fd = memfd() if init else -1
     cg_fd = -1
@@ -262,86 +264,6 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
         proc.abort()
         raise
     return proc
-
-
-def _security_kwargs(sec: Security, cache_dir: str | None) -> dict[str, Any]:
-    """The helper's arguments for ``sec``: capability mask, no_new_privs, the seccomp program."""
-    if sec.privileged:
-        return {}
-    from ..security import caps, seccomp
-    compiled = seccomp.program(sec.seccomp, sec.caps, cache_dir)
-    return {"drop_caps": True, "cap_keep": caps.mask(sec.caps), "no_new_privs": sec.no_new_privileges,
-            "seccomp": compiled[0] if compiled else None}
-
-
-def _protection(host: "Host", spec: ContainerSpec, leaf: str, root: str | None) -> tuple[list[Any], list[Any]]:
-    """Mount steps that keep the container off the host's cgroupfs, /sys and /proc secrets."""
-    if spec.security.privileged:
-        return [], []
-    from ..drivers.detect import read_mounts
-    mounts = read_mounts()
-    trees = {t.mount: t for d in host.drivers for t in d.hierarchies()}
-    views = []
-    for m in mounts:
-        # a new root gets the hierarchies under /sys/fs/cgroup; the host's view, every cgroup mount
-        if m.fstype not in ("cgroup", "cgroup2") or (root is not None
-                                                      and not m.mountpoint.startswith("/sys/fs/cgroup")):
-            continue
-        t = trees.get(m.mountpoint)
-        own = t.path(leaf) if t is not None and t.exists(leaf) else None
-        views.append(rfs.CgroupView(m.mountpoint, own, rfs.mount_flags(m.options)))
-    by_point = {m.mountpoint: m for m in mounts}
-    tmpfs = by_point.get("/sys/fs/cgroup")
-    tmpfs_flags = rfs.mount_flags(tmpfs.options) if tmpfs is not None and tmpfs.fstype == "tmpfs" else None
-    if root is None:
-        sysfs = by_point.get("/sys")
-        sys_flags = rfs.mount_flags(sysfs.options) if sysfs is not None else None
-    else:
-        sys_flags = 0 if "net" in spec.namespaces else None
-    return rfs.protect_ops(root=root, views=views, tmpfs_flags=tmpfs_flags, sys_flags=sys_flags,
-                           masked=MASKED_PATHS, readonly=READONLY_PATHS,
-                           host=_host_view(mounts, spec) if root is None else None)
-
-
-def _host_view(mounts: list[Any], spec: ContainerSpec) -> rfs.HostView:
-    """The host as a container without a root sees it: read-only but for its volumes."""
-    points = [(m.mountpoint, rfs.mount_flags(m.options)) for m in mounts]
-
-    def flags_at(path: str) -> int:        # the flags of the mount a path lies on
-        best = max((p for p, _ in points if path == p or path.startswith(p.rstrip("/") + "/")), key=len)
-        return dict(points)[best]
-    vols = tuple((p, ro, flags_at(p), os.path.isdir(p)) for p, ro in spec.security.volumes)
-    return rfs.HostView(mounts=tuple(points), volumes=vols, ipc_ns="ipc" in spec.namespaces,
-                        setattr=_kernel_at_least(5, 12), userns="user" in spec.namespaces)
-
-
-def _kernel_at_least(major: int, minor: int) -> bool:
-    import re
-    m = re.match(r"([0-9]+)\.([0-9]+)", os.uname().release)
-    return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
-
-
-def _devices(host: "Host", leaf: str, sec: Security) -> None:
-    """Deny every device but the allowed ones: v1 devices.deny/allow on the leaf, and on a
-    cgroup2 leaf (pure v2, or hybrid as well) a BPF device program."""
-    if sec.privileged:
-        return
-    # The BPF program on a cgroup2 leaf is checked for every process there, whatever v1 devices
-    # cgroup it is in too: the v1 rules are for hosts without cgroup2 only.
-    if "devices" in host.layout.v1_controllers and host.v2 is None:
-        host.write(Write(leaf, "devices", "devices.deny", "a"))
-        for d in sec.devices:
-            host.write(Write(leaf, "devices", "devices.allow", d.v1_line()))
-    if host.v2 is not None:
-        from .. import _secure
-        from ..security.devices import program_fd
-        fd = host.v2.t.open_dir(leaf)
-        try:
-            _secure.attach_device_filter(fd, program_fd(sec.devices))
-        except OSError as e:
-            raise LaunchError(f"cannot restrict the devices of {leaf}: {e} (see `cgman doctor`)") from None
-        finally:
-            os.close(fd)
 
 
 class Container:
@@ -439,113 +361,6 @@ class Container:
         return finish(self.host, self.store, self.rec, self.status, reason)
 
 
-def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str,
-           cgroup: bool = True) -> Record:
-    """Collect a container whose first process is gone: kill stragglers, read the final
-    usage from the still-existing cgroup, then remove cgroup, veth, lease, scratch.
-
-    Exactly once: under the container's lock, and a record already collected is returned
-    as it is (a supervisor, `stop`, `rm` and `gc` may race here)."""
-    with store.container_lock(rec.name):
-        try:
-            on_disk = store.load(rec.name)
-        except CgmanError:
-            on_disk = None
-        if on_disk is not None and on_disk.id == rec.id and on_disk.state == "exited":
-            return on_disk
-        if on_disk is not None and on_disk.id != rec.id:
-            return rec                    # the name now belongs to another container
-        return _finish(host, store, rec, code, reason, cgroup)
-
-
-def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str, cgroup: bool) -> Record:
-    from . import accounting
-    leaf = rec.cgroup
-    problems: list[str] = []
-    rec.exit_code, rec.exit_reason = code, reason
-    if cgroup:
-        try:
-            if host.procs(leaf):
-                host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
-            if rec.started is not None:   # it ran: bill it
-                if not (rec.ledger_pending and rec.final_usage):    # not read by an earlier attempt
-                    rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
-                if rec.final_usage is not None:
-                    # Into the ledger before the cgroup goes, so that the exporter, which reads
-                    # live cgroups first and the ledger second, never misses this container.
-                    accounting.commit(store, rec)
-                    if rec.ledger_pending:
-                        store.save(rec)   # the usage must outlive us before the cgroup goes
-            if host.exists(leaf):
-                _remove_cgroup(host, leaf)
-        except CgmanError as e:
-            problems.append(str(e))
-    _release_rest(store, rec, problems)
-    rec.state = "exited"
-    if rec.ended is None:
-        rec.ended = time.time()
-    rec.cleanup_pending = bool(problems)
-    if problems:
-        rec.exit_reason = f"{reason}; cleanup incomplete: {'; '.join(problems)}"
-        log.warning("container %s: %s", rec.name, rec.exit_reason)
-    if rec.auto_remove and not problems and not rec.ledger_pending:
-        store.delete(rec.name)
-    else:
-        store.save(rec)
-    return rec
-
-
-def _release_rest(store: Store, rec: Record, problems: list[str]) -> None:
-    """Everything but the cgroup: the veth and address lease, the overlay scratch."""
-    if rec.network.get("mode") == "bridge" and rec.network.get("address"):
-        from . import network
-        try:
-            network.release(store, rec.network["bridge"], rec.id)
-        except CgmanError as e:
-            problems.append(str(e))
-    store.delete_scratch(rec.name)
-
-
-def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
-    """Again the cleanup steps of an exited container whose first cleanup failed (usage kept)."""
-    with store.container_lock(rec.name):
-        problems: list[str] = []
-        try:
-            if host.exists(rec.cgroup):
-                if host.procs(rec.cgroup, recursive=True):
-                    host.kill(rec.cgroup)
-                _remove_cgroup(host, rec.cgroup)
-        except CgmanError as e:
-            problems.append(str(e))
-        _release_rest(store, rec, problems)
-        if rec.ledger_pending:
-            from . import accounting
-            accounting.commit(store, rec)
-        rec.cleanup_pending = bool(problems)
-        if not problems:
-            rec.exit_reason = (rec.exit_reason or "").split("; cleanup incomplete")[0]
-        store.save(rec)
-        return rec
-
-
-def _remove_cgroup(host: "Host", leaf: str) -> None:
-    deadline = time.monotonic() + 2.0
-    while True:
-        try:
-            host.remove(leaf)
-            return
-        except (Busy, CgroupIOError) as e:
-            if host.children(leaf):       # the workload made groups of its own below its leaf
-                host.kill(leaf)
-                for cg in reversed(host.walk(leaf)[1:]):
-                    host.remove(cg)
-                continue
-            # v1 may keep an exiting task listed for a moment after its parent reaped it.
-            if getattr(e, "errno", errno.EBUSY) not in (errno.EBUSY, None) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-
-
 def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: int | None = None,
            detached: bool = False, before_spawn: "Callable[[], None] | None" = None) -> Container:
     """Start ``spec``; the caller (its supervisor) must wait() and finish() it.
@@ -575,7 +390,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
             raise Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
                        f"pick another --name")
         _cgroup_limits(host, leaf, spec)
-        _devices(host, leaf, spec.security)
+        confine_devices(host, leaf, spec.security)
         overlay = None
         if spec.rootfs is not None and spec.rootfs.layers:
             owner = (spec.user_map[0], spec.user_map[1]) if spec.user_map and "user" in ns else None
@@ -585,9 +400,10 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         elif spec.rootfs is not None and spec.rootfs.path:
             rec.rootfs = {"path": spec.rootfs.path}
         root = overlay.merged if overlay is not None else spec.rootfs.path if spec.rootfs else None
+        protect = mount_protection(host, spec, leaf, root) if "mount" in ns else ([], [])
         ops = rfs.mount_ops(root=spec.rootfs.path if spec.rootfs else None, overlay=overlay,
                             pid_ns="pid" in ns, net_ns="net" in ns, ipc_ns="ipc" in ns,
-                            userns="user" in ns, protect=_protection(host, spec, leaf, root)) if "mount" in ns else []
+                            userns="user" in ns, protect=protect) if "mount" in ns else []
         ops += rfs.workdir_ops(spec.cwd) if spec.cwd and root is not None else []
         if before_spawn is not None:
             before_spawn()

@@ -1,0 +1,124 @@
+"""Collecting a container whose first process is gone: final usage into the ledger, then its
+cgroup, veth, lease and scratch removed (exactly once, under the container's lock)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import Busy, CgmanError, CgroupIOError
+from .records import Record, Store
+
+if TYPE_CHECKING:
+    from ..drivers import Host
+
+log = logging.getLogger(__name__)
+
+
+def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str,
+           cgroup: bool = True) -> Record:
+    """Collect a container whose first process is gone: kill stragglers, read the final
+    usage from the still-existing cgroup, then remove cgroup, veth, lease, scratch.
+
+    Exactly once: under the container's lock, and a record already collected is returned
+    as it is (a supervisor, `stop`, `rm` and `gc` may race here)."""
+    with store.container_lock(rec.name):
+        try:
+            on_disk = store.load(rec.name)
+        except CgmanError:
+            on_disk = None
+        if on_disk is not None and on_disk.id == rec.id and on_disk.state == "exited":
+            return on_disk
+        if on_disk is not None and on_disk.id != rec.id:
+            return rec                    # the name now belongs to another container
+        return _finish(host, store, rec, code, reason, cgroup)
+
+
+def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str, cgroup: bool) -> Record:
+    from . import accounting
+    leaf = rec.cgroup
+    problems: list[str] = []
+    rec.exit_code, rec.exit_reason = code, reason
+    if cgroup:
+        try:
+            if host.procs(leaf):
+                host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
+            if rec.started is not None:   # it ran: bill it
+                if not (rec.ledger_pending and rec.final_usage):    # not read by an earlier attempt
+                    rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
+                if rec.final_usage is not None:
+                    # Into the ledger before the cgroup goes, so that the exporter, which reads
+                    # live cgroups first and the ledger second, never misses this container.
+                    accounting.commit(store, rec)
+                    if rec.ledger_pending:
+                        store.save(rec)   # the usage must outlive us before the cgroup goes
+            if host.exists(leaf):
+                _remove_cgroup(host, leaf)
+        except CgmanError as e:
+            problems.append(str(e))
+    _release_rest(store, rec, problems)
+    rec.state = "exited"
+    if rec.ended is None:
+        rec.ended = time.time()
+    rec.cleanup_pending = bool(problems)
+    if problems:
+        rec.exit_reason = f"{reason}; cleanup incomplete: {'; '.join(problems)}"
+        log.warning("container %s: %s", rec.name, rec.exit_reason)
+    if rec.auto_remove and not problems and not rec.ledger_pending:
+        store.delete(rec.name)
+    else:
+        store.save(rec)
+    return rec
+
+
+def _release_rest(store: Store, rec: Record, problems: list[str]) -> None:
+    """Everything but the cgroup: the veth and address lease, the overlay scratch."""
+    if rec.network.get("mode") == "bridge" and rec.network.get("address"):
+        from . import network
+        try:
+            network.release(store, rec.network["bridge"], rec.id)
+        except CgmanError as e:
+            problems.append(str(e))
+    store.delete_scratch(rec.name)
+
+
+def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
+    """Again the cleanup steps of an exited container whose first cleanup failed (usage kept)."""
+    with store.container_lock(rec.name):
+        problems: list[str] = []
+        try:
+            if host.exists(rec.cgroup):
+                if host.procs(rec.cgroup, recursive=True):
+                    host.kill(rec.cgroup)
+                _remove_cgroup(host, rec.cgroup)
+        except CgmanError as e:
+            problems.append(str(e))
+        _release_rest(store, rec, problems)
+        if rec.ledger_pending:
+            from . import accounting
+            accounting.commit(store, rec)
+        rec.cleanup_pending = bool(problems)
+        if not problems:
+            rec.exit_reason = (rec.exit_reason or "").split("; cleanup incomplete")[0]
+        store.save(rec)
+        return rec
+
+
+def _remove_cgroup(host: "Host", leaf: str) -> None:
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            host.remove(leaf)
+            return
+        except (Busy, CgroupIOError) as e:
+            if host.children(leaf):       # the workload made groups of its own below its leaf
+                host.kill(leaf)
+                for cg in reversed(host.walk(leaf)[1:]):
+                    host.remove(cg)
+                continue
+            # v1 may keep an exiting task listed for a moment after its parent reaped it.
+            if getattr(e, "errno", errno.EBUSY) not in (errno.EBUSY, None) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
