@@ -59,24 +59,15 @@ class Outbox:
 
     def prepare(self) -> str:
         """Create the outbox (queueing the rows already there) once; this ledger's instance id."""
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                new = not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'fleet_outbox'").fetchall()
-                for stmt in _OUTBOX:
-                    db.execute(stmt)
-                if new:
-                    db.execute("INSERT OR IGNORE INTO fleet_outbox (id) SELECT id FROM containers "
-                               "ORDER BY recorded, id")
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('fleet_instance', ?)", (os.urandom(16).hex(),))
-                row = db.execute("SELECT value FROM meta WHERE key = 'fleet_instance'").fetchall()[0]
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise self.ledger._error(e, "preparing the fleet outbox") from e
+        with self.ledger.transaction("preparing the fleet outbox") as db:
+            new = not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'fleet_outbox'").fetchall()
+            for stmt in _OUTBOX:
+                db.execute(stmt)
+            if new:
+                db.execute("INSERT OR IGNORE INTO fleet_outbox (id) SELECT id FROM containers "
+                           "ORDER BY recorded, id")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('fleet_instance', ?)", (os.urandom(16).hex(),))
+            row = db.execute("SELECT value FROM meta WHERE key = 'fleet_instance'").fetchall()[0]
         return str(row[0])
 
     def acked(self) -> int:
@@ -91,30 +82,21 @@ class Outbox:
                 f"SELECT o.seq, {self._cols} FROM fleet_outbox o JOIN containers c ON c.id = o.id "
                 f"WHERE o.seq > ? ORDER BY o.seq LIMIT ?", (self.acked(), limit)).fetchall()
         except sqlite3.Error as e:
-            raise self.ledger._error(e, "reading rows to ship") from e
+            raise self.ledger.error(e, "reading rows to ship") from e
         return [(r[0], Entry(*r[1:])) for r in rows]
 
     def ack(self, seq: int, refused: dict[str, str] | None = None) -> list[str]:
         """Everything up to ``seq`` is settled: in the database, or kept in fleet_refused with
         its reason (``refused``: id -> reason). One transaction. Returns the ids newly refused."""
         now = time.time()
-        db = self._db()
         fresh = []
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for id_, reason in (refused or {}).items():
-                    cur = db.execute("INSERT OR IGNORE INTO fleet_refused VALUES (?, ?, ?, ?, ?, 1)",
-                                     (self.target, id_, reason, now, now))
-                    if cur.rowcount == 1:
-                        fresh.append(id_)
-                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (self._acked_key, str(seq)))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise self.ledger._error(e, "marking rows shipped") from e
+        with self.ledger.transaction("marking rows shipped") as db:
+            for id_, reason in (refused or {}).items():
+                cur = db.execute("INSERT OR IGNORE INTO fleet_refused VALUES (?, ?, ?, ?, ?, 1)",
+                                 (self.target, id_, reason, now, now))
+                if cur.rowcount == 1:
+                    fresh.append(id_)
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (self._acked_key, str(seq)))
         return fresh
 
     def refused(self, limit: int) -> list[tuple[Entry, str, int]]:
@@ -127,22 +109,13 @@ class Outbox:
 
     def retried(self, accepted: list[str], still: dict[str, str]) -> None:
         """After a retry: drop the accepted rows from fleet_refused, count another attempt for the rest."""
-        db = self._db()
         now = time.time()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for id_ in accepted:
-                    db.execute("DELETE FROM fleet_refused WHERE target = ? AND id = ?", (self.target, id_))
-                for id_, reason in still.items():
-                    db.execute("UPDATE fleet_refused SET reason = ?, last = ?, attempts = attempts + 1 "
-                               "WHERE target = ? AND id = ?", (reason, now, self.target, id_))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise self.ledger._error(e, "updating refused rows") from e
+        with self.ledger.transaction("updating refused rows") as db:
+            for id_ in accepted:
+                db.execute("DELETE FROM fleet_refused WHERE target = ? AND id = ?", (self.target, id_))
+            for id_, reason in still.items():
+                db.execute("UPDATE fleet_refused SET reason = ?, last = ?, attempts = attempts + 1 "
+                           "WHERE target = ? AND id = ?", (reason, now, self.target, id_))
 
     def waiting(self) -> Waiting:
         """How many rows wait (queued after the mark, or refused) and when the oldest was recorded."""
@@ -153,7 +126,7 @@ class Outbox:
             m, oldest_r = db.execute("SELECT count(*), min(c.recorded) FROM fleet_refused r JOIN containers c "
                                      "ON c.id = r.id WHERE r.target = ?", (self.target,)).fetchall()[0]
         except sqlite3.Error as e:
-            raise self.ledger._error(e, "counting rows to ship") from e
+            raise self.ledger.error(e, "counting rows to ship") from e
         both = [t for t in (oldest, oldest_r) if t is not None]
         return Waiting(rows=int(n) + int(m), refused=int(m), oldest_recorded=min(both) if both else None)
 

@@ -18,6 +18,7 @@ import sqlite3
 import stat
 import time
 import urllib.parse
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator
 
@@ -155,7 +156,24 @@ class Ledger:
         self._db: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ connection
-    def _error(self, e: sqlite3.Error, doing: str) -> LedgerError:
+    @contextmanager
+    def transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; a SQLite error becomes the
+        LedgerError that says what to do (``doing``: what was being done, for that line)."""
+        db = self.connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise self.error(e, doing) from e
+
+    def error(self, e: sqlite3.Error, doing: str) -> LedgerError:
+        """A SQLite error while ``doing`` something, as one line with what to do."""
         msg = str(e)
         if "locked" in msg or "busy" in msg:
             return LedgerError(f"ledger {self.path} is locked: another process held it for more than "
@@ -201,7 +219,7 @@ class Ledger:
                 db.close()
                 raise
         except sqlite3.Error as e:
-            raise self._error(e, "opening it") from e
+            raise self.error(e, "opening it") from e
         if version is None or str(version[0]) != str(SCHEMA_VERSION):
             db.close()
             raise LedgerError(f"ledger {self.path} has schema version {version and version[0]}, "
@@ -266,7 +284,7 @@ class Ledger:
                              f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT(id) DO NOTHING",
                              [row[c] for c in _COLUMNS])
         except sqlite3.Error as err:
-            raise self._error(err, f"recording container {e.name} ({e.id})") from err
+            raise self.error(err, f"recording container {e.name} ({e.id})") from err
         return cur.rowcount == 1
 
     # ------------------------------------------------------------------ reads
@@ -288,7 +306,7 @@ class Ledger:
         try:
             return [Entry(*r) for r in db.execute(q, args)]
         except sqlite3.Error as err:
-            raise self._error(err, "reading containers") from err
+            raise self.error(err, "reading containers") from err
 
     def tenant_totals(self) -> dict[str, TenantTotals]:
         """Per-tenant sums over every recorded container (maintained by a trigger)."""
@@ -298,7 +316,7 @@ class Ledger:
                 "SELECT tenant, containers, cpu_usage_usec, memory_byte_seconds, io_read_bytes, "
                 "io_write_bytes FROM tenant_totals")}
         except sqlite3.Error as err:
-            raise self._error(err, "reading tenant totals") from err
+            raise self.error(err, "reading tenant totals") from err
 
     def recorded_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are already in the ledger (one query, however many)."""
@@ -310,7 +328,7 @@ class Ledger:
                 "SELECT id FROM containers WHERE id IN (SELECT value FROM json_each(?))",
                 (_json_list(ids),))}
         except sqlite3.Error as err:
-            raise self._error(err, "looking up containers") from err
+            raise self.error(err, "looking up containers") from err
 
     def totals_and_recorded(self, ids: list[str]) -> tuple[dict[str, TenantTotals], set[str]]:
         """``tenant_totals()`` and ``recorded_ids(ids)`` from one snapshot: a container
@@ -323,7 +341,7 @@ class Ledger:
             finally:
                 db.execute("COMMIT")
         except sqlite3.Error as err:
-            raise self._error(err, "reading tenant totals") from err
+            raise self.error(err, "reading tenant totals") from err
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
