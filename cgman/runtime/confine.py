@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LaunchError
+from ..kernel import at_least as kernel_at_least
 from ..plan import Write
 from ..security.resolve import MASKED_PATHS, READONLY_PATHS, Security
 from . import rootfs as rfs
@@ -70,13 +71,7 @@ def _host_view(mounts: list[Any], spec: "ContainerSpec") -> rfs.HostView:
         return dict(points)[best]
     vols = tuple((p, ro, flags_at(p), os.path.isdir(p)) for p, ro in spec.security.volumes)
     return rfs.HostView(mounts=tuple(points), volumes=vols, ipc_ns="ipc" in spec.namespaces,
-                        setattr=_kernel_at_least(5, 12), userns="user" in spec.namespaces)
-
-
-def _kernel_at_least(major: int, minor: int) -> bool:
-    import re
-    m = re.match(r"([0-9]+)\.([0-9]+)", os.uname().release)
-    return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
+                        setattr=kernel_at_least(5, 12), userns="user" in spec.namespaces)
 
 
 def confine_devices(host: "Host", leaf: str, sec: Security) -> None:

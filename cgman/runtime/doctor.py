@@ -5,10 +5,10 @@ from __future__ import annotations
 import glob
 import os
 import platform
-import re
 from dataclasses import asdict, dataclass
 
 from ..drivers import Host
+from ..kernel import at_least as kernel_at_least
 from ..plan import ACCOUNTING_CONTROLLERS, RESOURCE_CONTROLLERS
 
 
@@ -30,11 +30,6 @@ def _read(path: str) -> str:
             return f.read().strip()
     except OSError:
         return ""
-
-
-def _kernel_at_least(major: int, minor: int) -> bool:
-    nums = re.findall(r"\d+", platform.release())[:2]
-    return len(nums) == 2 and (int(nums[0]), int(nums[1])) >= (major, minor)
 
 
 def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
@@ -63,11 +58,11 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
                 "" if ok else f"enable it in the parent of the cgman root: echo +{c} > "
                 f"{parent}/cgroup.subtree_control (or run cgman under systemd with Delegate=yes)"))
         # Only non-root groups carry these files, so ask the kernel version, not the tree.
-        kill = _kernel_at_least(5, 14)
+        kill = kernel_at_least(5, 14)
         checks.append(Check("cgroup.kill", kill, "v2 cgroup.kill " + ("available" if kill else "missing"),
                             "" if kill else "Linux 5.14+ needed; cgman falls back to signalling each task",
                             warn=True))
-        freeze = _kernel_at_least(5, 2)
+        freeze = kernel_at_least(5, 2)
         checks.append(Check("cgroup.freeze", freeze or "freezer" in host.layout.v1_controllers,
                             "v2 cgroup.freeze " + ("available" if freeze else "missing"),
                             "" if freeze else "Linux 5.2+ needed, or mount the v1 freezer"))
@@ -118,7 +113,7 @@ def container_checks() -> list[Check]:
     except ImportError as e:
         out.append(Check("launch helper", False, f"cgman._spawn is not built ({e}): `cgman run` cannot start",
                          "reinstall: .venv/bin/pip install -e . (needs gcc and the Python headers)"))
-    born = _kernel_at_least(5, 7)
+    born = kernel_at_least(5, 7)
     out.append(Check("clone3 into cgroup", born, "containers are born in their cgroup2 leaf" if born else
                      "kernel < 5.7: the parent attaches the child before releasing it (still before exec)",
                      warn=not born))

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from ..errors import CgmanError
+from ..kernel import version as kernel_version
 from . import caps as C
 
 DEFAULT = "default"
@@ -174,18 +175,13 @@ def _check_rule(c: _Checker, r: Any, key: str) -> None:
             raise c.fail(f"{key}.{cond}.minKernel", "expected a kernel version such as \"4.8\"")
 
 
-def _kernel() -> tuple[int, int]:
-    m = re.match(r"([0-9]+)\.([0-9]+)", os.uname().release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
 def _applies(r: dict[str, Any], held: frozenset[str], arch: str) -> bool:
     inc, exc = r.get("includes") or {}, r.get("excludes") or {}
     if any(C.normalize(c) not in held for c in inc.get("caps", [])):
         return False
     if inc.get("arches") and arch not in inc["arches"]:
         return False
-    if inc.get("minKernel") and _kernel() < tuple(int(x) for x in inc["minKernel"].split(".")):
+    if inc.get("minKernel") and kernel_version() < tuple(int(x) for x in inc["minKernel"].split(".")):
         return False
     if any(C.normalize(c) in held for c in exc.get("caps", [])):
         return False
