@@ -21,7 +21,7 @@ from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
 from ..security.resolve import RunSecurity, from_summary, resolve
 from .collect import finish, retry_cleanup
-from .launch import CLEAN_PATH, DEFAULT_USER_MAP, Container, ContainerSpec, launch, start_process
+from .launch import DEFAULT_USER_MAP, Container, ContainerSpec, clean_env, launch, start_process
 from .recordcheck import OtherRoot, owned_pid, signal_owned
 from .records import Record, Store, alive
 
@@ -247,11 +247,7 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
             except FileNotFoundError:
                 raise Busy(f"container {name} exited while joining it") from None
             joined_user = joined_user or ns == "user"
-        base = {"PATH": CLEAN_PATH, "HOME": "/root", "container": "cgman"}     # clean, as `run` gives
-        if rec.hostname:
-            base["HOSTNAME"] = rec.hostname
-        base.update(env)
-        envp = [os.fsencode(f"{k}={v}") for k, v in base.items()]
+        envp = clean_env(rec.hostname, env)
         box: dict[str, Any] = {"c": None, "held": []}
 
         def forward(sig: int, _frame: Any) -> None:     # held until there is a process

@@ -92,17 +92,19 @@ def _spawn_module() -> Any:
     return _spawn
 
 
-def _env(spec: ContainerSpec) -> list[bytes]:
-    # A clean environment, as Docker gives: the operator's (tokens, credentials) is not the
-    # tenant's to read. `-e KEY` passes one variable through on purpose.
+def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+    """A container's environment (`run` and `exec` alike): clean, as Docker gives, since the
+    operator's (tokens, credentials) is not the tenant's to read; `-e KEY` passes one variable
+    through on purpose."""
     env = {"PATH": CLEAN_PATH, "HOME": "/root"}
     if "TERM" in os.environ:
         env["TERM"] = os.environ["TERM"]
-    if spec.hostname:
-        env["HOSTNAME"] = spec.hostname
+    if hostname:
+        env["HOSTNAME"] = hostname
     env["container"] = "cgman"
-    env.update(spec.env)
+    env.update(extra)
     return [os.fsencode(f"{k}={v}") for k, v in env.items()]
+
 
 
 def _cgroup_limits(host: "Host", leaf: str, spec: ContainerSpec) -> None:
@@ -408,7 +410,8 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         if before_spawn is not None:
             before_spawn()
         userns = "user" in ns
-        proc = start_process(host, leaf, [os.fsencode(a) for a in spec.argv], _env(spec), clone_flags=_ns_flags(ns),
+        envp = clean_env(spec.hostname, spec.env)
+        proc = start_process(host, leaf, [os.fsencode(a) for a in spec.argv], envp, clone_flags=_ns_flags(ns),
                              unshare_flags=_spawn_module().CLONE_NEWCGROUP if "cgroup" in ns else 0,
                              hostname=spec.hostname if "uts" in ns else None,
                              lo_up="net" in ns and spec.network.mode in ("loopback", "bridge"),
