@@ -347,7 +347,8 @@ def test_a_run_cannot_lift_its_groups_rules(cli, pol, host):
     for flags, word in ((["--privileged"], "--privileged"), (["--cap-add", "SYS_ADMIN"], "--cap-add SYS_ADMIN"),
                         (["--device", "/dev/loop-control"], "--device"),
                         (["--security-opt", "seccomp=unconfined"], "seccomp=unconfined"),
-                        (["--security-opt", "no-new-privileges=false"], "no-new-privileges=false")):
+                        (["--security-opt", "no-new-privileges=false"], "no-new-privileges=false"),
+                        (["--volume", "/etc"], "--volume /etc")):
         p = cli("run", "-f", str(pol), "-p", "t/box", "--rm", *flags, "--", "true")
         assert p.returncode == 1 and word in p.stderr and "allow_privileged" in p.stderr, (flags, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1
@@ -434,3 +435,15 @@ def test_a_custom_profile_is_enforced(cli, pol, tmp_path):
 def test_a_records_security_summary_is_checked_like_input(summary, ok):
     from cgman.security.resolve import check_summary
     assert (check_summary(summary) == "") is ok
+
+
+def test_a_cached_program_that_does_not_match_its_digest_is_compiled_again(tmp_path):
+    from cgman.security import caps, seccomp
+    seccomp._MEMO.clear()
+    prog, _ = seccomp.program("default", caps.DEFAULT, str(tmp_path))
+    (cached,) = (tmp_path / "seccomp").iterdir()
+    allow_all = bytes.fromhex("0600000000 00ff7f".replace(" ", ""))      # BPF_RET|K SECCOMP_RET_ALLOW
+    cached.write_bytes(cached.read_bytes()[:32] + allow_all)              # digest of the real one kept
+    seccomp._MEMO.clear()
+    again, _ = seccomp.program("default", caps.DEFAULT, str(tmp_path))
+    assert again == prog and again != allow_all
