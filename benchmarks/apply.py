@@ -257,7 +257,7 @@ _WRAPPER = r"""
 import json, sys, time
 from cgman.policy import load_files
 from cgman.drivers import open_host
-from cgman.runtime.apply import apply
+from cgman.reconcile.apply import apply
 t0 = time.perf_counter()
 res = apply(load_files([sys.argv[1]]), open_host(sys.argv[2]))
 print(json.dumps({"created": len(res.created), "changes": len(res.changes),
@@ -269,7 +269,7 @@ def cgman_api_apply(policy: str, root: str) -> dict:
     """One in-process apply, timed end to end (load + detect + apply)."""
     from cgman.drivers import open_host
     from cgman.policy import load_files
-    from cgman.runtime.apply import apply
+    from cgman.reconcile.apply import apply
     t0 = time.perf_counter()
     ps = load_files([policy])
     t1 = time.perf_counter()
@@ -342,7 +342,7 @@ def lib_drift(policy: str, root: str) -> list:
     """cgman diff of the plan against libcgroup's tree (read only)."""
     from cgman.drivers import open_host
     from cgman.policy import load_files
-    from cgman.runtime.apply import diff
+    from cgman.reconcile.apply import diff
     return diff(load_files([policy]), open_host(root))
 
 

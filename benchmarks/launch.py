@@ -17,7 +17,7 @@ just before the first spawn to just after the last exit, with ``time.perf_counte
   crun       ``crun run`` of the same bundle (crun 1.8 refuses hybrid hosts: reported and skipped)
   cgman      ``cgman run --policy bench --rm --network loopback`` (skipped if ``cgman run --help`` fails)
   cgman-priv the same with ``--privileged`` (capabilities, seccomp, devices, read-only cgroupfs all off)
-  inprocess  the library: ``cgman.runtime.launch.launch()`` in this process, until the workload exec'd
+  inprocess  the library: ``cgman.containers.launch.launch()`` in this process, until the workload exec'd
              (with the secure defaults: 11 capabilities, no_new_privs, seccomp, device filter, masked paths)
   inprocess-priv  the same, privileged: what the defaults cost is inprocess / inprocess-priv
   lifecycle  the same plus wait() and finish() (final usage read, cgroup and record removed)
@@ -219,9 +219,9 @@ def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False
     from cgman.drivers import open_host
     from cgman.model import MemoryLimits, NetworkSpec, PidsLimits, Resources
     from cgman.policy import load_files
-    from cgman.runtime.apply import apply
-    from cgman.runtime.launch import ContainerSpec, launch
-    from cgman.runtime.records import Store
+    from cgman.reconcile.apply import apply
+    from cgman.containers.launch import ContainerSpec, launch
+    from cgman.state.records import Store
     from cgman.security.resolve import Security
     sec = Security(privileged=True) if privileged else Security()
     root = f"{PREFIX}{tag}-lib{'c' if full_cycle else ''}{'p' if privileged else ''}"
@@ -255,8 +255,8 @@ FACTORIES["inprocess-priv"] = lambda tag, tmp: make_library(tag, tmp, False, pri
 FACTORIES["lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True)
 FACTORIES["python"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "pass"]))
 FACTORIES["imports"] = lambda tag, tmp: probe(lambda i: timed([
-    sys.executable, "-c", "import cgman.cli.fast, cgman.cli.runcmd, cgman.runtime.containers, cgman.drivers, "
-    "cgman.runtime.applied"]))
+    sys.executable, "-c", "import cgman.cli.fast, cgman.cli.runcmd, cgman.containers.lifecycle, cgman.drivers, "
+    "cgman.state.applied"]))
 
 
 # ------------------------------------------------------------------------------ cleanup

@@ -38,8 +38,8 @@ MONTH_S = 30 * 86400
 
 
 def fill(state: str, rows: int, months: int) -> None:
-    from cgman.runtime.ledger import Ledger, ledger_path
-    from cgman.runtime.ledger import _COLUMNS as cols  # the ledger's own column order
+    from cgman.accounting.ledger import Ledger, ledger_path
+    from cgman.accounting.ledger import _COLUMNS as cols  # the ledger's own column order
     span = months * MONTH_S
     with Ledger(ledger_path(state)) as led:
         db = led.connect()

@@ -7,7 +7,7 @@ Usage (as root):
 
 Setup: N containers (``sleep infinity`` behind cgman's init, the default namespaces, network
 ``none``, limits cpu 0.5, memory 64 MiB, pids 16) launched in this process with the library
-(``cgman.runtime.launch.launch``), spread over 4 groups/tenants, under a fresh cgman root
+(``cgman.containers.launch.launch``), spread over 4 groups/tenants, under a fresh cgman root
 ``cgman-bench-<tag>-scrape`` with its own run and state dirs in a temp dir. They live until
 the end of the run; that takes a while, progress goes to stderr.
 
@@ -25,7 +25,7 @@ one HTTP GET of /metrics on a fresh connection, timed from request to last body 
                       metrics, not containers: compare it per sample (µs per sample line)
   kernel-reads        floor: the naive collector's files of every container, os.open/read/close,
                       in this process, no HTTP, no parsing, no formatting
-  kernel-pread        floor: cgman's files (runtime/stats.py) kept open, os.pread, one thread
+  kernel-pread        floor: cgman's files (accounting/stats.py) kept open, os.pread, one thread
 
 Reported per contender: median and p90 ms, samples per scrape (non-comment lines), µs per
 sample, body size on the wire, the server's RSS after the scrapes (psutil) and its peak
@@ -139,7 +139,7 @@ def make_kernel_reads(key: str, fleet: Fleet, servers: Servers) -> Contender:
 
 
 def make_kernel_pread(key: str, fleet: Fleet, servers: Servers) -> Contender:
-    from cgman.runtime.stats import cgroup_dir, stat_files
+    from cgman.accounting.stats import cgroup_dir, stat_files
     files = stat_files(fleet.host.info)
     for c in fleet.containers:
         for f in files:

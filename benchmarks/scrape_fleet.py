@@ -81,7 +81,7 @@ class Fleet:
 
     def __init__(self, root: str, tmp: Path) -> None:
         from cgman.drivers import open_host
-        from cgman.runtime.records import Store
+        from cgman.state.records import Store
         self.root = root
         self.host = open_host(root)
         self.tmp = tmp
@@ -96,8 +96,8 @@ class Fleet:
         from cgman.errors import CgmanError
         from cgman.model import CpuLimits, MemoryLimits, NetworkSpec, PidsLimits, Resources
         from cgman.policy import load_files
-        from cgman.runtime.apply import apply
-        from cgman.runtime.launch import ContainerSpec, launch
+        from cgman.reconcile.apply import apply
+        from cgman.containers.launch import ContainerSpec, launch
         policy = self.tmp / "scrape.yaml"
         policy.write_text("version: 1\npolicies:\n" +
                           "".join(f"  g{i}: {{tenant: tenant{i}}}\n" for i in range(GROUPS)))

@@ -8,7 +8,7 @@
  * the GIL or glibc's fork handlers. Everything it needs (argv, envp, mounts) is
  * laid out by the parent before clone.
  *
- * Protocol (the parent side lives in cgman/runtime/launch.py):
+ * Protocol (the parent side lives in cgman/containers/launch.py):
  *   1. spawn() clones with clone3(CLONE_INTO_CGROUP) where a cgroup2 directory
  *      fd is given, so the child is born inside its unified cgroup; it returns
  *      (pid, in_cgroup, release_fd, error_fd) to the parent.
@@ -549,7 +549,7 @@ static PyMethodDef methods[] = {
      "      -> (pid, in_cgroup, release_fd, error_fd)\n\n"
      "Clone a child that waits for one byte on release_fd, then sets itself up and execs argv\n"
      "(through cgman-init from the sealed memfd init_fd when that is >= 0).\n"
-     "See cgman/runtime/launch.py for the protocol."},
+     "See cgman/containers/launch.py for the protocol."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,9 +23,9 @@ from types import SimpleNamespace
 import pytest
 
 from cgman.model import CpuLimits, MemoryLimits, NetworkSpec, PidsLimits, Resources
-from cgman.runtime.launch import ContainerSpec, launch
-from cgman.runtime.ledger import Ledger, ledger_path
-from cgman.runtime.records import Store
+from cgman.containers.launch import ContainerSpec, launch
+from cgman.accounting.ledger import Ledger, ledger_path
+from cgman.state.records import Store
 
 from .conftest import REPO
 
@@ -44,7 +44,7 @@ policies:
 @pytest.fixture
 def lib(host, tmp_path):
     from cgman.policy import load_files
-    from cgman.runtime.apply import apply
+    from cgman.reconcile.apply import apply
     p = tmp_path / "p.yaml"
     p.write_text(POLICY)
     apply(load_files([p]), host)
@@ -120,7 +120,7 @@ def test_final_usage_is_recorded_once_with_tenant_group_and_limits(lib):
     assert abs(row.cpu_usage_usec - c.rusage_cpu_usec) <= max(5_000, 0.05 * c.rusage_cpu_usec)
     # Collecting again, or recording the same id again, adds nothing.
     c.finish()
-    from cgman.runtime import accounting
+    from cgman.accounting import usage as accounting
     assert accounting.commit(lib.store, rec) is True            # already there: fine, no new row
     assert len(rows(lib)) == 1
     with Ledger(ledger_path(lib.store.state)) as led:
@@ -166,7 +166,7 @@ def test_memory_is_integrated_from_samples(lib):
 # ------------------------------------------------------------------- exporter, real kernel
 @pytest.mark.cgroup2
 def test_exporter_reports_what_the_kernel_says(lib):
-    from cgman.runtime.stats import read_stats
+    from cgman.accounting.stats import read_stats
     res = Resources(cpu=CpuLimits(max_cpus=0.5), memory=MemoryLimits(max_bytes=128 << 20),
                     pids=PidsLimits(max=16))
     c = launch(lib.host, lib.store, spec("web1", ["sh", "-c", "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; "
@@ -209,7 +209,7 @@ def test_exporter_reports_what_the_kernel_says(lib):
 
 def test_a_container_vanishing_mid_scrape_never_fails_it(lib):
     from cgman.exporter.collector import Collector
-    from cgman.runtime.collect import _remove_cgroup
+    from cgman.containers.collect import _remove_cgroup
     a = launch(lib.host, lib.store, spec("a", ["sleep", "60"]))
     b = launch(lib.host, lib.store, spec("b", ["sleep", "60"]))
     col = Collector(lib.host.info, lib.store.run, lib.store.state)
@@ -258,7 +258,7 @@ def _lock_ledger(path: str) -> sqlite3.Connection:
 
 
 def test_a_locked_ledger_keeps_the_usage_in_the_record_until_gc(lib, monkeypatch):
-    from cgman.runtime.containers import gc, rm
+    from cgman.containers.lifecycle import gc, rm
     from cgman.errors import Busy
     monkeypatch.setenv("CGMAN_LEDGER_TIMEOUT", "0.2")
     path = ledger_path(lib.store.state)

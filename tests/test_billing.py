@@ -1,4 +1,4 @@
-"""Pure tables for cgman.billing: modes x resources, units, exact money, grouping, periods, times."""
+"""Pure tables for cgman.accounting.billing: modes x resources, units, exact money, grouping, periods, times."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from itertools import pairwise
 
 import pytest
 
-from cgman.billing import PLACES, PRECISION, bill, parse_time, quantities
-from cgman.prices import parse_prices
-from cgman.runtime.ledger import Entry
+from cgman.accounting.billing import PLACES, PRECISION, bill, parse_time, quantities
+from cgman.accounting.prices import parse_prices
+from cgman.accounting.ledger import Entry
 
 GiB = 1 << 30
 T0 = 1_714_521_600.0          # 2024-05-01T00:00:00Z
@@ -248,6 +248,6 @@ def test_billing_does_not_mutate_entries():
 
 @pytest.mark.parametrize("text", ["99999999999999", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00+14:00"])
 def test_a_time_out_of_range_is_a_value_error_not_a_crash(text):
-    from cgman.billing import parse_time
+    from cgman.accounting.billing import parse_time
     with pytest.raises(ValueError, match="out of range"):
         parse_time(text, 1_700_000_000.0)

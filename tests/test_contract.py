@@ -13,7 +13,7 @@ from cgman.errors import CgroupIOError, NotFound
 from cgman.model import PolicySet
 from cgman.plan import Features, Layout
 from cgman.policy import parse_text
-from cgman.runtime.apply import ApplyError, apply
+from cgman.reconcile.apply import ApplyError, apply
 
 
 def _real_drivers(host):

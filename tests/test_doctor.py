@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cgman.runtime.delegation import (delegation_checks, parse_proc_cgroup, unit_delegate, unit_of,
-                                      writable_by)
+from cgman.hostcheck.delegation import delegation_checks, parse_proc_cgroup, unit_delegate, unit_of, writable_by
 
 from .conftest import _need_root_cgroups
 

@@ -17,7 +17,7 @@ import pytest
 
 from cgman.plan import Write
 from cgman.policy import load_files
-from cgman.runtime.apply import apply
+from cgman.reconcile.apply import apply
 
 from .conftest import write_policy
 

@@ -19,7 +19,7 @@ import pytest
 
 from cgman.fleet.db import DuplicateNode, FleetUnreachable
 from cgman.fleet.shipper import Shipper
-from cgman.runtime.ledger import Ledger, ledger_path
+from cgman.accounting.ledger import Ledger, ledger_path
 
 from .pg import Cluster, fresh_db, login_role
 from .test_usage_cli import ENTRIES, EXAMPLE, T0, entry
@@ -218,7 +218,7 @@ def test_a_second_ledger_in_one_process_keeps_the_first_ones_locks(tmp_path):
     assert keep.record(ENTRIES[0])
     with Ledger(path, readonly=True) as other:
         assert len(other.entries()) == 1
-    code = ("import sys; from cgman.runtime.ledger import Ledger; from tests.test_usage_cli import ENTRIES\n"
+    code = ("import sys; from cgman.accounting.ledger import Ledger; from tests.test_usage_cli import ENTRIES\n"
             f"with Ledger({path!r}) as led: led.record(ENTRIES[1])")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:

@@ -28,7 +28,7 @@ from typing import Iterator
 
 import pytest
 
-from cgman.runtime.ledger import Ledger, ledger_path
+from cgman.accounting.ledger import Ledger, ledger_path
 
 from .conftest import REPO, _hierarchy_dirs, _need_root_cgroups, destroy_root
 from .pg import Cluster, fresh_db, login_role

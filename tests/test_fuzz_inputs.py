@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cgman.errors import CgmanError
 from cgman.model import Group
 from cgman.policy import load_files, parse_text
-from cgman.prices import PriceSheet, load_prices, parse_prices
+from cgman.accounting.prices import PriceSheet, load_prices, parse_prices
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = [p.read_text() for p in sorted((REPO / "policies").glob("*.yaml"))]

@@ -259,7 +259,7 @@ def test_shipped_rules_and_example_config_pass_promtool():
 
 
 def test_price_variables_default_to_the_example_price_sheet():
-    from cgman.prices import load_prices
+    from cgman.accounting.prices import load_prices
     sheet = load_prices(REPO / "prices" / "example.yaml")
     vals = default_values(DASHBOARDS / "tenant-billing.json")
     for var, resource, per in (("price_cpu_hour", "cpu", "cpu-hour"), ("price_gib_hour", "memory", "GiB-hour"),

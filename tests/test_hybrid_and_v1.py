@@ -14,7 +14,7 @@ from cgman.drivers.v2 import V2Driver
 from cgman.errors import FreezeTimeout
 from cgman.plan import Write
 from cgman.policy import load_files
-from cgman.runtime.apply import ApplyError, apply
+from cgman.reconcile.apply import ApplyError, apply
 
 from .conftest import write_policy
 from .test_enforcement import spawn_in, start_memory_hog

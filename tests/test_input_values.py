@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cgman.billing import CHECKED_COLUMNS, BadLedgerRow, bill, check_entry, parse_time
+from cgman.accounting.billing import CHECKED_COLUMNS, BadLedgerRow, bill, check_entry, parse_time
 from cgman.errors import PolicyError
 from cgman.policy import parse_text
-from cgman.prices import parse_prices
-from cgman.runtime.ledger import Entry, Ledger, ledger_path
+from cgman.accounting.prices import parse_prices
+from cgman.accounting.ledger import Entry, Ledger, ledger_path
 from cgman.units import UnitError, parse_cpu_list, parse_cpus, parse_quantity
 
 from .test_usage_cli import cgman as usage, entry, one_error_line

@@ -14,13 +14,14 @@ PKG = Path(__file__).resolve().parent.parent / "cgman"
 # layer of each top-level module or package; a module may import only from layers <= its own
 LAYER = {"errors": 0, "units": 0, "kernel": 0, "model": 0, "schema": 1, "convert": 1, "inputs": 1, "security": 1,
          "_secure": 1,
-         "policy": 2, "prices": 2,
-         "plan": 3, "drivers": 4, "runtime": 5, "billing": 5, "fleet": 5, "_spawn": 5, "_fastread": 5,
-         "exporter": 6, "images": 6, "agent": 7, "cli": 8, "__main__": 9, "__init__": 0}
+         "policy": 2,
+         "plan": 3, "drivers": 4, "state": 5, "reconcile": 6, "accounting": 7,
+         "containers": 8, "_spawn": 8, "_fastread": 8, "fleet": 9, "hostcheck": 10,
+         "exporter": 11, "images": 12, "agent": 13, "cli": 14, "__main__": 15, "__init__": 0}
 # third-party libraries and the only places that may import them
 THIRD_PARTY = {"typer": {"cli"}, "click": {"cli"}, "prometheus_client": {"exporter"},
-               "yaml": {"policy", "prices", "exporter/server.py"},
-               "pyroute2": {"runtime/network.py"}, "bcrypt": {"exporter/server.py"},
+               "yaml": {"policy", "accounting/prices.py", "exporter/server.py"},
+               "pyroute2": {"containers/network.py"}, "bcrypt": {"exporter/server.py"},
                "psycopg": {"fleet/db.py"}}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cgman.errors import PolicyError
-from cgman.prices import load_prices, parse_prices
+from cgman.accounting.prices import load_prices, parse_prices
 
 REPO = Path(__file__).resolve().parent.parent
 OK = "version: 1\nprices:\n"

@@ -9,9 +9,10 @@ import pytest
 from cgman.errors import Busy, CgmanError, LaunchError, NotFound
 from cgman.model import PolicySet
 from cgman.policy import parse_text
-from cgman.runtime import applied, rootfs
-from cgman.runtime.network import allocate
-from cgman.runtime.records import Record, Store, alive, proc_start_ticks
+from cgman.state import applied
+from cgman.containers import rootfs
+from cgman.containers.network import allocate
+from cgman.state.records import Record, Store, alive, proc_start_ticks
 
 
 def _rec(name: str = "c1") -> Record:

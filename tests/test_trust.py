@@ -246,7 +246,7 @@ def test_a_stale_lease_of_a_dead_container_is_reclaimed(cli, host, tmp_path, bri
 
 
 def test_signal_owned_spares_a_process_outside_the_leaf(sleeper, host):
-    from cgman.runtime.recordcheck import owned_pid, signal_owned
+    from cgman.state.recordcheck import owned_pid, signal_owned
     start = start_ticks(sleeper.pid)
     assert not owned_pid(sleeper.pid, start, host.root, "acme/web/x")
     assert not signal_owned(sleeper.pid, start, host.root, "acme/web/x", signal.SIGKILL)

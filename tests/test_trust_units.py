@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from cgman.runtime.recordcheck import RULES, InvalidRecord, OtherRoot, check, valid_ifname
-from cgman.runtime.records import Record
+from cgman.state.recordcheck import RULES, InvalidRecord, OtherRoot, check, valid_ifname
+from cgman.state.records import Record
 
 GOOD = {"id": "0" * 32, "name": "c1", "group": "acme/web", "tenant": "acme", "cgroup": "acme/web/c1",
         "cgroup_root": "cgman", "argv": ["true"], "created": 1.0, "state": "exited", "pid": 123,
@@ -65,7 +65,7 @@ def test_interface_names_follow_the_kernel(name, ok):
 @pytest.mark.parametrize("odd", ["st?x", "st#x", "st%3Fx", "st?mode=ro#y"])
 def test_a_state_dir_with_uri_characters_keeps_the_ledger_in_it(tmp_path, odd):
     """Review: CGMAN_STATE_DIR='/tmp/st?x' put the ledger at /tmp/st (unescaped URI)."""
-    from cgman.runtime.ledger import Entry, Ledger, ledger_path
+    from cgman.accounting.ledger import Entry, Ledger, ledger_path
     state = tmp_path / odd
     now = time.time()
     e = Entry("a" * 32, "c", "t", "g", "cgman", now - 1, now, 0, "exited", 1, 1, 0, 1.0, 1, 0, 0, None, None, 2.0, 1)
@@ -78,7 +78,7 @@ def test_a_state_dir_with_uri_characters_keeps_the_ledger_in_it(tmp_path, odd):
 
 
 def test_an_old_world_readable_ledger_is_made_private(tmp_path):
-    from cgman.runtime.ledger import Ledger
+    from cgman.accounting.ledger import Ledger
     path = tmp_path / "ledger.db"
     with Ledger(str(path)) as led:
         led.connect()
@@ -89,7 +89,7 @@ def test_an_old_world_readable_ledger_is_made_private(tmp_path):
 
 
 def test_a_ledger_link_is_refused(tmp_path):
-    from cgman.runtime.ledger import Ledger, LedgerError
+    from cgman.accounting.ledger import Ledger, LedgerError
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "ledger.db").symlink_to(tmp_path / "elsewhere" / "x.db")
     with pytest.raises(LedgerError, match="is a symlink"), Ledger(str(tmp_path / "ledger.db")) as led:

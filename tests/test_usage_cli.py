@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cgman.runtime.ledger import Entry, Ledger, ledger_path
+from cgman.accounting.ledger import Entry, Ledger, ledger_path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "prices" / "example.yaml"

@@ -74,7 +74,7 @@ class PolicyDir:
         self.missing: str | None = None        # why the directory cannot be listed
         self._reported: dict[str, str | None] = {}
         if memory:
-            from ..runtime.applied import load_pickle
+            from ..state.applied import load_pickle
             saved = load_pickle(memory)
             if isinstance(saved, dict) and os.path.realpath(directory) == saved.get("directory"):
                 for path, groups in saved.get("applied", {}).items():
@@ -214,7 +214,7 @@ class PolicyDir:
             if st.applied is not st.good:
                 st.applied, dirty = st.good, True
         if dirty and self.memory:
-            from ..runtime.applied import dump
+            from ..state.applied import dump
             try:
                 os.makedirs(os.path.dirname(self.memory), mode=0o755, exist_ok=True)
                 dump(self.memory, {"directory": os.path.realpath(self.directory),

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import CgmanError
 from ..inputs import DEFAULT_LIMITS, Limits
-from ..runtime.apply import ApplyError, Result, apply
+from ..reconcile.apply import ApplyError, Result, apply
 from .policies import PolicyDir
 from .watch import Watcher
 
@@ -155,7 +155,7 @@ class Agent:
             self._prune_held = True
             return True
         self._prune_held = False
-        from ..runtime.apply import prune
+        from ..reconcile.apply import prune
         try:
             for cg in prune(self.policies.policies(), self.host, keep=self._keep()):
                 log.info("pruned %s (no longer in the files)", cg)
@@ -248,12 +248,12 @@ class Agent:
         self._groups = set(res.plan.groups) | {"."}
 
     def _save(self) -> None:
-        """Let `cgman run -p GROUP` find the agent's groups without -f (runtime/applied.py)."""
+        """Let `cgman run -p GROUP` find the agent's groups without -f (state/applied.py)."""
         ps = self.policies.policies()
         key = (repr(ps.groups),)
         if key == self._saved:
             return
-        from ..runtime.applied import save
+        from ..state.applied import save
         try:
             save(self.store, self.host.root, ps, replace=True)
             self._saved = key
@@ -265,7 +265,7 @@ class Agent:
     def collect(self) -> None:
         """Collect containers whose supervisor died; refresh the container gauges."""
         from ..drivers import open_host
-        from ..runtime.containers import gc
+        from ..containers.lifecycle import gc
         others: dict[str, Any] = {self.host.root: self.host}
 
         def hosts(root: str) -> Any:          # records remember their root; most are ours

@@ -62,7 +62,7 @@ def host():
 def store():
     """The run/state dirs, bound to this command's cgroup root; the host-wide bridge lease
     dir is moved (tests) with CGMAN_BRIDGE_DIR, read here at the edge."""
-    from ..runtime.records import Store
+    from ..state.records import Store
     return Store(state.get("run_dir"), state.get("state_dir"), root=state.get("root"),
                  bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None)
 

@@ -1,6 +1,6 @@
 """Container commands: run, exec, ps, stop, gc, logs (registered on the main app).
 
-Thin: parse, call cgman.runtime.containers, render. Imports stay inside the
+Thin: parse, call cgman.containers.lifecycle, render. Imports stay inside the
 commands, because interpreter start-up is part of `cgman run`'s latency.
 """
 
@@ -118,7 +118,7 @@ def exec_(name: str = typer.Argument(..., help="Container name."),
           command: Optional[list[str]] = typer.Argument(None, help="Command, after `--`.", show_default=False),
           env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE; repeat.")) -> None:
     """Run CMD inside a running container: all of its namespaces and its cgroup; exit with its status."""
-    from ..runtime.containers import exec_in
+    from ..containers.lifecycle import exec_in
     st = store()
     rec = st.load(name)
     code = exec_in(hosts()(rec.cgroup_root), st, name, _argv(command), _env(env))
@@ -134,7 +134,7 @@ def _fmt_bytes(n: Optional[int]) -> str:
 def ps(all_: bool = typer.Option(False, "--all", "-a", help="Also exited containers."),
        as_json: bool = JsonOpt) -> None:
     """List containers: name, group, tenant, pid, state (running/frozen/exited), uptime, CPU, memory."""
-    from ..runtime.containers import ps as list_ps
+    from ..containers.lifecycle import ps as list_ps
     collect_quietly()
     rows = list_ps(store(), hosts(), all_)
     if as_json:
@@ -156,7 +156,7 @@ def ps(all_: bool = typer.Option(False, "--all", "-a", help="Also exited contain
 def stop(names: list[str] = typer.Argument(..., help="Container name(s)."),
          timeout: str = typer.Option("10s", "--timeout", "-t", help="Grace period between TERM and KILL.")) -> None:
     """Stop containers: SIGTERM to their init (forwarded to the workload), SIGKILL after --timeout."""
-    from ..runtime.containers import stop as do_stop
+    from ..containers.lifecycle import stop as do_stop
     grace = _seconds(timeout)
     for n in names:
         rec = do_stop(store(), hosts(), n, grace)
@@ -166,7 +166,7 @@ def stop(names: list[str] = typer.Argument(..., help="Container name(s)."),
 @app.command()
 def gc(as_json: bool = JsonOpt) -> None:
     """Collect containers whose supervisor died: record their usage, free cgroup, veth, address, scratch."""
-    from ..runtime.containers import gc as do_gc
+    from ..containers.lifecycle import gc as do_gc
     names = do_gc(store(), hosts())
     if as_json:
         _print_json({"collected": names})

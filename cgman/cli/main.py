@@ -156,13 +156,13 @@ def apply(files: Optional[list[Path]] = FilesArg,
                                      "being removed."),
           timeout: str = TimeoutOpt, as_json: bool = JsonOpt) -> None:
     """Reconcile the host with the files: write only what differs; all or nothing."""
-    from ..runtime.apply import apply as do_apply
+    from ..reconcile.apply import apply as do_apply
     ps = _load(files)
     host = _host()
     res = do_apply(ps, host, dry_run=dry_run, prune=prune, force=force, timeout_s=_seconds(timeout),
                    progress=lambda msg: typer.echo(msg, err=True))
     if not dry_run:
-        from ..runtime.applied import save
+        from ..state.applied import save
         from .common import store
         save(store(), host.root, ps, replace=prune)
     if as_json:
@@ -189,7 +189,7 @@ def apply(files: Optional[list[Path]] = FilesArg,
 @app.command()
 def diff(files: Optional[list[Path]] = FilesArg, as_json: bool = JsonOpt) -> None:
     """Show drift: settings whose live value differs from the files. Exit 2 when there is drift."""
-    from ..runtime.apply import diff as do_diff
+    from ..reconcile.apply import diff as do_diff
     drift = do_diff(_load(files), _host())
     if as_json:
         _print_json(drift)
@@ -217,7 +217,7 @@ def schema() -> None:
 def status(path: str = typer.Argument(".", help="Group to show (default: the whole cgman root)."),
            as_json: bool = JsonOpt) -> None:
     """Tree of groups with their limits and current usage."""
-    from ..runtime.status import status as do_status
+    from ..reconcile.status import status as do_status
     from ..units import format_bytes
     host = _host()
     rows = do_status(host, _target(host, path))
@@ -307,7 +307,7 @@ def rm(target: str = typer.Argument(..., help="Group path (acme/web) or containe
         except NotFound:
             pass
         except CgmanError as e:
-            from ..runtime.recordcheck import OtherRoot
+            from ..state.recordcheck import OtherRoot
             if not force or isinstance(e, OtherRoot):   # another root's: rm it with that --cgroup-root
                 raise
             st.delete(target)          # an invalid or unreadable record: never acted on, dropped
@@ -315,7 +315,7 @@ def rm(target: str = typer.Argument(..., help="Group path (acme/web) or containe
             return
     if _container(target) is not None:
         from .containers import hosts, store
-        from ..runtime.containers import rm as rm_container
+        from ..containers.lifecycle import rm as rm_container
         rm_container(store(), hosts(), target, force)
         typer.echo(f"removed container {target}")
         return
@@ -359,7 +359,7 @@ def attach(target: str = typer.Argument(..., help="Leaf group path (acme/batch).
 @app.command()
 def doctor(as_json: bool = JsonOpt) -> None:
     """Check what this host offers cgman and how to fix what is missing. Exit 1 on problems."""
-    from ..runtime.doctor import run_checks
+    from ..hostcheck.doctor import run_checks
     checks = run_checks(_host(), _state["state_dir"])
     if as_json:
         _print_json([c.as_dict() for c in checks])

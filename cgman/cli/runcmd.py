@@ -21,7 +21,7 @@ from .common import host, load, store
 def collect_quietly() -> None:
     """The next cgman command collects containers whose waiter died (see `cgman gc`)."""
     from ..errors import CgmanError
-    from ..runtime.containers import gc
+    from ..containers.lifecycle import gc
     from .common import hosts
     try:
         for name in gc(store(), hosts()):
@@ -35,7 +35,7 @@ def policies_for_run(st, root: str, files: Optional[list[Path]]) -> tuple[Policy
     Also how an unknown group's error names that source (spec_for's ``where`` and ``hint``)."""
     if files:
         return load(files), {}
-    from ..runtime.applied import load as load_applied
+    from ..state.applied import load as load_applied
     applied = load_applied(st, root)
     if applied is not None:
         return applied, {"where": f"applied under cgroup root {root!r}",
@@ -54,7 +54,7 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
     """Run a container; the exit code for the CLI (the workload's, or 0 after -d)."""
     import dataclasses
 
-    from ..runtime import containers as C
+    from ..containers import lifecycle as C
     from ..security.resolve import RunSecurity
     h, st = host(), store()
     policies, source = policies_for_run(st, h.root, files)

@@ -119,7 +119,7 @@ def run_exporter(opts: dict[str, Any]) -> None:
     from ..drivers.detect import detect
     from ..exporter import serve
     from ..exporter.server import DEFAULT_LISTEN
-    from ..runtime.records import run_dir, state_dir
+    from ..state.records import run_dir, state_dir
     if opts.get("verbose"):
         import logging
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
@@ -139,7 +139,7 @@ def run_agent(opts: dict[str, Any]) -> None:
     from ..agent import serve
     from ..drivers import open_host
     from ..exporter.server import DEFAULT_LISTEN
-    from ..runtime.records import Store
+    from ..state.records import Store
     from .common import input_limits
     level = logging.DEBUG if opts.get("verbose") else logging.INFO
     logging.basicConfig(level=level, format="cgman agent: %(levelname)s: %(message)s", force=True)

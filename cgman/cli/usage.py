@@ -1,6 +1,6 @@
 """The `usage` command: the ledger, optionally priced, per tenant, group or container.
 
-Thin: parse the options, read the ledger, call cgman.billing, render. The table rounds
+Thin: parse the options, read the ledger, call cgman.accounting.billing, render. The table rounds
 money to 4 places; csv and json give billing's full precision (20 places at most,
 trailing zeros dropped), in json as strings, so that no reader turns money into a float.
 """
@@ -20,8 +20,8 @@ from .common import state
 from .main import _print_json, app
 
 if TYPE_CHECKING:
-    from ..billing import Bill, Row
-    from ..prices import PriceSheet
+    from ..accounting.billing import Bill, Row
+    from ..accounting.prices import PriceSheet
 
 FORMATS = ("table", "csv", "json")
 TABLE_PLACES = 4
@@ -62,9 +62,9 @@ def usage(
     """
     import time
 
-    from ..billing import BY, TIME_FORMS, bill, parse_time
-    from ..runtime.ledger import Ledger, ledger_path
-    from ..runtime.records import state_dir
+    from ..accounting.billing import BY, TIME_FORMS, bill, parse_time
+    from ..accounting.ledger import Ledger, ledger_path
+    from ..state.records import state_dir
     if by not in BY:
         raise typer.BadParameter(f"{by!r}: use {', '.join(BY[:-1])} or {BY[-1]}", param_hint="--by")
     if by == "node" and not ledger_url:
@@ -88,7 +88,7 @@ def usage(
                                  param_hint="--since")
     sheet = None
     if prices is not None:
-        from ..prices import load_prices
+        from ..accounting.prices import load_prices
         from .common import input_limits
         # before any output: a bad sheet bills nothing
         sheet = load_prices(prices, input_limits().max_input_bytes)
@@ -109,7 +109,7 @@ def usage(
 
 def _fleet_bill(url: str, sheet: PriceSheet | None, by: str, start: float | None, end: float | None) -> Bill:
     """The same bill from the fleet ledger's rows, streamed from PostgreSQL."""
-    from ..billing import bill
+    from ..accounting.billing import bill
     from ..fleet.db import check, connect, describe, entries
     conn = connect(url, "usage")
     try:
@@ -212,7 +212,7 @@ def _byte_hours(bs: Decimal) -> str:
 
 def _table(b: Bill, sheet: PriceSheet | None) -> None:
     from ..units import format_bytes
-    from ..prices import MODES
+    from ..accounting.prices import MODES
     typer.echo(f"period  {_when(b.since, 'start')} .. {_when(b.until, 'now')} (containers by end time)")
     if sheet is not None:
         terms = ", ".join(f"{res} {_exact(p.price)}/{p.per}" + (f" ({p.mode})" if len(MODES[res]) > 1 else "")

@@ -33,8 +33,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from ..runtime import stats
-from ..runtime.ledger import Ledger, LedgerError, LedgerNotReady, ledger_path
+from ..accounting import stats
+from ..accounting.ledger import Ledger, LedgerError, LedgerNotReady, ledger_path
 from .cadvisor import KEYS as COMPAT_KEYS
 from .cadvisor import image as _image
 from .cadvisor import nonneg_int as _int

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..runtime import stats
+from ..accounting import stats
 from .metrics import CONTAINER, RECORD
 
 # Per-container int64 slots, in the order of the C enum (-1: absent).

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime.ledger import Entry
+from ..accounting.ledger import Entry
 
 
 @dataclass(frozen=True)

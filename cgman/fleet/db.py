@@ -19,7 +19,7 @@ from . import schema
 if TYPE_CHECKING:
     import psycopg
 
-    from ..runtime.ledger import Entry
+    from ..accounting.ledger import Entry
 
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 30000

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..runtime.ledger import Entry, Ledger
+    from ..accounting.ledger import Entry, Ledger
 
 _OUTBOX = (
     "CREATE TABLE IF NOT EXISTS fleet_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE)",
@@ -76,7 +76,7 @@ class Outbox:
 
     def batch(self, limit: int) -> list[tuple[int, Entry]]:
         """Up to ``limit`` rows after the high-water mark, in commit order, with their seq."""
-        from ..runtime.ledger import Entry
+        from ..accounting.ledger import Entry
         try:
             rows = self._db().execute(
                 f"SELECT o.seq, {self._cols} FROM fleet_outbox o JOIN containers c ON c.id = o.id "
@@ -101,7 +101,7 @@ class Outbox:
 
     def refused(self, limit: int) -> list[tuple[Entry, str, int]]:
         """Rows the database refused before (to retry), oldest refusal first."""
-        from ..runtime.ledger import Entry
+        from ..accounting.ledger import Entry
         rows = self._db().execute(
             f"SELECT {self._cols}, r.reason, r.attempts FROM fleet_refused r JOIN containers c ON c.id = r.id "
             f"WHERE r.target = ? ORDER BY r.first, r.id LIMIT ?", (self.target, limit)).fetchall()
@@ -132,5 +132,5 @@ class Outbox:
 
 
 def _entry_fields() -> list:
-    from ..runtime.ledger import Entry
+    from ..accounting.ledger import Entry
     return list(fields(Entry))

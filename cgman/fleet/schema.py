@@ -12,7 +12,7 @@ admins at once wait, not race), and (re)grants the two roles:
 - ``cgman_billing``: SELECT on everything, for `cgman usage --ledger-url` and finance tools.
 
 Both are NOLOGIN group roles; operators make login roles members of them (docs/fleet.md).
-Columns mirror the SQLite ledger's (runtime/ledger.py) plus ``node`` and ``shipped``;
+Columns mirror the SQLite ledger's (accounting/ledger.py) plus ``node`` and ``shipped``;
 the key is (node, id), so a row sent twice is stored once. Agents insert with a bare
 ``ON CONFLICT DO NOTHING`` (naming the key would need SELECT on it), so the primary key
 must stay the ledger's only unique constraint: do not add others.

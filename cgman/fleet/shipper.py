@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .db import FleetError, FleetUnreachable, RowRefused, check, connect, describe, insert, register
 
 if TYPE_CHECKING:
-    from ..runtime.ledger import Entry
+    from ..accounting.ledger import Entry
     from .outbox import Outbox
 
 log = logging.getLogger("cgman.fleet")
@@ -89,7 +89,7 @@ class Shipper:
 
     def _local(self) -> Any:
         if self._ledger is None:
-            from ..runtime.ledger import Ledger, ledger_path
+            from ..accounting.ledger import Ledger, ledger_path
             self._ledger = Ledger(ledger_path(self.state_dir))
         return self._ledger
 
@@ -137,7 +137,7 @@ class Shipper:
 
     def _send(self, rows: list[Entry], pause: Any = None) -> tuple[int, dict[str, str]]:
         """Store ``rows``; (how many were new, {id: reason} of those refused)."""
-        from ..billing import BadLedgerRow, check_entry
+        from ..accounting.billing import BadLedgerRow, check_entry
         bad: dict[str, str] = {}
         good = []
         for e in rows:

@@ -25,7 +25,7 @@ from .store import ImageStore, Layer
 if TYPE_CHECKING:
     from ..drivers import Host
     from ..model import PolicySet
-    from ..runtime.records import Store
+    from ..state.records import Store
 
 
 class BuildError(CgmanError):
@@ -70,8 +70,8 @@ def _unshift(upper: str, shift: tuple[int, int]) -> None:
 def run_step(store: ImageStore, env: RunEnv, where: str, argv: list[str], envp: list[tuple[str, str]],
              cwd: str | None, user: tuple[int, int] | None, dirs: tuple[str, ...]) -> tuple[Layer, int]:
     """RUN as a container; its layer, or BuildError with the step's exit code."""
-    from ..runtime import containers as C
-    from ..runtime.launch import launch
+    from ..containers import lifecycle as C
+    from ..containers.launch import launch
     if not env.group:
         raise BuildError(f"{where}: RUN steps run as containers of a group: give -p GROUP (see `cgman validate`)")
     o = C.Overrides(layers=dirs, env=tuple(envp), network=env.network, auto_remove=True)
@@ -121,7 +121,7 @@ def _mount(libc: Any, src: bytes | None, target: bytes, fstype: bytes | None, fl
 def copy_step(store: ImageStore, context: str, copies: list[Copy], dirs: tuple[str, ...]) -> tuple[Layer, int]:
     """COPY/ADD onto an overlay of ``dirs``; the layer of what changed."""
     from .. import _spawn as sp
-    from ..runtime.rootfs import Overlay
+    from ..containers.rootfs import Overlay
     work = os.path.join(store.tmp, f"copy-{os.getpid()}-{os.urandom(4).hex()}")
     os.mkdir(work, 0o700)
     try:

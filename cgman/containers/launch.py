@@ -37,7 +37,7 @@ from ..security.resolve import Security
 from . import rootfs as rfs
 from .collect import finish
 from .confine import confine_devices, mount_protection, spawn_security
-from .records import Record, Store, proc_start_ticks
+from ..state.records import Record, Store, proc_start_ticks
 
 if TYPE_CHECKING:
     from ..drivers import Host
@@ -276,7 +276,7 @@ class Container:
         self.host, self.store, self.rec, self.spec = host, store, rec, spec
         self.status: int | None = None
         if sample_interval_s is None:
-            from .accounting import sample_interval_s as configured
+            from ..accounting.usage import sample_interval_s as configured
             sample_interval_s = configured()
         self.sample_interval_s = sample_interval_s    # 0: no memory sampling (`cgman exec`)
         self._next_sample = 0.0
@@ -295,7 +295,7 @@ class Container:
 
     def sample(self) -> None:
         """One memory sample into the record (the waiter calls this every interval)."""
-        from .accounting import sample
+        from ..accounting.usage import sample
         sample(self.host, self.store, self.rec)
         self._next_sample = time.monotonic() + self.sample_interval_s
 

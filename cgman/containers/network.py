@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CgmanError, LaunchError
-from .recordcheck import valid_ifname
-from .records import Store
+from ..state.recordcheck import valid_ifname
+from ..state.records import Store
 
 log = logging.getLogger(__name__)
 

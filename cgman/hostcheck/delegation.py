@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from typing import Iterable, Mapping
 
-from .doctor import Check
+from .check import Check
 
 DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
 SYSTEMD_HIERARCHY = "name=systemd"

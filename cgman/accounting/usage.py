@@ -24,7 +24,7 @@ from .ledger import Entry, Ledger, LedgerError, ledger_path
 
 if TYPE_CHECKING:
     from ..drivers import Host
-    from .records import Record, Store
+    from ..state.records import Record, Store
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _host_capacity() -> tuple[float, int]:
 def effective_limits(host: "Host", leaf: str) -> dict[str, Any]:
     """The tightest CPU and memory limits on the path from the cgman root to ``leaf``
     (None: unlimited) and the host's capacity, for allocation billing."""
-    from .status import live_limits
+    from ..reconcile.status import live_limits
     cpu: float | None = None
     mem: int | None = None
     parts = leaf.split("/")

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import Busy, CgmanError, CgroupIOError
-from .records import Record, Store
+from ..state.records import Record, Store
 
 if TYPE_CHECKING:
     from ..drivers import Host
@@ -37,7 +37,7 @@ def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: st
 
 
 def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str, cgroup: bool) -> Record:
-    from . import accounting
+    from ..accounting import usage as accounting
     leaf = rec.cgroup
     problems: list[str] = []
     rec.exit_code, rec.exit_reason = code, reason
@@ -97,7 +97,7 @@ def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
             problems.append(str(e))
         _release_rest(store, rec, problems)
         if rec.ledger_pending:
-            from . import accounting
+            from ..accounting import usage as accounting
             accounting.commit(store, rec)
         rec.cleanup_pending = bool(problems)
         if not problems:

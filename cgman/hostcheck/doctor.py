@@ -5,23 +5,11 @@ from __future__ import annotations
 import glob
 import os
 import platform
-from dataclasses import asdict, dataclass
 
 from ..drivers import Host
 from ..kernel import at_least as kernel_at_least
 from ..plan import ACCOUNTING_CONTROLLERS, RESOURCE_CONTROLLERS
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    warn: bool = False         # a limitation worth knowing, not a failure (exit 0)
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+from .check import Check
 
 
 def _read(path: str) -> str:
@@ -171,8 +159,8 @@ def security_checks(host: Host) -> list[Check]:
 
 def accounting_checks(host: Host, state_dir: str | None = None) -> list[Check]:
     """The ledger's state dir and the kernel's pressure (PSI) files, for `cgman exporter` and bills."""
-    from .ledger import Ledger, LedgerError, ledger_path
-    from .records import state_dir as default_state_dir
+    from ..accounting.ledger import Ledger, LedgerError, ledger_path
+    from ..state.records import state_dir as default_state_dir
     out = []
     state = default_state_dir(state_dir)
     path = ledger_path(state)

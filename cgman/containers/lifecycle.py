@@ -22,8 +22,8 @@ from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, Ro
 from ..security.resolve import RunSecurity, from_summary, resolve
 from .collect import finish, retry_cleanup
 from .launch import DEFAULT_USER_MAP, Container, ContainerSpec, clean_env, launch, start_process
-from .recordcheck import OtherRoot, owned_pid, signal_owned
-from .records import Record, Store, alive
+from ..state.recordcheck import OtherRoot, owned_pid, signal_owned
+from ..state.records import Record, Store, alive
 
 if TYPE_CHECKING:
     from ..drivers import Host
@@ -474,7 +474,7 @@ def _collect_one(store: Store, hosts: HostFactory, rec: Record) -> bool:
 def _sample_orphan(host: "Host", store: Store, rec: Record) -> None:
     """A container whose supervisor died ran until now: a last memory sample, so that its
     collection bills it up to this moment (not only up to the dead supervisor's last sample)."""
-    from .accounting import sample
+    from ..accounting.usage import sample
     try:
         sample(host, store, rec)
     except CgmanError:

@@ -32,11 +32,11 @@ from datetime import datetime, timezone
 from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Iterable
 
-from .errors import CgmanError, shown
+from ..errors import CgmanError, shown
 
 if TYPE_CHECKING:     # for hints only: billing reads no file and needs neither yaml nor sqlite3
     from .prices import Price, PriceSheet
-    from .runtime.ledger import Entry
+    from .ledger import Entry
 
 BY = ("tenant", "group", "container", "node")     # node: the fleet ledger's rows only
 PRECISION = 50           # significant digits while billing: room for 20 places after the point

@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from .errors import clip, shown
-from .inputs import DEFAULT_MAX_INPUT_BYTES, decode, read_input
-from .policy import _NUMBER_TAGS, MAX_NUMBER_CHARS, _join, _Walker, compose
+from ..errors import clip, shown
+from ..inputs import DEFAULT_MAX_INPUT_BYTES, decode, read_input
+from ..policy import _NUMBER_TAGS, MAX_NUMBER_CHARS, _join, _Walker, compose
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -231,7 +231,7 @@ class Ledger:
         """Check the state dir (safedir.py) and the ledger's files before SQLite opens them by
         path: no link among them, and the ledger 0600 (its -wal and -shm take its mode), so
         neither another user nor a container reads the tenants' rows."""
-        from .safedir import SafeDir, UnsafeDir
+        from ..state.safedir import SafeDir, UnsafeDir
         d = SafeDir(os.path.dirname(os.path.abspath(self.path)), "state dir",
                     "--state-dir (CGMAN_STATE_DIR)", mode=0o711)
         name = os.path.basename(self.path)

@@ -1,1 +1,0 @@
-"""Runtime: reconcile (apply), control and, later, launch and the ledger."""
