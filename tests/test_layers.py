@@ -1,5 +1,7 @@
-"""Dependencies point one way (STYLE.md): model → policy → plan → drivers → runtime →
-interfaces (exporter, agent, cli), and each third-party library stays in its layer.
+"""Dependencies point one way (STYLE.md): model → policy → plan → drivers → state → reconcile →
+accounting → containers → fleet → hostcheck → interfaces (exporter, images, agent, cli); each
+third-party library stays in its layer; no package imports another's private names, and no
+packages import each other in a circle.
 Lazy imports inside functions count too: the test walks every node."""
 
 from __future__ import annotations
@@ -82,3 +84,113 @@ def test_each_third_party_library_stays_in_its_layer(lib):
             if mod.split(".")[0] == lib:
                 bad.append(f"{rel}:{line}: imports {mod}")
     assert not bad, "\n".join(bad)
+
+
+# --- packages talk through public names, and never in a circle -------------------------------------------
+
+def _package(mod: str) -> str:
+    """The package a dotted cgman module belongs to: its first component below cgman."""
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _is_module(mod: str) -> bool:
+    rel = Path(*mod.split(".")[1:])
+    return (PKG / rel).with_suffix(".py").exists() or (PKG / rel / "__init__.py").exists() or \
+        any(PKG.glob(f"{rel}.*.so")) or (PKG / f"{rel}.c").exists()
+
+
+def private_names_across_packages(rel: str, text: str) -> list[str]:
+    """`from other_package import _name`, or `other_module._name`, in the module at ``rel``
+    (a path below cgman/): each one a line naming it."""
+    tree = ast.parse(text, rel)
+    pkg_parts = ("cgman",) + Path(rel).parent.parts
+    mine = _package(".".join(("cgman",) + Path(rel).with_suffix("").parts))
+    bad, aliases = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join(pkg_parts[:len(pkg_parts) - node.level + 1] + ((node.module,) if node.module else ())) \
+                if node.level else (node.module or "")
+            if not base.startswith("cgman"):
+                continue
+            for a in node.names:
+                full = f"{base}.{a.name}"
+                if _is_module(full):
+                    aliases[a.asname or a.name] = full
+                elif a.name.startswith("_") and not a.name.startswith("__") and _package(base) != mine:
+                    bad.append(f"{rel}:{node.lineno}: imports {a.name} from {base}")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("cgman.") and a.asname:
+                    aliases[a.asname] = a.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            target = aliases[node.value.id]
+            if _package(target) != mine:
+                bad.append(f"{rel}:{node.lineno}: uses {node.value.id}.{node.attr} of {target}")
+    return bad
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_no_private_name_crosses_a_package(path):
+    bad = private_names_across_packages(str(path.relative_to(PKG)), path.read_text())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_private_name_rule_catches_a_planted_violation():
+    planted = "from ..plan import _ancestors\nfrom .. import plan\nx = plan._subtree\n"
+    found = private_names_across_packages("containers/planted.py", planted)
+    assert len(found) == 2 and "_ancestors" in found[0] and "plan._subtree" in found[1]
+    # the same names inside their own package are fine
+    assert not private_names_across_packages("plan_helpers.py", "from .errors import shown\n")
+    assert not private_names_across_packages("containers/other.py", "from .launch import _x\n")
+
+
+def package_graph(modules: dict[str, str]) -> dict[str, set[str]]:
+    """Which package imports which, from {path below cgman/: source text}."""
+    graph: dict[str, set[str]] = {}
+    for rel, text in modules.items():
+        mine = _package(".".join(("cgman",) + Path(rel).with_suffix("").parts))
+        pkg_parts = ("cgman",) + Path(rel).parent.parts
+        for node in ast.walk(ast.parse(text, rel)):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(pkg_parts[:len(pkg_parts) - node.level + 1] + ((node.module,) if node.module else ())) \
+                    if node.level else (node.module or "")
+                targets = [f"{base}.{a.name}" if base.count(".") == 0 else base for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for t in targets:
+                if t.startswith("cgman.") and _package(t) != mine:
+                    graph.setdefault(mine, set()).add(_package(t))
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every elementary cycle found by a depth-first walk (each reported once, from its smallest name)."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == path[0]:
+                found.add(tuple(path))
+            elif nxt not in path and nxt > path[0]:
+                walk(nxt, path + [nxt])
+    for start in sorted(graph):
+        walk(start, [start])
+    return [list(c) + [c[0]] for c in sorted(found)]
+
+
+def test_no_cycle_between_packages():
+    found = cycles(package_graph({str(p.relative_to(PKG)): p.read_text() for p in _modules()}))
+    assert not found, "\n".join(" -> ".join(c) for c in found)
+
+
+def test_the_cycle_rule_catches_a_planted_violation():
+    planted = {"state/a.py": "from ..accounting import ledger\n",
+               "accounting/b.py": "def f():\n    from ..containers.launch import launch\n",
+               "containers/c.py": "from ..state.records import Store\n"}
+    assert cycles(package_graph(planted)) == [["accounting", "containers", "state", "accounting"]]
+    del planted["containers/c.py"]
+    assert cycles(package_graph(planted)) == []
