@@ -7,7 +7,7 @@ place besides drivers/ that knows the v1 and v2 file names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Iterable, Literal
 
 from . import convert
 from .model import DEFAULT_CPU_PERIOD_USEC, UNLIMITED, PolicySet, Resources, Unlimited
@@ -98,122 +98,178 @@ def _count(v: int | Unlimited) -> str:
     return "max" if isinstance(v, Unlimited) else str(v)
 
 
-def translate(cgroup: str, res: Resources, layout: Layout, feat: Features,
-              formula: convert.WeightFormula = "oci", *, who: str = "") -> tuple[list[Write], list[str]]:
-    """Resources of one cgroup -> (writes in apply order, warnings). Freezing not included."""
-    who = who or cgroup
-    writes: list[Write] = []
-    warns: list[str] = []
+@dataclass
+class _Translation:
+    """The writes and warnings of one cgroup as its controllers' translations add them."""
 
-    def w(controller: str, file: str, value: str) -> None:
-        writes.append(Write(cgroup, controller, file, value))
+    cgroup: str
+    who: str                       # how warnings name the group
+    feat: Features
+    formula: convert.WeightFormula
+    writes: list[Write] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
-    cpu, mem, io, pids = res.cpu, res.memory, res.io, res.pids
-    used = controllers_used(res)
+    def write(self, controller: str, file: str, value: str) -> None:
+        self.writes.append(Write(self.cgroup, controller, file, value))
 
-    def v1(controller: str) -> int:        # ask only for controllers this group uses
-        return layout.version_of(controller) if controller in used else 0
-    # cpu ------------------------------------------------------------------------------
+    def warn(self, message: str) -> None:
+        self.warnings.append(f"{self.who}: {message}")
+
+
+def _cpu_v1(out: _Translation, res: Resources) -> None:
+    cpu = res.cpu
     if cpu.weight is not None or cpu.shares is not None:
-        if v1("cpu") == 1:
-            shares = cpu.shares if cpu.shares is not None else \
-                convert.weight_to_shares(cpu.weight or 100, formula)
-            w("cpu", "cpu.shares", str(shares))
-        else:
-            weight = cpu.weight if cpu.weight is not None else \
-                convert.shares_to_weight(cpu.shares or 1024, formula)
-            w("cpu", "cpu.weight", str(weight))
+        shares = cpu.shares if cpu.shares is not None else \
+            convert.weight_to_shares(cpu.weight or 100, out.formula)
+        out.write("cpu", "cpu.shares", str(shares))
     if cpu.max_cpus is not None:
         period = cpu.period_usec or DEFAULT_CPU_PERIOD_USEC
         quota = convert.cpu_quota_usec(cpu.max_cpus, period)
-        if v1("cpu") == 1:
-            w("cpu", "cpu.cfs_period_us", str(period))
-            w("cpu", "cpu.cfs_quota_us", V1_UNLIMITED if quota is None else str(quota))
+        out.write("cpu", "cpu.cfs_period_us", str(period))
+        out.write("cpu", "cpu.cfs_quota_us", V1_UNLIMITED if quota is None else str(quota))
+
+
+def _cpu_v2(out: _Translation, res: Resources) -> None:
+    cpu = res.cpu
+    if cpu.weight is not None or cpu.shares is not None:
+        weight = cpu.weight if cpu.weight is not None else \
+            convert.shares_to_weight(cpu.shares or 1024, out.formula)
+        out.write("cpu", "cpu.weight", str(weight))
+    if cpu.max_cpus is not None:
+        period = cpu.period_usec or DEFAULT_CPU_PERIOD_USEC
+        quota = convert.cpu_quota_usec(cpu.max_cpus, period)
+        out.write("cpu", "cpu.max", f"{'max' if quota is None else quota} {period}")
+
+
+def _cpuset(out: _Translation, res: Resources) -> None:
+    """The same files on v1 and v2."""
+    if res.cpu.cpus is not None:
+        out.write("cpuset", "cpuset.cpus", format_cpu_list(res.cpu.cpus))
+    if res.cpu.mems is not None:
+        out.write("cpuset", "cpuset.mems", format_cpu_list(res.cpu.mems))
+
+
+def _memory_v1(out: _Translation, res: Resources) -> None:
+    mem = res.memory
+    if mem.max_bytes is not None:
+        out.write("memory", "memory.limit_in_bytes", _bytes(mem.max_bytes, V1_UNLIMITED))
+    if mem.swap_bytes is not None:
+        if not out.feat.memsw:
+            out.warn("memory.swap is not enforceable: swap accounting is off (boot with swapaccount=1)")
+        elif mem.max_bytes is not None:
+            # v1 limits memory+swap together: memsw = memory.max + swap
+            memsw: int | Unlimited = UNLIMITED if isinstance(mem.max_bytes, Unlimited) or \
+                isinstance(mem.swap_bytes, Unlimited) else mem.max_bytes + mem.swap_bytes
+            out.write("memory", "memory.memsw.limit_in_bytes", _bytes(memsw, V1_UNLIMITED))
+    if mem.low_bytes is not None:
+        out.write("memory", "memory.soft_limit_in_bytes", _bytes(mem.low_bytes, V1_UNLIMITED))
+    if mem.high_bytes is not None:
+        out.warn("memory.high is not enforceable on cgroup v1 (ignored)")
+    if mem.min_bytes is not None:
+        out.warn("memory.min is not enforceable on cgroup v1 (ignored)")
+
+
+def _memory_v2(out: _Translation, res: Resources) -> None:
+    mem = res.memory
+    for key, file in (("min_bytes", "memory.min"), ("low_bytes", "memory.low"),
+                      ("high_bytes", "memory.high"), ("max_bytes", "memory.max")):
+        val = getattr(mem, key)
+        if val is not None:
+            out.write("memory", file, _bytes(val, "max"))
+    if mem.swap_bytes is not None:
+        if out.feat.memory_swap:
+            out.write("memory", "memory.swap.max", _bytes(mem.swap_bytes, "max"))
         else:
-            w("cpu", "cpu.max", f"{'max' if quota is None else quota} {period}")
-    if cpu.cpus is not None:
-        w("cpuset", "cpuset.cpus", format_cpu_list(cpu.cpus))
-    if cpu.mems is not None:
-        w("cpuset", "cpuset.mems", format_cpu_list(cpu.mems))
-    # memory ---------------------------------------------------------------------------
-    if v1("memory") == 1:
-        if mem.max_bytes is not None:
-            w("memory", "memory.limit_in_bytes", _bytes(mem.max_bytes, V1_UNLIMITED))
-        if mem.swap_bytes is not None:
-            if not feat.memsw:
-                warns.append(f"{who}: memory.swap is not enforceable: swap accounting is off "
-                             f"(boot with swapaccount=1)")
-            elif mem.max_bytes is not None:
-                memsw: int | Unlimited = UNLIMITED if isinstance(mem.max_bytes, Unlimited) or \
-                    isinstance(mem.swap_bytes, Unlimited) else mem.max_bytes + mem.swap_bytes
-                w("memory", "memory.memsw.limit_in_bytes", _bytes(memsw, V1_UNLIMITED))
-        if mem.low_bytes is not None:
-            w("memory", "memory.soft_limit_in_bytes", _bytes(mem.low_bytes, V1_UNLIMITED))
-        if mem.high_bytes is not None:
-            warns.append(f"{who}: memory.high is not enforceable on cgroup v1 (ignored)")
-        if mem.min_bytes is not None:
-            warns.append(f"{who}: memory.min is not enforceable on cgroup v1 (ignored)")
-    else:
-        for key, file in (("min_bytes", "memory.min"), ("low_bytes", "memory.low"),
-                          ("high_bytes", "memory.high"), ("max_bytes", "memory.max")):
-            val = getattr(mem, key)
-            if val is not None:
-                w("memory", file, _bytes(val, "max"))
-        if mem.swap_bytes is not None:
-            if feat.memory_swap:
-                w("memory", "memory.swap.max", _bytes(mem.swap_bytes, "max"))
-            else:
-                warns.append(f"{who}: memory.swap is not enforceable: the kernel has no swap "
-                             f"accounting (memory.swap.max is missing)")
-    # io -------------------------------------------------------------------------------
-    if v1("io") == 1:
-        if io.weight is not None:
-            if feat.blkio_bfq:
-                w("io", "blkio.bfq.weight", str(convert.bfq_weight(io.weight)))
-            else:   # CFQ's blkio.weight is gone since Linux 5.0: nothing left to write
-                warns.append(f"{who}: io.weight is not enforceable: no BFQ on this cgroup v1 host "
-                             f"(modprobe bfq)")
-        for d in io.devices:
-            if d.weight is not None and feat.blkio_bfq:
-                w("io", "blkio.bfq.weight_device", f"{d.device} {convert.bfq_weight(d.weight)}")
-            elif d.weight is not None:
-                warns.append(f"{who}: io weight for {d.device} is not enforceable: no BFQ on this "
-                             f"cgroup v1 host (modprobe bfq)")
-            for key, file in (("rbps", "read_bps"), ("wbps", "write_bps"),
-                              ("riops", "read_iops"), ("wiops", "write_iops")):
-                val = getattr(d, key)
-                if val is not None:   # v1 throttle: 0 removes the rule (= unlimited)
-                    w("io", f"blkio.throttle.{file}_device", f"{d.device} {_bytes(val, '0')}")
-    else:
-        weights: list[tuple[str | None, int | None]] = [(None, io.weight)]
-        weights += [(d.device, d.weight) for d in io.devices]
-        for dev, wt in weights:
-            if wt is None:
-                continue
-            prefix = f"{dev} " if dev else "default "
-            wrote = False
-            if feat.io_bfq_weight:
-                w("io", "io.bfq.weight", prefix + str(convert.bfq_weight(wt)))
-                wrote = True
-            if feat.io_weight and (dev is None or feat.iocost_devices is None
-                                   or dev in feat.iocost_devices):
-                w("io", "io.weight", prefix + str(wt))
-                wrote = True
-            elif feat.io_weight and wrote:
-                warns.append(f"{who}: io.weight for {dev} is left to BFQ only: blk-iocost is not "
-                             f"enabled on that device (io.cost.qos)")
-            if not wrote:
-                warns.append(f"{who}: io.weight is not enforceable: neither BFQ nor io.cost "
-                             f"is available (echo bfq > /sys/block/DEV/queue/scheduler)")
-        for d in io.devices:
-            parts = [f"{k}={_count(getattr(d, k))}" for k in ("rbps", "wbps", "riops", "wiops")
-                     if getattr(d, k) is not None]
-            if parts:
-                w("io", "io.max", f"{d.device} {' '.join(parts)}")
-    # pids -----------------------------------------------------------------------------
-    if pids.max is not None:
-        w("pids", "pids.max", _count(pids.max))
-    return writes, warns
+            out.warn("memory.swap is not enforceable: the kernel has no swap accounting "
+                     "(memory.swap.max is missing)")
+
+
+def _io_v1(out: _Translation, res: Resources) -> None:
+    io, bfq = res.io, out.feat.blkio_bfq
+    if io.weight is not None:
+        if bfq:
+            out.write("io", "blkio.bfq.weight", str(convert.bfq_weight(io.weight)))
+        else:   # CFQ's blkio.weight is gone since Linux 5.0: nothing left to write
+            out.warn("io.weight is not enforceable: no BFQ on this cgroup v1 host (modprobe bfq)")
+    for d in io.devices:
+        if d.weight is not None and bfq:
+            out.write("io", "blkio.bfq.weight_device", f"{d.device} {convert.bfq_weight(d.weight)}")
+        elif d.weight is not None:
+            out.warn(f"io weight for {d.device} is not enforceable: no BFQ on this cgroup v1 host "
+                     f"(modprobe bfq)")
+        for key, file in (("rbps", "read_bps"), ("wbps", "write_bps"),
+                          ("riops", "read_iops"), ("wiops", "write_iops")):
+            val = getattr(d, key)
+            if val is not None:   # v1 throttle: 0 removes the rule (= unlimited)
+                out.write("io", f"blkio.throttle.{file}_device", f"{d.device} {_bytes(val, '0')}")
+
+
+def _io_v2(out: _Translation, res: Resources) -> None:
+    io = res.io
+    weights: list[tuple[str | None, int | None]] = [(None, io.weight)]
+    weights += [(d.device, d.weight) for d in io.devices]
+    for device, weight in weights:
+        if weight is not None:
+            _io_weight_v2(out, device, weight)
+    for d in io.devices:
+        parts = [f"{k}={_count(getattr(d, k))}" for k in ("rbps", "wbps", "riops", "wiops")
+                 if getattr(d, k) is not None]
+        if parts:
+            out.write("io", "io.max", f"{d.device} {' '.join(parts)}")
+
+
+def _io_weight_v2(out: _Translation, device: str | None, weight: int) -> None:
+    """One weight (``device`` None: the default) to BFQ's file and blk-iocost's, where present."""
+    feat = out.feat
+    prefix = f"{device} " if device else "default "
+    wrote = False
+    if feat.io_bfq_weight:
+        out.write("io", "io.bfq.weight", prefix + str(convert.bfq_weight(weight)))
+        wrote = True
+    if feat.io_weight and (device is None or feat.iocost_devices is None
+                           or device in feat.iocost_devices):
+        out.write("io", "io.weight", prefix + str(weight))
+        wrote = True
+    elif feat.io_weight and wrote:
+        out.warn(f"io.weight for {device} is left to BFQ only: blk-iocost is not "
+                 f"enabled on that device (io.cost.qos)")
+    if not wrote:
+        out.warn("io.weight is not enforceable: neither BFQ nor io.cost "
+                 "is available (echo bfq > /sys/block/DEV/queue/scheduler)")
+
+
+def _pids(out: _Translation, res: Resources) -> None:
+    """The same file on v1 and v2."""
+    if res.pids.max is not None:
+        out.write("pids", "pids.max", _count(res.pids.max))
+
+
+_Translate = Callable[[_Translation, Resources], None]
+# One translation per controller and cgroup version (as runc's fs/ and fs2/ setMemory, setCpu...);
+# translate() runs them in RESOURCE_CONTROLLERS order. cpuset and pids write the same files on
+# both versions, so they never ask the layout which version holds them.
+_PER_VERSION: dict[tuple[str, int], _Translate] = {
+    ("cpu", 1): _cpu_v1, ("cpu", 2): _cpu_v2,
+    ("memory", 1): _memory_v1, ("memory", 2): _memory_v2,
+    ("io", 1): _io_v1, ("io", 2): _io_v2,
+}
+_SAME_ON_BOTH: dict[str, _Translate] = {"cpuset": _cpuset, "pids": _pids}
+
+
+def translate(cgroup: str, res: Resources, layout: Layout, feat: Features,
+              formula: convert.WeightFormula = "oci", *, who: str = "") -> tuple[list[Write], list[str]]:
+    """Resources of one cgroup -> (writes in apply order, warnings). Freezing not included."""
+    out = _Translation(cgroup, who or cgroup, feat, formula)
+    used = controllers_used(res)
+    for controller in RESOURCE_CONTROLLERS:
+        if controller not in used:
+            continue
+        same = _SAME_ON_BOTH.get(controller)
+        if same is not None:
+            same(out, res)
+        else:
+            _PER_VERSION[controller, layout.version_of(controller)](out, res)
+    return out.writes, out.warnings
 
 
 def controllers_used(res: Resources) -> set[str]:
@@ -254,7 +310,7 @@ def plan(policies: PolicySet, layout: Layout, feat: Features | None = None) -> P
     needs: dict[str, set[str]] = {}       # controllers needed below each inner group
     for g in policies.groups:
         used = controllers_used(g.resources) | (controllers_used(g.container) if g.container else set())
-        for anc in _ancestors(g.path):
+        for anc in ancestors(g.path):
             needs.setdefault(anc, set()).update(used)
         if g.container is not None:        # containers are children of g
             needs.setdefault(g.path, set()).update(used)
@@ -271,7 +327,7 @@ def plan(policies: PolicySet, layout: Layout, feat: Features | None = None) -> P
         if ctl:
             enable[cg] = ctl
     if ROOT in enable:
-        out.writes.append(_subtree(ROOT, enable[ROOT]))
+        out.writes.append(subtree_control_write(ROOT, enable[ROOT]))
     freezes: list[Write] = []
     for g in policies.groups:
         writes, warns = translate(g.path, g.resources, layout, feat, g.formula,
@@ -279,7 +335,7 @@ def plan(policies: PolicySet, layout: Layout, feat: Features | None = None) -> P
         out.writes.extend(writes)
         out.warnings.extend(warns)
         if g.path in enable:
-            out.writes.append(_subtree(g.path, enable[g.path]))
+            out.writes.append(subtree_control_write(g.path, enable[g.path]))
         if g.resources.frozen is not None:
             freezes.append(freeze_write(g.path, g.resources.frozen, layout))
         if g.container is not None:      # validate container limits translate cleanly
@@ -289,10 +345,12 @@ def plan(policies: PolicySet, layout: Layout, feat: Features | None = None) -> P
     return out
 
 
-def _subtree(cgroup: str, controllers: list[str]) -> Write:
+def subtree_control_write(cgroup: str, controllers: Iterable[str]) -> Write:
+    """The v2 write that enables ``controllers`` for the children of ``cgroup``."""
     return Write(cgroup, "cgroup", "cgroup.subtree_control", " ".join(f"+{c}" for c in controllers))
 
 
-def _ancestors(path: str) -> list[str]:
+def ancestors(path: str) -> list[str]:
+    """Every group above ``path``, from the cgman root (ROOT) down to its parent."""
     parts = path.split("/")
     return [ROOT] + ["/".join(parts[:i]) for i in range(1, len(parts))]

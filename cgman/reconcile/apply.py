@@ -16,7 +16,7 @@ from ..drivers import Host
 from ..drivers.kfiles import satisfied, undo_value
 from ..errors import Busy, CgmanError, CgroupIOError, NotFound
 from ..model import PolicySet
-from ..plan import ROOT, Plan, Write, _ancestors, plan
+from ..plan import ROOT, Plan, Write, ancestors, plan
 
 log = logging.getLogger(__name__)
 FREEZER_FILES = ("cgroup.freeze", "freezer.state")
@@ -109,7 +109,7 @@ def apply(policies: PolicySet, host: Host, *, dry_run: bool = False, prune: bool
         idempotent in every hierarchy, so a group missing from one hierarchy
         (removed by hand, controller mounted later) is recreated there.
         """
-        for anc in _ancestors(cg) + [cg]:
+        for anc in ancestors(cg) + [cg]:
             if anc in ready:
                 continue
             if dry_run:
