@@ -82,6 +82,89 @@ def _order_memsw(host: Host, writes: list[Write], exists: Callable[[str], bool])
     return out
 
 
+@dataclass
+class _Reconcile:
+    """One apply in progress: which groups existed before it, which it has made ready, and
+    what it changed so far (``result``), so that a failure can roll exactly that back."""
+
+    host: Host
+    result: Result
+    timeout_s: float
+    existed_before: dict[str, bool] = field(default_factory=dict)
+    ready: set[str] = field(default_factory=set)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.result.dry_run
+
+    def existed(self, cg: str) -> bool:
+        if cg not in self.existed_before:
+            self.existed_before[cg] = self.host.exists(cg)
+        return self.existed_before[cg]
+
+    def ensure(self, cg: str) -> None:
+        """Create ``cg`` and its ancestors just before their first write.
+
+        Creating lazily, parents' settings land before children exist, so v1
+        cpuset children inherit a parent's narrowed cpus at mkdir. create() is
+        idempotent in every hierarchy, so a group missing from one hierarchy
+        (removed by hand, controller mounted later) is recreated there.
+        """
+        for anc in ancestors(cg) + [cg]:
+            if anc in self.ready:
+                continue
+            if self.dry_run:
+                if not self.existed(anc):
+                    self.result.created.append(anc)
+            elif self.host.create(anc):
+                self.result.created.append(anc)
+            self.ready.add(anc)
+
+    def apply_plan(self, p: Plan, progress: Callable[[str], None] | None) -> None:
+        """Every write of ``p`` that differs from the live value, then groups without settings."""
+        writes = _order_memsw(self.host, p.writes, self.existed)
+        for i, w in enumerate(writes):
+            if progress and i % 200 == 0 and len(writes) > 400:
+                progress(f"checked {i}/{len(writes)} settings")
+            self.ensure(w.cgroup)
+            if self.dry_run and not self.existed(w.cgroup):     # a new group: every write is a change
+                self.result.changes.append(Change(w, None))
+            elif _is_frozen_write(w):
+                self.freeze(w)
+            else:
+                self.setting(w)
+        for cg in [ROOT] + p.groups:                  # groups without settings of their own
+            self.ensure(cg)
+
+    def freeze(self, w: Write) -> None:
+        """A freezer write: freeze or thaw (confirmed, within timeout_s) if the flag differs."""
+        # the group's own flag: a frozen ancestor does not make it "frozen: true"
+        own = bool(self.host.self_frozen(w.cgroup))
+        if own == _wants_frozen(w):
+            self.result.unchanged += 1
+            return
+        if not self.dry_run:
+            (self.host.freeze if _wants_frozen(w) else self.host.thaw)(w.cgroup, self.timeout_s)
+        self.result.changes.append(Change(w, _freeze_value(w.file, own)))
+
+    def setting(self, w: Write) -> None:
+        """Any other write: made only if the live value does not already satisfy it."""
+        try:
+            live = self.host.read(w)
+        except CgroupIOError as e:
+            # dry run: a controller this plan enables is not enabled yet
+            if self.dry_run and e.errno == errno.ENOENT:
+                self.result.changes.append(Change(w, None))
+                return
+            raise
+        if satisfied(w.file, w.value, live):
+            self.result.unchanged += 1
+            return
+        if not self.dry_run:
+            self.host.write(w)
+        self.result.changes.append(Change(w, live))     # only once the write succeeded
+
+
 def apply(policies: PolicySet, host: Host, *, dry_run: bool = False, prune: bool = False,
           force: bool = False, timeout_s: float = 10.0,
           keep: Callable[[str], bool] = lambda path: False,
@@ -93,82 +176,28 @@ def apply(policies: PolicySet, host: Host, *, dry_run: bool = False, prune: bool
     """
     p = plan(policies, host.layout, host.features)
     res = Result(plan=p, dry_run=dry_run)
-    before: dict[str, bool] = {}
-    ready: set[str] = set()
-
-    def existed(cg: str) -> bool:
-        if cg not in before:
-            before[cg] = host.exists(cg)
-        return before[cg]
-
-    def ensure(cg: str) -> None:
-        """Create ``cg`` and its ancestors just before their first write.
-
-        Creating lazily, parents' settings land before children exist, so v1
-        cpuset children inherit a parent's narrowed cpus at mkdir. create() is
-        idempotent in every hierarchy, so a group missing from one hierarchy
-        (removed by hand, controller mounted later) is recreated there.
-        """
-        for anc in ancestors(cg) + [cg]:
-            if anc in ready:
-                continue
-            if dry_run:
-                if not existed(anc):
-                    res.created.append(anc)
-            elif host.create(anc):
-                res.created.append(anc)
-            ready.add(anc)
-
     try:
-        writes = _order_memsw(host, p.writes, existed)
-        for i, w in enumerate(writes):
-            if progress and i % 200 == 0 and len(writes) > 400:
-                progress(f"checked {i}/{len(writes)} settings")
-            ensure(w.cgroup)
-            if dry_run and not existed(w.cgroup):     # a new group: every write is a change
-                res.changes.append(Change(w, None))
-                continue
-            if _is_frozen_write(w):
-                # the group's own flag: a frozen ancestor does not make it "frozen: true"
-                own = bool(host.self_frozen(w.cgroup))
-                if own == _wants_frozen(w):
-                    res.unchanged += 1
-                    continue
-                if not dry_run:
-                    (host.freeze if _wants_frozen(w) else host.thaw)(w.cgroup, timeout_s)
-                res.changes.append(Change(w, _freeze_value(w.file, own)))
-                continue
-            try:
-                live = host.read(w)
-            except CgroupIOError as e:
-                # dry run: a controller this plan enables is not enabled yet
-                if dry_run and e.errno == errno.ENOENT:
-                    res.changes.append(Change(w, None))
-                    continue
-                raise
-            if satisfied(w.file, w.value, live):
-                res.unchanged += 1
-                continue
-            if not dry_run:
-                host.write(w)
-            res.changes.append(Change(w, live))     # only once the write succeeded
-        for cg in [ROOT] + p.groups:                  # groups without settings of their own
-            ensure(cg)
+        _Reconcile(host, res, timeout_s).apply_plan(p, progress)
     except BaseException as err:                      # Ctrl-C too: never leave it half-applied
         if dry_run:
             raise
         undone, failed = _rollback(host, res)
         if not isinstance(err, CgmanError):
             raise
-        outcome = "nothing was applied" if not failed else \
-            f"but {failed} could NOT be restored (see the log; run `cgman diff`)"
-        src = _source(policies, host, err)
-        ae = ApplyError(f"{src + ': ' if src else ''}{err}; rolled back {undone} change(s), {outcome}")
-        ae.file = src.split(": group ", 1)[0] if src else None
-        raise ae from err
+        raise _apply_error(policies, host, err, undone, failed) from err
     if prune:        # after the writes are in: removals cannot be rolled back, so they go last
         res.pruned = _prune(policies, host, dry_run=dry_run, force=force, keep=keep)
     return res
+
+
+def _apply_error(policies: PolicySet, host: Host, err: CgmanError, undone: int, failed: int) -> ApplyError:
+    """The error of a rolled-back apply: the policy file, the kernel's error, what was restored."""
+    outcome = "nothing was applied" if not failed else \
+        f"but {failed} could NOT be restored (see the log; run `cgman diff`)"
+    src = _source(policies, host, err)
+    ae = ApplyError(f"{src + ': ' if src else ''}{err}; rolled back {undone} change(s), {outcome}")
+    ae.file = src.split(": group ", 1)[0] if src else None
+    return ae
 
 
 def _source(policies: PolicySet, host: Host, err: CgmanError) -> str:
