@@ -17,8 +17,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str,
-           cgroup: bool = True) -> Record:
+def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str) -> Record:
     """Collect a container whose first process is gone: kill stragglers, read the final
     usage from the still-existing cgroup, then remove cgroup, veth, lease, scratch.
 
@@ -33,31 +32,15 @@ def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: st
             return on_disk
         if on_disk is not None and on_disk.id != rec.id:
             return rec                    # the name now belongs to another container
-        return _finish(host, store, rec, code, reason, cgroup)
+        return _finish(host, store, rec, code, reason)
 
 
-def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str, cgroup: bool) -> Record:
-    from ..accounting import usage as accounting
-    leaf = rec.cgroup
+def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str) -> Record:
     problems: list[str] = []
-    rec.exit_code, rec.exit_reason = code, reason
-    if cgroup:
-        try:
-            if host.procs(leaf):
-                host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
-            if rec.started is not None:   # it ran: bill it
-                if not (rec.ledger_pending and rec.final_usage):    # not read by an earlier attempt
-                    rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
-                if rec.final_usage is not None:
-                    # Into the ledger before the cgroup goes, so that the exporter, which reads
-                    # live cgroups first and the ledger second, never misses this container.
-                    accounting.commit(store, rec)
-                    if rec.ledger_pending:
-                        store.save(rec)   # the usage must outlive us before the cgroup goes
-            if host.exists(leaf):
-                _remove_cgroup(host, leaf)
-        except CgmanError as e:
-            problems.append(str(e))
+    try:
+        collect_cgroup(host, store, rec, code, reason)
+    except CgmanError as e:
+        problems.append(str(e))
     _release_rest(store, rec, problems)
     rec.state = "exited"
     if rec.ended is None:
@@ -73,14 +56,40 @@ def _finish(host: "Host", store: Store, rec: Record, code: int | None, reason: s
     return rec
 
 
-def _release_rest(store: Store, rec: Record, problems: list[str]) -> None:
-    """Everything but the cgroup: the veth and address lease, the overlay scratch."""
+def collect_cgroup(host: "Host", store: Store, rec: Record, code: int | None, reason: str) -> None:
+    """The container's exit (``code``, ``reason``) into its record; then kill what is left in its
+    cgroup, bill what ran there (final usage into the ledger) and remove the cgroup."""
+    from ..accounting import usage as accounting
+    leaf = rec.cgroup
+    rec.exit_code, rec.exit_reason = code, reason
+    if host.procs(leaf):
+        host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
+    if rec.started is not None:   # it ran: bill it
+        if not (rec.ledger_pending and rec.final_usage):    # not read by an earlier attempt
+            rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
+        if rec.final_usage is not None:
+            # Into the ledger before the cgroup goes, so that the exporter, which reads
+            # live cgroups first and the ledger second, never misses this container.
+            accounting.commit(store, rec)
+            if rec.ledger_pending:
+                store.save(rec)   # the usage must outlive us before the cgroup goes
+    if host.exists(leaf):
+        _remove_cgroup(host, leaf)
+
+
+def release_network(store: Store, rec: Record) -> None:
+    """The container's veth and address lease, if it has (or was getting) one."""
     if rec.network.get("mode") == "bridge" and rec.network.get("address"):
         from . import network
-        try:
-            network.release(store, rec.network["bridge"], rec.id)
-        except CgmanError as e:
-            problems.append(str(e))
+        network.release(store, rec.network["bridge"], rec.id)
+
+
+def _release_rest(store: Store, rec: Record, problems: list[str]) -> None:
+    """Everything but the cgroup: the veth and address lease, the overlay scratch."""
+    try:
+        release_network(store, rec)
+    except CgmanError as e:
+        problems.append(str(e))
     store.delete_scratch(rec.name)
 
 

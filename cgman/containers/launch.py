@@ -12,32 +12,33 @@ The sequence (the child side is C, in cgman/_spawn.c):
    hostname, mounts its root and /proc, and runs a minimal init that execs the
    workload. Its first instruction therefore runs inside every one of its cgroups.
 
+Each step of ``launch`` pushes its undo on one stack (the record, the cgroup, the
+overlay scratch, the process, the network); a failure unwinds it in reverse, so
+nothing is left behind (a process that failed after its release is still billed).
 Whoever launched waits (``Container.wait``), then ``Container.finish`` reads the
 final usage from the cgroup once it is empty, removes the cgroup, veth, lease and
-scratch, and records usage and exit status in the record. Any failure during
-launch undoes every step, so nothing is left behind.
+scratch, and records usage and exit status in the record.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
 import signal
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import NetworkSpec, Resources, RootfsSpec
-from ..plan import ACCOUNTING_CONTROLLERS, ROOT, Write, controllers_used, translate
+from ..plan import ACCOUNTING_CONTROLLERS, Write, ancestors, controllers_used, subtree_control_write, translate
 from ..security.resolve import Security
-from . import rootfs as rfs
-from .collect import finish
-from .confine import confine_devices, mount_protection, spawn_security
 from ..state.records import Record, Store, proc_start_ticks
+from . import rootfs as rfs
+from .collect import collect_cgroup, finish, release_network
+from .confine import confine_devices, mount_protection
+from .process import Process, clone_flags, spawn_helper, start_process
 
 if TYPE_CHECKING:
     from ..drivers import Host
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_USER_MAP = (100000, 100000, 65536)    # host uid, host gid, count (container root -> 100000)
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SETUP_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -72,24 +72,27 @@ class ContainerSpec:
     user: tuple[int, int] | None = None               # (uid, gid) of the workload (an image's User)
 
 
-def _ns_flags(names: set[str]) -> int:
-    """clone flags for namespace names, from the helper's own constants."""
-    sp = _spawn_module()
-    table = {"uts": sp.CLONE_NEWUTS, "ipc": sp.CLONE_NEWIPC, "pid": sp.CLONE_NEWPID, "net": sp.CLONE_NEWNET,
-             "mount": sp.CLONE_NEWNS, "user": sp.CLONE_NEWUSER}
-    flags = 0
-    for n in names:
-        flags |= table.get(n, 0)
-    return flags
+def _new_record(host: "Host", spec: ContainerSpec, supervisor_pid: int, detached: bool) -> Record:
+    """The record that claims the container's name (state "created" until it runs)."""
+    ns = spec.namespaces
+    return Record(id=os.urandom(16).hex(), name=spec.name, group=spec.group, tenant=spec.tenant,
+                  cgroup=f"{spec.group}/{spec.name}", cgroup_root=host.root, argv=list(spec.argv),
+                  created=time.time(), supervisor_pid=supervisor_pid,
+                  supervisor_start=_start_ticks(supervisor_pid), detached=detached, namespaces=sorted(ns),
+                  hostname=spec.hostname, network={"mode": spec.network.mode if "net" in ns else "host"},
+                  user_map=dict(zip(("uid", "gid", "count"), spec.user_map, strict=True)) if spec.user_map else None,
+                  limits=_limits_summary(spec.resources), auto_remove=spec.auto_remove,
+                  security=spec.security.summary())
 
 
-def _spawn_module() -> Any:
-    try:
-        from .. import _spawn
-    except ImportError as e:
-        raise LaunchError(f"cgman's launch helper (cgman._spawn, C) is not built: {e}; "
-                          f"reinstall with `pip install -e .` (needs gcc and the Python headers)") from None
-    return _spawn
+def _check_group(host: "Host", group: str) -> None:
+    """The group must be applied, and not frozen (its containers could not run)."""
+    if not host.exists(group):
+        raise NotFound(f"group {group!r} does not exist under the cgman root {host.root!r}: "
+                       f"apply its policy first (`cgman apply FILE`)")
+    if host.is_frozen(group):
+        raise LaunchError(f"group {group} is frozen: a container started there could not run "
+                          f"(`cgman thaw {group}` first)")
 
 
 def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
@@ -106,166 +109,33 @@ def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = ()) -> 
     return [os.fsencode(f"{k}={v}") for k, v in env.items()]
 
 
-
-def _cgroup_limits(host: "Host", leaf: str, spec: ContainerSpec) -> None:
-    """Create the leaf and write its limits (v2: enable the controllers it needs above it)."""
+def _limit_writes(host: "Host", leaf: str, spec: ContainerSpec) -> list[Write]:
+    """The leaf's limits as kernel writes; what this host cannot enforce is logged."""
     writes, warns = translate(leaf, spec.resources, host.layout, host.features, spec.formula,  # type: ignore[arg-type]
                               who=f"container {spec.name}")
     for warning in warns:
         log.warning("%s", warning)
-    if host.layout.mode == "v2":
-        v2_needed = sorted(c for c in controllers_used(spec.resources) if host.layout.version_of(c) == 2)
-        parts = leaf.split("/")
-        for anc in [ROOT] + ["/".join(parts[:i]) for i in range(1, len(parts))]:
-            have = set(host.read(Write(anc, "cgroup", "cgroup.subtree_control", "")).split())
-            missing = [c for c in v2_needed if c not in have]
-            if missing:
-                host.write(Write(anc, "cgroup", "cgroup.subtree_control", " ".join(f"+{c}" for c in missing)))
-            # Usage accounting (memory.current, io.stat, pids.current, cpu throttling) needs the
-            # controllers even without a limit. Best effort: a group that holds processes itself
-            # cannot delegate them (v2's no-internal-process rule); its containers then lack those values.
-            offered = set(host.read(Write(anc, "cgroup", "cgroup.controllers", "")).split())
-            extra = [c for c in ACCOUNTING_CONTROLLERS if c in offered and c not in have and c not in missing]
-            if extra:
-                try:
-                    host.write(Write(anc, "cgroup", "cgroup.subtree_control", " ".join(f"+{c}" for c in extra)))
-                except CgmanError as e:
-                    log.info("usage of containers under %s will lack %s: %s", anc, ", ".join(extra), e)
-    if not host.create(leaf):
-        raise Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
-                   f"pick another --name")
-    for w in writes:
-        host.write(w)
+    return writes
 
 
-@dataclass
-class Process:
-    """A started child: its host pid and the handles to release it and learn its fate."""
-
-    pid: int
-    release_fd: int
-    error_fd: int
-    reaped: bool = False
-
-    def release(self) -> None:
-        """Let the child go on; raise LaunchError if it then fails before exec."""
-        try:
-            os.write(self.release_fd, b"x")
-        finally:
-            os.close(self.release_fd)
-            self.release_fd = -1
-        try:
-            data = b""
-            poll = select.poll()
-            poll.register(self.error_fd, select.POLLIN)
-            while len(data) < 12:
-                if not poll.poll(SETUP_TIMEOUT_S * 1000):
-                    raise LaunchError(f"container setup did not finish within {SETUP_TIMEOUT_S}s "
-                                      f"(is its group frozen, or the root on a hung filesystem?)")
-                chunk = os.read(self.error_fd, 12 - len(data))
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            os.close(self.error_fd)
-            self.error_fd = -1
-        if len(data) == 12:
-            stage, err, op = struct.unpack("3i", data)
-            os.waitpid(self.pid, 0)
-            self.reaped = True
-            raise _setup_error(stage, err, op)
-
-    def abort(self) -> None:
-        """Kill the child before it ran anything of the workload, and reap it."""
-        for fd in (self.release_fd, self.error_fd):
+def _enable_controllers_above(host: "Host", leaf: str, resources: Resources) -> None:
+    """v2: enable, in every group above ``leaf``, the controllers its limits need."""
+    v2_needed = sorted(c for c in controllers_used(resources) if host.layout.version_of(c) == 2)
+    for anc in ancestors(leaf):
+        have = set(host.read(Write(anc, "cgroup", "cgroup.subtree_control", "")).split())
+        missing = [c for c in v2_needed if c not in have]
+        if missing:
+            host.write(subtree_control_write(anc, missing))
+        # Usage accounting (memory.current, io.stat, pids.current, cpu throttling) needs the
+        # controllers even without a limit. Best effort: a group that holds processes itself
+        # cannot delegate them (v2's no-internal-process rule); its containers then lack those values.
+        offered = set(host.read(Write(anc, "cgroup", "cgroup.controllers", "")).split())
+        extra = [c for c in ACCOUNTING_CONTROLLERS if c in offered and c not in have and c not in missing]
+        if extra:
             try:
-                if fd >= 0:
-                    os.close(fd)
-            except OSError:
-                pass
-        if self.reaped:            # its pid may already belong to someone else
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-        except ProcessLookupError:
-            pass
-
-
-_CURRENT_OPS: list[Any] = []
-_CURRENT_ARGV0 = ""
-
-
-def _setup_error(stage: int, err: int, op: int) -> LaunchError:
-    names = _spawn_module().STAGES
-    what = names[stage] if 0 < stage < len(names) else f"stage {stage}"
-    detail = ""
-    if 0 <= op < len(_CURRENT_OPS):
-        o = _CURRENT_OPS[op]
-        detail = " " + " ".join(os.fsdecode(x) for x in o[1:4] if isinstance(x, bytes))
-    hint = ""
-    if what == "exec":
-        what = f"running {_CURRENT_ARGV0!r}"
-        if err == errno.ENOENT:
-            hint = ": command not found in the container (give a full path, or check --rootfs)"
-    elif what == "mounting" and err in (errno.EACCES, errno.EPERM) and "overlay" in detail:
-        hint = (" (with a user namespace, the container's root uid must be able to reach every layer "
-                "and the state dir)")
-    elif what == "pivot_root" or (what == "mounting" and err == errno.EINVAL):
-        hint = " (is the root a directory with /bin inside, on a filesystem that allows it?)"
-    if what == "forking the workload" and err == errno.ENOMEM:
-        return LaunchError("the container is exiting: its pid namespace takes no new processes")
-    code = 127 if what.startswith("running") and err == errno.ENOENT else \
-        126 if what.startswith("running") and err in (errno.EACCES, errno.ENOEXEC) else 1
-    return LaunchError(f"container setup failed while {what}{detail}: {os.strerror(err)}{hint}", code)
-
-
-def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes], *, clone_flags: int = 0,
-                  unshare_flags: int = 0, hostname: str | None = None, lo_up: bool = False,
-                  ops: list[Any] | None = None, init: bool = True, uid: int = -1, gid: int = -1,
-                  setns_fds: list[int] | None = None, security: Security | None = None,
-                  cache_dir: str | None = None, run_user: tuple[int, int] | None = None) -> Process:
-    """Clone a child into ``leaf`` (v2 at birth, v1 before release). It waits for release().
-
-    ``security`` (default: the secure defaults) is applied by the child right before exec;
-    ``init``: exec cgman-init from its sealed memfd, which then starts ``argv``."""
-    sp = _spawn_module()
-    sec_kw = spawn_security(security or Security(), cache_dir)
-    from ..security.init import memfd
-    init_fd = memfd() if init else -1
-    cg_fd = -1
-    if host.v2 is not None:
-        try:
-            cg_fd = host.v2.t.open_dir(leaf)
-        except NotFound:
-            cg_fd = -1
-    global _CURRENT_OPS, _CURRENT_ARGV0
-    _CURRENT_OPS, _CURRENT_ARGV0 = list(ops or []), os.fsdecode(argv[0]) if argv else ""
-    try:
-        pid, in_cgroup, rel, err = sp.spawn(argv, envp, clone_flags=clone_flags, cgroup_fd=cg_fd,
-                                            unshare_flags=unshare_flags,
-                                            hostname=os.fsencode(hostname) if hostname else None,
-                                            lo_up=lo_up, ops=ops or None, init_fd=init_fd, uid=uid, gid=gid,
-                                            setns_fds=setns_fds, **sec_kw,
-                                            **({"run_uid": run_user[0], "run_gid": run_user[1]} if run_user else {}))
-    except OSError as e:
-        raise LaunchError(f"cannot create the container's process: {e.strerror}"
-                          f"{' (too many processes? check pids.max)' if e.errno == errno.EAGAIN else ''}") from None
-    finally:
-        if cg_fd >= 0:
-            os.close(cg_fd)
-    proc = Process(pid, rel, err)
-    try:
-        if host.v2 is not None and not in_cgroup and host.v2.exists(leaf):
-            host.v2.attach(leaf, pid)
-        if host.v1 is not None:
-            host.v1.attach(leaf, pid)
-    except BaseException:
-        proc.abort()
-        raise
-    return proc
+                host.write(subtree_control_write(anc, extra))
+            except CgmanError as e:
+                log.info("usage of containers under %s will lack %s: %s", anc, ", ".join(extra), e)
 
 
 class Container:
@@ -363,83 +233,129 @@ class Container:
         return finish(self.host, self.store, self.rec, self.status, reason)
 
 
+class _Undo:
+    """The launch's one undo stack: each step, once done, pushes what takes it back; a failure
+    unwinds them in reverse (as runc's start path, or a contextlib.ExitStack). An undo that
+    fails is logged and the rest still run, so the launch's own error is the one raised."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], object]]] = []
+
+    def push(self, what: str, undo: Callable[[], object]) -> None:
+        self._steps.append((what, undo))
+
+    def unwind(self) -> None:
+        while self._steps:
+            what, undo = self._steps.pop()
+            try:
+                undo()
+            except (CgmanError, OSError) as e:
+                log.warning("undoing a failed launch: %s: %s", what, e)
+
+
 def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: int | None = None,
            detached: bool = False, before_spawn: "Callable[[], None] | None" = None) -> Container:
     """Start ``spec``; the caller (its supervisor) must wait() and finish() it.
 
     ``before_spawn`` runs once the name is claimed, just before the clone (the detached
     supervisor points stdout and stderr at the container's log there)."""
-    sup = supervisor_pid or os.getpid()
-    ns = set(spec.namespaces)
-    leaf = f"{spec.group}/{spec.name}"
-    rec = Record(id=os.urandom(16).hex(), name=spec.name, group=spec.group, tenant=spec.tenant, cgroup=leaf,
-                 cgroup_root=host.root, argv=list(spec.argv), created=time.time(), supervisor_pid=sup,
-                 supervisor_start=_start_ticks(sup), detached=detached, namespaces=sorted(ns),
-                 hostname=spec.hostname, network={"mode": spec.network.mode if "net" in ns else "host"},
-                 user_map=dict(zip(("uid", "gid", "count"), spec.user_map, strict=True)) if spec.user_map else None,
-                 limits=_limits_summary(spec.resources), auto_remove=spec.auto_remove,
-                 security=spec.security.summary())
-    if not host.exists(spec.group):
-        raise NotFound(f"group {spec.group!r} does not exist under the cgman root {host.root!r}: "
-                       f"apply its policy first (`cgman apply FILE`)")
-    if host.is_frozen(spec.group):
-        raise LaunchError(f"group {spec.group} is frozen: a container started there could not run "
-                          f"(`cgman thaw {spec.group}` first)")
-    store.reserve(rec)
-    proc: Process | None = None
+    rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached)
+    _check_group(host, spec.group)
+    undo = _Undo()
     try:
-        if host.exists(leaf):
-            raise Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
-                       f"pick another --name")
-        _cgroup_limits(host, leaf, spec)
-        confine_devices(host, leaf, spec.security)
-        overlay = None
-        if spec.rootfs is not None and spec.rootfs.layers:
-            owner = (spec.user_map[0], spec.user_map[1]) if spec.user_map and "user" in ns else None
-            scratch = store.make_scratch(spec.name, ("upper", "work", "merged"), owner)
-            overlay = rfs.Overlay(spec.rootfs.layers, f"{scratch}/upper", f"{scratch}/work", f"{scratch}/merged")
-            rec.rootfs = {"layers": list(spec.rootfs.layers), "upper": overlay.upper}
-        elif spec.rootfs is not None and spec.rootfs.path:
-            rec.rootfs = {"path": spec.rootfs.path}
-        root = overlay.merged if overlay is not None else spec.rootfs.path if spec.rootfs else None
-        protect = mount_protection(host, spec, leaf, root) if "mount" in ns else ([], [])
-        ops = rfs.mount_ops(root=spec.rootfs.path if spec.rootfs else None, overlay=overlay,
-                            pid_ns="pid" in ns, net_ns="net" in ns, ipc_ns="ipc" in ns,
-                            userns="user" in ns, protect=protect) if "mount" in ns else []
-        ops += rfs.workdir_ops(spec.cwd) if spec.cwd and root is not None else []
+        store.reserve(rec)
+        undo.push("its record", lambda: store.delete(spec.name))
+        _make_cgroup(host, store, spec, rec, undo)
+        confine_devices(host, rec.cgroup, spec.security)
+        ops = _mount_ops(host, store, spec, rec, undo)
         if before_spawn is not None:
             before_spawn()
-        userns = "user" in ns
-        envp = clean_env(spec.hostname, spec.env)
-        proc = start_process(host, leaf, [os.fsencode(a) for a in spec.argv], envp, clone_flags=_ns_flags(ns),
-                             unshare_flags=_spawn_module().CLONE_NEWCGROUP if "cgroup" in ns else 0,
-                             hostname=spec.hostname if "uts" in ns else None,
-                             lo_up="net" in ns and spec.network.mode in ("loopback", "bridge"),
-                             ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1,
-                             security=spec.security, cache_dir=store.state, run_user=spec.user)
+        proc = _start(host, store, spec, rec.cgroup, ops)
+        undo.push("its first process", proc.abort)
         rec.pid, rec.pid_start = proc.pid, proc_start_ticks(proc.pid)
-        if userns:
-            uid, gid, count = spec.user_map or DEFAULT_USER_MAP
-            _write_map(proc.pid, "uid_map", f"0 {uid} {count}\n")
-            _write_map(proc.pid, "gid_map", f"0 {gid} {count}\n")
-        if "net" in ns and spec.network.mode == "bridge":
-            from . import network
-            rec.network.update(bridge=spec.network.bridge, subnet=spec.network.subnet or network.DEFAULT_SUBNET)
-            rec.network["address"] = "pending"
-            store.save(rec)           # so that gc frees the lease if we die while plugging in
-            lease = network.attach(store, spec.network.bridge, spec.network.subnet, rec.id, proc.pid)
-            rec.network.update(address=lease.address, gateway=lease.gateway, veth=lease.host_veth)
+        if "user" in spec.namespaces:
+            _map_user(proc.pid, spec.user_map or DEFAULT_USER_MAP)
+        if "net" in spec.namespaces and spec.network.mode == "bridge":
+            _plug_in(store, spec, rec, proc.pid, undo)
         rec.state, rec.started = "running", time.time()
         store.save(rec)
         proc.release()
-    except BaseException as e:
-        if proc is not None:
-            proc.abort()
-        ours = not (isinstance(e, Busy) and "already exists" in str(e))
-        finish(host, store, rec, None, "failed to start", cgroup=ours)
-        store.delete(spec.name)
+    except BaseException:
+        undo.unwind()
         raise
     return Container(host, store, rec, spec)
+
+
+def _make_cgroup(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo) -> None:
+    """Create the leaf and write its limits (v2: enable the controllers it needs above it first).
+    Its undo collects it: what ran there (a process that failed after its release) is billed."""
+    leaf = rec.cgroup
+    taken = Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
+                 f"pick another --name")
+    if host.exists(leaf):
+        raise taken
+    writes = _limit_writes(host, leaf, spec)
+    if host.layout.mode == "v2":
+        _enable_controllers_above(host, leaf, spec.resources)
+    if not host.create(leaf):
+        raise taken
+    undo.push(f"its cgroup {leaf}", lambda: collect_cgroup(host, store, rec, None, "failed to start"))
+    for w in writes:
+        host.write(w)
+
+
+def _mount_ops(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo) -> list[Any]:
+    """The child's mount steps: its root (a directory, or an overlay of layers on a scratch
+    upper dir made here), the protections, the working directory."""
+    ns = spec.namespaces
+    overlay = None
+    if spec.rootfs is not None and spec.rootfs.layers:
+        owner = (spec.user_map[0], spec.user_map[1]) if spec.user_map and "user" in ns else None
+        undo.push("its overlay scratch", lambda: store.delete_scratch(spec.name))
+        scratch = store.make_scratch(spec.name, ("upper", "work", "merged"), owner)
+        overlay = rfs.Overlay(spec.rootfs.layers, f"{scratch}/upper", f"{scratch}/work", f"{scratch}/merged")
+        rec.rootfs = {"layers": list(spec.rootfs.layers), "upper": overlay.upper}
+    elif spec.rootfs is not None and spec.rootfs.path:
+        rec.rootfs = {"path": spec.rootfs.path}
+    root = overlay.merged if overlay is not None else spec.rootfs.path if spec.rootfs else None
+    ops: list[Any] = []
+    if "mount" in ns:
+        protect = mount_protection(host, spec, rec.cgroup, root)
+        ops = rfs.mount_ops(root=spec.rootfs.path if spec.rootfs else None, overlay=overlay,
+                            pid_ns="pid" in ns, net_ns="net" in ns, ipc_ns="ipc" in ns,
+                            userns="user" in ns, protect=protect)
+    return ops + (rfs.workdir_ops(spec.cwd) if spec.cwd and root is not None else [])
+
+
+def _start(host: "Host", store: Store, spec: ContainerSpec, leaf: str, ops: list[Any]) -> Process:
+    """Clone the container's first process into its leaf, held until release()."""
+    ns = spec.namespaces
+    userns = "user" in ns
+    return start_process(host, leaf, [os.fsencode(a) for a in spec.argv], clean_env(spec.hostname, spec.env),
+                         clone_flags=clone_flags(ns),
+                         unshare_flags=spawn_helper().CLONE_NEWCGROUP if "cgroup" in ns else 0,
+                         hostname=spec.hostname if "uts" in ns else None,
+                         lo_up="net" in ns and spec.network.mode in ("loopback", "bridge"),
+                         ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1,
+                         security=spec.security, cache_dir=store.state, run_user=spec.user)
+
+
+def _map_user(pid: int, user_map: tuple[int, int, int]) -> None:
+    """Container root is host ``uid``/``gid``, for ``count`` ids."""
+    uid, gid, count = user_map
+    _write_map(pid, "uid_map", f"0 {uid} {count}\n")
+    _write_map(pid, "gid_map", f"0 {gid} {count}\n")
+
+
+def _plug_in(store: Store, spec: ContainerSpec, rec: Record, pid: int, undo: _Undo) -> None:
+    """A veth from the group's bridge into the container, with a leased address."""
+    from . import network
+    rec.network.update(bridge=spec.network.bridge, subnet=spec.network.subnet or network.DEFAULT_SUBNET)
+    rec.network["address"] = "pending"
+    store.save(rec)           # so that gc frees the lease if we die while plugging in
+    undo.push("its network", lambda: release_network(store, rec))
+    lease = network.attach(store, spec.network.bridge, spec.network.subnet, rec.id, pid)
+    rec.network.update(address=lease.address, gateway=lease.gateway, veth=lease.host_veth)
 
 
 _START_TICKS: dict[int, int | None] = {}

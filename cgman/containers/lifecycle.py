@@ -21,7 +21,8 @@ from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
 from ..security.resolve import RunSecurity, from_summary, resolve
 from .collect import finish, retry_cleanup
-from .launch import DEFAULT_USER_MAP, Container, ContainerSpec, clean_env, launch, start_process
+from .launch import DEFAULT_USER_MAP, Container, ContainerSpec, clean_env, launch
+from .process import start_process
 from ..state.recordcheck import OtherRoot, owned_pid, signal_owned
 from ..state.records import Record, Store, alive
 

@@ -1,0 +1,176 @@
+"""A container's first process: cloned by the C helper (cgman/_spawn.c) into its cgroup, held
+until the parent releases it, and the setup error it reports if it fails before exec.
+
+``launch`` (a new container) and ``exec_in`` (a process joining a running one) both start their
+process here: clone3 into the cgroup2 leaf, attach to every v1 hierarchy, then ``release()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ..errors import LaunchError, NotFound
+from ..security.resolve import Security
+from .confine import spawn_security
+
+if TYPE_CHECKING:
+    from ..drivers import Host
+
+SETUP_TIMEOUT_S = 60
+
+
+def spawn_helper() -> Any:
+    """The C launch helper (cgman._spawn), or LaunchError saying how to build it."""
+    try:
+        from .. import _spawn
+    except ImportError as e:
+        raise LaunchError(f"cgman's launch helper (cgman._spawn, C) is not built: {e}; "
+                          f"reinstall with `pip install -e .` (needs gcc and the Python headers)") from None
+    return _spawn
+
+
+def clone_flags(names: Iterable[str]) -> int:
+    """clone flags for namespace names (uts ipc pid net mount user), from the helper's own constants."""
+    sp = spawn_helper()
+    table = {"uts": sp.CLONE_NEWUTS, "ipc": sp.CLONE_NEWIPC, "pid": sp.CLONE_NEWPID, "net": sp.CLONE_NEWNET,
+             "mount": sp.CLONE_NEWNS, "user": sp.CLONE_NEWUSER}
+    flags = 0
+    for n in names:
+        flags |= table.get(n, 0)
+    return flags
+
+
+@dataclass
+class Process:
+    """A started child: its host pid and the handles to release it and learn its fate."""
+
+    pid: int
+    release_fd: int
+    error_fd: int
+    reaped: bool = False
+
+    def release(self) -> None:
+        """Let the child go on; raise LaunchError if it then fails before exec."""
+        try:
+            os.write(self.release_fd, b"x")
+        finally:
+            os.close(self.release_fd)
+            self.release_fd = -1
+        try:
+            data = b""
+            poll = select.poll()
+            poll.register(self.error_fd, select.POLLIN)
+            while len(data) < 12:
+                if not poll.poll(SETUP_TIMEOUT_S * 1000):
+                    raise LaunchError(f"container setup did not finish within {SETUP_TIMEOUT_S}s "
+                                      f"(is its group frozen, or the root on a hung filesystem?)")
+                chunk = os.read(self.error_fd, 12 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(self.error_fd)
+            self.error_fd = -1
+        if len(data) == 12:
+            stage, err, op = struct.unpack("3i", data)
+            os.waitpid(self.pid, 0)
+            self.reaped = True
+            raise _setup_error(stage, err, op)
+
+    def abort(self) -> None:
+        """Kill the child before it ran anything of the workload, and reap it."""
+        for fd in (self.release_fd, self.error_fd):
+            try:
+                if fd >= 0:
+                    os.close(fd)
+            except OSError:
+                pass
+        if self.reaped:            # its pid may already belong to someone else
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        except ProcessLookupError:
+            pass
+
+
+_CURRENT_OPS: list[Any] = []
+_CURRENT_ARGV0 = ""
+
+
+def _setup_error(stage: int, err: int, op: int) -> LaunchError:
+    names = spawn_helper().STAGES
+    what = names[stage] if 0 < stage < len(names) else f"stage {stage}"
+    detail = ""
+    if 0 <= op < len(_CURRENT_OPS):
+        o = _CURRENT_OPS[op]
+        detail = " " + " ".join(os.fsdecode(x) for x in o[1:4] if isinstance(x, bytes))
+    hint = ""
+    if what == "exec":
+        what = f"running {_CURRENT_ARGV0!r}"
+        if err == errno.ENOENT:
+            hint = ": command not found in the container (give a full path, or check --rootfs)"
+    elif what == "mounting" and err in (errno.EACCES, errno.EPERM) and "overlay" in detail:
+        hint = (" (with a user namespace, the container's root uid must be able to reach every layer "
+                "and the state dir)")
+    elif what == "pivot_root" or (what == "mounting" and err == errno.EINVAL):
+        hint = " (is the root a directory with /bin inside, on a filesystem that allows it?)"
+    if what == "forking the workload" and err == errno.ENOMEM:
+        return LaunchError("the container is exiting: its pid namespace takes no new processes")
+    code = 127 if what.startswith("running") and err == errno.ENOENT else \
+        126 if what.startswith("running") and err in (errno.EACCES, errno.ENOEXEC) else 1
+    return LaunchError(f"container setup failed while {what}{detail}: {os.strerror(err)}{hint}", code)
+
+
+def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes], *, clone_flags: int = 0,
+                  unshare_flags: int = 0, hostname: str | None = None, lo_up: bool = False,
+                  ops: list[Any] | None = None, init: bool = True, uid: int = -1, gid: int = -1,
+                  setns_fds: list[int] | None = None, security: Security | None = None,
+                  cache_dir: str | None = None, run_user: tuple[int, int] | None = None) -> Process:
+    """Clone a child into ``leaf`` (v2 at birth, v1 before release). It waits for release().
+
+    ``security`` (default: the secure defaults) is applied by the child right before exec;
+    ``init``: exec cgman-init from its sealed memfd, which then starts ``argv``."""
+    sp = spawn_helper()
+    sec_kw = spawn_security(security or Security(), cache_dir)
+    from ..security.init import memfd
+    init_fd = memfd() if init else -1
+    cg_fd = -1
+    if host.v2 is not None:
+        try:
+            cg_fd = host.v2.t.open_dir(leaf)
+        except NotFound:
+            cg_fd = -1
+    global _CURRENT_OPS, _CURRENT_ARGV0
+    _CURRENT_OPS, _CURRENT_ARGV0 = list(ops or []), os.fsdecode(argv[0]) if argv else ""
+    try:
+        pid, in_cgroup, rel, err = sp.spawn(argv, envp, clone_flags=clone_flags, cgroup_fd=cg_fd,
+                                            unshare_flags=unshare_flags,
+                                            hostname=os.fsencode(hostname) if hostname else None,
+                                            lo_up=lo_up, ops=ops or None, init_fd=init_fd, uid=uid, gid=gid,
+                                            setns_fds=setns_fds, **sec_kw,
+                                            **({"run_uid": run_user[0], "run_gid": run_user[1]} if run_user else {}))
+    except OSError as e:
+        raise LaunchError(f"cannot create the container's process: {e.strerror}"
+                          f"{' (too many processes? check pids.max)' if e.errno == errno.EAGAIN else ''}") from None
+    finally:
+        if cg_fd >= 0:
+            os.close(cg_fd)
+    proc = Process(pid, rel, err)
+    try:
+        if host.v2 is not None and not in_cgroup and host.v2.exists(leaf):
+            host.v2.attach(leaf, pid)
+        if host.v1 is not None:
+            host.v1.attach(leaf, pid)
+    except BaseException:
+        proc.abort()
+        raise
+    return proc
