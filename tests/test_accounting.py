@@ -258,7 +258,7 @@ def _lock_ledger(path: str) -> sqlite3.Connection:
 
 
 def test_a_locked_ledger_keeps_the_usage_in_the_record_until_gc(lib, monkeypatch):
-    from cgman.containers.lifecycle import gc, rm
+    from cgman.containers.manage import gc, rm
     from cgman.errors import Busy
     monkeypatch.setenv("CGMAN_LEDGER_TIMEOUT", "0.2")
     path = ledger_path(lib.store.state)

@@ -718,7 +718,7 @@ def test_gc_carries_on_past_a_container_it_cannot_collect(host, tmp_path):
     keep the others from being collected; it is reported, and left for the next gc. A record
     of another cgroup root is that root's to collect: skipped, not reported."""
     from cgman.errors import NotFound
-    from cgman.containers.lifecycle import gc
+    from cgman.containers.manage import gc
     from cgman.state.records import Record, Store
     st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root=host.root)
     for name, root in (("a-bad", host.root), ("b-good", host.root), ("c-other", "elsewhere")):

@@ -265,7 +265,7 @@ class Agent:
     def collect(self) -> None:
         """Collect containers whose supervisor died; refresh the container gauges."""
         from ..drivers import open_host
-        from ..containers.lifecycle import gc
+        from ..containers.manage import gc
         others: dict[str, Any] = {self.host.root: self.host}
 
         def hosts(root: str) -> Any:          # records remember their root; most are ours

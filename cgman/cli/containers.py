@@ -134,7 +134,7 @@ def _fmt_bytes(n: Optional[int]) -> str:
 def ps(all_: bool = typer.Option(False, "--all", "-a", help="Also exited containers."),
        as_json: bool = JsonOpt) -> None:
     """List containers: name, group, tenant, pid, state (running/frozen/exited), uptime, CPU, memory."""
-    from ..containers.lifecycle import ps as list_ps
+    from ..containers.manage import ps as list_ps
     collect_quietly()
     rows = list_ps(store(), hosts(), all_)
     if as_json:
@@ -156,7 +156,7 @@ def ps(all_: bool = typer.Option(False, "--all", "-a", help="Also exited contain
 def stop(names: list[str] = typer.Argument(..., help="Container name(s)."),
          timeout: str = typer.Option("10s", "--timeout", "-t", help="Grace period between TERM and KILL.")) -> None:
     """Stop containers: SIGTERM to their init (forwarded to the workload), SIGKILL after --timeout."""
-    from ..containers.lifecycle import stop as do_stop
+    from ..containers.manage import stop as do_stop
     grace = _seconds(timeout)
     for n in names:
         rec = do_stop(store(), hosts(), n, grace)
@@ -166,7 +166,7 @@ def stop(names: list[str] = typer.Argument(..., help="Container name(s)."),
 @app.command()
 def gc(as_json: bool = JsonOpt) -> None:
     """Collect containers whose supervisor died: record their usage, free cgroup, veth, address, scratch."""
-    from ..containers.lifecycle import gc as do_gc
+    from ..containers.manage import gc as do_gc
     names = do_gc(store(), hosts())
     if as_json:
         _print_json({"collected": names})

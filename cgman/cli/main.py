@@ -315,7 +315,7 @@ def rm(target: str = typer.Argument(..., help="Group path (acme/web) or containe
             return
     if _container(target) is not None:
         from .containers import hosts, store
-        from ..containers.lifecycle import rm as rm_container
+        from ..containers.manage import rm as rm_container
         rm_container(store(), hosts(), target, force)
         typer.echo(f"removed container {target}")
         return

@@ -21,7 +21,7 @@ from .common import host, load, store
 def collect_quietly() -> None:
     """The next cgman command collects containers whose waiter died (see `cgman gc`)."""
     from ..errors import CgmanError
-    from ..containers.lifecycle import gc
+    from ..containers.manage import gc
     from .common import hosts
     try:
         for name in gc(store(), hosts()):
@@ -55,6 +55,7 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
     import dataclasses
 
     from ..containers import lifecycle as C
+    from ..containers.spec import Overrides, spec_for
     from ..security.resolve import RunSecurity
     h, st = host(), store()
     policies, source = policies_for_run(st, h.root, files)
@@ -70,10 +71,10 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
             raise LaunchError("give --image, or --rootfs/--layer, not both")
         settings = run_settings(ImageStore(st.state), image, command)
         command, layers, env = list(settings.argv), settings.layers, settings.env + env
-    o = C.Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
+    o = Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
                     rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove,
                     security=security or RunSecurity())
-    spec = C.spec_for(policies, policy, name, command, o, **source)
+    spec = spec_for(policies, policy, name, command, o, **source)
     if settings is not None:
         spec = dataclasses.replace(spec, cwd=settings.cwd, user=settings.user)
     collect_quietly()

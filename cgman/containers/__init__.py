@@ -1,2 +1,3 @@
-"""Containers: launch in new namespaces placed race-free in their cgroup, the root filesystem
-and the protections applied in the child, networking, and the lifecycle (run, exec, ps, stop, rm, gc)."""
+"""Containers: launch in new namespaces placed race-free in their cgroup (launch, process), the root
+filesystem and the protections applied in the child, networking, the spec from a group's policy
+(spec), run and exec (lifecycle), ps, stop, rm and gc (manage), collecting one that ended (collect)."""

@@ -70,7 +70,7 @@ def _unshift(upper: str, shift: tuple[int, int]) -> None:
 def run_step(store: ImageStore, env: RunEnv, where: str, argv: list[str], envp: list[tuple[str, str]],
              cwd: str | None, user: tuple[int, int] | None, dirs: tuple[str, ...]) -> tuple[Layer, int]:
     """RUN as a container; its layer, or BuildError with the step's exit code."""
-    from ..containers import lifecycle as C
+    from ..containers import spec as C
     from ..containers.launch import launch
     if not env.group:
         raise BuildError(f"{where}: RUN steps run as containers of a group: give -p GROUP (see `cgman validate`)")
