@@ -21,7 +21,25 @@ def _read(path: str) -> str:
 
 
 def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
-    info, root = host.info, host.root
+    """Every check of `cgman doctor`, in the order it prints them."""
+    from .delegation import delegation_checks
+    checks = _hierarchy_checks(host)
+    if host.info.unified:
+        checks += _unified_checks(host, host.info.unified)
+    checks += _scheduler_checks()
+    checks.append(_swap_check(host))
+    checks += _write_checks(host)
+    checks += delegation_checks(host.info.unified, host.root, v2_controllers=any(
+        c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS))
+    checks += container_checks()
+    checks += security_checks(host)
+    checks += accounting_checks(host, state_dir)
+    return checks
+
+
+def _hierarchy_checks(host: Host) -> list[Check]:
+    """The hierarchy found, root privileges, and the controllers cgroup v1 serves."""
+    info = host.info
     checks = [Check("hierarchy", True, f"cgroup {info.mode}: "
                     + ", ".join(f"{c}@{m}" for c, m in sorted(info.v1_mounts.items()))
                     + (f"; unified at {info.unified}" if info.unified else ""))]
@@ -33,27 +51,39 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
         where = host.layout.version_of(c) if (c in host.layout.v1_controllers or info.unified) else None
         if where == 1:
             checks.append(Check(f"controller {c}", True, f"cgroup v1 at {info.v1_mounts[c]}"))
-    if info.unified:
-        parent = os.path.dirname(os.path.join(info.unified, root))
-        delegated = set(_read(os.path.join(parent, "cgroup.subtree_control")).split())
-        for c in RESOURCE_CONTROLLERS:
-            if c in host.layout.v1_controllers:
-                continue
-            ok = c in delegated
-            checks.append(Check(
-                f"controller {c}", ok or c not in ACCOUNTING_CONTROLLERS and c != "cpuset",
-                f"cgroup v2: {'enabled' if ok else 'not enabled'} in {parent}/cgroup.subtree_control",
-                "" if ok else f"enable it in the parent of the cgman root: echo +{c} > "
-                f"{parent}/cgroup.subtree_control (or run cgman under systemd with Delegate=yes)"))
-        # Only non-root groups carry these files, so ask the kernel version, not the tree.
-        kill = kernel_at_least(5, 14)
-        checks.append(Check("cgroup.kill", kill, "v2 cgroup.kill " + ("available" if kill else "missing"),
-                            "" if kill else "Linux 5.14+ needed; cgman falls back to signalling each task",
-                            warn=True))
-        freeze = kernel_at_least(5, 2)
-        checks.append(Check("cgroup.freeze", freeze or "freezer" in host.layout.v1_controllers,
-                            "v2 cgroup.freeze " + ("available" if freeze else "missing"),
-                            "" if freeze else "Linux 5.2+ needed, or mount the v1 freezer"))
+    return checks
+
+
+def _unified_checks(host: Host, unified: str) -> list[Check]:
+    """cgroup2 (mounted at ``unified``): the controllers enabled above the cgman root,
+    cgroup.kill and cgroup.freeze."""
+    parent = os.path.dirname(os.path.join(unified, host.root))
+    delegated = set(_read(os.path.join(parent, "cgroup.subtree_control")).split())
+    checks = []
+    for c in RESOURCE_CONTROLLERS:
+        if c in host.layout.v1_controllers:
+            continue
+        ok = c in delegated
+        checks.append(Check(
+            f"controller {c}", ok or c not in ACCOUNTING_CONTROLLERS and c != "cpuset",
+            f"cgroup v2: {'enabled' if ok else 'not enabled'} in {parent}/cgroup.subtree_control",
+            "" if ok else f"enable it in the parent of the cgman root: echo +{c} > "
+            f"{parent}/cgroup.subtree_control (or run cgman under systemd with Delegate=yes)"))
+    # Only non-root groups carry these files, so ask the kernel version, not the tree.
+    kill = kernel_at_least(5, 14)
+    checks.append(Check("cgroup.kill", kill, "v2 cgroup.kill " + ("available" if kill else "missing"),
+                        "" if kill else "Linux 5.14+ needed; cgman falls back to signalling each task",
+                        warn=True))
+    freeze = kernel_at_least(5, 2)
+    checks.append(Check("cgroup.freeze", freeze or "freezer" in host.layout.v1_controllers,
+                        "v2 cgroup.freeze " + ("available" if freeze else "missing"),
+                        "" if freeze else "Linux 5.2+ needed, or mount the v1 freezer"))
+    return checks
+
+
+def _scheduler_checks() -> list[Check]:
+    """BFQ on every disk (io weights need it; throttles do not)."""
+    checks = []
     for sched in sorted(glob.glob("/sys/block/*/queue/scheduler")):
         dev = sched.split("/")[3]
         if dev.startswith(("loop", "ram", "zram")):
@@ -66,15 +96,23 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
                             "" if active == "bfq" else
                             f"io weights need BFQ: echo bfq > /sys/block/{dev}/queue/scheduler "
                             f"(throttles work with any scheduler)", warn=True))
+    return checks
+
+
+def _swap_check(host: Host) -> Check:
     feat = host.features
     if "memory" in host.layout.v1_controllers:
-        checks.append(Check("swap accounting", feat.memsw,
-                            "memory.memsw.* " + ("present" if feat.memsw else "missing"),
-                            "" if feat.memsw else "boot with swapaccount=1 to enforce memory.swap"))
-    else:
-        checks.append(Check("swap accounting", feat.memory_swap,
-                            "memory.swap.max " + ("available" if feat.memory_swap else "disabled"),
-                            "" if feat.memory_swap else "remove swapaccount=0 from the kernel command line"))
+        return Check("swap accounting", feat.memsw,
+                     "memory.memsw.* " + ("present" if feat.memsw else "missing"),
+                     "" if feat.memsw else "boot with swapaccount=1 to enforce memory.swap")
+    return Check("swap accounting", feat.memory_swap,
+                 "memory.swap.max " + ("available" if feat.memory_swap else "disabled"),
+                 "" if feat.memory_swap else "remove swapaccount=0 from the kernel command line")
+
+
+def _write_checks(host: Host) -> list[Check]:
+    """Write access to the cgman root (or where it would be made) in each hierarchy."""
+    checks = []
     for d in host.drivers:
         for t in d.hierarchies():
             target = t.path(".") if os.path.isdir(t.path(".")) else os.path.dirname(t.path("."))
@@ -83,12 +121,6 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
                                 "" if ok else "run as root or chown the cgman root to this user"))
             if d.version == 2:
                 break
-    from .delegation import delegation_checks
-    checks += delegation_checks(info.unified, root, v2_controllers=any(
-        c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS))
-    checks += container_checks()
-    checks += security_checks(host)
-    checks += accounting_checks(host, state_dir)
     return checks
 
 
