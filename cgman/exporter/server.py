@@ -156,156 +156,163 @@ _LANDING = b"""<html><head><title>cgman exporter</title></head><body>
 """
 
 
-def _handler(exp: Exporter, web: WebConfig, gzip_ok: bool, conns: Connections) -> type[BaseHTTPRequestHandler]:
-    limits = conns.limits
+class Handler(BaseHTTPRequestHandler):
+    """One connection: heads read under conns' deadlines, one request at a time, the metrics,
+    health and landing pages. What it serves comes from its server (``_Server``)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "cgman-exporter"
-        # The head and the body are separate writes: with Nagle, a kept-alive client's delayed
-        # ACK held each answer's body back 40 ms.
-        disable_nagle_algorithm = True
-        timeout = None                # each read and write sets its own (conns.py)
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+    server_version = "cgman-exporter"
+    # The head and the body are separate writes: with Nagle, a kept-alive client's delayed
+    # ACK held each answer's body back 40 ms.
+    disable_nagle_algorithm = True
+    timeout = None                # each read and write sets its own (conns.py)
 
-        def setup(self) -> None:
-            self.accepted = time.monotonic()
-            super().setup()
-            self.rfile.close()        # heads are read by conns.read_head into self.buf, never buffered here
-            self.rfile = io.BytesIO()
-            self.buf = bytearray()
-            self.first = True
-            if isinstance(self.request, ssl.SSLSocket):
-                # Under the head's deadline, in this thread: a client that never finishes the
-                # handshake holds one slot for --header-timeout, never the accept loop.
-                self.request.settimeout(max(0.001, self.accepted + limits.header_timeout_s - time.monotonic()))
-                try:
-                    self.request.do_handshake()
-                except TimeoutError:
-                    conns.count("header_timeout")
-                    raise
+    @property
+    def conns(self) -> Connections:
+        return self.server.conns
 
-        def handle_one_request(self) -> None:
-            sock = self.connection
-            self.close_connection = True
-            wait_until = self.accepted + limits.header_timeout_s if self.first else \
-                time.monotonic() + limits.idle_timeout_s
+    def setup(self) -> None:
+        self.accepted = time.monotonic()
+        super().setup()
+        self.rfile.close()        # heads are read by conns.read_head into self.buf, never buffered here
+        self.rfile = io.BytesIO()
+        self.buf = bytearray()
+        self.first = True
+        if isinstance(self.request, ssl.SSLSocket):
+            # Under the head's deadline, in this thread: a client that never finishes the
+            # handshake holds one slot for --header-timeout, never the accept loop.
+            self.request.settimeout(max(0.001, self.accepted + self.conns.limits.header_timeout_s - time.monotonic()))
             try:
-                head = read_head(sock, self.buf, limits, wait_until, self.first)
-            except HeadRejected as e:
-                conns.count(e.reason)
-                log.debug("%s: %s", self.address_string(), e.text)
-                if e.code:
-                    answer_and_close(sock, e.code, e.text)
-                return
-            self.first = False
-            if head is None or not conns.busy(sock):
-                return
-            try:
-                self._serve(head)
+                self.request.do_handshake()
             except TimeoutError:
-                self.close_connection = True        # it stopped reading the answer
-            finally:
-                conns.waiting(sock)
+                self.conns.count("header_timeout")
+                raise
 
-        def _serve(self, head: bytes) -> None:
-            line, _, rest = head.partition(b"\n")
-            self.raw_requestline = line + b"\n"
-            self.rfile = io.BytesIO(rest + b"\r\n")          # parse_request reads the headers from here
-            if not self.parse_request():
-                return
-            if self.headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in self.headers:
-                self.close_connection = True        # a body is never read: the next request would start in it
-            method = getattr(self, "do_" + self.command, None)
-            self.connection.settimeout(WRITE_TIMEOUT_S)
-            if method is None:
-                self.send_error(501, f"Unsupported method ({self.command!r})")
-                return
-            method()
-            self.wfile.flush()
+    def handle_one_request(self) -> None:
+        sock = self.connection
+        self.close_connection = True
+        limits = self.conns.limits
+        wait_until = self.accepted + limits.header_timeout_s if self.first else \
+            time.monotonic() + limits.idle_timeout_s
+        try:
+            head = read_head(sock, self.buf, limits, wait_until, self.first)
+        except HeadRejected as e:
+            self.conns.count(e.reason)
+            log.debug("%s: %s", self.address_string(), e.text)
+            if e.code:
+                answer_and_close(sock, e.code, e.text)
+            return
+        self.first = False
+        if head is None or not self.conns.busy(sock):
+            return
+        try:
+            self._serve(head)
+        except TimeoutError:
+            self.close_connection = True        # it stopped reading the answer
+        finally:
+            self.conns.waiting(sock)
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("%s " + fmt, self.address_string(), *args)
+    def _serve(self, head: bytes) -> None:
+        line, _, rest = head.partition(b"\n")
+        self.raw_requestline = line + b"\n"
+        self.rfile = io.BytesIO(rest + b"\r\n")          # parse_request reads the headers from here
+        if not self.parse_request():
+            return
+        if self.headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in self.headers:
+            self.close_connection = True        # a body is never read: the next request would start in it
+        method = getattr(self, "do_" + self.command, None)
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        if method is None:
+            self.send_error(501, f"Unsupported method ({self.command!r})")
+            return
+        method()
+        self.wfile.flush()
 
-        def _send(self, code: int, body: bytes | list[bytes], ctype: str = "text/plain; charset=utf-8",
-                  extra: dict[str, str] | None = None) -> None:
-            chunks = body if isinstance(body, list) else [body]
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            deadline = time.monotonic() + WRITE_TIMEOUT_S
-            self.end_headers()
-            if self.command != "HEAD":
-                for c in chunks:
-                    self.connection.settimeout(max(0.001, deadline - time.monotonic()))
-                    self.wfile.write(c)
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("%s " + fmt, self.address_string(), *args)
 
-        def _authorized(self) -> bool:
-            if not web.users:
-                return True
-            h = self.headers.get("Authorization", "")
-            if not h.startswith("Basic "):
+    def _send(self, code: int, body: bytes | list[bytes], ctype: str = "text/plain; charset=utf-8",
+              extra: dict[str, str] | None = None) -> None:
+        chunks = body if isinstance(body, list) else [body]
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        deadline = time.monotonic() + WRITE_TIMEOUT_S
+        self.end_headers()
+        if self.command != "HEAD":
+            for c in chunks:
+                self.connection.settimeout(max(0.001, deadline - time.monotonic()))
+                self.wfile.write(c)
+
+    def _authorized(self) -> bool:
+        if not self.server.web.users:
+            return True
+        h = self.headers.get("Authorization", "")
+        if not h.startswith("Basic "):
+            return False
+        try:
+            user, _, pw = base64.b64decode(h[6:], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        want = self.server.web.users.get(user)
+        import bcrypt
+        secret = pw.encode()[:72]        # bcrypt's limit (bcrypt 5 raises beyond it)
+        try:
+            if want is None:
+                # The same work for an unknown user, so timing does not tell which users exist.
+                bcrypt.checkpw(secret, _dummy_hash())
                 return False
-            try:
-                user, _, pw = base64.b64decode(h[6:], validate=True).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return False
-            want = web.users.get(user)
-            import bcrypt
-            secret = pw.encode()[:72]        # bcrypt's limit (bcrypt 5 raises beyond it)
-            try:
-                if want is None:
-                    # The same work for an unknown user, so timing does not tell which users exist.
-                    bcrypt.checkpw(secret, _dummy_hash())
-                    return False
-                return bool(bcrypt.checkpw(secret, want))
-            except ValueError:
-                return False
+            return bool(bcrypt.checkpw(secret, want))
+        except ValueError:
+            return False
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if not conns.requests.acquire(blocking=False):
-                conns.reject_request()
-                self._send(503, f"{limits.max_requests} requests already in flight (--max-requests); "
-                                f"retry later\n".encode(), extra={"Retry-After": "1"})
-                return
-            try:
-                self._get()
-            finally:
-                conns.requests.release()
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if not self.conns.requests.acquire(blocking=False):
+            self.conns.reject_request()
+            self._send(503, f"{self.conns.limits.max_requests} requests already in flight (--max-requests); "
+                            f"retry later\n".encode(), extra={"Retry-After": "1"})
+            return
+        try:
+            self._get()
+        finally:
+            self.conns.requests.release()
 
-        def _get(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if not self._authorized():
-                self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="cgman"'})
-                return
-            if path == "/metrics":
-                try:
-                    body = exp.scrape()
-                except Exception as e:      # a broken scrape is a 500, never a dead exporter
-                    log.exception("scrape failed")
-                    self._send(500, f"scrape failed: {e}\n".encode())
-                    return
-                extra = {}
-                if gzip_ok and "gzip" in self.headers.get("Accept-Encoding", ""):
-                    z = zlib.compressobj(1, zlib.DEFLATED, 31)      # 31: the gzip container
-                    body = [z.compress(c) for c in body] + [z.flush()]
-                    extra["Content-Encoding"] = "gzip"
-                self._send(200, body, CONTENT_TYPE, extra)
-            elif path == "/":
-                self._send(200, _LANDING, "text/html; charset=utf-8")
-            elif path == "/healthz":
-                problem = exp.unhealthy() if exp.unhealthy is not None else None
-                if problem:
-                    self._send(503, f"{problem}\n".encode())
-                else:
-                    self._send(200, b"ok\n")
+    def _get(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if not self._authorized():
+            self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="cgman"'})
+        elif path == "/metrics":
+            self._metrics()
+        elif path == "/":
+            self._send(200, _LANDING, "text/html; charset=utf-8")
+        elif path == "/healthz":
+            unhealthy = self.server.exporter.unhealthy
+            problem = unhealthy() if unhealthy is not None else None
+            if problem:
+                self._send(503, f"{problem}\n".encode())
             else:
-                self._send(404, b"Not found: try /metrics\n")
+                self._send(200, b"ok\n")
+        else:
+            self._send(404, b"Not found: try /metrics\n")
 
-        do_HEAD = do_GET
+    def _metrics(self) -> None:
+        try:
+            body = self.server.exporter.scrape()
+        except Exception as e:      # a broken scrape is a 500, never a dead exporter
+            log.exception("scrape failed")
+            self._send(500, f"scrape failed: {e}\n".encode())
+            return
+        extra = {}
+        if self.server.gzip_ok and "gzip" in self.headers.get("Accept-Encoding", ""):
+            z = zlib.compressobj(1, zlib.DEFLATED, 31)      # 31: the gzip container
+            body = [z.compress(c) for c in body] + [z.flush()]
+            extra["Content-Encoding"] = "gzip"
+        self._send(200, body, CONTENT_TYPE, extra)
 
-    return Handler
+    do_HEAD = do_GET
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -325,7 +332,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     ssl_context: ssl.SSLContext | None = None
+    # What Handler serves: set by make_server before the first request.
     conns: Connections
+    exporter: Exporter
+    web: WebConfig
+    gzip_ok: bool
 
     def server_activate(self) -> None:
         # http.server's backlog is 5: a burst of scrapes waited out SYN retries (1 s each).
@@ -380,11 +391,11 @@ def make_server(exp: Exporter, listen: str, web: WebConfig | None = None, gzip_o
         cls = _Server
     conns = Connections(limits or Limits())
     try:
-        srv = cls((host, port), _handler(exp, web, gzip_ok, conns))
+        srv = cls((host, port), Handler)
     except OSError as e:
         raise CgmanError(f"cannot listen on {listen}: {e.strerror} (is another exporter running? "
                          f"pick another --listen)") from None
-    srv.conns = conns
+    srv.conns, srv.exporter, srv.web, srv.gzip_ok = conns, exp, web, gzip_ok
     exp.registry.register(ConnStats(conns))
     if web.cert_file and web.key_file:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
