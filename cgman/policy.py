@@ -23,7 +23,8 @@ from .model import (DEFAULT_CPU_PERIOD_USEC, CpuLimits, DeviceSpec, Group, IODev
                     Location, MemoryLimits, NetworkSpec, PidsLimits, PolicySet, Resources,
                     RootfsSpec, SecurityPolicy, Unlimited, VolumeSpec)
 
-_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+#: YAML tags of numbers: their text is checked for length before it is constructed.
+NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 #: No field takes a number longer than this; Python's int() would refuse past 4300 digits anyway.
 MAX_NUMBER_CHARS = 40
 
@@ -32,8 +33,9 @@ def _too_many(limit: int) -> str:
     return f"more than {limit} groups: split the policies, or raise CGMAN_MAX_GROUPS"
 
 
-class _Walker:
-    """Checks one file's node tree against the schema; raises PolicyError."""
+class Walker:
+    """Checks one file's node tree against the schema; raises PolicyError. The price sheet
+    (accounting/prices.py) walks its tree with it too, for the same positions and limits."""
 
     def __init__(self, file: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.file = file
@@ -60,7 +62,7 @@ class _Walker:
         if not isinstance(node, yaml.ScalarNode):
             kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
             raise ValueError(f"expected a single value, got {kind}")
-        if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
+        if node.tag in NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
             raise ValueError(f"number too long ({len(node.value)} characters; no field takes more "
                              f"than {MAX_NUMBER_CHARS})")
         try:
@@ -95,7 +97,7 @@ class _Walker:
             k = str(knode.value)
             if k in seen:
                 prev = seen[k].start_mark
-                raise self.fail(knode, _join(key, k),
+                raise self.fail(knode, join_key(key, k),
                                 f"duplicate key (first defined at line {prev.line + 1})")
             seen[k] = knode
             out.append((k, knode, vnode))
@@ -123,12 +125,12 @@ class _Walker:
                 sub = f.fields.get(k)
                 if sub is None:
                     allowed = ", ".join(f.fields)
-                    raise self.fail(knode, _join(key, k), f"unknown key; expected one of: {allowed}")
-                out[k] = self.check(vnode, sub, _join(key, k))
+                    raise self.fail(knode, join_key(key, k), f"unknown key; expected one of: {allowed}")
+                out[k] = self.check(vnode, sub, join_key(key, k))
                 out["__key__" + k] = knode
             for r in f.required:
                 if r not in out:
-                    raise self.fail(node, _join(key, r), "required key is missing")
+                    raise self.fail(node, join_key(key, r), "required key is missing")
             return out
         if isinstance(f, S.MapOf):
             return self._group_map(node, f, key)
@@ -152,22 +154,23 @@ class _Walker:
             for k, knode, vnode in self.items(node, key):
                 self.groups += 1
                 if self.groups > self.limits.max_groups:
-                    raise self.fail(knode, _join(key, k), _too_many(self.limits.max_groups))
+                    raise self.fail(knode, join_key(key, k), _too_many(self.limits.max_groups))
                 if "/" in k or k in (".", ".."):
-                    raise self.fail(knode, _join(key, k),
+                    raise self.fail(knode, join_key(key, k),
                                     "group names cannot contain '/' or be '.'/'..'; "
                                     "nest groups with children: instead")
                 if not S.NAME_RE.fullmatch(k):
-                    raise self.fail(knode, _join(key, k),
+                    raise self.fail(knode, join_key(key, k),
                                     "bad name: use letters, digits, '_', '.', '-' (max 64), "
                                     "starting with a letter or digit")
-                result[k] = (knode, self.check(vnode, f.value(), _join(key, k)))
+                result[k] = (knode, self.check(vnode, f.value(), join_key(key, k)))
         finally:
             self.depth -= 1
         return result
 
 
-def _join(key: str, k: str) -> str:
+def join_key(key: str, k: str) -> str:
+    """The dotted path of ``k`` below ``key``, as errors name it (``policies.acme.cpu``)."""
     return f"{key}.{k}" if key else k
 
 
@@ -175,7 +178,7 @@ def _join(key: str, k: str) -> str:
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _resolve_device(w: _Walker, node: yaml.Node, key: str, dev: str) -> str:
+def _resolve_device(w: Walker, node: yaml.Node, key: str, dev: str) -> str:
     if not dev.startswith("/dev/"):
         return dev
     try:
@@ -187,7 +190,7 @@ def _resolve_device(w: _Walker, node: yaml.Node, key: str, dev: str) -> str:
     return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
 
-def _resources(w: _Walker, d: dict[str, Any], key: str) -> Resources:
+def _resources(w: Walker, d: dict[str, Any], key: str) -> Resources:
     cpu_d = d.get("cpu", {})
     if "weight" in cpu_d and "shares" in cpu_d:
         raise w.fail(cpu_d["__key__shares"], f"{key}.cpu.shares",
@@ -233,7 +236,7 @@ def _resources(w: _Walker, d: dict[str, Any], key: str) -> Resources:
     return Resources(cpu=cpu, memory=memory, io=io, pids=pids, frozen=d.get("frozen"))
 
 
-def _launch(w: _Walker, d: dict[str, Any], key: str) -> LaunchSpec:
+def _launch(w: Walker, d: dict[str, Any], key: str) -> LaunchSpec:
     ns = tuple(v for _, v in d.get("namespaces", [(None, n) for n in LaunchSpec().namespaces]))
     net_d = d.get("network", {})
     subnet = net_d.get("subnet")
@@ -269,7 +272,7 @@ def _launch(w: _Walker, d: dict[str, Any], key: str) -> LaunchSpec:
                       image=d.get("image"))
 
 
-def _security(w: _Walker, d: dict[str, Any], key: str, ns: tuple[str, ...]) -> SecurityPolicy:
+def _security(w: Walker, d: dict[str, Any], key: str, ns: tuple[str, ...]) -> SecurityPolicy:
     """launch.{privileged, allow_privileged, capabilities, no_new_privileges, seccomp, devices}."""
     from .security import caps, devices, seccomp
     from .security.resolve import volume_path
@@ -317,11 +320,11 @@ def _security(w: _Walker, d: dict[str, Any], key: str, ns: tuple[str, ...]) -> S
                           devices=tuple(devs), volumes=tuple(vols))
 
 
-def _groups(w: _Walker, tree: dict[str, Any], parent: str, tenant: str | None,
+def _groups(w: Walker, tree: dict[str, Any], parent: str, tenant: str | None,
             formula: Any, key: str) -> Iterable[Group]:
     for name, (knode, d) in tree.items():
         path = f"{parent}/{name}" if parent else name
-        gkey = _join(key, name)
+        gkey = join_key(key, name)
         t = d.get("tenant", tenant or name)
         yield Group(path=path, tenant=t, resources=_resources(w, d, gkey), location=w.loc(knode),
                     formula=formula,
@@ -352,7 +355,7 @@ def parse_text(text: str, file: str = "<input>", limits: Limits = DEFAULT_LIMITS
     if len(text) > limits.max_input_bytes:       # callers that read files have checked bytes already
         raise PolicyError(f"policy text is too large ({len(text)} characters; the limit is "
                           f"{limits.max_input_bytes}): split it, or raise CGMAN_MAX_INPUT_BYTES", file)
-    w = _Walker(file, limits)
+    w = Walker(file, limits)
     root = compose(text, file, "empty policy file: expected 'version: 1' and 'policies:'")
     d = w.check(root, S.FILE, "")
     return list(_groups(w, d["policies"], "", None, d.get("cpu_weight_formula", "oci"),

@@ -31,7 +31,7 @@ import yaml
 
 from ..errors import clip, shown
 from ..inputs import DEFAULT_MAX_INPUT_BYTES, decode, read_input
-from ..policy import _NUMBER_TAGS, MAX_NUMBER_CHARS, _join, _Walker, compose
+from ..policy import MAX_NUMBER_CHARS, NUMBER_TAGS, Walker, compose, join_key
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -100,7 +100,7 @@ def load_prices(path: str | Path, max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> P
 
 def parse_prices(text: str, file: str = "<input>") -> PriceSheet:
     """Validate one price sheet document; raises PolicyError naming file:line:column: key."""
-    w = _Walker(file)
+    w = Walker(file)
     root = compose(text, file, "empty price sheet: expected 'version: 1' and 'prices:'")
     top = _mapping(w, root, "", _TOP_KEYS)
     for required in ("version", "prices"):
@@ -122,36 +122,36 @@ def parse_prices(text: str, file: str = "<input>") -> PriceSheet:
         entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     else:
         entries = _mapping(w, pnode, "prices", RESOURCES)
-    prices = {res: _price(w, vn, _join("prices", res), res) for res, (_, vn) in entries.items()}
+    prices = {res: _price(w, vn, join_key("prices", res), res) for res, (_, vn) in entries.items()}
     return PriceSheet(file=file, currency=currency, prices=prices)
 
 
-def _mapping(w: _Walker, node: yaml.Node, key: str,
+def _mapping(w: Walker, node: yaml.Node, key: str,
              allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     """The keys of a mapping node (duplicates refused by the walker), each one of ``allowed``."""
     out = {}
     for k, knode, vnode in w.items(node, key):
         if k not in allowed:
-            raise w.fail(knode, _join(key, k), f"unknown key; expected one of: {', '.join(allowed)}")
+            raise w.fail(knode, join_key(key, k), f"unknown key; expected one of: {', '.join(allowed)}")
         out[k] = (knode, vnode)
     return out
 
 
-def _value(w: _Walker, node: yaml.Node, key: str) -> Any:
+def _value(w: Walker, node: yaml.Node, key: str) -> Any:
     try:
         return w.scalar(node)
     except (ValueError, yaml.YAMLError) as e:
         raise w.fail(node, key, str(e)) from None
 
 
-def _price_value(w: _Walker, pn: yaml.Node, key: str) -> Decimal:
+def _price_value(w: Walker, pn: yaml.Node, key: str) -> Decimal:
     """The price as written: the scalar's own text into Decimal, never through a float
     (a float keeps ~17 significant digits; a sheet may give more)."""
     if not isinstance(pn, yaml.ScalarNode):
         kind = "a mapping" if isinstance(pn, yaml.MappingNode) else "a list"
         raise w.fail(pn, key, f"expected a single value, got {kind}")
     text = str(pn.value).strip()
-    numeric = pn.tag in _NUMBER_TAGS or (not pn.style and _EXPONENT.fullmatch(text) is not None)
+    numeric = pn.tag in NUMBER_TAGS or (not pn.style and _EXPONENT.fullmatch(text) is not None)
     if not numeric:                        # quoted text, true, null, a word
         raise w.fail(pn, key, f"expected a number (currency units per unit), got {shown(_value(w, pn, key))}")
     if len(text) > MAX_NUMBER_CHARS:
@@ -171,26 +171,26 @@ def _price_value(w: _Walker, pn: yaml.Node, key: str) -> Decimal:
     return price
 
 
-def _price(w: _Walker, node: yaml.Node, key: str, resource: str) -> Price:
+def _price(w: Walker, node: yaml.Node, key: str, resource: str) -> Price:
     fields = _mapping(w, node, key, _PRICE_KEYS)
     if "price" not in fields:
-        raise w.fail(node, _join(key, "price"), "required key is missing")
+        raise w.fail(node, join_key(key, "price"), "required key is missing")
     units, modes = UNITS[resource], MODES[resource]
-    price = _price_value(w, fields["price"][1], _join(key, "price"))
+    price = _price_value(w, fields["price"][1], join_key(key, "price"))
     per = next(iter(units))
     if "per" in fields:
         un = fields["per"][1]
-        per = _value(w, un, _join(key, "per"))
+        per = _value(w, un, join_key(key, "per"))
         if per not in units:
-            raise w.fail(un, _join(key, "per"), f"unknown unit {per!r}; {resource} is priced per "
+            raise w.fail(un, join_key(key, "per"), f"unknown unit {per!r}; {resource} is priced per "
                                                  f"{' | '.join(units)}")
     mode = "usage"
     if "mode" in fields:
         mn = fields["mode"][1]
-        mode = _value(w, mn, _join(key, "mode"))
+        mode = _value(w, mn, join_key(key, "mode"))
         if mode not in MODES["cpu"]:
-            raise w.fail(mn, _join(key, "mode"), f"unknown mode {mode!r}; use usage, allocation or max")
+            raise w.fail(mn, join_key(key, "mode"), f"unknown mode {mode!r}; use usage, allocation or max")
         if mode not in modes:
-            raise w.fail(mn, _join(key, "mode"), f"mode {mode!r} needs a limit, which only cpu and "
+            raise w.fail(mn, join_key(key, "mode"), f"mode {mode!r} needs a limit, which only cpu and "
                                                   f"memory have; {resource} allows: {', '.join(modes)}")
     return Price(resource=resource, price=price, per=per, per_base=units[per], mode=mode)
