@@ -8,7 +8,7 @@
  * the GIL or glibc's fork handlers. Everything it needs (argv, envp, mounts) is
  * laid out by the parent before clone.
  *
- * Protocol (the parent side lives in cgman/containers/launch.py):
+ * Protocol (the parent side lives in cgman/containers/process.py and launch.py):
  *   1. spawn() clones with clone3(CLONE_INTO_CGROUP) where a cgroup2 directory
  *      fd is given, so the child is born inside its unified cgroup; it returns
  *      (pid, in_cgroup, release_fd, error_fd) to the parent.
@@ -395,6 +395,129 @@ static const char *opt_str(PyObject *o)
     return (o == Py_None) ? NULL : PyBytes_AsString(o);
 }
 
+/* What a job's pointers borrow from (argv, envp, ops: Python objects; the seccomp program: a
+ * buffer), held until the clone is done and released by job_free. */
+struct job_refs {
+    PyObject *argv, *envp, *ops;
+    Py_buffer filter;
+};
+
+static int job_filter(struct job *j, Py_buffer *filter)
+{
+    if (!filter->buf) return 0;
+    if (filter->len % sizeof(struct sock_filter) || filter->len == 0 ||
+        filter->len / sizeof(struct sock_filter) > BPF_MAXINSNS) {
+        PyErr_SetString(PyExc_ValueError, "seccomp: not a BPF program (size)");
+        return -1;
+    }
+    j->filter.len = (unsigned short)(filter->len / sizeof(struct sock_filter));
+    j->filter.filter = filter->buf;
+    return 0;
+}
+
+/* argv and envp as C arrays; with an init (j->init_fd >= 0) also {"cgman-init", argv...}. */
+static int job_argv(struct job *j, PyObject *argv_o, PyObject *envp_o, struct job_refs *refs)
+{
+    if (bytes_list(argv_o, &j->argv, &refs->argv) < 0) return -1;
+    if (!j->argv[0]) { PyErr_SetString(PyExc_ValueError, "empty argv"); return -1; }
+    if (bytes_list(envp_o, &j->envp, &refs->envp) < 0) return -1;
+    j->path_env = cg_path_env(j->envp);
+    if (j->init_fd >= 0) {
+        Py_ssize_t n = 0;
+        while (j->argv[n]) n++;
+        j->init_argv = PyMem_Calloc((size_t)n + 2, sizeof(char *));
+        if (!j->init_argv) { PyErr_NoMemory(); return -1; }
+        j->init_argv[0] = "cgman-init";
+        memcpy(j->init_argv + 1, j->argv, (size_t)n * sizeof(char *));
+    }
+    return 0;
+}
+
+/* The mount operations: a sequence of (kind, a, b, c, flags, data) tuples. */
+static int job_ops(struct job *j, PyObject *ops_o, PyObject **keep)
+{
+    if (!ops_o || ops_o == Py_None) return 0;
+    *keep = PySequence_Fast(ops_o, "ops must be a sequence");
+    if (!*keep) return -1;
+    j->n_ops = PySequence_Fast_GET_SIZE(*keep);
+    j->ops = PyMem_Calloc((size_t)j->n_ops + 1, sizeof(struct op));
+    if (!j->ops) { PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < j->n_ops; i++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(*keep, i);
+        PyObject *a = Py_None, *b = Py_None, *c = Py_None, *d = Py_None;
+        unsigned long fl = 0;
+        if (!PyArg_ParseTuple(t, "i|OOOkO", &j->ops[i].kind, &a, &b, &c, &fl, &d)) return -1;
+        j->ops[i].a = opt_str(a); j->ops[i].b = opt_str(b);
+        j->ops[i].c = opt_str(c); j->ops[i].data = opt_str(d);
+        j->ops[i].flags = fl;
+        if (PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+/* The namespace fds to join (`cgman exec`), in order. */
+static int job_setns(struct job *j, PyObject *setns_o)
+{
+    if (!setns_o || setns_o == Py_None) return 0;
+    PyObject *f = PySequence_Fast(setns_o, "setns_fds must be a sequence");
+    if (!f) return -1;
+    j->n_setns = PySequence_Fast_GET_SIZE(f);
+    j->setns_fds = PyMem_Calloc((size_t)j->n_setns + 1, sizeof(int));
+    for (Py_ssize_t i = 0; j->setns_fds && i < j->n_setns; i++)
+        j->setns_fds[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(f, i));
+    Py_DECREF(f);
+    if (!j->setns_fds) { PyErr_NoMemory(); return -1; }
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static void job_free(struct job *j, struct job_refs *refs)
+{
+    if (j->parent_pidfd > 0) close(j->parent_pidfd);
+    PyMem_Free(j->argv);
+    PyMem_Free(j->init_argv);
+    PyMem_Free(j->envp);
+    if (refs->filter.buf) PyBuffer_Release(&refs->filter);
+    PyMem_Free(j->ops);
+    PyMem_Free(j->setns_fds);
+    Py_XDECREF(refs->argv);
+    Py_XDECREF(refs->envp);
+    Py_XDECREF(refs->ops);
+}
+
+/* Clone the child, born in the cgroup2 directory cgroup_fd (>= 0) where the kernel can
+ * (clone3 CLONE_INTO_CGROUP, Linux 5.7+; before, a plain clone3 or clone and the parent attaches
+ * it: *in_cgroup says which). The child closes the parent's pipe ends and runs child_main. */
+static pid_t clone_child(struct job *j, unsigned long long clone_flags, int cgroup_fd,
+                         int release_wr, int error_rd, int *in_cgroup)
+{
+    struct clone_args_v2 ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = clone_flags;
+    ca.exit_signal = SIGCHLD;
+    if (cgroup_fd >= 0) {
+        ca.flags |= CLONE_INTO_CGROUP;
+        ca.cgroup = (uint64_t)cgroup_fd;
+    }
+    *in_cgroup = 0;
+    pid_t pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+    if (pid < 0 && cgroup_fd >= 0 && (errno == E2BIG || errno == ENOSYS || errno == EINVAL)) {
+        ca.flags &= ~CLONE_INTO_CGROUP;     /* kernel < 5.7: the parent attaches instead */
+        ca.cgroup = 0;
+        pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+    } else if (pid >= 0) {
+        *in_cgroup = cgroup_fd >= 0;
+    }
+    if (pid < 0 && errno == ENOSYS)
+        pid = (pid_t)syscall(SYS_clone, (unsigned long)(clone_flags & 0xffffffffULL) | SIGCHLD, 0, 0, 0, 0);
+    if (pid == 0) {
+        close(release_wr);
+        close(error_rd);
+        child_main(j);
+        _exit(127);
+    }
+    return pid;
+}
+
 static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"argv", "envp", "clone_flags", "cgroup_fd", "unshare_flags", "hostname",
@@ -405,80 +528,27 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     unsigned long unshare_flags = 0;
     int cgroup_fd = -1, lo_up = 0, init_fd = -1, setsid_ = 1, pdeathsig = SIGKILL, drop = 0, nnp = 0;
     long uid = -1, gid = -1, run_uid = -1, run_gid = -1;
-    Py_buffer filter = {0};
+    struct job_refs refs;
+    memset(&refs, 0, sizeof refs);
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*ll", kwlist, &argv_o, &envp_o,
                                      &clone_flags, &cgroup_fd, &unshare_flags, &hostname_o, &lo_up,
                                      &ops_o, &init_fd, &setsid_, &pdeathsig, &uid, &gid, &setns_o,
-                                     &drop, &cap_keep, &nnp, &filter, &run_uid, &run_gid))
+                                     &drop, &cap_keep, &nnp, &refs.filter, &run_uid, &run_gid))
         return NULL;
-    if (filter.buf && (filter.len % sizeof(struct sock_filter) || filter.len == 0 ||
-                       filter.len / sizeof(struct sock_filter) > BPF_MAXINSNS)) {
-        PyBuffer_Release(&filter);
-        PyErr_SetString(PyExc_ValueError, "seccomp: not a BPF program (size)");
-        return NULL;
-    }
 
     struct job j;
     memset(&j, 0, sizeof j);
-    j.parent_pidfd = -1;
-    PyObject *keep_argv = NULL, *keep_envp = NULL, *keep_ops = NULL, *result = NULL;
-    int release[2] = {-1, -1}, errp[2] = {-1, -1};
-
-    if (bytes_list(argv_o, &j.argv, &keep_argv) < 0) goto out;
-    if (!j.argv[0]) { PyErr_SetString(PyExc_ValueError, "empty argv"); goto out; }
-    if (bytes_list(envp_o, &j.envp, &keep_envp) < 0) goto out;
-    j.path_env = cg_path_env(j.envp);
-    j.init_fd = init_fd;
-    if (init_fd >= 0) {
-        Py_ssize_t n = 0;
-        while (j.argv[n]) n++;
-        j.init_argv = PyMem_Calloc((size_t)n + 2, sizeof(char *));
-        if (!j.init_argv) { PyErr_NoMemory(); goto out; }
-        j.init_argv[0] = "cgman-init";
-        memcpy(j.init_argv + 1, j.argv, (size_t)n * sizeof(char *));
-    }
-    j.drop_caps = drop;
-    j.cap_keep = cap_keep;
-    j.nnp = nnp;
-    if (filter.buf) {
-        j.filter.len = (unsigned short)(filter.len / sizeof(struct sock_filter));
-        j.filter.filter = filter.buf;
-    }
-    j.hostname = opt_str(hostname_o);
-    if (PyErr_Occurred()) goto out;
-
-    if (ops_o && ops_o != Py_None) {
-        keep_ops = PySequence_Fast(ops_o, "ops must be a sequence");
-        if (!keep_ops) goto out;
-        j.n_ops = PySequence_Fast_GET_SIZE(keep_ops);
-        j.ops = PyMem_Calloc((size_t)j.n_ops + 1, sizeof(struct op));
-        if (!j.ops) { PyErr_NoMemory(); goto out; }
-        for (Py_ssize_t i = 0; i < j.n_ops; i++) {
-            PyObject *t = PySequence_Fast_GET_ITEM(keep_ops, i);
-            PyObject *a = Py_None, *b = Py_None, *c = Py_None, *d = Py_None;
-            unsigned long fl = 0;
-            if (!PyArg_ParseTuple(t, "i|OOOkO", &j.ops[i].kind, &a, &b, &c, &fl, &d)) goto out;
-            j.ops[i].a = opt_str(a); j.ops[i].b = opt_str(b);
-            j.ops[i].c = opt_str(c); j.ops[i].data = opt_str(d);
-            j.ops[i].flags = fl;
-            if (PyErr_Occurred()) goto out;
-        }
-    }
-    if (setns_o && setns_o != Py_None) {
-        PyObject *f = PySequence_Fast(setns_o, "setns_fds must be a sequence");
-        if (!f) goto out;
-        j.n_setns = PySequence_Fast_GET_SIZE(f);
-        j.setns_fds = PyMem_Calloc((size_t)j.n_setns + 1, sizeof(int));
-        for (Py_ssize_t i = 0; j.setns_fds && i < j.n_setns; i++)
-            j.setns_fds[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(f, i));
-        Py_DECREF(f);
-        if (!j.setns_fds) { PyErr_NoMemory(); goto out; }
-        if (PyErr_Occurred()) goto out;
-    }
+    j.parent_pidfd = -1; j.cur_op = -1; j.init_fd = init_fd;
+    j.drop_caps = drop; j.cap_keep = cap_keep; j.nnp = nnp;
     j.unshare_flags = unshare_flags;
     j.lo_up = lo_up; j.setsid_ = setsid_; j.pdeathsig = pdeathsig;
-    j.uid = uid; j.gid = gid; j.cur_op = -1;
+    j.uid = uid; j.gid = gid;
     j.run_uid = run_uid; j.run_gid = run_gid;
+    PyObject *result = NULL;
+    int release[2] = {-1, -1}, errp[2] = {-1, -1}, in_cgroup = 0;
+    if (job_filter(&j, &refs.filter) < 0 || job_argv(&j, argv_o, envp_o, &refs) < 0) goto out;
+    j.hostname = opt_str(hostname_o);
+    if (PyErr_Occurred() || job_ops(&j, ops_o, &refs.ops) < 0 || job_setns(&j, setns_o) < 0) goto out;
 
     if (pipe2(release, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -487,33 +557,7 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     j.release_rd = release[0];
     j.error_wr = errp[1];
     j.parent_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);   /* -1 before Linux 5.3: skip the check */
-
-    pid_t pid = -1;
-    int in_cgroup = 0;
-    struct clone_args_v2 ca;
-    memset(&ca, 0, sizeof ca);
-    ca.flags = clone_flags;
-    ca.exit_signal = SIGCHLD;
-    if (cgroup_fd >= 0) {
-        ca.flags |= CLONE_INTO_CGROUP;
-        ca.cgroup = (uint64_t)cgroup_fd;
-    }
-    pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
-    if (pid < 0 && cgroup_fd >= 0 && (errno == E2BIG || errno == ENOSYS || errno == EINVAL)) {
-        ca.flags &= ~CLONE_INTO_CGROUP;     /* kernel < 5.7: the parent attaches instead */
-        ca.cgroup = 0;
-        pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
-    } else if (pid >= 0) {
-        in_cgroup = cgroup_fd >= 0;
-    }
-    if (pid < 0 && errno == ENOSYS)
-        pid = (pid_t)syscall(SYS_clone, (unsigned long)(clone_flags & 0xffffffffULL) | SIGCHLD, 0, 0, 0, 0);
-    if (pid == 0) {
-        close(release[1]);
-        close(errp[0]);
-        child_main(&j);
-        _exit(127);
-    }
+    pid_t pid = clone_child(&j, clone_flags, cgroup_fd, release[1], errp[0], &in_cgroup);
     if (pid < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto out;
@@ -524,20 +568,11 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     release[1] = errp[0] = -1;
 
 out:
-    if (j.parent_pidfd > 0) close(j.parent_pidfd);
     for (int i = 0; i < 2; i++) {
         if (release[i] >= 0) close(release[i]);
         if (errp[i] >= 0) close(errp[i]);
     }
-    PyMem_Free(j.argv);
-    PyMem_Free(j.init_argv);
-    PyMem_Free(j.envp);
-    if (filter.buf) PyBuffer_Release(&filter);
-    PyMem_Free(j.ops);
-    PyMem_Free(j.setns_fds);
-    Py_XDECREF(keep_argv);
-    Py_XDECREF(keep_envp);
-    Py_XDECREF(keep_ops);
+    job_free(&j, &refs);
     return result;
 }
 
