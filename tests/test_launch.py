@@ -263,6 +263,15 @@ def test_rootfs_pivot_root_and_minimal_dev(run, host, busybox_layers):
     assert "sda" not in out and "vda" not in out, "no host disks in /dev"
 
 
+def test_a_failed_exec_on_layers_undoes_every_step(run, host, tmp_path, busybox_layers):
+    """The launch got as far as its overlay scratch and a released process: all of it is undone."""
+    base, _ = busybox_layers
+    p = run("acme/web", "--name", "nocmd", "--layer", str(base), "--", "/nonexistent/cmd")
+    assert p.returncode == 127 and "command not found" in p.stderr, p.stderr
+    assert not (tmp_path / "run" / "containers" / "nocmd").exists()
+    assert_no_leftovers(host, tmp_path, "acme/web/nocmd")
+
+
 def test_user_namespace_with_overlay(run, host, busybox_layers, img_dir):
     base, _ = busybox_layers
     state = img_dir / "state"

@@ -20,6 +20,23 @@ def _rec(name: str = "c1") -> Record:
                   argv=["true"], created=1.0)
 
 
+def test_a_failed_launch_unwinds_its_steps_in_reverse_past_an_undo_that_fails(caplog):
+    from cgman.containers.launch import _Undo
+    done: list[str] = []
+
+    def broken() -> None:
+        raise CgmanError("cannot remove it")
+    undo = _Undo()
+    undo.push("the first step", lambda: done.append("first"))
+    undo.push("the broken step", broken)
+    undo.push("the last step", lambda: done.append("last"))
+    undo.unwind()
+    assert done == ["last", "first"]
+    assert "undoing a failed launch: the broken step: cannot remove it" in caplog.text
+    undo.unwind()                     # each undo runs once
+    assert done == ["last", "first"]
+
+
 def test_a_name_is_claimed_once(tmp_path):
     st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root="r")
     st.reserve(_rec())
