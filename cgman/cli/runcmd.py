@@ -54,8 +54,8 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
     """Run a container; the exit code for the CLI (the workload's, or 0 after -d)."""
     import dataclasses
 
-    from ..containers import lifecycle as C
-    from ..containers.spec import Overrides, spec_for
+    from ..containers import spec as C
+    from ..containers.lifecycle import run_detached, run_foreground
     from ..security.resolve import RunSecurity
     h, st = host(), store()
     policies, source = policies_for_run(st, h.root, files)
@@ -71,17 +71,17 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
             raise LaunchError("give --image, or --rootfs/--layer, not both")
         settings = run_settings(ImageStore(st.state), image, command)
         command, layers, env = list(settings.argv), settings.layers, settings.env + env
-    o = Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
+    o = C.Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
                     rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove,
                     security=security or RunSecurity())
-    spec = spec_for(policies, policy, name, command, o, **source)
+    spec = C.spec_for(policies, policy, name, command, o, **source)
     if settings is not None:
         spec = dataclasses.replace(spec, cwd=settings.cwd, user=settings.user)
     collect_quietly()
     if detach:
-        rec = C.run_detached(h, st, spec, timeout_s)
+        rec = run_detached(h, st, spec, timeout_s)
         print(rec.name, flush=True)
         return 0
     sys.stdout.flush()
-    return C.run_foreground(h, st, spec, timeout_s, on_timeout=lambda: print(
+    return run_foreground(h, st, spec, timeout_s, on_timeout=lambda: print(
         f"cgman: container {spec.name} timed out after {timeout_text}; stopping it", file=sys.stderr))
