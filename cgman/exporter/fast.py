@@ -1,6 +1,6 @@
 """The C scrape path (cgman/_fastread.c: read_parse + render) and its slot layout.
 
-collector.py uses it when the extension is built, and stats.py's parsers otherwise;
+collector.py uses it when the extension is built, and drivers/statfiles.py's parsers otherwise;
 tests check that both give the same values for the same containers.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..accounting import stats
+from ..drivers import statfiles
 from .metrics import CONTAINER, RECORD
 
 # Per-container int64 slots, in the order of the C enum (-1: absent).
@@ -26,11 +26,12 @@ NSLOTS = len(SLOTS)
 
 # Parser -> the C enum's kind code (K_SKIP = 0: not read by the exporter).
 KIND: dict[Any, int] = {
-    stats.p_v2_cpu_stat: 1, stats.p_v1_cpuacct_usage: 2, stats.p_v1_cpuacct_stat: 3, stats.p_v1_cpu_stat: 4,
-    stats.p_memory_bytes: 5, stats.p_v1_memory_stat: 6, stats.p_v2_memory_stat: 7, stats.p_oom_kills: 8,
-    stats.p_v1_blkio_bytes: 9, stats.p_v1_blkio_ops: 10, stats.p_v2_io_stat: 11, stats.p_pids: 12,
-    stats.p_v1_freezer: 13, stats.p_v2_events: 14, stats.p_psi_cpu: 15, stats.p_psi_memory: 16,
-    stats.p_psi_io: 17, stats.p_v1_memory_stat_rss: 18, stats.p_v2_memory_stat_rss: 19,
+    statfiles.p_v2_cpu_stat: 1, statfiles.p_v1_cpuacct_usage: 2, statfiles.p_v1_cpuacct_stat: 3,
+    statfiles.p_v1_cpu_stat: 4,
+    statfiles.p_memory_bytes: 5, statfiles.p_v1_memory_stat: 6, statfiles.p_v2_memory_stat: 7, statfiles.p_oom_kills: 8,
+    statfiles.p_v1_blkio_bytes: 9, statfiles.p_v1_blkio_ops: 10, statfiles.p_v2_io_stat: 11, statfiles.p_pids: 12,
+    statfiles.p_v1_freezer: 13, statfiles.p_v2_events: 14, statfiles.p_psi_cpu: 15, statfiles.p_psi_memory: 16,
+    statfiles.p_psi_io: 17, statfiles.p_v1_memory_stat_rss: 18, statfiles.p_v2_memory_stat_rss: 19,
 }
 
 _RECORD_SLOTS = {"": ("_info", False), "started": ("_start_usec", True),

@@ -35,7 +35,7 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
             checks.append(Check(f"controller {c}", True, f"cgroup v1 at {info.v1_mounts[c]}"))
     if info.unified:
         parent = os.path.dirname(os.path.join(info.unified, root))
-        delegated = set(_read(os.path.join(parent, "cgroup.subtree_control")).split())
+        delegated = host.features.v2_available      # the parent's cgroup.subtree_control
         for c in RESOURCE_CONTROLLERS:
             if c in host.layout.v1_controllers:
                 continue
