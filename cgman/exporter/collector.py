@@ -213,7 +213,7 @@ class Collector:
     def _containers_c(self, live: list[Live], compat: list[tuple[Live, dict[str, int]]] | None = None
                       ) -> tuple[bytes, list[Seen]]:
         """Reads, parsing and text in C (exporter/fast.py): a few ms per 1000 containers."""
-        from .fast import NSLOTS, RENDER, SLOT
+        from .fast import NSLOTS, RECORD_SLOTS, RENDER, SLOT
         batch: list[tuple[Live, _Open]] = []
         parts: list[bytearray] = []
         for group, fds in self._groups(live, len(live)):
@@ -228,7 +228,7 @@ class Collector:
         labels: list[bytes] = []
         g, e, cpu, rb, wb = SLOT["_gone"], SLOT["_errors"], SLOT["cpu_usage_usec"], SLOT["io_read_bytes"], \
             SLOT["io_write_bytes"]
-        rec_off = SLOT["_info"] * 8
+        rec_off = SLOT[RECORD_SLOTS[0]] * 8
         for i, (c, _o) in enumerate(batch):
             base = i * NSLOTS
             labels.append(c.labels_b)

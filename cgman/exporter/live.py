@@ -17,6 +17,7 @@ from ..drivers.formats import UNLIMITED_V1
 from ..errors import UnsafePath
 from .cadvisor import image as _image
 from .cadvisor import nonneg_int as _int
+from .fast import pack_record
 
 
 def escape(v: str) -> str:
@@ -41,7 +42,7 @@ class Live:
     tenant: str
     labels: str                    # '{container="…",group="…",tenant="…"}'
     labels_b: bytes
-    record_slots: bytes            # int64 x6 for the C renderer: info, start, byte-seconds, limits
+    record_slots: bytes            # its values for the C renderer (fast.RECORD_SLOTS)
     root: str                      # the cgman root and the group below it, both validated
     cgroup: str
     state: str
@@ -80,12 +81,12 @@ def live_from(d: dict[str, Any]) -> Live:
     limits = _limits(lim)
     labels = f'{{container="{escape(d["name"])}",group="{escape(d["group"])}",tenant="{escape(d["tenant"])}"}}'
     started = d.get("started")
-    record_slots = struct.pack(
-        "6q", 1, round(started * 1e6) if isinstance(started, (int, float)) else -1,
-        round(float(d.get("memory_byte_seconds") or 0.0)),
-        round(limits["cpu_max_cpus"] * 1e6) if "cpu_max_cpus" in limits else -1,
-        int(limits["memory_max_bytes"]) if "memory_max_bytes" in limits else -1,
-        int(limits["pids_max"]) if "pids_max" in limits else -1)
+    record_slots = pack_record({
+        "_info": 1, "_start_usec": round(started * 1e6) if isinstance(started, (int, float)) else -1,
+        "_memory_byte_seconds": round(float(d.get("memory_byte_seconds") or 0.0)),
+        "_limit_ucpus": round(limits["cpu_max_cpus"] * 1e6) if "cpu_max_cpus" in limits else -1,
+        "_limit_memory_bytes": int(limits["memory_max_bytes"]) if "memory_max_bytes" in limits else -1,
+        "_limit_pids": int(limits["pids_max"]) if "pids_max" in limits else -1})
     return Live(
         id=d["id"], name=d["name"], tenant=d["tenant"], labels=labels, labels_b=labels.encode(),
         record_slots=record_slots, root=root.strip("/"), cgroup=cg,
