@@ -86,6 +86,30 @@ def test_nested_keyed():
     assert formats.sub_keys("rbps=1048576 wiops=max") == {"rbps": "1048576", "wiops": "max"}
 
 
+@pytest.mark.parametrize("text, key, sub, want", [
+    (V2["memory.pressure"], "some", "total", 81234), (V2["memory.pressure"], "full", "total", 40000),
+    (CPU_PRESSURE_BEFORE_5_13, "full", "total", None),
+    (V2["io.stat"], "8:0", "rbytes", 1000), (V2["io.stat"], "254:0", "dios", 0), (V2["io.stat"], "8:0", "bytes", None),
+    ("xsome total=1\nsome a=2 total=3", "some", "total", 3)])
+def test_one_sub_key_of_a_nested_keyed_file(text, key, sub, want):
+    assert formats.nested_keyed_int(text, key, sub) == want
+
+
+def test_a_sub_key_that_is_no_integer_is_an_error():
+    with pytest.raises(ValueError):                  # "0.50": an error, never a guess
+        formats.nested_keyed_int(V2["memory.pressure"], "full", "avg10")
+
+
+@given(st.dictionaries(_KEY, st.dictionaries(_KEY, st.integers(min_value=0, max_value=2**63 - 1), max_size=5),
+                       max_size=6))
+def test_both_nested_keyed_parsers_read_the_same_file_the_same_way(values):
+    text = "".join(f"{k} " + " ".join(f"{s}={v}" for s, v in subs.items()) + "\n" for k, subs in values.items())
+    assert formats.nested_keyed(text) == {k: {s: str(v) for s, v in subs.items()} for k, subs in values.items()}
+    for k, subs in values.items():
+        for s, v in subs.items():
+            assert formats.nested_keyed_int(text, k, s) == v
+
+
 def test_v1_blkio_sums_reads_and_writes_of_every_device():
     assert formats.v1_blkio_totals(V1["blkio.throttle.io_service_bytes_recursive"]) == (4196, 8192)
     assert formats.v1_blkio_totals(V1["blkio.throttle.io_serviced_recursive"]) == (4, 2)

@@ -57,17 +57,23 @@ def flat_keyed(text: str) -> dict[str, str]:
     return out
 
 
-def flat_keyed_int(text: str, key: str) -> int | None:
-    """The number of one ``KEY VALUE`` line (None if no line has that key), found without
-    parsing the other lines: the exporter reads a 40-line memory.stat for one of them."""
+def _line_of(text: str, key: str) -> int:
+    """Where the line whose first word is ``key`` starts; -1 if there is none."""
     needle = key + " "
     i = text.find(needle)
     while i > 0 and text[i - 1] != "\n":          # a key only counts at the start of a line
         i = text.find(needle, i + 1)
+    return i
+
+
+def flat_keyed_int(text: str, key: str) -> int | None:
+    """The number of one ``KEY VALUE`` line (None if no line has that key), found without
+    parsing the other lines: the exporter reads a 40-line memory.stat for one of them."""
+    i = _line_of(text, key)
     if i < 0:
         return None
     end = text.find("\n", i)
-    return int(text[i + len(needle):end if end >= 0 else None])
+    return int(text[i + len(key) + 1:end if end >= 0 else None])
 
 
 def sub_keys(fields: str) -> dict[str, str]:
@@ -78,6 +84,22 @@ def sub_keys(fields: str) -> dict[str, str]:
 def nested_keyed(text: str) -> dict[str, dict[str, str]]:
     """``KEY SUB=VALUE ...`` lines -> {key: {sub: value}}."""
     return {key: sub_keys(rest) for key, rest in flat_keyed(text).items()}
+
+
+def nested_keyed_int(text: str, key: str, sub: str) -> int | None:
+    """The number of ``SUB=`` on the ``KEY`` line (None if absent), without parsing the
+    rest: the exporter reads three *.pressure files of every container on every scrape."""
+    i = _line_of(text, key)
+    if i < 0:
+        return None
+    end = text.find("\n", i)
+    line = text[i:end if end >= 0 else None]
+    j = line.find(f" {sub}=")
+    if j < 0:
+        return None
+    j += len(sub) + 2
+    k = line.find(" ", j)
+    return int(line[j:k if k >= 0 else None])
 
 
 def v1_blkio_totals(text: str) -> tuple[int, int]:

@@ -129,11 +129,12 @@ def _psi(kind: str) -> Parser:
     some_key, full_key = f"psi_{kind}_some_usec", f"psi_{kind}_full_usec"
 
     def parse(text: str, out: Values) -> None:
-        lines = fmt.nested_keyed(text)
-        if "total" in lines.get("some", {}):
-            out[some_key] = int(lines["some"]["total"])
-        if "total" in lines.get("full", {}):      # cpu.pressure has no "full" before Linux 5.13
-            out[full_key] = int(lines["full"]["total"])
+        some = fmt.nested_keyed_int(text, "some", "total")
+        if some is not None:
+            out[some_key] = some
+        full = fmt.nested_keyed_int(text, "full", "total")
+        if full is not None:                       # cpu.pressure has no "full" before Linux 5.13
+            out[full_key] = full
     return parse
 
 
