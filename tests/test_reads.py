@@ -232,21 +232,21 @@ def test_a_bill_takes_the_tightest_limit_on_the_path(tmp_path):
 # ---------------------------------------------------------------------- real kernel
 @pytest.mark.kernel
 @pytest.mark.cgroup2
-def test_status_and_the_bill_read_the_same_numbers(host):
+def test_status_and_the_bill_read_the_same_numbers(host, tmp_path):
     """A finished group's counters rest: what `cgman status` shows is what a bill records."""
     from cgman.accounting.usage import effective_limits
-    from cgman.plan import Write
+    from cgman.policy import load_files
+    from cgman.reconcile.apply import apply
     from cgman.reconcile.status import status
-    host.create(".")
-    host.create("g")
-    mem = host.layout.version_of("memory")
-    host.write(Write("g", "memory", "memory.limit_in_bytes" if mem == 1 else "memory.max", str(256 << 20)))
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\npolicies:\n  g: {memory: {max: 256Mi}, pids: {max: 64}}\n")
+    apply(load_files([policy]), host)
     # It waits for a line on stdin, so that all of its work happens inside the group.
     p = subprocess.Popen(["sh", "-c", "read go; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"],
                          stdin=subprocess.PIPE)
     try:
         host.attach("g", p.pid)
-        p.communicate(b"go\n", timeout=60)
+        p.communicate(b"go\n", timeout=120)
     finally:
         p.kill()
         p.wait()
@@ -255,5 +255,5 @@ def test_status_and_the_bill_read_the_same_numbers(host):
     assert bill is not None and bill["cpu_usage_usec"] > 10_000          # the loop's CPU time was counted
     assert row["cpu_usage_seconds"] * 1e6 == pytest.approx(bill["cpu_usage_usec"], abs=0.5)
     assert (row["memory_bytes"], row["pids"], row["frozen"]) == (bill["memory_bytes"], bill["pids"], False)
-    assert row["limits"]["memory_max_bytes"] == 256 << 20
+    assert (row["limits"]["memory_max_bytes"], row["limits"]["pids_max"]) == (256 << 20, 64)
     assert effective_limits(host, "g")["memory_limit_bytes"] == 256 << 20
