@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import Busy, CgroupIOError, FreezeTimeout, NotFound
 from ..plan import Features, Layout, Write
+from . import reads
 from .base import Driver, Usage
 from .cgfs import split_path
 from .detect import HostInfo, detect, probe_features
@@ -237,8 +238,7 @@ class Host:
 
     def usage(self, path: str) -> Usage:
         """What ``cgman status`` and ``cgman ps`` show of a group (drivers/reads.py)."""
-        from .reads import usage
-        return usage(self, path)
+        return reads.usage(self, path)
 
 
 def open_host(root: str | None = None, mountinfo: str | None = None) -> Host:
