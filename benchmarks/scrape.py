@@ -25,7 +25,7 @@ one HTTP GET of /metrics on a fresh connection, timed from request to last body 
                       metrics, not containers: compare it per sample (µs per sample line)
   kernel-reads        floor: the naive collector's files of every container, os.open/read/close,
                       in this process, no HTTP, no parsing, no formatting
-  kernel-pread        floor: cgman's files (accounting/stats.py) kept open, os.pread, one thread
+  kernel-pread        floor: cgman's files (drivers/statfiles.py) kept open, os.pread, one thread
 
 Reported per contender: median and p90 ms, samples per scrape (non-comment lines), µs per
 sample, body size on the wire, the server's RSS after the scrapes (psutil) and its peak
@@ -139,13 +139,16 @@ def make_kernel_reads(key: str, fleet: Fleet, servers: Servers) -> Contender:
 
 
 def make_kernel_pread(key: str, fleet: Fleet, servers: Servers) -> Contender:
-    from cgman.accounting.stats import cgroup_dir, stat_files
-    files = stat_files(fleet.host.info)
-    for c in fleet.containers:
-        for f in files:
-            p = os.path.join(cgroup_dir(f.mount, fleet.root, c.rec.cgroup), f.file)
-            if os.path.exists(p):
-                servers.fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC))
+    from cgman.drivers.cgfs import CgroupTree
+    from cgman.drivers.statfiles import stat_files
+    by_mount: dict[str, list[str]] = {}
+    for f in stat_files(fleet.host.info):
+        by_mount.setdefault(f.mount, []).append(f.file)
+    for mount, names in by_mount.items():
+        tree = CgroupTree(mount, fleet.root)
+        for c in fleet.containers:          # opened as the exporter opens them
+            servers.fds += [fd for fd in tree.open_for_reading(c.rec.cgroup, names) if fd >= 0]
+        tree.close()
     fds = list(servers.fds)
 
     def once() -> Scrape:

@@ -154,28 +154,50 @@ static PyObject *pread_all(PyObject *self, PyObject *args)
 /* ------------------------------------------------------------------------------
  * read_parse / render: a whole scrape's kernel reads, parsing and text in C.
  *
- * The exporter's Python version (collector.py with stats.py's parsers) spends
+ * The exporter's Python version (collector.py with drivers/statfiles.py parsers) spends
  * ~60 ms of a 1000-container scrape on parsing and formatting 25,000 lines; this
- * does the same work in ~5 ms. The formats are those of stats.py, which stays the
- * reference: a test compares both on the same containers.
+ * does the same work in ~5 ms. The formats are those of drivers/statfiles.py, which stays
+ * the reference: tests compare both on the same files.
+ *
+ * Both tables are exported to Python by name (SLOTS, KINDS), so the names and their order
+ * are written only here: exporter/fast.py takes its slot numbers from SLOTS, pairs each
+ * KINDS name with the statfiles parser of that name, and checks at import that every name
+ * it uses exists on this side.
  */
-enum {
-    S_CPU_USAGE, S_CPU_USER, S_CPU_SYSTEM, S_CPU_THROTTLED,
-    S_MEM, S_MEM_WS, S_MEM_INACTIVE, S_OOM, S_MEM_RSS, S_MEM_CACHE,
-    S_IO_RB, S_IO_WB, S_IO_RO, S_IO_WO,
-    S_PIDS, S_FROZEN,
-    S_PSI_CPU_SOME, S_PSI_CPU_FULL, S_PSI_MEM_SOME, S_PSI_MEM_FULL, S_PSI_IO_SOME, S_PSI_IO_FULL,
-    S_GONE, S_ERRORS,
-    S_INFO, S_START_USEC, S_MEM_BYTE_SECONDS, S_LIMIT_UCPUS, S_LIMIT_MEM, S_LIMIT_PIDS,
-    NSLOTS
-};
 
-enum {
-    K_SKIP, K_V2_CPU_STAT, K_CPUACCT_USAGE, K_CPUACCT_STAT, K_V1_CPU_STAT, K_MEM_BYTES,
-    K_V1_MEM_STAT, K_V2_MEM_STAT, K_OOM, K_BLKIO_BYTES, K_BLKIO_OPS, K_V2_IO_STAT, K_PIDS,
-    K_V1_FREEZER, K_V2_EVENTS, K_PSI_CPU, K_PSI_MEM, K_PSI_IO,
-    K_V1_MEM_STAT_RSS, K_V2_MEM_STAT_RSS,   /* memory.stat with rss and cache too (--compat cadvisor) */
-};
+/* Per-container int64 slots (-1: absent). The first ones are the values that parsing
+ * fills; after S_GONE/S_ERRORS come the record's values, which Python writes. */
+#define SLOT_TABLE(X) \
+    X(S_CPU_USAGE, "cpu_usage_usec") X(S_CPU_USER, "cpu_user_usec") X(S_CPU_SYSTEM, "cpu_system_usec") \
+    X(S_CPU_THROTTLED, "cpu_throttled_usec") \
+    X(S_MEM, "memory_bytes") X(S_MEM_WS, "memory_working_set_bytes") \
+    X(S_MEM_INACTIVE, "memory_inactive_file_bytes") X(S_OOM, "memory_oom_kills") \
+    X(S_MEM_RSS, "memory_rss_bytes") X(S_MEM_CACHE, "memory_cache_bytes") \
+    X(S_IO_RB, "io_read_bytes") X(S_IO_WB, "io_write_bytes") X(S_IO_RO, "io_read_ops") X(S_IO_WO, "io_write_ops") \
+    X(S_PIDS, "pids") X(S_FROZEN, "frozen") \
+    X(S_PSI_CPU_SOME, "psi_cpu_some_usec") X(S_PSI_CPU_FULL, "psi_cpu_full_usec") \
+    X(S_PSI_MEM_SOME, "psi_memory_some_usec") X(S_PSI_MEM_FULL, "psi_memory_full_usec") \
+    X(S_PSI_IO_SOME, "psi_io_some_usec") X(S_PSI_IO_FULL, "psi_io_full_usec") \
+    X(S_GONE, "_gone") X(S_ERRORS, "_errors") \
+    X(S_INFO, "_info") X(S_START_USEC, "_start_usec") X(S_MEM_BYTE_SECONDS, "_memory_byte_seconds") \
+    X(S_LIMIT_UCPUS, "_limit_ucpus") X(S_LIMIT_MEM, "_limit_memory_bytes") X(S_LIMIT_PIDS, "_limit_pids")
+
+/* What each file is, by the name of its parser in drivers/statfiles.py (K_SKIP: not read). */
+#define KIND_TABLE(X) \
+    X(K_SKIP, "skip") X(K_V2_CPU_STAT, "v2_cpu_stat") X(K_CPUACCT_USAGE, "v1_cpuacct_usage") \
+    X(K_CPUACCT_STAT, "v1_cpuacct_stat") X(K_V1_CPU_STAT, "v1_cpu_stat") X(K_MEM_BYTES, "memory_bytes") \
+    X(K_V1_MEM_STAT, "v1_memory_stat") X(K_V2_MEM_STAT, "v2_memory_stat") X(K_OOM, "oom_kills") \
+    X(K_BLKIO_BYTES, "v1_blkio_bytes") X(K_BLKIO_OPS, "v1_blkio_ops") X(K_V2_IO_STAT, "v2_io_stat") \
+    X(K_PIDS, "pids") X(K_V1_FREEZER, "v1_freezer") X(K_V2_EVENTS, "v2_events") \
+    X(K_PSI_CPU, "psi_cpu") X(K_PSI_MEM, "psi_memory") X(K_PSI_IO, "psi_io") \
+    X(K_V1_MEM_STAT_RSS, "v1_memory_stat_rss") X(K_V2_MEM_STAT_RSS, "v2_memory_stat_rss")
+
+#define AS_ENUM(id, name) id,
+#define AS_NAME(id, name) name,
+enum { SLOT_TABLE(AS_ENUM) NSLOTS };
+enum { KIND_TABLE(AS_ENUM) NKINDS };
+static const char *const slot_names[NSLOTS] = { SLOT_TABLE(AS_NAME) };
+static const char *const kind_names[NKINDS] = { KIND_TABLE(AS_NAME) };
 
 #define RBUF (128 * 1024)
 
@@ -545,7 +567,7 @@ static PyMethodDef methods[] = {
     {"read_parse", read_parse, METH_VARARGS,
      "read_parse(fds, kinds, nthreads=2) -> bytearray\n\n"
      "pread and parse each container's stat files (len(kinds) fds per container, -1: absent);\n"
-     "int64 slots per container (see collector.py), -1 where a value is absent."},
+     "int64 slots per container (named by SLOTS), -1 where a value is absent."},
     {"render", render, METH_VARARGS,
      "render(values, labels, metrics) -> bytes: the text exposition of the values' slots."},
     {NULL, NULL, 0, NULL},
@@ -553,13 +575,35 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "cgman._fastread", NULL, -1, methods};
 
+/* Adds a tuple of the n names to the module as ``attr``; -1 on error. */
+static int add_names(PyObject *m, const char *attr, const char *const *names, int n)
+{
+    PyObject *t = PyTuple_New(n);
+    if (!t)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyTuple_SET_ITEM(t, i, s);
+    }
+    int rc = PyModule_AddObjectRef(m, attr, t);
+    Py_DECREF(t);
+    return rc;
+}
+
 PyMODINIT_FUNC PyInit__fastread(void)
 {
     long hz = sysconf(_SC_CLK_TCK);
     if (hz > 0)
         tick_usec = 1000000 / hz;
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "NSLOTS", NSLOTS) < 0) {
+    if (!m)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "NSLOTS", NSLOTS) < 0 || add_names(m, "SLOTS", slot_names, NSLOTS) < 0 ||
+        add_names(m, "KINDS", kind_names, NKINDS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,5 +1,5 @@
-"""Confinement of every path beneath the cgman root (fixture tree: cgroupfs itself
-cannot hold symlinks, so the symlink case is exercised on tmpfs)."""
+"""Confinement of every path beneath the cgman root, for reads as for writes (fixture tree:
+cgroupfs itself cannot hold symlinks, so the symlink case is exercised on tmpfs)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,62 @@ def test_writes_never_create_files(tmp_path):
     with pytest.raises(NotFound):
         t.read("missing", "x")
     assert t.children() == [] and t.exists() and not t.exists("missing")
+
+
+def _tree_with_files(tmp_path):
+    g = tmp_path / "mnt" / "top" / "root" / "g"
+    g.mkdir(parents=True)
+    (g / "pids.current").write_text("3\n")
+    (g / "cpu.stat").write_text("usage_usec 5\n")
+    (tmp_path / "mnt" / "top" / "cpuset.cpus").write_text("0-1\n")
+    (tmp_path / "mnt" / "cgroup.controllers").write_text("cpu memory\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "pids.current").write_text("999\n")
+    return CgroupTree(str(tmp_path / "mnt"), "top/root"), g, outside
+
+
+def test_reads_take_the_confined_walk_too(tmp_path):
+    t, g, outside = _tree_with_files(tmp_path)
+    assert t.read_files("g", ["pids.current", "io.stat", "cpu.stat"]) == ["3\n", None, "usage_usec 5\n"]
+    fds = t.open_for_reading("g", ["pids.current", "io.stat"])
+    try:
+        assert fds[1] == -1 and os.pread(fds[0], 100, 0) == b"3\n"
+        assert os.get_inheritable(fds[0]) is False
+    finally:
+        os.close(fds[0])
+    with pytest.raises(NotFound):
+        t.open_for_reading("gone", ["pids.current"])
+    os.symlink(outside, g.parent / "link")
+    os.symlink(outside / "pids.current", g / "pids.link")
+    with pytest.raises(UnsafePath):
+        t.read_files("link", ["pids.current"])
+    with pytest.raises(UnsafePath):
+        t.open_for_reading("link", ["pids.current"])
+    assert t.read_files("g", ["pids.link"]) == [None]             # the file itself is a symlink
+    with pytest.raises(CgroupIOError):
+        t.open_for_reading("g", ["pids.link"])
+
+
+def test_above_the_root_and_at_the_mount_only_reads_confined(tmp_path):
+    from cgman.drivers.cgfs import read_in_hierarchy
+    t, g, outside = _tree_with_files(tmp_path)
+    assert t.read_above("cpuset.cpus") == "0-1\n"
+    assert read_in_hierarchy(str(tmp_path / "mnt"), ".", "cgroup.controllers") == "cpu memory\n"
+    assert read_in_hierarchy(str(tmp_path / "mnt"), "top/root/g", "pids.current") == "3\n"
+    os.symlink(outside, tmp_path / "mnt" / "evil")
+    with pytest.raises(UnsafePath):
+        read_in_hierarchy(str(tmp_path / "mnt"), "evil", "pids.current")
+    with pytest.raises(UnsafePath):
+        read_in_hierarchy(str(tmp_path / "mnt"), "../outside", "pids.current")
+    with pytest.raises(UnsafePath):
+        CgroupTree(str(tmp_path / "mnt"), "evil/root").read_above("pids.current")
+    with pytest.raises(CgroupIOError):
+        read_in_hierarchy(str(tmp_path / "mnt"), ".", "missing")
+    fds_before = len(os.listdir("/proc/self/fd"))
+    t.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before - 1       # the kept mount descriptor
+    assert t.read("g", "pids.current") == "3\n"                     # opened again when needed
 
 
 @pytest.mark.parametrize("argv,want", [

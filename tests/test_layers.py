@@ -194,3 +194,170 @@ def test_the_cycle_rule_catches_a_planted_violation():
     assert cycles(package_graph(planted)) == [["accounting", "containers", "state", "accounting"]]
     del planted["containers/c.py"]
     assert cycles(package_graph(planted)) == []
+
+
+# ------------------------------------------------------------- cgroup files are opened in drivers/ only
+# drivers/ owns every cgroup file cgman reads or writes, and drivers/cgfs.py opens them all,
+# beneath the mount without following symlinks. Nothing else may open a path built from a
+# cgroup interface file name or from a hierarchy's mountpoint. The rule follows a path through
+# the assignments of the function that builds it, and through a module's own helpers that open
+# what they are given (``def _read(path): open(path)``).
+
+def _cgroup_vocabulary() -> tuple[object, frozenset[str]]:
+    """(a pattern of the cgroup file names drivers/ knows and of the cgroup mount path, the
+    attribute names that hold a hierarchy's mountpoint), both taken from drivers/, so that a
+    file drivers learns, or a rename there, is seen here."""
+    import dataclasses
+    import re
+
+    from cgman.drivers.cgfs import CgroupTree
+    from cgman.drivers.detect import V1_SUBSYS, HostInfo
+    from cgman.drivers.statfiles import StatFile
+    mounts = frozenset({"unified", "v1_mounts"} & {f.name for f in dataclasses.fields(HostInfo)}
+                       | {"mount"} & {f.name for f in dataclasses.fields(StatFile)}
+                       | {"mount"} & set(vars(CgroupTree("/", "x"))))
+    assert mounts == {"unified", "v1_mounts", "mount"}, "drivers renamed where a mountpoint is held"
+    # the string constants of drivers/ that look like interface files of a controller it knows
+    controller = re.compile(rf"({'|'.join(sorted(set(V1_SUBSYS) | set(V1_SUBSYS.values()) | {'cgroup'}))})"
+                            r"\.[a-z_.]+")
+    files = {node.value for p in (PKG / "drivers").glob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and controller.fullmatch(node.value)}
+    assert {"memory.stat", "cgroup.procs", "io.max", "cpuacct.usage", "freezer.state"} <= files
+    pattern = re.compile(rf"(^|/)({'|'.join(map(re.escape, sorted(files)))})$|/sys/fs/cgroup")
+    return pattern, mounts
+
+
+_OPEN_FUNCS = {"open", "os.open", "io.open"}
+_OPEN_METHODS = {"open", "read_text", "read_bytes", "write_text", "write_bytes"}    # pathlib
+
+
+def _assignments(scope: ast.AST) -> dict[str, list[ast.expr]]:
+    """name -> every expression assigned to it in ``scope`` (element-wise for tuples)."""
+    out: dict[str, list[ast.expr]] = {}
+
+    def bind(target: ast.expr, value: ast.expr) -> None:
+        if isinstance(target, ast.Name):
+            out.setdefault(target.id, []).append(value)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            same = isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts)
+            for i, t in enumerate(target.elts):
+                bind(t, value.elts[i] if same else value)     # type: ignore[union-attr]
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                bind(t, node.value)
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and node.value is not None:
+            bind(node.target, node.value)
+        elif isinstance(node, (ast.For, ast.comprehension)):
+            bind(node.target, node.iter)
+    return out
+
+
+def _mentions(expr: ast.expr, assigned: dict[str, list[ast.expr]], pattern, mounts: frozenset[str],
+              names: frozenset[str] = frozenset(), seen: set[str] | None = None) -> bool:
+    """Does ``expr`` (through the assignments it uses) involve a cgroup file name or mount
+    path, or, when ``names`` is given, one of those names?"""
+    seen = set() if seen is None else seen
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and pattern.search(node.value):
+            return True
+        if isinstance(node, ast.Attribute) and node.attr in mounts:
+            return True
+        if isinstance(node, ast.Name):
+            if node.id in mounts or node.id in names:
+                return True
+            if node.id not in seen:
+                seen.add(node.id)
+                if any(_mentions(v, assigned, pattern, mounts, names, seen) for v in assigned.get(node.id, ())):
+                    return True
+    return False
+
+
+def _opened(call: ast.Call, wrappers: dict[str, int]) -> ast.expr | None:
+    """The path a call opens, if it is an opener (or a wrapper of one, by argument index)."""
+    name = ast.unparse(call.func)
+    if name in _OPEN_FUNCS or name in wrappers:
+        i = wrappers.get(name, 0)
+        return call.args[i] if len(call.args) > i else next(
+            (k.value for k in call.keywords if k.arg in ("file", "path")), None)
+    if isinstance(call.func, ast.Attribute) and call.func.attr in _OPEN_METHODS and \
+            not (isinstance(call.func.value, ast.Name) and call.func.value.id in ("os", "io")):
+        return call.func.value
+    return None
+
+
+def cgroup_file_opens(rel: str, source: str) -> list[str]:
+    """Where module ``rel`` (path below cgman/) opens a cgroup file: ``rel:line: what``."""
+    pattern, mounts = _cgroup_vocabulary()
+    tree = ast.parse(source, rel)
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    wrappers: dict[str, int] = {}
+    for _ in range(3):           # a wrapper of a wrapper, too
+        for f in funcs:
+            params = [a.arg for a in f.args.args]
+            params = params[1:] if params[:1] == ["self"] else params
+            assigned = _assignments(f)
+            for call in (n for n in ast.walk(f) if isinstance(n, ast.Call)):
+                path = _opened(call, wrappers)
+                for i, p in enumerate(params):
+                    if path is not None and _mentions(path, assigned, pattern, frozenset(), frozenset({p})):
+                        wrappers[f.name] = wrappers[f"self.{f.name}"] = i
+    bad = []
+    for scope in [tree, *funcs]:
+        assigned = _assignments(scope)
+        calls = ast.walk(scope) if scope is not tree else (n for stmt in tree.body if not isinstance(
+            stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in ast.walk(stmt))
+        for call in (n for n in calls if isinstance(n, ast.Call)):
+            path = _opened(call, wrappers)
+            if path is not None and _mentions(path, assigned, pattern, mounts):
+                bad.append(f"{rel}:{call.lineno}: opens {ast.unparse(path)}")
+    return sorted(set(bad))
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if p != PKG / "drivers" / "cgfs.py"],
+                         ids=lambda p: str(p.relative_to(PKG)))
+def test_no_cgroup_file_is_opened_outside_drivers(path):
+    """Nor inside drivers/ but through cgfs.py, the one code that opens them (confined)."""
+    bad = cgroup_file_opens(str(path.relative_to(PKG)), path.read_text())
+    assert not bad, "read or write it through cgman.drivers (reads.py, statfiles.py, cgfs.py):\n" + "\n".join(bad)
+
+
+_PLANTED = '''
+import os
+from pathlib import Path
+
+def peak(info, root, leaf):
+    with open(os.path.join(info.unified, root, leaf, "memory.peak"), "rb") as f:
+        return int(f.read())
+
+def stat(t, leaf):
+    path = os.path.join(t.mount, leaf)
+    fd = os.open(path, os.O_RDONLY)
+    return os.read(fd, 4096)
+
+def _read(where):
+    with open(where) as f:
+        return f.read()
+
+def delegated(parent):
+    return _read(f"{parent}/cgroup.subtree_control")
+
+def procs(host, cg):
+    mount, file = host.info.v1_mounts["pids"], "cgroup.procs"
+    return Path(mount, cg, file).read_text()
+
+LIMIT = open("/sys/fs/cgroup/memory/memory.limit_in_bytes").read()
+
+def fine(run_dir, pid):
+    open("/proc/meminfo").read()
+    open(os.path.join(run_dir, "containers", "record.json"))
+    open(f"/proc/{pid}/cgroup")
+    return Path(run_dir, "io.json").read_text()
+'''
+
+
+def test_the_cgroup_file_rule_catches_a_planted_violation():
+    found = cgroup_file_opens("accounting/planted.py", _PLANTED)
+    lines = sorted(int(f.split(":")[1]) for f in found)
+    assert lines == [6, 11, 19, 23, 25], found          # peak, stat, delegated (via _read), procs, LIMIT
+    assert all(f.startswith("accounting/planted.py:") for f in found)

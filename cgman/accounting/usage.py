@@ -18,8 +18,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..drivers import reads
 from ..errors import CgmanError
-from . import stats
 from .ledger import Entry, Ledger, LedgerError, ledger_path
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_INTERVAL_S = 5.0
-_UNLIMITED_V1 = 1 << 62
 
 
 def sample_interval_s() -> float:
@@ -46,22 +45,6 @@ def sample_interval_s() -> float:
     return v
 
 
-def memory_bytes(host: "Host", leaf: str) -> int | None:
-    """The leaf's charged memory now (memory.usage_in_bytes or memory.current)."""
-    info = host.info
-    if "memory" in info.v1_mounts:
-        mount, file = info.v1_mounts["memory"], "memory.usage_in_bytes"
-    elif info.unified is not None and "memory" in info.unified_controllers:
-        mount, file = info.unified, "memory.current"
-    else:
-        return None
-    try:
-        with open(os.path.join(stats.cgroup_dir(mount, host.root, leaf), file), "rb") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def add_sample(rec: "Record", now: float, mem: int) -> None:
     """Integrate from the previous sample (or from the start, at zero) to ``now``."""
     if rec.memory_sampled_at is None:
@@ -76,7 +59,7 @@ def add_sample(rec: "Record", now: float, mem: int) -> None:
 
 def sample(host: "Host", store: "Store", rec: "Record") -> None:
     """One memory sample of a running container, saved in its record."""
-    mem = memory_bytes(host, rec.cgroup)
+    mem = reads.memory_bytes(host, rec.cgroup)
     if mem is None:
         return
     add_sample(rec, time.time(), mem)
@@ -103,20 +86,19 @@ def _host_capacity() -> tuple[float, int]:
 def effective_limits(host: "Host", leaf: str) -> dict[str, Any]:
     """The tightest CPU and memory limits on the path from the cgman root to ``leaf``
     (None: unlimited) and the host's capacity, for allocation billing."""
-    from ..reconcile.status import live_limits
     cpu: float | None = None
     mem: int | None = None
     parts = leaf.split("/")
     for i in range(len(parts), -1, -1):
         path = "/".join(parts[:i]) or "."
         try:
-            lim = live_limits(host, path)
+            lim = reads.live_limits(host, path)
         except CgmanError:
             continue
         c, m = lim.get("cpu_max"), lim.get("memory_max_bytes")
         if isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0:
             cpu = c if cpu is None else min(cpu, c)
-        if isinstance(m, int) and not isinstance(m, bool) and m < _UNLIMITED_V1:
+        if isinstance(m, int) and not isinstance(m, bool):        # "max": no limit
             mem = m if mem is None else min(mem, m)
     host_cpus, host_mem = _host_capacity()
     return {"cpu_limit_cpus": cpu, "memory_limit_bytes": mem,
@@ -127,7 +109,7 @@ def final_usage(host: "Host", rec: "Record", collected: bool) -> dict[str, Any] 
     """Read the leaf's final usage (its last process has exited) and close the memory
     integral. A collected container (its supervisor died) is integrated only up to
     its last sample: when it died between then and now is unknown."""
-    values = stats.read_stats(host.info, host.root, rec.cgroup, final=True)
+    values = reads.read_stats(host, rec.cgroup, final=True)
     if values is None:
         return None
     now = time.time()

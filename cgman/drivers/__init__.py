@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import Busy, CgroupIOError, FreezeTimeout, NotFound
 from ..plan import Features, Layout, Write
+from . import reads
 from .base import Driver, Usage
 from .cgfs import split_path
 from .detect import HostInfo, detect, probe_features
@@ -236,16 +237,8 @@ class Host:
         return n
 
     def usage(self, path: str) -> Usage:
-        """Merge what each hierarchy reports (v1 first; v2 fills the gaps)."""
-        parts = [d.usage(path) for d in self.drivers if d.exists(path)]
-        if not parts:
-            raise NotFound(f"no group {path} under the cgman root {self.root}")
-        merged: dict[str, object] = {}
-        for u in parts:
-            for k, v in vars(u).items():
-                if merged.get(k) is None and v is not None:
-                    merged[k] = v
-        return Usage(**merged)  # type: ignore[arg-type]
+        """What ``cgman status`` and ``cgman ps`` show of a group (drivers/reads.py)."""
+        return reads.usage(self, path)
 
 
 def open_host(root: str | None = None, mountinfo: str | None = None) -> Host:

@@ -3,7 +3,8 @@
 Every path is walked one component at a time with O_NOFOLLOW from a descriptor
 of the mount, so no name, symlink or ``..`` can lead outside the root (the
 effect of runc's openat2 RESOLVE_BENEATH, which Python does not expose).
-Errors carry the directory, file, value and errno.
+Reads take the same walk as writes: this module is the only code that opens
+cgroup files. Errors carry the directory, file, value and errno.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import CgroupIOError, NotFound, PermissionDenied, UnsafePath
 log = logging.getLogger(__name__)
 _COMPONENT = re.compile(r"^[A-Za-z0-9_@:][A-Za-z0-9_.@:\\-]{0,254}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def split_path(rel: str) -> list[str]:
@@ -69,29 +71,24 @@ class CgroupTree:
                                     f"cannot open the cgroup mount: {e.strerror}") from None
         return self._mfd
 
+    def close(self) -> None:
+        """Release the kept descriptor of the mount (a later call opens it again)."""
+        if self._mfd is not None:
+            os.close(self._mfd)
+            self._mfd = None
+
     def _mount_fd(self) -> int:
         """A descriptor of the mount that the caller owns (and closes)."""
         return os.dup(self._cached_mount_fd())
 
     def _open(self, rel: str) -> int:
-        mfd = self._cached_mount_fd()
-        fd = mfd
         try:
-            for part in self._root_parts + split_path(rel):
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                if fd != mfd:
-                    os.close(fd)
-                fd = nfd
+            return self._walk(self._root_parts + split_path(rel), self.path(rel))
         except OSError as e:
-            if fd != mfd:
-                os.close(fd)
-            if e.errno == errno.ENOENT:
-                raise NotFound(f"no cgroup {self.path(rel)}") from None
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePath(f"refusing {self.path(rel)}: a symlink or non-directory "
-                                 f"in the path") from None
             raise self._err(rel, "", None, e) from None
-        return fd
+
+    def _walk(self, parts: list[str], where: str) -> int:
+        return _walk(self._cached_mount_fd(), parts, where)
 
     def open_dir(self, rel: str) -> int:
         """A directory fd of ``rel`` (walked without following symlinks); the caller closes it."""
@@ -198,23 +195,78 @@ class CgroupTree:
     def read(self, rel: str, file: str) -> str:
         fd = self._open(rel)
         try:
-            ffd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            ffd = os.open(file, _READ_FLAGS, dir_fd=fd)
         except OSError as e:
-            os.close(fd)
             raise self._err(rel, file, None, e) from None
-        os.close(fd)
+        finally:
+            os.close(fd)
         try:
-            chunks = []
-            while True:
-                b = os.read(ffd, 65536)
-                if not b:
-                    break
-                chunks.append(b)
-            return b"".join(chunks).decode()
+            return _read_all(ffd)
         except OSError as e:
             raise self._err(rel, file, None, e) from None
         finally:
             os.close(ffd)
+
+    def read_files(self, rel: str, files: list[str]) -> list[str | None]:
+        """Each of ``files`` of group ``rel`` in one walk; None for a file that is missing or
+        unreadable here (a kernel without PSI, say). NotFound if the group does not exist."""
+        fd = self._open(rel)
+        out: list[str | None] = []
+        try:
+            for file in files:
+                try:
+                    ffd = os.open(file, _READ_FLAGS, dir_fd=fd)
+                except OSError:
+                    out.append(None)
+                    continue
+                try:
+                    out.append(_read_all(ffd))
+                except OSError:
+                    out.append(None)
+                finally:
+                    os.close(ffd)
+        finally:
+            os.close(fd)
+        return out
+
+    def open_for_reading(self, rel: str, files: list[str]) -> list[int]:
+        """Read-only descriptors of ``files`` of group ``rel``, opened in one walk, for a caller
+        that keeps them and re-reads them with pread (the exporter: cgroupfs regenerates a
+        file on each read from offset 0). -1 for a file this kernel lacks; NotFound if the
+        group is gone; the caller closes the rest."""
+        fd = self._open(rel)
+        fds: list[int] = []
+        try:
+            for file in files:
+                try:
+                    fds.append(os.open(file, _READ_FLAGS, dir_fd=fd))
+                except FileNotFoundError:
+                    fds.append(-1)
+                except OSError as e:
+                    raise self._err(rel, file, None, e) from None
+            if -1 in fds and not self.exists(rel):      # removed while we opened
+                raise NotFound(f"no cgroup {self.path(rel)}")
+        except BaseException:
+            for f in fds:
+                if f >= 0:
+                    os.close(f)
+            raise
+        finally:
+            os.close(fd)
+        return fds
+
+    def read_above(self, file: str) -> str:
+        """``file`` of the directory that holds the cgman root: the one place above its tree
+        that cgman reads (what it may enable, what a new v1 cpuset inherits); never written."""
+        where = os.path.join(self.mount, *self._root_parts[:-1])
+        try:
+            fd = self._walk(self._root_parts[:-1], where)
+        except OSError as e:
+            raise CgroupIOError(where, "", None, e.errno or 0, e.strerror or str(e)) from None
+        try:
+            return _read_file(fd, file, where)
+        finally:
+            os.close(fd)
 
     def write(self, rel: str, file: str, value: str) -> None:
         """One value, one write(2); never creates files."""
@@ -244,3 +296,64 @@ class CgroupTree:
                                  "the kernel has no such file here: is the controller available "
                                  "and enabled for this group? (see `cgman doctor`)")
         return CgroupIOError(self.path(rel), file, value, e.errno or 0, e.strerror or str(e))
+
+
+def _walk(mfd: int, parts: list[str], where: str) -> int:
+    """A new descriptor of the directory ``parts`` below the mount ``mfd`` (the caller closes
+    it), walked without following symlinks. NotFound, UnsafePath, or the OSError."""
+    fd = mfd
+    try:
+        for part in parts:
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            if fd != mfd:
+                os.close(fd)
+            fd = nfd
+    except OSError as e:
+        if fd != mfd:
+            os.close(fd)
+        if e.errno == errno.ENOENT:
+            raise NotFound(f"no cgroup {where}") from None
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(f"refusing {where}: a symlink or non-directory in the path") from None
+        raise
+    return fd if fd != mfd else os.dup(mfd)
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while b := os.read(fd, 65536):
+        chunks.append(b)
+    return b"".join(chunks).decode()
+
+
+def _read_file(dirfd: int, file: str, where: str) -> str:
+    """``file`` in the directory ``dirfd`` (named ``where`` in errors), not through a symlink."""
+    try:
+        ffd = os.open(file, _READ_FLAGS, dir_fd=dirfd)
+        try:
+            return _read_all(ffd)
+        finally:
+            os.close(ffd)
+    except OSError as e:
+        raise CgroupIOError(where, file, None, e.errno or 0, e.strerror or str(e)) from None
+
+
+def read_in_hierarchy(mount: str, rel: str, file: str) -> str:
+    """``file`` of the directory ``rel`` below the hierarchy's ``mount`` ("." the top), walked
+    like every other read, for the files read before a cgman root is bound or above it: what
+    the hierarchy offers, what the root's parent delegates."""
+    where = os.path.join(mount, *split_path(rel))
+    try:
+        mfd = os.open(mount, _DIR_FLAGS)
+    except OSError as e:
+        raise CgroupIOError(mount, "", None, e.errno or 0, f"cannot open the cgroup mount: {e.strerror}") from None
+    try:
+        fd = _walk(mfd, split_path(rel), where)
+    except OSError as e:
+        raise CgroupIOError(where, "", None, e.errno or 0, e.strerror or str(e)) from None
+    finally:
+        os.close(mfd)
+    try:
+        return _read_file(fd, file, where)
+    finally:
+        os.close(fd)

@@ -6,7 +6,10 @@ import glob
 import os
 from dataclasses import dataclass, field
 
+from ..errors import CgmanError
 from ..plan import RESOURCE_CONTROLLERS, Features, Layout, Target
+from . import formats as fmt
+from .cgfs import read_in_hierarchy
 
 MOUNTINFO = "/proc/self/mountinfo"
 # cgman controller name -> v1 subsystem name
@@ -102,13 +105,7 @@ def detect(mountinfo: str = MOUNTINFO) -> HostInfo:
     """Read the host's cgroup layout. Raises NotFound-like errors via the CLI when none."""
     with open(mountinfo, encoding="utf-8") as f:
         v1, unified = parse_mountinfo(f.read())
-    ctl: frozenset[str] = frozenset()
-    if unified:
-        try:
-            with open(os.path.join(unified, "cgroup.controllers"), encoding="utf-8") as f:
-                ctl = frozenset(f.read().split())
-        except OSError:
-            pass
+    ctl = frozenset(_read_cgroup(unified, ".", "cgroup.controllers").split()) if unified else frozenset()
     resource_v1 = [c for c in v1 if c in RESOURCE_CONTROLLERS]
     if unified and not resource_v1:
         mode: Target = "v2"
@@ -127,10 +124,13 @@ def probe_features(info: HostInfo, root: str) -> Features:
     mem_v1 = info.v1_mounts.get("memory")
     blkio_v1 = info.v1_mounts.get("io")
     available: frozenset[str] = frozenset()
+    iocost: frozenset[str] = frozenset()
     if info.unified:
-        parent = os.path.dirname(os.path.join(info.unified, root.strip("/")))
         # what the cgman root can enable = its parent's subtree_control
-        available = frozenset(_read(os.path.join(parent, "cgroup.subtree_control")).split())
+        parent = os.path.dirname(root.strip("/")) or "."
+        available = frozenset(_read_cgroup(info.unified, parent, "cgroup.subtree_control").split())
+        qos = fmt.nested_keyed(_read_cgroup(info.unified, ".", "io.cost.qos"))
+        iocost = frozenset(dev for dev, q in qos.items() if q.get("enable") == "1")
     return Features(
         io_bfq_weight=bfq,
         io_weight=info.unified is not None and os.path.exists(os.path.join(info.unified, "io.cost.qos")),
@@ -139,10 +139,16 @@ def probe_features(info: HostInfo, root: str) -> Features:
         memsw=bool(mem_v1) and os.path.exists(os.path.join(mem_v1 or "/", "memory.memsw.limit_in_bytes")),
         memory_swap="swapaccount=0" not in cmdline,
         v2_available=available,
-        iocost_devices=frozenset(
-            line.split()[0] for line in _read(os.path.join(info.unified, "io.cost.qos")).splitlines()
-            if "enable=1" in line.split()) if info.unified else frozenset(),
+        iocost_devices=iocost,
     )
+
+
+def _read_cgroup(mount: str, rel: str, file: str) -> str:
+    """A cgroup file's text, or "" where it is missing or unreadable (the feature is off)."""
+    try:
+        return read_in_hierarchy(mount, rel, file)
+    except CgmanError:
+        return ""
 
 
 def _read(path: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno as _errno
 
 from ..errors import CgroupIOError, FreezeTimeout, NotFound
-from .base import Usage
 from .cgfs import split_path
 
 V1_DEFAULTS = {
@@ -164,8 +163,3 @@ class FakeDriver:
     def kill(self, path: str) -> bool:
         self._group(path)["cgroup.procs"] = ""
         return True
-
-    def usage(self, path: str) -> Usage:
-        self._group(path)
-        return Usage(cpu_usage_usec=0, memory_bytes=0, pids=len(self.procs(path)),
-                     frozen=self.is_frozen(path), populated=bool(self.procs(path)))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 from ..units import UnitError, parse_cpu_list
+from . import formats as fmt
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_HUGE = 1 << 62
 MEMORY_FILES = {"memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.soft_limit_in_bytes",
                 "memory.max", "memory.high", "memory.low", "memory.min", "memory.swap.max"}
 CPUSET_FILES = {"cpuset.cpus", "cpuset.mems"}
@@ -25,24 +25,8 @@ SUBTREE = "cgroup.subtree_control"
 
 def _mem(v: str) -> int | None:
     """Normalised bytes; None = unlimited."""
-    v = v.strip()
-    if v in ("max", "-1"):
-        return None
-    n = int(v)
-    return None if n >= _HUGE else n // PAGE * PAGE
-
-
-def _keyed(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.strip().partition(" ")
-        if key:
-            out[key] = rest.strip()
-    return out
-
-
-def _kv(rest: str) -> dict[str, str]:
-    return dict(p.split("=", 1) for p in rest.split() if "=" in p)
+    n = fmt.limit(v)
+    return None if n is None else n // PAGE * PAGE
 
 
 def satisfied(file: str, desired: str, live: str) -> bool:
@@ -59,10 +43,10 @@ def satisfied(file: str, desired: str, live: str) -> bool:
         return all(tok[1:] in have for tok in desired.split() if tok.startswith("+"))
     if file in KEYED_FILES:
         key, _, want = desired.partition(" ")
-        entries = _keyed(live)
+        entries = fmt.flat_keyed(live)
         if file == "io.max":
-            kv = _kv(entries.get(key, ""))
-            return all(kv.get(k, "max") == v for k, v in _kv(want).items())
+            kv = fmt.sub_keys(entries.get(key, ""))
+            return all(kv.get(k, "max") == v for k, v in fmt.sub_keys(want).items())
         if file.startswith("blkio.throttle.") and want == "0":
             return key not in entries          # 0 = no rule
         if file.startswith("blkio.throttle."):
@@ -84,11 +68,11 @@ def undo_value(file: str, desired: str, live: str) -> str:
                         if tok.startswith("+") and tok[1:] not in have)
     if file in KEYED_FILES:
         key, _, want = desired.partition(" ")
-        entries = _keyed(live)
+        entries = fmt.flat_keyed(live)
         old = entries.get(key)
         if file == "io.max":
-            kv = _kv(old or "")
-            return key + " " + " ".join(f"{k}={kv.get(k, 'max')}" for k in _kv(want))
+            kv = fmt.sub_keys(old or "")
+            return key + " " + " ".join(f"{k}={kv.get(k, 'max')}" for k in fmt.sub_keys(want))
         if file.startswith("blkio.throttle."):
             return f"{key} {old if old is not None else 0}"
         return f"{key} {old if old is not None else 'default'}"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import errno
-import os
 import time
 
 from ..errors import CgroupIOError, FreezeTimeout, NotFound
-from .base import Usage
+from . import formats as fmt
 from .cgfs import CgroupTree
 
 FREEZER_RETRY_S = 0.010
@@ -56,13 +55,7 @@ class V1Driver:
             if t.read(path, f).strip():
                 continue
             if path == ".":
-                src = os.path.join(os.path.dirname(t.path(".")), f)
-                try:
-                    with open(src, encoding="utf-8") as fh:
-                        value = fh.read().strip()
-                except OSError as e:
-                    raise CgroupIOError(os.path.dirname(src), f, None, e.errno or 0,
-                                        e.strerror or str(e)) from None
+                value = t.read_above(f).strip()
             else:
                 parent = path.rsplit("/", 1)[0] if "/" in path else "."
                 value = t.read(parent, f).strip()
@@ -160,26 +153,10 @@ class V1Driver:
         """Effective state (FREEZING counts: the group is not running freely)."""
         if "freezer" not in self._by_ctl:
             return None
-        return self.tree("freezer").read(path, "freezer.state").strip() != "THAWED"
+        return fmt.v1_frozen(self.tree("freezer").read(path, "freezer.state"))
 
     def self_frozen(self, path: str) -> bool | None:
         """This group's own flag (freezer.self_freezing), which a policy's ``frozen`` sets."""
         if "freezer" not in self._by_ctl:
             return None
         return self.tree("freezer").read(path, "freezer.self_freezing").strip() == "1"
-
-    # -------------------------------------------------------------------------- usage
-    def usage(self, path: str) -> Usage:
-        def num(ctl: str, file: str) -> int | None:
-            if ctl not in self._by_ctl:
-                return None
-            try:
-                return int(self._by_ctl[ctl].read(path, file).split()[0])
-            except (NotFound, CgroupIOError, ValueError, IndexError):
-                return None
-        ns = num("cpuacct", "cpuacct.usage")
-        return Usage(cpu_usage_usec=None if ns is None else ns // 1000,
-                     memory_bytes=num("memory", "memory.usage_in_bytes"),
-                     pids=num("pids", "pids.current"),
-                     frozen=self.is_frozen(path) if "freezer" in self._by_ctl else None,
-                     populated=bool(self.procs(path)) or None)

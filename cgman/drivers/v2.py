@@ -5,20 +5,8 @@ from __future__ import annotations
 import time
 
 from ..errors import CgroupIOError, FreezeTimeout, NotFound
-from .base import Usage
+from . import formats as fmt
 from .cgfs import CgroupTree
-
-
-def parse_flat_keyed(text: str) -> dict[str, int]:
-    """"key value" lines (cpu.stat, cgroup.events, memory.stat) -> dict."""
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        k, _, v = line.partition(" ")
-        try:
-            out[k] = int(v)
-        except ValueError:
-            continue
-    return out
 
 
 class V2Driver:
@@ -61,7 +49,8 @@ class V2Driver:
         self.t.write(path, "cgroup.procs", str(pid))
 
     def events(self, path: str) -> dict[str, int]:
-        return parse_flat_keyed(self.t.read(path, "cgroup.events"))
+        """cgroup.events: ``populated`` and ``frozen``, 0 or 1."""
+        return {k: int(v) for k, v in fmt.flat_keyed(self.t.read(path, "cgroup.events")).items() if v.isdigit()}
 
     def _set_freeze(self, path: str, frozen: bool, timeout_s: float) -> bool:
         self.t.write(path, "cgroup.freeze", "1" if frozen else "0")
@@ -117,21 +106,3 @@ class V2Driver:
             return False
         self.t.write(path, "cgroup.kill", "1")
         return True
-
-    def usage(self, path: str) -> Usage:
-        def one(file: str) -> int | None:
-            try:
-                return int(self.t.read(path, file).split()[0])
-            except (NotFound, CgroupIOError, ValueError, IndexError):
-                return None
-        try:
-            cpu = parse_flat_keyed(self.t.read(path, "cpu.stat")).get("usage_usec")
-        except (NotFound, CgroupIOError):
-            cpu = None
-        try:
-            ev = self.events(path)
-        except (NotFound, CgroupIOError):
-            ev = {}
-        return Usage(cpu_usage_usec=cpu, memory_bytes=one("memory.current"), pids=one("pids.current"),
-                     frozen=bool(ev["frozen"]) if "frozen" in ev else None,
-                     populated=bool(ev["populated"]) if "populated" in ev else None)

@@ -26,12 +26,12 @@ class Series(NamedTuple):
     name: str
     type: str
     help: str
-    key: str               # value name (stats.py) or record field (see _record)
+    key: str               # value name (drivers/statfiles.py) or record field (see _record)
     micro: bool            # µs -> s
     extra: str = ""        # labels of its own, as cAdvisor: cpu="total"
 
 
-# From the cgroup files read this scrape (stats.py's value names).
+# From the cgroup files read this scrape (drivers/statfiles.py value names).
 KERNEL: tuple[Series, ...] = (
     Series("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed in seconds.",
            "cpu_usage_usec", True, 'cpu="total"'),

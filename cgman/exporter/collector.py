@@ -4,12 +4,13 @@ Built fresh on every scrape, as the Prometheus client guidelines ask: the metric
 families and their values exist only for the scrape. What is kept between scrapes
 is not metric state but two caches of facts that only change when a container does:
 
-- the parsed record of each container, keyed by the record file's inode and mtime
-  (records are replaced by rename, so a change always shows);
-- each live container's stat files, kept open: cgroupfs regenerates a file on every
-  read from offset 0, and skipping open()/close() halves the kernel's work per file.
-  They are closed when the container's record leaves the live set or a read says
-  the cgroup is gone (ENODEV), so removed cgroups are not pinned.
+- the parsed record of each container (exporter/live.py);
+- each live container's stat files (drivers/statfiles.py), kept open: cgroupfs
+  regenerates a file on every read from offset 0, and skipping open()/close() halves
+  the kernel's work per file. They are opened through the confined walk of
+  drivers/cgfs.py like every cgroup file, and closed when the container's record
+  leaves the live set or a read says the cgroup is gone (ENODEV), so removed cgroups
+  are not pinned.
 
 A container that vanishes mid-scrape (its cgroup removed between listing and
 reading) is skipped; it never fails the scrape. Any other read or parse failure
@@ -25,20 +26,18 @@ restarts too: every input is durable (the ledger) or the kernel's own counter.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import resource
-import struct
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from ..accounting import stats
 from ..accounting.ledger import Ledger, LedgerError, LedgerNotReady, ledger_path
+from ..drivers import statfiles
+from ..drivers.cgfs import CgroupTree
+from ..errors import CgmanError, CgroupIOError, NotFound
 from .cadvisor import KEYS as COMPAT_KEYS
-from .cadvisor import image as _image
-from .cadvisor import nonneg_int as _int
 from .cadvisor import render as render_compat
+from .live import Live, Records, escape
 from .metrics import CONTAINER, RECORD, TENANT
 
 log = logging.getLogger(__name__)
@@ -46,76 +45,6 @@ log = logging.getLogger(__name__)
 _GONE = (-errno.ENODEV, -errno.ENOENT)
 CHUNK = 256               # containers per batch of reads: bounds the transient memory
 TRANSIENT = 16            # containers read without the fd cache (it is full) per batch
-
-
-def _escape(v: str) -> str:
-    if "\\" in v or '"' in v or "\n" in v:
-        v = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return v
-
-
-def _num(v: Any) -> float | int | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return v
-
-
-@dataclass
-class Live:
-    """What a scrape needs of one container's record."""
-
-    id: str
-    name: str
-    tenant: str
-    labels: str                    # '{container="…",group="…",tenant="…"}'
-    labels_b: bytes
-    record_slots: bytes            # int64 x6 for the C renderer: info, start, byte-seconds, limits
-    dirs: dict[str, str]           # hierarchy mount -> the container's cgroup dir there
-    state: str
-    started: float | None
-    memory_byte_seconds: float
-    limits: dict[str, float | int]
-    final_usage: dict[str, Any] | None
-    ledger_pending: bool
-    # What --compat cadvisor adds (exporter/cadvisor.py)
-    group: str = ""
-    cgroup_path: str = ""          # below the mount, as cAdvisor's id: /<cgman root>/<group>/<name>
-    image: str = "host"            # the rootfs, or host: never empty (dashboards select image!="")
-    memory_peak_bytes: int | None = None
-    cpu_period_usec: int | None = None
-
-
-_UNLIMITED = 1 << 62
-
-
-def _live_from(d: dict[str, Any], mounts: list[str]) -> Live:
-    root, cg = d["cgroup_root"], d["cgroup"]
-    lim = d.get("limits") or {}
-    limits: dict[str, float | int] = {}
-    for key in ("cpu_max_cpus", "memory_max_bytes", "pids_max"):
-        v = _num(lim.get(key))
-        if v is not None and 0 <= v < _UNLIMITED:     # the kernel's "max" is a huge number on v1
-            limits[key] = v
-    labels = f'{{container="{_escape(d["name"])}",group="{_escape(d["group"])}",tenant="{_escape(d["tenant"])}"}}'
-    started = d.get("started")
-    record_slots = struct.pack(
-        "6q", 1, round(started * 1e6) if isinstance(started, (int, float)) else -1,
-        round(float(d.get("memory_byte_seconds") or 0.0)),
-        round(limits["cpu_max_cpus"] * 1e6) if "cpu_max_cpus" in limits else -1,
-        int(limits["memory_max_bytes"]) if "memory_max_bytes" in limits else -1,
-        int(limits["pids_max"]) if "pids_max" in limits else -1)
-    return Live(
-        id=d["id"], name=d["name"], tenant=d["tenant"], labels=labels, labels_b=labels.encode(),
-        record_slots=record_slots,
-        dirs={m: stats.cgroup_dir(m, root, cg) for m in mounts},
-        state=d.get("state", ""), started=d.get("started"),
-        memory_byte_seconds=float(d.get("memory_byte_seconds") or 0.0),
-        limits=limits, final_usage=d.get("final_usage"), ledger_pending=bool(d.get("ledger_pending")),
-        group=d["group"], cgroup_path="/" + "/".join(p for p in (root.strip("/"), cg) if p),
-        image=_image(d.get("rootfs")), memory_peak_bytes=_int(d.get("memory_peak_bytes")),
-        cpu_period_usec=_int(lim.get("cpu_period_usec")))
-
-
 
 
 # A container read in this scrape: its record, CPU µs, IO read and write bytes (-1: absent).
@@ -160,19 +89,24 @@ class Collector:
 
     def __init__(self, info: Any, run_dir: str, state_dir: str, *, pressure: bool = True,
                  read_threads: int = 2, c_scrape: bool = True, compat: str | None = None) -> None:
-        self.files = stats.stat_files(info, pressure=pressure)
+        self.files = statfiles.stat_files(info, pressure=pressure)
         self.compat = compat == "cadvisor"      # also serve cAdvisor's names (exporter/cadvisor.py)
-        self._parsers = [stats.RSS_PARSERS.get(f.parse, f.parse) if self.compat else f.parse
+        self._parsers = [statfiles.RSS_PARSERS.get(f.parse, f.parse) if self.compat else f.parse
                          for f in self.files]
-        self.mounts = sorted({f.mount for f in self.files})
-        self.containers_dir = os.path.join(run_dir, "containers")
+        # Per hierarchy: which of self.files lie there (their index, their name).
+        self._by_mount: dict[str, tuple[list[int], list[str]]] = {}
+        for i, f in enumerate(self.files):
+            idx, names = self._by_mount.setdefault(f.mount, ([], []))
+            idx.append(i)
+            names.append(f.file)
+        self._trees: dict[tuple[str, str], CgroupTree] = {}
+        self.records = Records(run_dir)
         self.ledger = Ledger(ledger_path(state_dir), readonly=True)
         self.read_threads = read_threads
         self._pread_all = _reader()
         from .fast import KIND, module
         self._fast: Any = module() if c_scrape else None
         self._kinds = bytes(KIND.get(p, 0) for p in self._parsers)
-        self._records: dict[str, tuple[tuple[int, int], Live]] = {}
         self._open: dict[str, _Open] = {}
         self.read_errors = 0
         self._ledger_ino: int | None = None
@@ -184,59 +118,36 @@ class Collector:
         # that starts at 0 lets increase() count the first container's usage too.
         self.known_tenants: frozenset[str] = frozenset()
 
-    # ------------------------------------------------------------------ records
-    def _scan(self) -> list[Live]:
-        out: list[Live] = []
-        seen: dict[str, tuple[tuple[int, int], Live]] = {}
+    # ------------------------------------------------------------------ files
+    def _open_files(self, c: Live) -> list[int]:
+        """Descriptors of ``c``'s stat files, in the order of self.files (-1: absent here)."""
+        fds = [-1] * len(self.files)
         try:
-            names = os.listdir(self.containers_dir)
-        except FileNotFoundError:
-            names = []
-        base = self.containers_dir + "/"
-        for n in names:
-            path = base + n + "/record.json"
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue              # being created or removed
-            key = (st.st_ino, st.st_mtime_ns)
-            hit = self._records.get(n)
-            if hit is not None and hit[0] == key:
-                live = hit[1]
-            else:
-                try:
-                    with open(path, "rb") as f:
-                        live = _live_from(json.loads(f.read()), self.mounts)
-                except (OSError, ValueError, KeyError, TypeError, OverflowError, struct.error):
-                    continue          # half-written by an old cgman, or removed meanwhile
-            seen[n] = (key, live)
-            out.append(live)
-        self._records = seen
-        return out
+            for mount, (idx, names) in self._by_mount.items():
+                tree = self._trees.get((mount, c.root))
+                if tree is None:
+                    tree = self._trees[(mount, c.root)] = CgroupTree(mount, c.root)
+                for i, fd in zip(idx, tree.open_for_reading(c.cgroup, names), strict=True):
+                    fds[i] = fd
+        except BaseException:
+            _Open(fds).close()
+            raise
+        return fds
 
     def _fds_for(self, c: Live) -> _Open | None:
         o = self._open.get(c.id)
         if o is not None:
             return o
-        fds: list[int] = []
         try:
-            for f in self.files:
-                try:
-                    fds.append(os.open(os.path.join(c.dirs[f.mount], f.file), os.O_RDONLY | os.O_CLOEXEC))
-                except FileNotFoundError:
-                    if not os.path.isdir(c.dirs[f.mount]):
-                        raise             # the cgroup itself is gone (or not there yet)
-                    fds.append(-1)        # this kernel lacks the file (e.g. no PSI)
-        except OSError as e:
-            for fd in fds:
-                if fd >= 0:
-                    os.close(fd)
-            if e.errno not in (errno.ENOENT, errno.ENODEV):
+            o = _Open(self._open_files(c))
+        except NotFound:
+            return None           # the cgroup is gone (or not there yet)
+        except CgmanError as e:
+            if not (isinstance(e, CgroupIOError) and e.errno in (errno.ENOENT, errno.ENODEV)):
                 self.read_errors += 1
                 self._unread.add(c.tenant)
                 log.warning("container %s: cannot open its stat files: %s", c.name, e)
             return None
-        o = _Open(fds)
         if len(self._open) * len(self.files) < self._fd_budget:
             self._open[c.id] = o
         return o
@@ -254,7 +165,7 @@ class Collector:
     def collect_chunks(self) -> list[bytes]:
         """The same as chunks, sent one after the other: a 1000-container body is 2 MB, and
         each concatenation would be another 2 MB copy at the peak of the exporter's memory."""
-        records = self._scan()
+        records = self.records.scan()
         live = [c for c in records if c.state == "running"]
         pending = [c for c in records if c.state == "exited" and c.ledger_pending and c.final_usage]
         live_ids = {c.id for c in live}
@@ -302,7 +213,7 @@ class Collector:
     def _containers_c(self, live: list[Live], compat: list[tuple[Live, dict[str, int]]] | None = None
                       ) -> tuple[bytes, list[Seen]]:
         """Reads, parsing and text in C (exporter/fast.py): a few ms per 1000 containers."""
-        from .fast import NSLOTS, RENDER, SLOT
+        from .fast import NSLOTS, RECORD_SLOTS, RENDER, SLOT
         batch: list[tuple[Live, _Open]] = []
         parts: list[bytearray] = []
         for group, fds in self._groups(live, len(live)):
@@ -317,7 +228,7 @@ class Collector:
         labels: list[bytes] = []
         g, e, cpu, rb, wb = SLOT["_gone"], SLOT["_errors"], SLOT["cpu_usage_usec"], SLOT["io_read_bytes"], \
             SLOT["io_write_bytes"]
-        rec_off = SLOT["_info"] * 8
+        rec_off = SLOT[RECORD_SLOTS[0]] * 8
         for i, (c, _o) in enumerate(batch):
             base = i * NSLOTS
             labels.append(c.labels_b)
@@ -326,7 +237,7 @@ class Collector:
                 continue
             if v[base + e]:
                 self.read_errors += v[base + e]
-            raw[base * 8 + rec_off:base * 8 + rec_off + 48] = c.record_slots
+            raw[base * 8 + rec_off:base * 8 + rec_off + len(c.record_slots)] = c.record_slots
             if v[base + cpu] < 0:
                 self._unread.add(c.tenant)        # its CPU is unknown: no tenant total this scrape
             seen.append((c, v[base + cpu], v[base + rb], v[base + wb]))
@@ -338,68 +249,53 @@ class Collector:
 
     def _containers_py(self, live: list[Live], compat: list[tuple[Live, dict[str, int]]] | None = None
                        ) -> tuple[bytes, list[Seen]]:
-        """The same in Python, with stats.py's parsers (when the C helper is not built)."""
-        lines: list[list[str]] = [[] for _ in CONTAINER]
-        rlines: list[list[str]] = [[] for _ in RECORD]
-        seen: list[tuple[Live, dict[str, int]]] = []
-        parsers = self._parsers
+        """The same in Python, with statfiles' parsers (when the C helper is not built)."""
+        seen: list[tuple[Live, statfiles.Values]] = []
         for batch, fds in self._groups(live, CHUNK):
             try:
                 data = self._pread_all(fds, self.read_threads)
             finally:
                 self._close_transient(batch)
-            pos = 0
-            for c, o in batch:
-                n = len(o.fds)
-                vals: dict[str, int] = {}
-                gone = False
-                for k in range(n):
-                    d = data[pos + k]
-                    if o.fds[k] < 0:
-                        continue
-                    if isinstance(d, int):
-                        if d in _GONE:
-                            gone = True
-                            break
-                        self.read_errors += 1
-                        continue
-                    try:
-                        parsers[k](d, vals)
-                    except (ValueError, KeyError, IndexError):
-                        self.read_errors += 1
-                pos += n
-                if gone:
-                    self._drop(c.id)
-                    continue
-                stats.finalize(vals)
-                if "cpu_usage_usec" not in vals:
-                    self._unread.add(c.tenant)
-                seen.append((c, vals))
+            seen += self._parse_py(batch, data)
             del data
-        for c, vals in seen:
-            L = c.labels
-            for j, m in enumerate(CONTAINER):
-                v = vals.get(m.key)
-                if v is not None:
-                    lines[j].append(f"{m.name}{L} {_micro(v) if m.div else v}")
-            rlines[0].append(f"{RECORD[0].name}{L} 1")
-            if c.started is not None:
-                rlines[1].append(f"{RECORD[1].name}{L} {_micro(round(c.started * 1e6))}")
-            rlines[2].append(f"{RECORD[2].name}{L} {round(c.memory_byte_seconds)}")
-            for j, key in ((3, "cpu_max_cpus"), (4, "memory_max_bytes"), (5, "pids_max")):
-                lim = c.limits.get(key)
-                if lim is not None:
-                    rlines[j].append(f"{RECORD[j].name}{L} {_micro(round(lim * 1e6)) if j == 3 else int(lim)}")
         if compat is not None:
             compat += seen
-        out: list[str] = []
-        for m, ls in zip(CONTAINER + RECORD, lines + rlines, strict=True):
-            if ls:
-                out.append(f"# HELP {m.name} {m.help}\n# TYPE {m.name} {m.type}\n")
-                out.append("\n".join(ls))
-                out.append("\n")
-        return "".join(out).encode(), [(c, vals.get("cpu_usage_usec", -1), vals.get("io_read_bytes", -1),
-                                        vals.get("io_write_bytes", -1)) for c, vals in seen]
+        return _render_py(seen), [(c, vals.get("cpu_usage_usec", -1), vals.get("io_read_bytes", -1),
+                                   vals.get("io_write_bytes", -1)) for c, vals in seen]
+
+    def _parse_py(self, batch: list[tuple[Live, _Open]], data: list[bytes | int]
+                  ) -> list[tuple[Live, statfiles.Values]]:
+        """The values of each container of ``batch`` from ``data``, its files' contents (or
+        -errno) in order; a container whose cgroup is gone is left out and its files closed."""
+        out: list[tuple[Live, statfiles.Values]] = []
+        pos = 0
+        for c, o in batch:
+            n = len(o.fds)
+            vals: statfiles.Values = {}
+            gone = False
+            for k in range(n):
+                d = data[pos + k]
+                if o.fds[k] < 0:
+                    continue
+                if isinstance(d, int):
+                    if d in _GONE:
+                        gone = True
+                        break
+                    self.read_errors += 1
+                    continue
+                try:
+                    self._parsers[k](d.decode(), vals)
+                except (ValueError, KeyError, IndexError):
+                    self.read_errors += 1
+            pos += n
+            if gone:
+                self._drop(c.id)
+                continue
+            statfiles.finalize(vals)
+            if "cpu_usage_usec" not in vals:
+                self._unread.add(c.tenant)
+            out.append((c, vals))
+        return out
 
     def _tenants(self, seen: list[Seen], pending: list[Live],
                  acc: dict[str, list[float]]) -> str:
@@ -447,15 +343,15 @@ class Collector:
             return ""
         cpu, mem, io, cnt = TENANT
         out = [f"# HELP {cpu.name} {cpu.help}\n# TYPE {cpu.name} counter\n"]
-        out += [f'{cpu.name}{{tenant="{_escape(t)}"}} {_micro(int(v[0]))}\n' for t, v in sorted(acc.items())]
+        out += [f'{cpu.name}{{tenant="{escape(t)}"}} {_micro(int(v[0]))}\n' for t, v in sorted(acc.items())]
         out.append(f"# HELP {mem.name} {mem.help}\n# TYPE {mem.name} counter\n")
-        out += [f'{mem.name}{{tenant="{_escape(t)}"}} {float(v[1])}\n' for t, v in sorted(acc.items())]
+        out += [f'{mem.name}{{tenant="{escape(t)}"}} {float(v[1])}\n' for t, v in sorted(acc.items())]
         out.append(f"# HELP {io.name} {io.help}\n# TYPE {io.name} counter\n")
         for t, v in sorted(acc.items()):
-            out.append(f'{io.name}{{direction="read",tenant="{_escape(t)}"}} {int(v[2])}\n')
-            out.append(f'{io.name}{{direction="write",tenant="{_escape(t)}"}} {int(v[3])}\n')
+            out.append(f'{io.name}{{direction="read",tenant="{escape(t)}"}} {int(v[2])}\n')
+            out.append(f'{io.name}{{direction="write",tenant="{escape(t)}"}} {int(v[3])}\n')
         out.append(f"# HELP {cnt.name} {cnt.help}\n# TYPE {cnt.name} counter\n")
-        out += [f'{cnt.name}{{tenant="{_escape(t)}"}} {int(v[4])}\n' for t, v in sorted(acc.items())]
+        out += [f'{cnt.name}{{tenant="{escape(t)}"}} {int(v[4])}\n' for t, v in sorted(acc.items())]
         return "".join(out)
 
     def open_files(self) -> int:
@@ -464,7 +360,37 @@ class Collector:
     def close(self) -> None:
         for cid in list(self._open):
             self._drop(cid)
+        for tree in self._trees.values():
+            tree.close()
+        self._trees = {}
         self.ledger.close()
+
+
+def _render_py(seen: list[tuple[Live, statfiles.Values]]) -> bytes:
+    """The per-container families of metrics.py, as the C renderer writes them."""
+    lines: list[list[str]] = [[] for _ in CONTAINER]
+    rlines: list[list[str]] = [[] for _ in RECORD]
+    for c, vals in seen:
+        L = c.labels
+        for j, m in enumerate(CONTAINER):
+            v = vals.get(m.key)
+            if v is not None:
+                lines[j].append(f"{m.name}{L} {_micro(v) if m.div else v}")
+        rlines[0].append(f"{RECORD[0].name}{L} 1")
+        if c.started is not None:
+            rlines[1].append(f"{RECORD[1].name}{L} {_micro(round(c.started * 1e6))}")
+        rlines[2].append(f"{RECORD[2].name}{L} {round(c.memory_byte_seconds)}")
+        for j, key in ((3, "cpu_max_cpus"), (4, "memory_max_bytes"), (5, "pids_max")):
+            lim = c.limits.get(key)
+            if lim is not None:
+                rlines[j].append(f"{RECORD[j].name}{L} {_micro(round(lim * 1e6)) if j == 3 else int(lim)}")
+    out: list[str] = []
+    for m, ls in zip(CONTAINER + RECORD, lines + rlines, strict=True):
+        if ls:
+            out.append(f"# HELP {m.name} {m.help}\n# TYPE {m.name} {m.type}\n")
+            out.append("\n".join(ls))
+            out.append("\n")
+    return "".join(out).encode()
 
 
 def _micro(v: int) -> str:

@@ -1,61 +1,97 @@
 """The C scrape path (cgman/_fastread.c: read_parse + render) and its slot layout.
 
-collector.py uses it when the extension is built, and stats.py's parsers otherwise;
-tests check that both give the same values for the same containers.
+The slot and kind tables are written once, in C, and exported by name (``SLOTS``,
+``KINDS``). Here slots are numbered by those names, each kind is paired with the
+drivers/statfiles.py parser of the same name, and at import every name Python reads or
+writes is checked against them, one by one. A C helper that is missing or does not
+match (built from other sources) is not used: collector.py then parses with statfiles'
+parsers, which the tests hold the C path to.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import struct
+from typing import Any, Sequence
 
-from ..accounting import stats
+from ..drivers import statfiles
+from .cadvisor import KEYS as COMPAT_KEYS
 from .metrics import CONTAINER, RECORD
 
-# Per-container int64 slots, in the order of the C enum (-1: absent).
-SLOTS = ("cpu_usage_usec", "cpu_user_usec", "cpu_system_usec", "cpu_throttled_usec",
-         "memory_bytes", "memory_working_set_bytes", "memory_inactive_file_bytes", "memory_oom_kills",
-         "memory_rss_bytes", "memory_cache_bytes",
-         "io_read_bytes", "io_write_bytes", "io_read_ops", "io_write_ops",
-         "pids", "frozen",
-         "psi_cpu_some_usec", "psi_cpu_full_usec", "psi_memory_some_usec", "psi_memory_full_usec",
-         "psi_io_some_usec", "psi_io_full_usec",
-         "_gone", "_errors",
-         "_info", "_start_usec", "_memory_byte_seconds", "_limit_ucpus", "_limit_memory_bytes", "_limit_pids")
+log = logging.getLogger(__name__)
+
+# The record's values, written by Python into each container's slots in this order.
+RECORD_SLOTS = ("_info", "_start_usec", "_memory_byte_seconds", "_limit_ucpus", "_limit_memory_bytes",
+                "_limit_pids")
+# metrics.RECORD key -> (its slot, printed as millionths)
+_RECORD_METRIC_SLOTS = {"": ("_info", False), "started": ("_start_usec", True),
+                        "memory_byte_seconds": ("_memory_byte_seconds", False),
+                        "cpu_max_cpus": ("_limit_ucpus", True), "memory_max_bytes": ("_limit_memory_bytes", False),
+                        "pids_max": ("_limit_pids", False)}
+# Parsers only Python runs: the peak memory is read once at a container's exit, never by a scrape.
+PYTHON_ONLY = frozenset({"memory_peak"})
+
+
+def mismatches(slots: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """Where the C tables and what Python uses of them disagree, name by name (empty: none)."""
+    out = []
+    used = [m.key for m in CONTAINER] + list(COMPAT_KEYS) + ["_gone", "_errors"] + list(RECORD_SLOTS)
+    out += [f"slot {name!r} is used by Python but not in the C SLOTS" for name in dict.fromkeys(used)
+            if name not in slots]
+    at = [slots.index(n) for n in RECORD_SLOTS if n in slots]
+    if len(at) == len(RECORD_SLOTS) and at != list(range(at[0], at[0] + len(at))):
+        out.append(f"the record slots must follow each other in the order {', '.join(RECORD_SLOTS)}; "
+                   f"C has them at {at}")
+    if not kinds or kinds[0] != "skip":
+        out.append("C kind 0 must be 'skip'")
+    out += [f"C kind {k!r} has no parser of that name in drivers/statfiles.py" for k in kinds[1:]
+            if k not in statfiles.PARSERS]
+    out += [f"parser {p!r} of drivers/statfiles.py has no C kind" for p in statfiles.PARSERS
+            if p not in kinds and p not in PYTHON_ONLY]
+    return out
+
+
+def _load() -> tuple[Any, list[str]]:
+    try:
+        from .. import _fastread
+    except ImportError as e:
+        return None, [f"cgman._fastread is not built ({e})"]
+    if not hasattr(_fastread, "SLOTS") or not hasattr(_fastread, "KINDS"):
+        return None, ["cgman._fastread exports no SLOTS/KINDS tables: rebuild it (pip install -e .)"]
+    return _fastread, mismatches(_fastread.SLOTS, _fastread.KINDS)
+
+
+_C, MISMATCHES = _load()
+SLOTS: tuple[str, ...] = tuple(_C.SLOTS) if _C is not None else ()
 SLOT = {name: i for i, name in enumerate(SLOTS)}
 NSLOTS = len(SLOTS)
+# statfiles parser -> the C kind's code (absent: K_SKIP, not read by the C path)
+KIND: dict[statfiles.Parser, int] = {statfiles.PARSERS[name]: code for code, name in
+                                     enumerate(_C.KINDS if _C is not None else ()) if name in statfiles.PARSERS}
 
-# Parser -> the C enum's kind code (K_SKIP = 0: not read by the exporter).
-KIND: dict[Any, int] = {
-    stats.p_v2_cpu_stat: 1, stats.p_v1_cpuacct_usage: 2, stats.p_v1_cpuacct_stat: 3, stats.p_v1_cpu_stat: 4,
-    stats.p_memory_bytes: 5, stats.p_v1_memory_stat: 6, stats.p_v2_memory_stat: 7, stats.p_oom_kills: 8,
-    stats.p_v1_blkio_bytes: 9, stats.p_v1_blkio_ops: 10, stats.p_v2_io_stat: 11, stats.p_pids: 12,
-    stats.p_v1_freezer: 13, stats.p_v2_events: 14, stats.p_psi_cpu: 15, stats.p_psi_memory: 16,
-    stats.p_psi_io: 17, stats.p_v1_memory_stat_rss: 18, stats.p_v2_memory_stat_rss: 19,
-}
 
-_RECORD_SLOTS = {"": ("_info", False), "started": ("_start_usec", True),
-                 "memory_byte_seconds": ("_memory_byte_seconds", False),
-                 "cpu_max_cpus": ("_limit_ucpus", True), "memory_max_bytes": ("_limit_memory_bytes", False),
-                 "pids_max": ("_limit_pids", False)}
+def pack_record(values: dict[str, int]) -> bytes:
+    """A record's values (by RECORD_SLOTS name, -1: absent) as the C side's int64 slots."""
+    return struct.pack(f"{len(RECORD_SLOTS)}q", *(values[name] for name in RECORD_SLOTS))
 
 
 def _header(name: str, help_: str, type_: str) -> bytes:
     return f"# HELP {name} {help_}\n# TYPE {name} {type_}\n".encode()
 
 
-# (header, name, slot, micro) for render(), in the order of metrics.py.
-RENDER: list[tuple[bytes, bytes, int, bool]] = (
-    [(_header(m.name, m.help, m.type), m.name.encode(), SLOT[m.key], m.div == 1e6) for m in CONTAINER]
-    + [(_header(m.name, m.help, m.type), m.name.encode(), SLOT[_RECORD_SLOTS[m.key][0]],
-        _RECORD_SLOTS[m.key][1]) for m in RECORD])
+def _render_table() -> list[tuple[bytes, bytes, int, bool]]:
+    """(header, name, slot, micro) for render(), in the order of metrics.py."""
+    return ([(_header(m.name, m.help, m.type), m.name.encode(), SLOT[m.key], m.div == 1e6) for m in CONTAINER]
+            + [(_header(m.name, m.help, m.type), m.name.encode(), SLOT[_RECORD_METRIC_SLOTS[m.key][0]],
+                _RECORD_METRIC_SLOTS[m.key][1]) for m in RECORD])
+
+
+RENDER = _render_table() if _C is not None and not MISMATCHES else []
 
 
 def module() -> Any:
-    """The C extension if it is built and has the scrape functions, else None."""
-    try:
-        from .. import _fastread
-    except ImportError:
-        return None
-    if not hasattr(_fastread, "read_parse") or _fastread.NSLOTS != NSLOTS:
-        return None
-    return _fastread
+    """The C extension if it is built and matches this Python, else None (and a warning
+    that names what differs, when it is built but does not match)."""
+    if MISMATCHES and _C is not None:
+        log.warning("not using cgman._fastread, it does not match this cgman: %s", "; ".join(MISMATCHES))
+    return _C if not MISMATCHES else None

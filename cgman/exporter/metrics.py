@@ -12,7 +12,7 @@ class Metric(NamedTuple):
     name: str
     type: str             # counter | gauge
     help: str
-    key: str              # value name in accounting/stats.py (or a record field)
+    key: str              # value name in drivers/statfiles.py (or a record field)
     div: float | None     # divide the raw value by this (µs -> s: 1e6); None: an integer as it is
 
 

@@ -58,7 +58,7 @@ def _unified_checks(host: Host, unified: str) -> list[Check]:
     """cgroup2 (mounted at ``unified``): the controllers enabled above the cgman root,
     cgroup.kill and cgroup.freeze."""
     parent = os.path.dirname(os.path.join(unified, host.root))
-    delegated = set(_read(os.path.join(parent, "cgroup.subtree_control")).split())
+    delegated = host.features.v2_available      # the parent's cgroup.subtree_control
     checks = []
     for c in RESOURCE_CONTROLLERS:
         if c in host.layout.v1_controllers:
