@@ -92,13 +92,13 @@ def _spawn_module() -> Any:
     return _spawn
 
 
-def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = (), term: str | None = None) -> list[bytes]:
     """A container's environment (`run` and `exec` alike): clean, as Docker gives, since the
-    operator's (tokens, credentials) is not the tenant's to read; `-e KEY` passes one variable
-    through on purpose."""
+    operator's (tokens, credentials) is not the tenant's to read; only the operator's ``term``
+    (TERM, from the store's settings) comes along, and `-e KEY` passes one variable through on purpose."""
     env = {"PATH": CLEAN_PATH, "HOME": "/root"}
-    if "TERM" in os.environ:
-        env["TERM"] = os.environ["TERM"]
+    if term is not None:
+        env["TERM"] = term
     if hostname:
         env["HOSTNAME"] = hostname
     env["container"] = "cgman"
@@ -277,7 +277,7 @@ class Container:
         self.status: int | None = None
         if sample_interval_s is None:
             from ..accounting.usage import sample_interval_s as configured
-            sample_interval_s = configured()
+            sample_interval_s = configured(store.settings.sample_interval_s)
         self.sample_interval_s = sample_interval_s    # 0: no memory sampling (`cgman exec`)
         self._next_sample = 0.0
         self.rusage_cpu_usec: int | None = None
@@ -410,7 +410,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         if before_spawn is not None:
             before_spawn()
         userns = "user" in ns
-        envp = clean_env(spec.hostname, spec.env)
+        envp = clean_env(spec.hostname, spec.env, store.settings.term)
         proc = start_process(host, leaf, [os.fsencode(a) for a in spec.argv], envp, clone_flags=_ns_flags(ns),
                              unshare_flags=_spawn_module().CLONE_NEWCGROUP if "cgroup" in ns else 0,
                              hostname=spec.hostname if "uts" in ns else None,

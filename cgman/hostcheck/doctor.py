@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import platform
+from typing import Mapping
 
 from ..drivers import Host
 from ..kernel import at_least as kernel_at_least
@@ -20,7 +21,8 @@ def _read(path: str) -> str:
         return ""
 
 
-def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
+def run_checks(host: Host, state_dir: str | None = None, environ: Mapping[str, str] | None = None) -> list[Check]:
+    """Every check; ``environ`` is the command's environment (the CLI's), for the systemd unit check."""
     info, root = host.info, host.root
     checks = [Check("hierarchy", True, f"cgroup {info.mode}: "
                     + ", ".join(f"{c}@{m}" for c, m in sorted(info.v1_mounts.items()))
@@ -85,7 +87,7 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
                 break
     from .delegation import delegation_checks
     checks += delegation_checks(info.unified, root, v2_controllers=any(
-        c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS))
+        c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS), environ=environ)
     checks += container_checks()
     checks += security_checks(host)
     checks += accounting_checks(host, state_dir)
