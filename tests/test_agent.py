@@ -423,7 +423,10 @@ def test_adopts_running_containers_and_collects_the_dead_exactly_once(host, agen
 
 # ------------------------------------------------------------------ crash safety
 def stopped_at(a: Agent, point: str) -> None:
-    until(lambda: proc_state(a.p.pid) == "T" or a.p.poll() is not None, 20, f"the agent to stop at {point}")
+    try:
+        until(lambda: proc_state(a.p.pid) == "T" or a.p.poll() is not None, 20, f"the agent to stop at {point}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; its log:\n{a.text()}") from None
     assert a.p.poll() is None, a.text()
     assert f"stopping at {point}" in a.text()
 

@@ -11,6 +11,7 @@ nothing below cli/ reads the environment.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     run(argv, command)
 
 
-def _run_fast(where: str, opts: dict) -> "int | None":     # type: ignore[type-arg]
+def _run_fast(where: str, opts: "dict[str, Any]") -> "int | None":
     """The typer-free path ``module:function`` with its Settings; None: a value needs typer."""
     import importlib
     import os

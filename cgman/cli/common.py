@@ -1,5 +1,6 @@
-"""CLI helpers that do not import typer (the typer-free paths use them too): the host, the
-store and the policy files a command works on, from its Settings, and `run`'s values."""
+"""CLI helpers that do not import typer (the typer-free paths use them too): the Settings of
+a command line, the host, store and policy files it works on, `run`'s values, and errors as
+one line."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def group_path(h: "Host", target: str) -> str:
     return path
 
 
-def resolve(s: "Settings", target: str) -> tuple["Host", str]:
+def host_and_cgroup(s: "Settings", target: str) -> tuple["Host", str]:
     """TARGET -> (host, cgroup path): a container's leaf cgroup, or a group path."""
     st = store(s)
     if "/" not in target and target != "." and st.exists(target):
@@ -82,14 +82,14 @@ def status(ctx: typer.Context, path: str = typer.Argument(".", help="Group to sh
 
 def freeze(ctx: typer.Context, target: str = TargetArg, timeout: str = TimeoutOpt) -> None:
     """Freeze every process in TARGET and below; confirmed, or thawed again on timeout."""
-    h, path = resolve(settings(ctx), target)
+    h, path = host_and_cgroup(settings(ctx), target)
     h.freeze(path, seconds(timeout))
     typer.echo(f"frozen {target}")
 
 
 def thaw(ctx: typer.Context, target: str = TargetArg, timeout: str = TimeoutOpt) -> None:
     """Resume a frozen TARGET (alias: resume)."""
-    h, path = resolve(settings(ctx), target)
+    h, path = host_and_cgroup(settings(ctx), target)
     h.thaw(path, seconds(timeout))
     typer.echo(f"thawed {target}")
 
@@ -120,7 +120,7 @@ def kill(ctx: typer.Context, target: str = TargetArg,
          sig: str = typer.Option("KILL", "--signal", "-s", help="Signal name or number."),
          timeout: str = TimeoutOpt) -> None:
     """Signal every process in TARGET and below (KILL waits until the group is empty)."""
-    h, path = resolve(settings(ctx), target)
+    h, path = host_and_cgroup(settings(ctx), target)
     n = h.kill(path, signal_number(sig), seconds(timeout))
     typer.echo(f"signalled {n} process(es) in {target}")
 
