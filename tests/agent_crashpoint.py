@@ -27,7 +27,7 @@ class StopAt:
 
     def __init__(self, point: str) -> None:
         kind, _, n = point.partition(":")
-        if kind not in AGENT_POINTS or bool(n) != (kind in ("write", "collect")) or (n and not n.isdigit()):
+        if kind not in AGENT_POINTS or n.isdigit() != (kind in ("write", "collect")):     # write:N, collect:N
             raise SystemExit(f"agent_crashpoint: bad point {point!r}")
         self.point, self.watched, self.left = point, AGENT_POINTS[kind], int(n or 1)
 
