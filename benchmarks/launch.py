@@ -221,6 +221,7 @@ def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False
     from cgman.policy import load_files
     from cgman.reconcile.apply import apply
     from cgman.containers.launch import ContainerSpec, launch
+    from cgman.settings import Settings
     from cgman.state.records import Store
     from cgman.security.resolve import Security
     sec = Security(privileged=True) if privileged else Security()
@@ -229,8 +230,8 @@ def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False
     policy = tmp / f"lib-{int(full_cycle)}{int(privileged)}.yaml"
     policy.write_text("version: 1\npolicies:\n  bench: {}\n")
     apply(load_files([policy]), host)
-    store = Store(str(tmp / f"lib-run-{int(full_cycle)}{int(privileged)}"),
-                  str(tmp / f"lib-state-{int(full_cycle)}{int(privileged)}"))
+    store = Store(Settings(run_dir=str(tmp / f"lib-run-{int(full_cycle)}{int(privileged)}"),
+                           state_dir=str(tmp / f"lib-state-{int(full_cycle)}{int(privileged)}")))
     res = Resources(memory=MemoryLimits(max_bytes=MEMORY_MAX_BYTES), pids=PidsLimits(max=PIDS_MAX))
 
     def one(i: int) -> float:
@@ -255,7 +256,7 @@ FACTORIES["inprocess-priv"] = lambda tag, tmp: make_library(tag, tmp, False, pri
 FACTORIES["lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True)
 FACTORIES["python"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "pass"]))
 FACTORIES["imports"] = lambda tag, tmp: probe(lambda i: timed([
-    sys.executable, "-c", "import cgman.cli.fast, cgman.cli.runcmd, cgman.containers.lifecycle, cgman.drivers, "
+    sys.executable, "-c", "import cgman.cli.options, cgman.cli.runcmd, cgman.containers.lifecycle, cgman.drivers, "
     "cgman.state.applied"]))
 
 

@@ -81,12 +81,13 @@ class Fleet:
 
     def __init__(self, root: str, tmp: Path) -> None:
         from cgman.drivers import open_host
+        from cgman.settings import Settings
         from cgman.state.records import Store
         self.root = root
         self.host = open_host(root)
         self.tmp = tmp
         self.run_dir, self.state_dir = str(tmp / "run"), str(tmp / "state")
-        self.store = Store(self.run_dir, self.state_dir)
+        self.store = Store(Settings(run_dir=self.run_dir, state_dir=self.state_dir))
         self.containers: list[Any] = []
 
     def leftovers(self) -> list[str]:

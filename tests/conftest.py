@@ -139,14 +139,14 @@ def tree_snapshot():
     return snap
 
 
-def typer_options(command: str) -> set[str]:
-    """Every option typer knows for ``cgman COMMAND`` (the typer-free parsers must match it)."""
-    import typer.main
-
-    from cgman.cli.main import app
-    cmd = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
-    names: set[str] = set()
-    for p in cmd.params:
-        names.update(getattr(p, "opts", []))
-        names.update(getattr(p, "secondary_opts", []))
-    return {n for n in names if n.startswith("-")} - {"--help", "-h"}
+def server_line(argv: list[str], command: str = "exporter") -> dict | None:
+    """What the typer-free path makes of `cgman exporter|agent ...`: the checked options, or
+    None where it leaves the line to typer (--help, a typo, a value typer refuses)."""
+    from cgman.cli.common import BadOption
+    from cgman.cli.options import parse
+    from cgman.cli.serve import server_options
+    opts = parse(argv, command)
+    try:
+        return None if opts is None else server_options(opts)
+    except BadOption:
+        return None

@@ -8,6 +8,7 @@ that `cgman run` uses), so that hundreds of them fit in a test's time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ import pytest
 from cgman.model import CpuLimits, MemoryLimits, NetworkSpec, PidsLimits, Resources
 from cgman.containers.launch import ContainerSpec, launch
 from cgman.accounting.ledger import Ledger, ledger_path
+from cgman.settings import Settings
 from cgman.state.records import Store
 
 from .conftest import REPO
@@ -48,7 +50,7 @@ def lib(host, tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text(POLICY)
     apply(load_files([p]), host)
-    store = Store(str(tmp_path / "run"), str(tmp_path / "state"), root=host.root)
+    store = Store(Settings(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"), cgroup_root=host.root))
     return SimpleNamespace(host=host, store=store, tmp=tmp_path)
 
 
@@ -257,15 +259,16 @@ def _lock_ledger(path: str) -> sqlite3.Connection:
     return db
 
 
-def test_a_locked_ledger_keeps_the_usage_in_the_record_until_gc(lib, monkeypatch):
+def test_a_locked_ledger_keeps_the_usage_in_the_record_until_gc(lib, caplog):
     from cgman.containers.manage import gc, rm
     from cgman.errors import Busy
-    monkeypatch.setenv("CGMAN_LEDGER_TIMEOUT", "0.2")
+    lib.store = Store(dataclasses.replace(lib.store.settings, ledger_timeout_s=0.2))    # CGMAN_LEDGER_TIMEOUT=0.2
     path = ledger_path(lib.store.state)
     db = _lock_ledger(path)
     try:
         _, code, rec = run_to_end(lib, spec("late", burn(0.1)))
         assert code == 0 and rec.ledger_pending and rec.final_usage["cpu_usage_usec"] >= 100_000
+        assert "held it for more than 0.2s" in caplog.text, "the store's ledger timeout was not used"
         assert lib.store.load("late").ledger_pending                   # kept on disk
         assert not lib.host.exists("acme/web/late")                   # the cgroup went all the same
         with pytest.raises(Busy, match="not in the ledger"):

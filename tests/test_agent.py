@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 
-from .conftest import REPO, cli_env, typer_options
+from .conftest import REPO, cli_env, server_line
 
 pytestmark = pytest.mark.kernel
 
@@ -73,15 +73,18 @@ def proc_state(pid: int) -> str:
 
 
 class Agent:
-    """One `cgman agent` subprocess with its log; stop() ends it by PID."""
+    """One `cgman agent` subprocess with its log; stop() ends it by PID. With ``stop_at`` it is
+    the agent that stops itself at that point (tests/agent_crashpoint.py)."""
 
-    def __init__(self, root: str, tmp: Path, pdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, root: str, tmp: Path, pdir: Path, *args: str, env: dict[str, str] | None = None,
+                 stop_at: str | None = None) -> None:
         self.port = free_port()
         self.log = tmp / f"agent-{self.port}.log"
         self._f = open(self.log, "w")
         e = dict(cli_env(root, tmp), **(env or {}))
+        program = ["-m", "cgman", "agent"] if stop_at is None else ["-m", "tests.agent_crashpoint", stop_at]
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "cgman", "agent", "--policy-dir", str(pdir), "--listen",
+            [sys.executable, *program, "--policy-dir", str(pdir), "--listen",
              f"127.0.0.1:{self.port}", "--interval", "1s", *args],
             stdout=self._f, stderr=subprocess.STDOUT, env=e, cwd=REPO)
 
@@ -131,8 +134,8 @@ class Agent:
 def agents(host, tmp_path):
     started: list[Agent] = []
 
-    def start(pdir: Path, *args: str, env: dict[str, str] | None = None) -> Agent:
-        a = Agent(host.root, tmp_path, pdir, *args, env=env)
+    def start(pdir: Path, *args: str, env: dict[str, str] | None = None, stop_at: str | None = None) -> Agent:
+        a = Agent(host.root, tmp_path, pdir, *args, env=env, stop_at=stop_at)
         started.append(a)
         return a
     yield start
@@ -420,7 +423,10 @@ def test_adopts_running_containers_and_collects_the_dead_exactly_once(host, agen
 
 # ------------------------------------------------------------------ crash safety
 def stopped_at(a: Agent, point: str) -> None:
-    until(lambda: proc_state(a.p.pid) == "T" or a.p.poll() is not None, 20, f"the agent to stop at {point}")
+    try:
+        until(lambda: proc_state(a.p.pid) == "T" or a.p.poll() is not None, 20, f"the agent to stop at {point}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; its log:\n{a.text()}") from None
     assert a.p.poll() is None, a.text()
     assert f"stopping at {point}" in a.text()
 
@@ -436,7 +442,7 @@ def test_sigkill_during_an_apply_then_restart_converges(host, agents, pdir, cli,
     before = drift(cli, pdir)
     assert len(before) >= 3, before            # two changed settings and a missing group
 
-    crashing = agents(pdir, env={"CGMAN_AGENT_TEST_STOP_AT": point})
+    crashing = agents(pdir, stop_at=point)
     stopped_at(crashing, point)
     mid = drift(cli, pdir)
     os.kill(crashing.p.pid, signal.SIGKILL)                     # by PID, mid-way
@@ -463,7 +469,7 @@ def test_sigkill_during_collection_then_restart_bills_each_container_once(host, 
     a.stop()                                   # no agent while the supervisors die
     recs = orphans(cli, tmp_path, "o0", "o1", "o2")
 
-    crashing = agents(pdir, env={"CGMAN_AGENT_TEST_STOP_AT": point})
+    crashing = agents(pdir, stop_at=point)
     stopped_at(crashing, point)
     n = int(point.split(":")[1])
     assert len(ledger_rows(tmp_path)) == n
@@ -482,23 +488,17 @@ def test_sigkill_during_collection_then_restart_bills_each_container_once(host, 
 
 
 # ------------------------------------------------------------------ CLI: the typer-free path
-def test_fast_parser_knows_every_agent_option_and_no_other():
-    from cgman.cli import serve
-    assert set(serve.AGENT_OPTIONS) == typer_options("agent")
-
-
 @pytest.mark.parametrize("argv, want", [
     (["agent"], {}),
     (["--cgroup-root", "r", "agent", "--policy-dir", "/p", "--interval", "1h", "--prune", "--poll",
       "--listen=:1", "--no-gzip"],
-     {"root": "r", "policy_dir": "/p", "interval": 3600.0, "prune": True, "poll": True, "listen": ":1",
+     {"cgroup_root": "r", "policy_dir": "/p", "interval": 3600.0, "prune": True, "poll": True, "listen": ":1",
       "gzip": False}),
     (["agent", "--interval", "500ms", "-l", "127.0.0.1:2"], {"interval": 0.5, "listen": "127.0.0.1:2"}),
     (["agent", "--compat=cadvisor"], {"compat": "cadvisor"}),
 ])
 def test_fast_parser_reads_what_typer_would(argv, want):
-    from cgman.cli import serve
-    assert serve.parse(argv, "agent") == want
+    assert server_line(argv, "agent") == want
 
 
 @pytest.mark.parametrize("argv", [["agent", "--help"], ["agent", "--bogus"], ["agent", "--interval"],
@@ -506,8 +506,7 @@ def test_fast_parser_reads_what_typer_would(argv, want):
                                   ["agent", "--read-threads", "2"], ["agent", "--compat", "cAdvisor"],
                                   ["exporter"]])
 def test_fast_parser_leaves_the_rest_to_typer(argv):
-    from cgman.cli import serve
-    assert serve.parse(argv, "agent") is None
+    assert server_line(argv, "agent") is None
 
 
 def test_the_agent_serves_without_typer_in_memory_and_promtool_finds_nothing(host, agents, pdir):
@@ -719,8 +718,9 @@ def test_gc_carries_on_past_a_container_it_cannot_collect(host, tmp_path):
     of another cgroup root is that root's to collect: skipped, not reported."""
     from cgman.errors import NotFound
     from cgman.containers.manage import gc
+    from cgman.settings import Settings
     from cgman.state.records import Record, Store
-    st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root=host.root)
+    st = Store(Settings(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"), cgroup_root=host.root))
     for name, root in (("a-bad", host.root), ("b-good", host.root), ("c-other", "elsewhere")):
         st.reserve(Record(id=name.encode().hex().ljust(32, "0"), name=name, group="g", tenant="t",
                           cgroup=f"g/{name}", cgroup_root=root, argv=["true"], created=time.time() - 5,

@@ -26,10 +26,8 @@ def test_split_path_accepts_names(good, parts):
 
 
 def test_root_must_be_a_named_group(monkeypatch):
-    monkeypatch.delenv("CGMAN_CGROUP_ROOT", raising=False)
+    monkeypatch.setenv("CGMAN_CGROUP_ROOT", "from-env")      # the CLI reads it (test_cli_fast.py); not the library
     assert cgroup_root() == "cgman"
-    monkeypatch.setenv("CGMAN_CGROUP_ROOT", "from-env")
-    assert cgroup_root() == "from-env"
     assert cgroup_root("explicit") == "explicit"
     with pytest.raises(UnsafePath):
         cgroup_root("../etc")
@@ -135,3 +133,5 @@ def test_above_the_root_and_at_the_mount_only_reads_confined(tmp_path):
 def test_global_options_may_follow_the_command(argv, want):
     from cgman.cli.hoist import hoist_global_options
     assert hoist_global_options(argv) == want
+
+

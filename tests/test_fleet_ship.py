@@ -4,7 +4,7 @@ Nodes a and b are `cgman agent --ledger-url … --node node-a|node-b` on their o
 roots, run and state dirs (tests/test_fleet.py's layout). Containers (`cgman run -p GROUP
 --rm -- true`, each a ledger row) churn on both; in the middle the database is stopped
 (rows wait, the agents' metrics say so) and started again; then agent a is stopped while
-rows queue, restarted with CGMAN_AGENT_TEST_STOP_AT so that it stops itself inside its
+rows queue, restarted as tests/agent_crashpoint.py so that it stops itself inside its
 first batch's transaction and is SIGKILLed there by PID, then again after that batch's
 commit and before its high-water mark moves, then restarted plainly. Finally the fleet
 bill from PostgreSQL equals, exactly, the bill of one SQLite ledger holding both nodes'
@@ -63,10 +63,10 @@ class Node:
         f = self.dir / "policies" / "p.yaml"
         f.write_text(POLICY)
         os.utime(f, (time.time() - 10, time.time() - 10))    # settled: the agent applies it at start
-        extra = {"CGMAN_AGENT_TEST_STOP_AT": stop_at} if stop_at else {}
+        program = ["-m", "tests.agent_crashpoint", stop_at] if stop_at else ["-m", "cgman", "agent"]
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([PY, "-m", "cgman", "agent", "--node", f"node-{self.name}",
-                                          "--listen", f"127.0.0.1:{self.port}"], env=self.env(**extra),
+            self.proc = subprocess.Popen([PY, *program, "--node", f"node-{self.name}",
+                                          "--listen", f"127.0.0.1:{self.port}"], env=self.env(),
                                          stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         if not stop_at:
             wait_for(f"node {self.name} up", lambda: self.metric("cgman_agent_last_reconcile_success") == 1,

@@ -1,7 +1,7 @@
 """Dependencies point one way (STYLE.md): model → policy → plan → drivers → state → reconcile →
 accounting → containers → fleet → hostcheck → interfaces (exporter, images, agent, cli); each
 third-party library stays in its layer; no package imports another's private names, and no
-packages import each other in a circle.
+packages import each other in a circle; nothing below cli/ reads the environment.
 Lazy imports inside functions count too: the test walks every node."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "cgman"
 
 # layer of each top-level module or package; a module may import only from layers <= its own
 LAYER = {"errors": 0, "units": 0, "kernel": 0, "model": 0, "schema": 1, "convert": 1, "inputs": 1, "security": 1,
-         "_secure": 1,
+         "_secure": 1, "settings": 1,
          "policy": 2,
          "plan": 3, "drivers": 4, "state": 5, "reconcile": 6, "accounting": 7,
          "containers": 8, "_spawn": 8, "_fastread": 8, "fleet": 9, "hostcheck": 10,
@@ -361,3 +361,40 @@ def test_the_cgroup_file_rule_catches_a_planted_violation():
     lines = sorted(int(f.split(":")[1]) for f in found)
     assert lines == [6, 11, 19, 23, 25], found          # peak, stat, delegated (via _read), procs, LIMIT
     assert all(f.startswith("accounting/planted.py:") for f in found)
+
+
+# ------------------------------------------------------------- the environment is read at the edge
+# Flags and CGMAN_* variables become one Settings in cli/ (cgman/settings.py); the library below
+# takes values and never reads (or changes) the process environment itself.
+ENVIRONMENT_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
+
+
+def environment_reads(source: str, filename: str = "<module>") -> list[int]:
+    """Lines of ``source`` that touch the process environment through the os module:
+    os.environ, os.getenv, os.putenv... (also under another name for os, or imported from it)."""
+    tree = ast.parse(source, filename)
+    os_names = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for a in node.names if a.name == "os"}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT_NAMES \
+                and isinstance(node.value, ast.Name) and node.value.id in os_names:
+            lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "os" \
+                and any(a.name in ENVIRONMENT_NAMES for a in node.names):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if _top(p) != "cli"], ids=lambda p: str(p.relative_to(PKG)))
+def test_no_environment_reads_below_cli(path):
+    lines = environment_reads(path.read_text(), str(path))
+    assert not lines, (f"{path.relative_to(PKG)} reads the environment at lines {lines}: resolve it in cli/ "
+                       f"into Settings (cgman/settings.py) and pass the value down")
+
+
+def test_the_environment_rule_catches_a_planted_read():
+    planted = ("import os\nimport os as o\nfrom os import getenv\n\n"
+               "def root():\n    return os.environ.get('CGMAN_CGROUP_ROOT') or o.getenv('X')\n")
+    assert environment_reads(planted) == [3, 6, 6]
+    assert environment_reads("import os\nenviron = {}\nos.path.join('environ')\ndef f(environ): return environ\n") == []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, server_line
 
 UNITS = REPO / "packaging" / "systemd"
 SERVICE = UNITS / "cgman-agent.service"
@@ -101,8 +101,7 @@ def test_execstart_uses_real_options():
     dirs = dict(zip(globals_[::2], globals_[1::2], strict=True))
     assert dirs == {"--run-dir": "/run/cgman", "--state-dir": "/var/lib/cgman"}
     # and the typer-free path that actually runs the agent reads the same line the same way
-    from cgman.cli.serve import parse
-    assert parse(argv[1:], "agent") == {"run_dir": "/run/cgman", "state_dir": "/var/lib/cgman", "interval": 30.0,
+    assert server_line(argv[1:], "agent") == {"run_dir": "/run/cgman", "state_dir": "/var/lib/cgman", "interval": 30.0,
                                         "policy_dir": "/etc/cgman/policies", "listen": "127.0.0.1:9753"}
 
 

@@ -12,6 +12,7 @@ from cgman.policy import parse_text
 from cgman.state import applied
 from cgman.containers import rootfs
 from cgman.containers.network import allocate
+from cgman.settings import Settings
 from cgman.state.records import Record, Store, alive, proc_start_ticks
 
 
@@ -38,7 +39,7 @@ def test_a_failed_launch_unwinds_its_steps_in_reverse_past_an_undo_that_fails(ca
 
 
 def test_a_name_is_claimed_once(tmp_path):
-    st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root="r")
+    st = Store(Settings(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"), cgroup_root="r"))
     st.reserve(_rec())
     with pytest.raises(Busy, match="a container named 'c1' already exists"):
         st.reserve(_rec())
@@ -48,13 +49,13 @@ def test_a_name_is_claimed_once(tmp_path):
 
 @pytest.mark.parametrize("name", ["", "-x", "a/b", "..", ".hidden", "x" * 65, "a b"])
 def test_bad_names_are_refused(tmp_path, name):
-    st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root="r")
+    st = Store(Settings(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"), cgroup_root="r"))
     with pytest.raises(CgmanError, match="bad container name"):
         st.reserve(_rec(name))
 
 
 def test_a_corrupt_record_is_a_clear_error_and_is_skipped_by_listing(tmp_path):
-    st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root="r")
+    st = Store(Settings(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"), cgroup_root="r"))
     st.reserve(_rec())
     (tmp_path / "run" / "containers" / "c1" / "record.json").write_text("{not json")
     with pytest.raises(CgmanError, match=r"unreadable container record .*`cgman rm --force c1`"):
@@ -76,7 +77,7 @@ def _ps(text: str) -> PolicySet:
 
 
 def test_applied_snapshot_merges_applies_and_prune_replaces(tmp_path):
-    st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root="r")
+    st = Store(Settings(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"), cgroup_root="r"))
     assert applied.load(st, "root") is None
     applied.save(st, "root", _ps("version: 1\npolicies:\n  a: {}\n"))
     applied.save(st, "root", _ps("version: 1\npolicies:\n  b: {children: {c: {}}}\n"))
@@ -87,7 +88,7 @@ def test_applied_snapshot_merges_applies_and_prune_replaces(tmp_path):
 
 
 def test_an_applied_snapshot_others_can_write_is_not_trusted(tmp_path):
-    st = Store(str(tmp_path / "run"), str(tmp_path / "state"), root="r")
+    st = Store(Settings(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"), cgroup_root="r"))
     applied.save(st, "root", _ps("version: 1\npolicies:\n  a: {}\n"))
     path = tmp_path / "run" / "applied-root.pickle"
     os.chmod(path, 0o666)

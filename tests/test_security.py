@@ -294,6 +294,26 @@ def test_the_environment_test_can_fail(cli, pol):
     assert "CGMAN_TEST_SECRET" not in clean.stdout and "PATH=" in clean.stdout
 
 
+def test_the_operators_term_is_the_one_variable_a_container_gets(cli, pol, monkeypatch):
+    """TERM comes along to `run` and `exec` (the CLI resolves it into its Settings; the library
+    never reads the environment); without one, the container has none either."""
+    monkeypatch.setenv("TERM", "xterm-cgman-test")
+    monkeypatch.setenv("CGMAN_TEST_SECRET", "hunter2")
+    show = ["sh", "-c", 'echo "term=$TERM secret=$CGMAN_TEST_SECRET"']
+    ran = cli("run", "-f", str(pol), "-p", "t/box", "--rm", "--", *show)
+    assert ran.stdout.strip() == "term=xterm-cgman-test secret=", ran.stderr
+    cli("run", "-f", str(pol), "-p", "t/box", "-d", "--name", "termx", "--", "sleep", "60", check=True)
+    try:
+        execd = cli("exec", "termx", "--", *show)
+        assert execd.stdout.strip() == "term=xterm-cgman-test secret=", execd.stderr
+        monkeypatch.delenv("TERM")
+        assert cli("exec", "termx", "--", *show).stdout.strip() == "term= secret="
+    finally:
+        cli("stop", "-t", "0s", "termx")
+        cli("rm", "-f", "termx")
+    assert cli("run", "-f", str(pol), "-p", "t/box", "--rm", "--", *show).stdout.strip() == "term= secret="
+
+
 # ---------------------------------------------------------------------- what keeps working
 @pytest.mark.cgroup2
 def test_ordinary_workloads_keep_working(cli, pol):

@@ -26,15 +26,7 @@ from ..errors import CgmanError
 
 LEDGER_FILE = "ledger.db"
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 10.0
-
-
-def _busy_timeout_s() -> float:
-    """How long to wait for a lock (env CGMAN_LEDGER_TIMEOUT, seconds; tests shorten it)."""
-    try:
-        return float(os.environ.get("CGMAN_LEDGER_TIMEOUT", BUSY_TIMEOUT_S))
-    except ValueError:
-        return BUSY_TIMEOUT_S
+BUSY_TIMEOUT_S = 10.0        # how long to wait for a lock, unless CGMAN_LEDGER_TIMEOUT says (tests shorten it)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -148,11 +140,13 @@ def ledger_path(state: str) -> str:
 
 
 class Ledger:
-    """The ledger at ``path``. Opens lazily; one connection per instance (not thread-shared)."""
+    """The ledger at ``path``. Opens lazily; one connection per instance (not thread-shared).
+    ``busy_timeout_s``: how long to wait for another process's lock (None: BUSY_TIMEOUT_S)."""
 
-    def __init__(self, path: str, *, readonly: bool = False) -> None:
+    def __init__(self, path: str, *, readonly: bool = False, busy_timeout_s: float | None = None) -> None:
         self.path = path
         self.readonly = readonly
+        self.busy_timeout_s = BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
         self._db: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ connection
@@ -177,7 +171,7 @@ class Ledger:
         msg = str(e)
         if "locked" in msg or "busy" in msg:
             return LedgerError(f"ledger {self.path} is locked: another process held it for more than "
-                               f"{_busy_timeout_s():g}s while {doing}; find it with `fuser {self.path}` "
+                               f"{self.busy_timeout_s:g}s while {doing}; find it with `fuser {self.path}` "
                                f"(usage not yet written stays in the container records; `cgman gc` "
                                f"writes it later)")
         if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
@@ -198,7 +192,7 @@ class Ledger:
         # the name, not the start of URI parameters (mode=ro must not be overridable).
         uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode={'ro' if self.readonly else 'rwc'}"
         try:
-            db = sqlite3.connect(uri, uri=True, timeout=_busy_timeout_s(), isolation_level=None,
+            db = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None,
                                  check_same_thread=False)
             try:
                 if not self.readonly:

@@ -31,18 +31,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SAMPLE_INTERVAL_S = 5.0
 
 
-def sample_interval_s() -> float:
-    """Seconds between memory samples (env CGMAN_SAMPLE_INTERVAL; 0 disables sampling)."""
-    raw = os.environ.get("CGMAN_SAMPLE_INTERVAL")
-    if raw is None:
-        return DEFAULT_SAMPLE_INTERVAL_S
-    try:
-        v = float(raw)
-    except ValueError:
-        raise CgmanError(f"CGMAN_SAMPLE_INTERVAL={raw!r}: expected seconds, e.g. 5 or 0.5") from None
-    if v < 0:
-        raise CgmanError(f"CGMAN_SAMPLE_INTERVAL={raw!r}: must be >= 0")
-    return v
+def sample_interval_s(configured: float | None) -> float:
+    """Seconds between memory samples: the configured CGMAN_SAMPLE_INTERVAL (settings.py;
+    0 disables sampling), else the default."""
+    return DEFAULT_SAMPLE_INTERVAL_S if configured is None else configured
 
 
 def add_sample(rec: "Record", now: float, mem: int) -> None:
@@ -152,7 +144,7 @@ def commit(store: "Store", rec: "Record") -> bool:
         rec.ledger_pending = False
         return False
     try:
-        with Ledger(ledger_path(store.state)) as led:
+        with Ledger(ledger_path(store.state), busy_timeout_s=store.settings.ledger_timeout_s) as led:
             if not led.record(entry_for(rec)):
                 log.info("container %s (%s) was already in the ledger", rec.name, rec.id)
         rec.ledger_pending = False

@@ -24,9 +24,10 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
           prune: bool = False, poll: bool = False, web_config: str | None = None,
           gzip_ok: bool = True, pressure: bool = True, read_threads: int = 2,
           http_limits: Any = None, input_limits: Any = None, ready: Any = None,
-          fleet: Any = None, compat: str | None = None) -> None:
+          fleet: Any = None, compat: str | None = None, checkpoint: Any = None) -> None:
     """Run until SIGTERM or SIGINT (SIGHUP re-reads the files now). ``fleet``: a
-    fleet.shipper.Shipper to run beside the loop (--ledger-url), checked here first."""
+    fleet.shipper.Shipper to run beside the loop (--ledger-url), checked here first.
+    ``checkpoint``: the crash tests' hook (service.Checkpoint); none in service."""
     from ..errors import CgmanError
     from ..exporter.collector import Collector
     from ..exporter.server import Exporter, load_web_config, make_server
@@ -39,7 +40,7 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     if fleet is not None:
         _open_fleet(fleet)
     agent = Agent(host, store, policy_dir, interval_s=interval_s, prune=prune, poll=poll,
-                  limits=input_limits or DEFAULT_LIMITS)
+                  limits=input_limits or DEFAULT_LIMITS, checkpoint=checkpoint)
     collector = Collector(host.info, store.run, store.state, pressure=pressure, read_threads=read_threads,
                           compat=compat)
     exp = Exporter(collector)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -29,10 +28,11 @@ from .watch import Watcher
 
 log = logging.getLogger("cgman.agent")
 
-# Fault injection for the crash tests: the agent stops itself (SIGSTOP) at the named
-# point so that a test can SIGKILL it there by PID. Points: before-apply,
-# write:N (after the N-th cgroup change of an apply), after-apply, collect:N.
-STOP_AT_ENV = "CGMAN_AGENT_TEST_STOP_AT"
+# Called with each point the loop passes: "before-apply", "write" (after each cgroup
+# change of an apply), "after-apply", "collected" (after each container collected). The
+# crash tests pass one that stops the agent at a chosen point, to SIGKILL it there
+# (tests/agent_crashpoint.py); the agent itself passes none.
+Checkpoint = Callable[[str], None]
 
 
 @dataclass
@@ -82,38 +82,29 @@ class Health:
                self.oldest_sample_age_s)
 
 
-def _stop_here() -> None:
-    log.warning("%s: stopping at %s", STOP_AT_ENV, os.environ.get(STOP_AT_ENV))
-    for h in logging.getLogger().handlers:
-        h.flush()
-    os.kill(os.getpid(), signal.SIGSTOP)
+class _Announcing:
+    """The host, with each change (mkdir, write, freeze, thaw) announced to the checkpoint."""
 
-
-class _Counting:
-    """The host with every change (mkdir, write, freeze) counted, for write:N."""
-
-    def __init__(self, host: Any, stop_after: int) -> None:
-        self._host, self._left = host, stop_after
+    def __init__(self, host: Any, checkpoint: Checkpoint) -> None:
+        self._host, self._checkpoint = host, checkpoint
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._host, name)
         if name not in ("write", "create", "freeze", "thaw"):
             return attr
 
-        def counted(*a: Any, **kw: Any) -> Any:
+        def announced(*a: Any, **kw: Any) -> Any:
             out = attr(*a, **kw)
             if name != "create" or out:          # create() of an existing group changes nothing
-                self._left -= 1
-                if self._left == 0:
-                    _stop_here()
+                self._checkpoint("write")
             return out
-        return counted
+        return announced
 
 
 class Agent:
     def __init__(self, host: Any, store: Any, policy_dir: str, *, interval_s: float = 30.0,
                  prune: bool = False, poll: bool = False, timeout_s: float = 10.0,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, checkpoint: Checkpoint | None = None) -> None:
         self.host, self.store = host, store
         root_key = host.root.replace("/", "_")
         self.policies = PolicyDir(policy_dir, memory=os.path.join(store.state, f"agent-{root_key}.pickle"),
@@ -123,7 +114,7 @@ class Agent:
         self.health = Health(started=time.time())
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stop_at = os.environ.get(STOP_AT_ENV, "")
+        self._checkpoint = checkpoint
         self._prune_held = False
         self._rescan = False
         self._saved: tuple[str, ...] | None = None
@@ -140,8 +131,8 @@ class Agent:
 
     def _apply(self) -> Result:
         host = self.host
-        if self._stop_at.startswith("write:"):
-            host = _Counting(host, int(self._stop_at.split(":", 1)[1]))
+        if self._checkpoint is not None:
+            host = _Announcing(host, self._checkpoint)
         return apply(self.policies.policies(), host, timeout_s=self.timeout_s)
 
     def _prune(self) -> bool:
@@ -175,8 +166,7 @@ class Agent:
             log.info("%s removed: its groups are no longer managed (they stay as they are%s)", f,
                      "; --prune removes them" if self.prune else "")
         ok = not scan.errors
-        if self._stop_at == "before-apply":
-            _stop_here()
+        self._reached("before-apply")
         res: Result | None = None
         for _ in range(len(self.policies.files) + 1):
             try:
@@ -204,8 +194,7 @@ class Agent:
             self._report(res, edited)
             self._save()
             ok = self._prune() and ok
-        if self._stop_at == "after-apply":
-            _stop_here()
+        self._reached("after-apply")
         h.reconciles += 1
         h.reconcile_errors += not ok
         h.last_success = int(ok and self.policies.invalid() == 0)
@@ -214,6 +203,10 @@ class Agent:
         h.policy_files = len(self.policies.files)
         h.policy_files_invalid = self.policies.invalid()
         return ok
+
+    def _reached(self, point: str) -> None:
+        if self._checkpoint is not None:
+            self._checkpoint(point)
 
     def _report(self, res: Result, edited: bool) -> None:
         """Log each change; a change to a setting whose wanted value did not move since the
@@ -272,13 +265,11 @@ class Agent:
             if root not in others:
                 others[root] = open_host(root)
             return others[root]
-        n_stop = int(self._stop_at.split(":", 1)[1]) if self._stop_at.startswith("collect:") else 0
 
         def one(name: str) -> None:
             self.health.collected += 1
             log.info("collected %s: its supervisor was gone; final usage is in the ledger", name)
-            if n_stop and self.health.collected == n_stop:
-                _stop_here()
+            self._reached("collected")
         def failed(name: str, e: Exception) -> None:
             self.health.collect_errors += 1
             log.error("cannot collect %s now: %s (retrying in %gs)", name, e, self.interval_s)

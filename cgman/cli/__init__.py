@@ -1,48 +1,44 @@
-"""The command line. ``main`` dispatches: `cgman run` takes a typer-free fast path
-(interpreter start-up is part of launch latency), so do `cgman exporter` and
-`cgman agent` (a long-running server should not carry typer in memory); everything else goes to typer."""
+"""The command line. ``main`` dispatches by the command table (commands.py): `cgman run`,
+`cgman exporter` and `cgman agent` take their typer-free path when the option tables
+(options.py) can read the line, since interpreter start-up is part of launch latency and
+a long-running server should not carry typer in memory; every other line goes to typer
+(app.py), which imports only the command it runs.
+
+Flags and CGMAN_* variables become one Settings here, at the edge (common.resolve_settings);
+nothing below cli/ reads the environment.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
 def main() -> None:
-    from .common import state
-    from .hoist import hoist_global_options
-    argv = hoist_global_options(sys.argv[1:])
-    if "run" in argv:
-        from ..errors import CgmanError
-        try:
-            from .fast import main as fast_main
-            code = fast_main(argv)
-        except CgmanError as e:
-            _fail(e, state["verbose"])
-        except KeyboardInterrupt:
-            sys.exit(130)
-        if code is not None:
-            sys.exit(code)
-    for command in ("exporter", "agent"):
-        if command in argv and "run" not in argv:
-            from .serve import parse as parse_server
-            opts = parse_server(argv, command)
-            if opts is not None:
-                from ..errors import CgmanError
-                try:
-                    from . import serve
-                    (serve.run_exporter if command == "exporter" else serve.run_agent)(opts)
-                except CgmanError as e:
-                    _fail(e, bool(opts.get("verbose")))
-                except KeyboardInterrupt:
-                    sys.exit(130)
-                sys.exit(0)
-    from .main import main as typer_main
-    typer_main(argv)
+    import os
+
+    from .commands import COMMANDS
+    from .options import command_of, hoist, parse
+    argv = hoist(sys.argv[1:])
+    command = command_of(argv)
+    fast = COMMANDS[command].fast if command in COMMANDS else None
+    if fast and command:
+        opts = parse(argv, command, os.environ)
+        if opts is not None:
+            from .common import guarded
+            code = guarded(lambda: _run_fast(fast, opts), bool(opts.get("verbose")))
+            if code is not None:
+                sys.exit(code)
+    from .app import run
+    run(argv, command)
 
 
-def _fail(e: Exception, verbose: bool) -> None:
-    if verbose:
-        import traceback
-        traceback.print_exc()
-    print(f"cgman: error: {e}", file=sys.stderr)
-    sys.exit(getattr(e, "exit_code", 1))
+def _run_fast(where: str, opts: "dict[str, Any]") -> "int | None":
+    """The typer-free path ``module:function`` with its Settings; None: a value needs typer."""
+    import importlib
+    import os
+
+    from .common import resolve_settings
+    module, function = where.split(":")
+    runner = getattr(importlib.import_module(f"{__name__}.{module}"), function)
+    return runner(resolve_settings(opts, os.environ), opts)  # type: ignore[no-any-return]

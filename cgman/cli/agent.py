@@ -6,16 +6,16 @@ from typing import Optional
 
 import typer
 
-from .common import state
+from ..settings import POLICY_DIR_ENV
 from .exporter import (Compat, CompatOpt, HeaderTimeoutOpt, IdleTimeoutOpt, MaxConnectionsOpt,
-                       MaxRequestsOpt)
-from .main import app
+                       MaxRequestsOpt, checked)
+from .params import settings
 
 
-@app.command()
 def agent(
+    ctx: typer.Context,
     policy_dir: Optional[str] = typer.Option(
-        None, "--policy-dir", envvar="CGMAN_POLICY_DIR", show_default=False,
+        None, "--policy-dir", envvar=POLICY_DIR_ENV, show_default=False,
         help="Directory of policy files (*.yaml) to keep applied. [default: /etc/cgman/policies, "
              "else ./policies]"),
     listen: Optional[str] = typer.Option(
@@ -62,14 +62,5 @@ def agent(
     Example:  cgman agent --policy-dir /etc/cgman/policies --listen :9753
     Unit file: packaging/systemd/cgman-agent.service
     """
-    from .exporter import http_limits
-    from .serve import interval_s, run_agent
-    try:
-        seconds = interval_s(interval)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--interval") from None
-    run_agent({"policy_dir": policy_dir, "listen": listen, "interval": seconds, "prune": prune, "poll": poll,
-               "web_config": web_config, "gzip": gzip, "pressure": pressure, "verbose": state["verbose"],
-               "root": state["root"], "run_dir": state["run_dir"], "state_dir": state["state_dir"],
-               "ledger_url": ledger_url, "node": node, "compat": compat.value if compat else None,
-               **http_limits(max_connections, max_requests, header_timeout, idle_timeout)})
+    from .serve import run_agent
+    run_agent(settings(ctx), checked(ctx))

@@ -1,23 +1,47 @@
-"""CLI helpers that do not import typer (the `cgman run` fast path uses them too)."""
+"""CLI helpers that do not import typer (the typer-free paths use them too): the Settings of
+a command line, the host, store and policy files it works on, `run`'s values, and errors as
+one line."""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-# Global options, set by the typer callback or by the fast path.
-state: dict[str, Any] = {"verbose": False, "root": None, "run_dir": None, "state_dir": None}
+    from ..drivers import Host
+    from ..model import PolicySet
+    from ..settings import Settings
+    from ..state.records import Store
+
+DEFAULT_POLICY_DIRS = ("/etc/cgman/policies", "policies")
+T = TypeVar("T")
 
 
-def policy_files(files: "Optional[list[Path]]") -> "list[Path]":
+class BadOption(ValueError):
+    """An option's value that typer refuses too: ``flag`` names it (None: the message does)."""
+
+    def __init__(self, flag: Optional[str], message: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
+def seconds(text: str, flag: str) -> float:
+    """A duration option (500ms, 10s) in seconds."""
+    from ..units import UnitError, parse_duration_usec
+    try:
+        return parse_duration_usec(text) / 1e6
+    except UnitError as e:
+        raise BadOption(flag, str(e)) from None
+
+
+def policy_files(files: "Optional[list[Path]]", settings: "Settings") -> "list[Path]":
+    """FILE... if given, else the first policy dir that exists: $CGMAN_POLICY_DIR, then the defaults."""
     from pathlib import Path
     if files:
         return [Path(f) for f in files]
-    env = os.environ.get("CGMAN_POLICY_DIR")
-    for d in ([env] if env else []) + ["/etc/cgman/policies", "policies"]:
+    for d in ([settings.policy_dir] if settings.policy_dir else []) + list(DEFAULT_POLICY_DIRS):
         if Path(d).is_dir():
             return [Path(d)]
     from ..errors import PolicyError
@@ -25,54 +49,35 @@ def policy_files(files: "Optional[list[Path]]") -> "list[Path]":
                       "(pass FILE..., or set CGMAN_POLICY_DIR)")
 
 
-def load(files: "Optional[list[Path]]"):
+def agent_policy_dir(given: Optional[str], settings: "Settings") -> str:
+    """The agent's directory: --policy-dir, $CGMAN_POLICY_DIR, else the first default that exists
+    (the first if none does: the agent then says it is missing)."""
+    return given or settings.policy_dir or next((d for d in DEFAULT_POLICY_DIRS if os.path.isdir(d)),
+                                                DEFAULT_POLICY_DIRS[0])
+
+
+def load(files: "Optional[list[Path]]", settings: "Settings") -> "PolicySet":
     from ..policy import load_files
-    return load_files(policy_files(files), input_limits())
+    return load_files(policy_files(files, settings), settings.input_limits)
 
 
-def input_limits(environ: "Optional[dict[str, str]]" = None):
-    """Bounds on policy files and price sheets: CGMAN_MAX_INPUT_BYTES (bytes, or 8Mi) per file
-    and CGMAN_MAX_GROUPS per apply. Resolved here, at the edge; the library takes them as values."""
-    from ..errors import CgmanError
-    from ..inputs import DEFAULT_LIMITS, Limits
-    from ..units import UnitError, parse_quantity
-    env = os.environ if environ is None else environ
-    size, groups = env.get("CGMAN_MAX_INPUT_BYTES", ""), env.get("CGMAN_MAX_GROUPS", "")
-    limits = DEFAULT_LIMITS
-    if size:
-        try:
-            n = parse_quantity(size)
-        except UnitError:
-            n = 0
-        if not isinstance(n, int) or n < 1:
-            raise CgmanError(f"CGMAN_MAX_INPUT_BYTES={size[:40]!r}: expected a size such as 4194304 or 8Mi")
-        limits = Limits(max_input_bytes=n, max_groups=limits.max_groups)
-    if groups:
-        if not (groups.isascii() and groups.isdigit() and len(groups) < 10 and int(groups) > 0):
-            raise CgmanError(f"CGMAN_MAX_GROUPS={groups[:40]!r}: expected a positive number such as 10000")
-        limits = Limits(max_input_bytes=limits.max_input_bytes, max_groups=int(groups))
-    return limits
-
-
-def host():
+def host(settings: "Settings") -> "Host":
     from ..drivers import open_host
-    return open_host(state["root"])
+    return open_host(settings.cgroup_root)
 
 
-def store():
-    """The run/state dirs, bound to this command's cgroup root; the host-wide bridge lease
-    dir is moved (tests) with CGMAN_BRIDGE_DIR, read here at the edge."""
+def store(settings: "Settings") -> "Store":
+    """The run, state and bridge lease dirs, bound to this command's cgroup root and settings."""
     from ..state.records import Store
-    return Store(state.get("run_dir"), state.get("state_dir"), root=state.get("root"),
-                 bridges=os.environ.get("CGMAN_BRIDGE_DIR") or None)
+    return Store(settings)
 
 
-def hosts():
+def hosts() -> "Callable[[str], Host]":
     """Host per cgroup root (records remember theirs), opened once each."""
     from ..drivers import open_host
     cache: dict[str, Any] = {}
 
-    def get(root: str):
+    def get(root: str) -> "Host":
         if root not in cache:
             cache[root] = open_host(root)
         return cache[root]
@@ -134,3 +139,28 @@ def env_pairs(pairs: Optional[list[str]]) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"{p!r}: use KEY=VALUE")
         out.append((k, v))
     return tuple(out)
+
+
+def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> "Settings":
+    """The global options (typer's, or the option table's) and the environment as one Settings."""
+    from ..settings import Settings
+    return Settings.resolve(environ, cgroup_root=flags.get("cgroup_root"), run_dir=flags.get("run_dir"),
+                            state_dir=flags.get("state_dir"), verbose=bool(flags.get("verbose")))
+
+
+def guarded(run: "Callable[[], T]", verbose: bool) -> "T":
+    """``run()``, with a CgmanError as one line on stderr and its exit code (the traceback
+    too with -v), and Ctrl-C as exit 130."""
+    import sys
+
+    from ..errors import CgmanError
+    try:
+        return run()
+    except CgmanError as e:
+        if verbose:
+            import traceback
+            traceback.print_exc()
+        print(f"cgman: error: {e}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 1))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,4 +1,5 @@
-"""The `exporter` command (typer side: --help and usage errors; serve.py runs it)."""
+"""The `exporter` command, typer side (--help and usage errors; serve.py runs it), and the HTTP
+server's options it shares with `agent`."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ from typing import Optional
 
 import typer
 
-from .common import state
-from .main import app
+from .params import settings, usage_error
 
 
 class Compat(str, Enum):
     """--compat: the names of another exporter to serve as well (exporter/cadvisor.py)."""
     cadvisor = "cadvisor"
-
 
 
 # The HTTP server's options, shared by `cgman exporter` and `cgman agent` (one declaration).
@@ -30,8 +29,9 @@ HeaderTimeoutOpt = typer.Option("10s", "--header-timeout", help="A request's lin
 IdleTimeoutOpt = typer.Option("120s", "--idle-timeout", help="How long a kept-alive connection may wait for "
                               "its next request.")
 
-@app.command()
+
 def exporter(
+    ctx: typer.Context,
     listen: Optional[str] = typer.Option(None, "--listen", "-l", envvar="CGMAN_EXPORTER_LISTEN",
                                          help="HOST:PORT to serve /metrics on; :PORT for every address. "
                                               "[default: 127.0.0.1:9753]", show_default=False),
@@ -60,21 +60,15 @@ def exporter(
     Example:  cgman exporter --listen :9753   then scrape http://HOST:9753/metrics
     """
     from .serve import run_exporter
-    run_exporter({"listen": listen, "web_config": web_config, "gzip": gzip, "pressure": pressure,
-                  "read_threads": read_threads, "verbose": state["verbose"],
-                  "compat": compat.value if compat else None,
-                  "run_dir": state["run_dir"], "state_dir": state["state_dir"],
-                  **http_limits(max_connections, max_requests, header_timeout, idle_timeout)})
+    run_exporter(settings(ctx), checked(ctx))
 
 
-def http_limits(max_connections: int, max_requests: int, header_timeout: str, idle_timeout: str) -> dict[str, object]:
-    """The HTTP bounds' options (shared with `agent`), durations checked as typer errors."""
-    from .serve import interval_s
-    out: dict[str, object] = {"max_connections": max_connections, "max_requests": max_requests}
-    for key, flag, text in (("header_timeout", "--header-timeout", header_timeout),
-                            ("idle_timeout", "--idle-timeout", idle_timeout)):
-        try:
-            out[key] = interval_s(text)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint=flag) from None
-    return out
+def checked(ctx: typer.Context) -> dict[str, object]:
+    """The server's options (``ctx.params``) checked and converted as on the typer-free path."""
+    from .common import BadOption
+    from .serve import server_options
+    compat = ctx.params.get("compat")
+    try:
+        return server_options({**ctx.params, "compat": compat.value if compat else None})
+    except BadOption as e:
+        raise usage_error(e) from None

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import typer
 
-from .main import _print_json, app
+from .params import print_json
 
 fleet_app = typer.Typer(help="The fleet ledger in PostgreSQL: every node's bill of record in one place.",
                         no_args_is_help=True)
-app.add_typer(fleet_app, name="fleet")
 
 URL_HELP = "postgresql://USER@HOST/DBNAME (or ?host=/socket/dir); the password belongs in ~/.pgpass."
 
@@ -46,7 +45,7 @@ def nodes(ledger_url: str = typer.Option(..., "--ledger-url", help=f"The databas
     from ..fleet.db import node_summary
     rows = node_summary(ledger_url)
     if as_json:
-        _print_json([r._asdict() for r in rows])
+        print_json([r._asdict() for r in rows])
         return
     typer.echo(f"{'NODE':<24} {'HOST':<24} {'ROWS':>10}  LAST ENDED")
     for r in rows:

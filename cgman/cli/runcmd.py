@@ -1,83 +1,131 @@
 """`cgman run` itself, shared by the typer command and the typer-free fast path.
 
-Values arrive validated (typer's BadParameter or the fast parser did that); this
-only builds the spec, launches and waits. No typer import here.
+``run_request`` turns the options (typer's values, or the option table's strings) into
+``execute``'s keywords, refusing what typer would refuse; ``execute`` builds the spec,
+launches and waits. No typer import here.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from ..model import PolicySet
     from ..security.resolve import RunSecurity
+    from ..settings import Settings
+    from ..state.records import Store
 
-from .common import host, load, store
+from .common import BadOption, host, hosts, load, seconds, store
 
 
-def collect_quietly() -> None:
+def collect_quietly(settings: "Settings") -> None:
     """The next cgman command collects containers whose waiter died (see `cgman gc`)."""
-    from ..errors import CgmanError
     from ..containers.manage import gc
-    from .common import hosts
+    from ..errors import CgmanError
     try:
-        for name in gc(store(), hosts()):
+        for name in gc(store(settings), hosts()):
             print(f"cgman: collected container {name} (its supervisor had died)", file=sys.stderr)
     except (CgmanError, OSError) as e:
         print(f"cgman: warning: gc: {e}", file=sys.stderr)
 
 
-def policies_for_run(st, root: str, files: Optional[list[Path]]) -> tuple[PolicySet, dict[str, str]]:
+def policies_for_run(st: "Store", root: str, files: "Optional[list[Path]]",
+                     settings: "Settings") -> "tuple[PolicySet, dict[str, str]]":
     """-f files if given; else what `cgman apply` (or the agent) last applied; else the policy dir.
     Also how an unknown group's error names that source (spec_for's ``where`` and ``hint``)."""
     if files:
-        return load(files), {}
+        return load(files, settings), {}
     from ..state.applied import load as load_applied
     applied = load_applied(st, root)
     if applied is not None:
         return applied, {"where": f"applied under cgroup root {root!r}",
                          "hint": "apply its policy first (`cgman apply FILE`; a running `cgman agent` applies "
                                  "a new file in its policy dir once it is 0.5 s old) or name the file with -f FILE"}
-    return load(None), {}
+    return load(None, settings), {}
 
 
-def execute(*, policy: str, command: list[str], name: Optional[str] = None, detach: bool = False,
-            cpus: Optional[float] = None, memory_bytes: Optional[int] = None, pids: Optional[int] = None,
-            hostname: Optional[str] = None, network: Optional[str] = None, rootfs: Optional[str] = None,
-            layers: tuple[str, ...] = (), userns: bool = False, init: bool = True,
+def _memory_bytes(text: Optional[str]) -> Optional[int]:
+    from ..units import UnitError, parse_quantity
+    if text is None:
+        return None
+    try:
+        q = parse_quantity(text)
+    except UnitError as e:
+        raise BadOption("--memory", str(e)) from None
+    if not isinstance(q, int) or q <= 0:
+        raise BadOption("--memory", "give a size like 256Mi (unlimited: leave it out)")
+    return q
+
+
+def _number(kind: type, value: Any, flag: str) -> Any:
+    try:
+        return None if value is None else kind(value)
+    except ValueError:
+        raise BadOption(flag, f"{value!r} is not a valid {kind.__name__}") from None
+
+
+def run_request(o: Mapping[str, Any]) -> dict[str, Any]:
+    """``execute``'s keywords from `run`'s options, keyed by the typer parameters' names;
+    BadOption for a value typer would refuse."""
+    from .common import env_pairs, run_security
+    try:
+        security = run_security(o.get("privileged") or False, o.get("cap_add"), o.get("cap_drop"),
+                                o.get("device"), o.get("security_opt"), o.get("volume"))
+    except ValueError as e:
+        raise BadOption(None, str(e)) from None
+    try:
+        env = env_pairs(o.get("env"))
+    except ValueError as e:
+        raise BadOption("--env", str(e)) from None
+    timeout = o.get("timeout")
+    rootfs = o.get("rootfs")
+    return dict(policy=o["policy"], command=list(o.get("command") or []), name=o.get("name"),
+                detach=bool(o.get("detach")), cpus=_number(float, o.get("cpus"), "--cpus"),
+                memory_bytes=_memory_bytes(o.get("memory")), pids=_number(int, o.get("pids"), "--pids"),
+                hostname=o.get("hostname"), network=o.get("network"), rootfs=str(rootfs) if rootfs else None,
+                layers=tuple(str(p) for p in o.get("layer") or ()), userns=bool(o.get("userns")),
+                init=o.get("init", True), env=env, timeout_s=seconds(timeout, "--timeout") if timeout else None,
+                timeout_text=timeout or "", auto_remove=bool(o.get("rm")), files=list(o.get("files") or ()) or None,
+                security=security, image=o.get("image"))
+
+
+def execute(settings: "Settings", *, policy: str, command: list[str], name: Optional[str] = None,
+            detach: bool = False, cpus: Optional[float] = None, memory_bytes: Optional[int] = None,
+            pids: Optional[int] = None, hostname: Optional[str] = None, network: Optional[str] = None,
+            rootfs: Optional[str] = None, layers: tuple[str, ...] = (), userns: bool = False, init: bool = True,
             env: tuple[tuple[str, str], ...] = (), timeout_s: Optional[float] = None,
-            timeout_text: str = "", auto_remove: bool = False, files: Optional[list[Path]] = None,
-            security: Optional[RunSecurity] = None, image: Optional[str] = None) -> int:
+            timeout_text: str = "", auto_remove: bool = False, files: "Optional[list[Path]]" = None,
+            security: "Optional[RunSecurity]" = None, image: Optional[str] = None) -> int:
     """Run a container; the exit code for the CLI (the workload's, or 0 after -d)."""
     import dataclasses
 
     from ..containers import spec as C
     from ..containers.lifecycle import run_detached, run_foreground
     from ..security.resolve import RunSecurity
-    h, st = host(), store()
-    policies, source = policies_for_run(st, h.root, files)
+    h, st = host(settings), store(settings)
+    policies, source = policies_for_run(st, h.root, files, settings)
     g = policies.get(policy.strip("/"))
     if image is None and not rootfs and not layers and g is not None and g.launch is not None:
         image = g.launch.image                     # the group's default image
-    settings = None
+    image_run = None
     if image is not None:
         from ..errors import LaunchError
         from ..images.image import run_settings
         from ..images.store import ImageStore
         if rootfs or layers:
             raise LaunchError("give --image, or --rootfs/--layer, not both")
-        settings = run_settings(ImageStore(st.state), image, command)
-        command, layers, env = list(settings.argv), settings.layers, settings.env + env
+        image_run = run_settings(ImageStore(st.state), image, command)
+        command, layers, env = list(image_run.argv), image_run.layers, image_run.env + env
     o = C.Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
                     rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove,
                     security=security or RunSecurity())
     spec = C.spec_for(policies, policy, name, command, o, **source)
-    if settings is not None:
-        spec = dataclasses.replace(spec, cwd=settings.cwd, user=settings.user)
-    collect_quietly()
+    if image_run is not None:
+        spec = dataclasses.replace(spec, cwd=image_run.cwd, user=image_run.user)
+    collect_quietly(settings)
     if detach:
         rec = run_detached(h, st, spec, timeout_s)
         print(rec.name, flush=True)
@@ -85,3 +133,14 @@ def execute(*, policy: str, command: list[str], name: Optional[str] = None, deta
     sys.stdout.flush()
     return run_foreground(h, st, spec, timeout_s, on_timeout=lambda: print(
         f"cgman: container {spec.name} timed out after {timeout_text}; stopping it", file=sys.stderr))
+
+
+def fast(settings: "Settings", opts: dict[str, Any]) -> Optional[int]:
+    """`cgman run` read by the option table; None if a value needs typer's usage error."""
+    try:
+        request = run_request(opts)
+    except BadOption:
+        return None
+    from . import logs
+    logs.setup(settings.verbose)
+    return execute(settings, **request)

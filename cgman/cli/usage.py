@@ -16,20 +16,21 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from .common import state
-from .main import _print_json, app
+from .common import store
+from .params import print_json, settings
 
 if TYPE_CHECKING:
     from ..accounting.billing import Bill, Row
     from ..accounting.prices import PriceSheet
+    from ..settings import Settings
 
 FORMATS = ("table", "csv", "json")
 TABLE_PLACES = 4
 _HEADS = {"cpu": "CPU", "memory": "MEMORY", "io_read": "READ", "io_write": "WRITE", "container": "FEE"}
 
 
-@app.command()
 def usage(
+    ctx: typer.Context,
     by: str = typer.Option("tenant", "--by", help="Group rows by tenant, group, container or (with "
                            "--ledger-url) node."),
     since: Optional[str] = typer.Option(None, "--since", help="Bill containers that ended at or after T: "
@@ -60,21 +61,45 @@ def usage(
 
       cgman usage --ledger-url postgresql://billing@db/cgman --by node --since 2024-05-01 --until 2024-06-01
     """
-    import time
+    s = settings(ctx)
+    _check_by(by, ledger_url)
+    out = _output_format(fmt, as_json)
+    start, end = _period(since, until)
+    sheet = None
+    if prices is not None:
+        from ..accounting.prices import load_prices
+        sheet = load_prices(prices, s.input_limits.max_input_bytes)     # before any output: a bad sheet bills nothing
+    result = _fleet_bill(ledger_url, sheet, by, start, end) if ledger_url else _local_bill(s, sheet, by, start, end)
+    if out == "json":
+        print_json(_as_json(result, sheet))
+    elif out == "csv":
+        _csv(result)
+    else:
+        _table(result, sheet)
 
-    from ..accounting.billing import BY, TIME_FORMS, bill, parse_time
-    from ..accounting.ledger import Ledger, ledger_path
-    from ..state.records import state_dir
+
+def _check_by(by: str, ledger_url: Optional[str]) -> None:
+    from ..accounting.billing import BY
     if by not in BY:
         raise typer.BadParameter(f"{by!r}: use {', '.join(BY[:-1])} or {BY[-1]}", param_hint="--by")
     if by == "node" and not ledger_url:
         raise typer.BadParameter("a node's own ledger holds one node: give --ledger-url to bill the fleet "
                                  "by node", param_hint="--by")
+
+
+def _output_format(fmt: Optional[str], as_json: bool) -> str:
     if fmt is not None and fmt not in FORMATS:
         raise typer.BadParameter(f"{fmt!r}: use table, csv or json", param_hint="--format")
     if as_json and fmt not in (None, "json"):
         raise typer.BadParameter(f"--json asks for json, --format for {fmt}: give one", param_hint="--json")
-    out = "json" if as_json else fmt or "table"
+    return "json" if as_json else fmt or "table"
+
+
+def _period(since: Optional[str], until: Optional[str]) -> tuple[float | None, float | None]:
+    """[--since, --until) as unix times (None: open), checked to be in order."""
+    import time
+
+    from ..accounting.billing import TIME_FORMS, parse_time
     now = time.time()
     bounds: list[float | None] = []
     for opt, text in (("--since", since), ("--until", until)):
@@ -86,25 +111,17 @@ def usage(
     if start is not None and end is not None and start >= end:
         raise typer.BadParameter(f"--since ({_when(start)}) must be before --until ({_when(end)})",
                                  param_hint="--since")
-    sheet = None
-    if prices is not None:
-        from ..accounting.prices import load_prices
-        from .common import input_limits
-        # before any output: a bad sheet bills nothing
-        sheet = load_prices(prices, input_limits().max_input_bytes)
-    if ledger_url:
-        result = _fleet_bill(ledger_url, sheet, by, start, end)
-    else:
-        path = ledger_path(state_dir(state["state_dir"]))
-        with Ledger(path, readonly=True) as ledger:
-            entries = ledger.entries(start, end)
-        result = bill(entries, sheet, by, start, end, source=path)
-    if out == "json":
-        _print_json(_as_json(result, sheet))
-    elif out == "csv":
-        _csv(result)
-    else:
-        _table(result, sheet)
+    return start, end
+
+
+def _local_bill(s: Settings, sheet: PriceSheet | None, by: str, start: float | None, end: float | None) -> Bill:
+    """The bill from this node's ledger, in the state dir."""
+    from ..accounting.billing import bill
+    from ..accounting.ledger import Ledger, ledger_path
+    path = ledger_path(store(s).state)
+    with Ledger(path, readonly=True, busy_timeout_s=s.ledger_timeout_s) as ledger:
+        entries = ledger.entries(start, end)
+    return bill(entries, sheet, by, start, end, source=path)
 
 
 def _fleet_bill(url: str, sheet: PriceSheet | None, by: str, start: float | None, end: float | None) -> Bill:

@@ -95,13 +95,13 @@ def _check_group(host: "Host", group: str) -> None:
                           f"(`cgman thaw {group}` first)")
 
 
-def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = (), term: str | None = None) -> list[bytes]:
     """A container's environment (`run` and `exec` alike): clean, as Docker gives, since the
-    operator's (tokens, credentials) is not the tenant's to read; `-e KEY` passes one variable
-    through on purpose."""
+    operator's (tokens, credentials) is not the tenant's to read; only the operator's ``term``
+    (TERM, from the store's settings) comes along, and `-e KEY` passes one variable through on purpose."""
     env = {"PATH": CLEAN_PATH, "HOME": "/root"}
-    if "TERM" in os.environ:
-        env["TERM"] = os.environ["TERM"]
+    if term is not None:
+        env["TERM"] = term
     if hostname:
         env["HOSTNAME"] = hostname
     env["container"] = "cgman"
@@ -147,7 +147,7 @@ class Container:
         self.status: int | None = None
         if sample_interval_s is None:
             from ..accounting.usage import sample_interval_s as configured
-            sample_interval_s = configured()
+            sample_interval_s = configured(store.settings.sample_interval_s)
         self.sample_interval_s = sample_interval_s    # 0: no memory sampling (`cgman exec`)
         self._next_sample = 0.0
         self.rusage_cpu_usec: int | None = None
@@ -331,7 +331,8 @@ def _start(host: "Host", store: Store, spec: ContainerSpec, leaf: str, ops: list
     """Clone the container's first process into its leaf, held until release()."""
     ns = spec.namespaces
     userns = "user" in ns
-    return start_process(host, leaf, [os.fsencode(a) for a in spec.argv], clean_env(spec.hostname, spec.env),
+    return start_process(host, leaf, [os.fsencode(a) for a in spec.argv],
+                         clean_env(spec.hostname, spec.env, store.settings.term),
                          clone_flags=clone_flags(ns),
                          unshare_flags=spawn_helper().CLONE_NEWCGROUP if "cgroup" in ns else 0,
                          hostname=spec.hostname if "uts" in ns else None,

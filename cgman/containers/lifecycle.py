@@ -161,7 +161,7 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
             except FileNotFoundError:
                 raise Busy(f"container {name} exited while joining it") from None
             joined_user = joined_user or ns == "user"
-        envp = clean_env(rec.hostname, env)
+        envp = clean_env(rec.hostname, env, store.settings.term)
         box: dict[str, Any] = {"c": None, "held": []}
 
         def forward(sig: int, _frame: Any) -> None:     # held until there is a process

@@ -155,6 +155,40 @@ def rm(store: Store, hosts: HostFactory, name: str, force: bool = False) -> None
     store.delete(name)
 
 
+def rm_named(store: Store, hosts: HostFactory, name: str, force: bool = False) -> str | None:
+    """`cgman rm NAME` where NAME is a container's: "removed" (``rm``), or with ``force``
+    "invalid" for a record that is invalid or unreadable, dropped without acting on it. None
+    when no container has that name (it names a group, then: ``rm_group``)."""
+    if "/" in name or not store.exists(name):
+        return None
+    try:
+        store.load(name)
+    except NotFound:
+        if store.exists(name):
+            raise
+        return None                   # removed meanwhile
+    except CgmanError as e:
+        if not force or isinstance(e, OtherRoot):   # another root's: rm it with that --cgroup-root
+            raise
+        store.delete(name)
+        return "invalid"
+    rm(store, hosts, name, force)
+    return "removed"
+
+
+def rm_group(host: "Host", path: str, force: bool = False) -> int:
+    """Remove group ``path`` and every group below it, deepest first; how many went. Refused
+    while processes run in them, unless ``force``: then they are killed first."""
+    if host.procs(path, recursive=True):
+        if not force:
+            raise Busy(f"{path} has running processes: stop them, or use --force to kill them")
+        host.kill(path)
+    groups = host.walk(path)
+    for cg in reversed(groups):
+        host.remove(cg)
+    return len(groups)
+
+
 def gc(store: Store, hosts: HostFactory, on_collected: Callable[[str], None] | None = None,
        on_error: Callable[[str, Exception], None] | None = None) -> list[str]:
     """Collect containers whose waiter died: kill what is left, record final usage, free everything.

@@ -30,8 +30,8 @@ MANAGED_V1 = ("cpu", "cpuacct", "cpuset", "memory", "io", "pids", "freezer", "de
 
 
 def cgroup_root(explicit: str | None = None) -> str:
-    """--cgroup-root, else $CGMAN_CGROUP_ROOT, else "cgman"; validated."""
-    root = explicit or os.environ.get("CGMAN_CGROUP_ROOT") or DEFAULT_ROOT
+    """The cgroup root the command names (--cgroup-root, $CGMAN_CGROUP_ROOT), else "cgman"; validated."""
+    root = explicit or DEFAULT_ROOT
     split_path(root.strip("/"))
     return root.strip("/")
 

@@ -69,8 +69,8 @@ class ShipHealth:
 
 class Shipper:
     """Ship the ledger in ``state_dir`` to ``url`` as ``node``. ``stop_at`` is the crash tests'
-    fault hook (given by the CLI): ship-mid:N stops inside the N-th batch's transaction,
-    ship-acked:N after its commit and before the mark moves."""
+    fault hook (given by tests/agent_crashpoint.py; the CLI gives none): ship-mid:N stops inside
+    the N-th batch's transaction, ship-acked:N after its commit and before the mark moves."""
 
     def __init__(self, url: str, node: str, state_dir: str, *, interval_s: float = 1.0,
                  batch: int = BATCH, stop_at: str = "") -> None:
@@ -126,7 +126,7 @@ class Shipper:
     # -- one round -----------------------------------------------------------
 
     def _stop_here(self, point: str) -> None:
-        log.warning("CGMAN_AGENT_TEST_STOP_AT: stopping at %s", point)
+        log.warning("stopping at %s (the crash tests' fault hook)", point)
         for h in logging.getLogger().handlers:
             h.flush()
         os.kill(os.getpid(), signal.SIGSTOP)

@@ -9,8 +9,8 @@ docs/CGROUP_DELEGATION.md):
 - on cgroup v2 a cgroup that holds processes cannot enable controllers for its children (the
   no-internal-processes rule; the root cgroup is exempt).
 
-Every input (/proc, the effective ids, the environment, the systemctl binary) can be overridden so
-tests feed fixtures, as psutil's PROCFS_PATH.
+Every input (/proc, the effective ids, the systemctl binary) can be overridden so tests feed
+fixtures, as psutil's PROCFS_PATH; the environment is the caller's to give (the CLI's own).
 """
 
 from __future__ import annotations
@@ -91,10 +91,11 @@ def delegation_checks(unified: str | None, root: str, *, v2_controllers: bool, p
     (kernel delegation rules), and whether the cgman root lies inside a delegated subtree.
 
     ``v2_controllers``: some resource controller lives on the cgroup2 hierarchy (pure v2), so the
-    no-internal-processes rule applies to the groups above cgman's leaves."""
+    no-internal-processes rule applies to the groups above cgman's leaves. ``environ``: the
+    command's environment (INVOCATION_ID there says systemd started it); None: not looked at."""
     euid = os.geteuid() if euid is None else euid
     gids = set(os.getgroups()) | {os.getegid()} if gids is None else set(gids)
-    environ = os.environ if environ is None else environ
+    environ = {} if environ is None else environ
     src = os.path.join(procfs, "self", "cgroup")
     try:
         with open(src, encoding="utf-8") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import platform
+from typing import Mapping
 
 from ..drivers import Host
 from ..kernel import at_least as kernel_at_least
@@ -20,8 +21,9 @@ def _read(path: str) -> str:
         return ""
 
 
-def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
-    """Every check of `cgman doctor`, in the order it prints them."""
+def run_checks(host: Host, state_dir: str | None = None, environ: Mapping[str, str] | None = None) -> list[Check]:
+    """Every check of `cgman doctor`, in the order it prints them; ``environ`` is the command's
+    environment (the CLI's), for the systemd unit check."""
     from .delegation import delegation_checks
     checks = _hierarchy_checks(host)
     if host.info.unified:
@@ -30,7 +32,7 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
     checks.append(_swap_check(host))
     checks += _write_checks(host)
     checks += delegation_checks(host.info.unified, host.root, v2_controllers=any(
-        c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS))
+        c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS), environ=environ)
     checks += container_checks()
     checks += security_checks(host)
     checks += accounting_checks(host, state_dir)

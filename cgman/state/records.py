@@ -26,18 +26,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import Busy, CgmanError, NotFound
+from ..settings import Settings
 from .recordcheck import NAME_RE, InvalidRecord, check
 from .safedir import SafeDir
 
 BRIDGE_DIR = "/run/cgman-bridges"     # host-wide: a bridge is per host, not per run dir
+RUN_DIR = "/run/cgman"
+STATE_DIR = "/var/lib/cgman"
 
 
 def run_dir(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("CGMAN_RUN_DIR") or "/run/cgman"
+    return explicit or RUN_DIR
 
 
 def state_dir(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("CGMAN_STATE_DIR") or "/var/lib/cgman"
+    return explicit or STATE_DIR
 
 
 @dataclass
@@ -109,20 +112,22 @@ def alive(pid: int | None, start: int | None) -> bool:
 class Store:
     """The run dir's records, for the commands of one cgroup root.
 
-    ``root`` is the cgroup root of the command (None: the default one); records of other
-    roots are never acted on. ``bridges`` is the host-wide bridge lease dir (network.py).
-    Nothing is read or created until used."""
+    ``settings`` name the run and state dirs, the host-wide bridge lease dir (network.py)
+    and the cgroup root of the command (records of other roots are never acted on); they
+    travel with the store to whoever launches, waits on and bills a container through it
+    (the memory sample interval, the ledger's lock timeout, TERM). Nothing is read or
+    created until used."""
 
-    def __init__(self, run: str | None = None, state: str | None = None, root: str | None = None,
-                 bridges: str | None = None) -> None:
-        self.run = run_dir(run)
-        self.state = state_dir(state)
+    def __init__(self, settings: Settings = Settings()) -> None:
+        self.settings = settings
+        self.run = run_dir(settings.run_dir)
+        self.state = state_dir(settings.state_dir)
         self.containers = os.path.join(self.run, "containers")
         self.rundir = SafeDir(self.run, "run dir", "--run-dir (CGMAN_RUN_DIR)")
         # 0711: a user-namespaced container's root must pass through to its overlay scratch.
         self.statedir = SafeDir(self.state, "state dir", "--state-dir (CGMAN_STATE_DIR)", mode=0o711)
-        self.bridges = SafeDir(bridges or BRIDGE_DIR, "bridge lease dir", "CGMAN_BRIDGE_DIR")
-        self._root = root
+        self.bridges = SafeDir(settings.bridge_dir or BRIDGE_DIR, "bridge lease dir", "CGMAN_BRIDGE_DIR")
+        self._root = settings.cgroup_root
         self._resolved: str | None = None
         self._groups: frozenset[str] | None = None
 
