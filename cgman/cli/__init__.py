@@ -8,6 +8,11 @@ import sys
 
 
 def main() -> None:
+    if "run" in sys.argv[1:]:          # served by a running agent if there is one (cli/thin.py)
+        from .thin import run_served
+        served = run_served(sys.argv[1:])
+        if served is not None:
+            sys.exit(served)
     from .common import state
     from .hoist import hoist_global_options
     argv = hoist_global_options(sys.argv[1:])
