@@ -50,7 +50,7 @@ class ServedRuns:
         self._spawn()
         self._watch = threading.Thread(target=self._keep_serving, name="cgman-agent-runs", daemon=True)
         self._watch.start()
-        log.info("serving `cgman run` on %s", self.path)
+        log.info("serving `cgman run` on %s (run server pid %d)", self.path, self.server_pid)
 
     def _bind(self) -> socket.socket:
         """Listen on a fresh name, 0600, then move it over the path: a client never finds a
@@ -98,6 +98,7 @@ class ServedRuns:
             log.error("the run server (pid %d) exited with %s; starting it again", proc.pid, code)
             try:
                 self._spawn()
+                log.info("run server pid %d", self.server_pid)
             except OSError as e:
                 log.error("cannot start the run server: %s; `cgman run` launches by itself", e)
                 return
