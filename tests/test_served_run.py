@@ -337,3 +337,42 @@ def test_only_root_can_use_the_socket(host, tmp_path):
     finally:
         agent.stop(signal.SIGKILL)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ pure: the client's view of the options
+@pytest.mark.parametrize("argv, environ", [
+    (["run", "-p", "g", "--", "x"], {}),
+    (["--run-dir", "/r", "run", "-p", "g"], {"CGMAN_CGROUP_ROOT": "/a/b/"}),
+    (["run", "--run-dir=/r2", "--cgroup-root", "x", "-p", "g", "--", "--run-dir", "/no"], {"CGMAN_RUN_DIR": "/e"}),
+    (["run", "-p", "g"], {"CGMAN_RUN_DIR": "/e", "CGMAN_CGROUP_ROOT": "r"}),
+])
+def test_the_thin_client_finds_the_socket_the_agent_binds(argv, environ, monkeypatch):
+    """The client resolves --run-dir/--cgroup-root as the direct path does (records.run_dir,
+    drivers.cgroup_root), without importing them: the defaults are kept in step here."""
+    from cgman.cli.thin import where
+    from cgman.drivers import cgroup_root
+    from cgman.state.agentsock import socket_path
+    from cgman.state.records import run_dir
+    for k in ("CGMAN_RUN_DIR", "CGMAN_CGROUP_ROOT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in environ.items():
+        monkeypatch.setenv(k, v)
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    opt = {w.split("=")[0]: (w.split("=", 1)[1] if "=" in w else words[i + 1]) for i, w in enumerate(words)
+           if w.split("=")[0] in ("--run-dir", "--cgroup-root")}
+    want = socket_path(run_dir(opt.get("--run-dir")), cgroup_root(opt.get("--cgroup-root")))
+    assert where(argv, dict(environ)) == (want, False)
+
+
+def test_the_wire_bounds_every_field():
+    from cgman.cli import wire
+    req = wire.encode_request([b"cgman", b"run"], [b"A=1", b"B="], b"/tmp")
+    assert wire.decode_header(req[:wire.HEADER.size]) == len(req) - wire.HEADER.size
+    assert wire.decode_body(req[wire.HEADER.size:]) == ([b"cgman", b"run"], [b"A=1", b"B="], b"/tmp")
+    for bad in (wire.encode_request([b"x\0y"], [], b"/"), wire.encode_request([], [], b"/"),
+                wire.encode_request([b"x"], [b"=v"], b"/"), wire.encode_request([b"x"], [], b"rel"),
+                wire.encode_request([b"x"], [b"NOEQUALS"], b"/"),
+                wire.encode_request([b"x" * (wire.MAX_STRING_BYTES + 1)], [], b"/"),
+                wire.encode_request([b"x"], [], b"/") + b"extra"):
+        with pytest.raises(wire.BadRequest):
+            wire.decode_body(bad[wire.HEADER.size:])
