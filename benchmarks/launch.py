@@ -16,6 +16,10 @@ just before the first spawn to just after the last exit, with ``time.perf_counte
   runc       ``runc run`` of an OCI bundle (static busybox rootfs, memory + pids limits, own cgroup)
   crun       ``crun run`` of the same bundle (crun 1.8 refuses hybrid hosts: reported and skipped)
   cgman      ``cgman run --policy bench --rm --network loopback`` (skipped if ``cgman run --help`` fails)
+  agent      the same ``cgman run`` while ``cgman agent`` runs: a thin client served by the agent
+  agent-raw  the agent's side alone: a request on its socket from this process, until EXITED
+             (its breakdown: socket round trip until ACCEPTED, then launch + wait + ledger commit)
+  client     floor of the thin client: python + ``import cgman.cli.thin``
   cgman-priv the same with ``--privileged`` (capabilities, seccomp, devices, read-only cgroupfs all off)
   inprocess  the library: ``cgman.containers.launch.launch()`` in this process, until the workload exec'd
              (with the secure defaults: 11 capabilities, no_new_privs, seccomp, device filter, masked paths)
@@ -41,7 +45,9 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -57,8 +63,8 @@ VENV_BIN = Path(sys.executable).parent
 MEMORY_MAX_BYTES = 256 * 1024 * 1024
 PIDS_MAX = 64
 UNSHARE = ["unshare", "--uts", "--ipc", "--pid", "--net", "--mount", "--cgroup", "--fork", "--mount-proc"]
-ORDER = ["unshare", "bwrap", "libcgroup", "runc", "crun", "cgman", "cgman-priv", "inprocess", "inprocess-priv",
-         "inprocess-b2b", "inprocess-priv-b2b", "lifecycle", "python", "imports"]
+ORDER = ["unshare", "bwrap", "libcgroup", "runc", "crun", "cgman", "agent", "agent-raw", "cgman-priv", "inprocess",
+         "inprocess-priv", "inprocess-b2b", "inprocess-priv-b2b", "lifecycle", "python", "client", "imports"]
 NOTES = {
     "unshare": "no cgroup, no limits",
     "bwrap": "no cgroup, no limits (+ user ns)",
@@ -66,6 +72,9 @@ NOTES = {
     "runc": "OCI bundle, busybox rootfs, new cgroup with limits",
     "crun": "OCI bundle, busybox rootfs, new cgroup with limits",
     "cgman": "cgman run --rm, loopback net, new cgroup with limits",
+    "agent": "cgman run --rm as above, served by a running cgman agent",
+    "agent-raw": "the agent's side: socket request from this process until EXITED",
+    "client": "floor: python + import cgman.cli.thin (the thin client)",
     "cgman-priv": "the same with --privileged (no caps drop, seccomp, devices, masks)",
     "inprocess": "library launch() until the workload has exec'd (cgroup, limits, namespaces)",
     "inprocess-b2b": "the same, back to back after the interleaved rounds (no idle gap)",
@@ -77,6 +86,9 @@ NOTES = {
 }
 Launcher = Callable[[int], float]          # round number -> milliseconds
 _stop: list[int] = []                      # signals received; the run stops after the current launch
+PARTS: dict[str, list[float]] = {}         # breakdown samples (ms): what one launch spends where
+_agents: list[subprocess.Popen] = []       # agents started here, stopped by PID at the end
+_agent_env: dict[str, str] = {}
 
 
 def _request_stop(signum: int, _frame: object) -> None:
@@ -203,11 +215,88 @@ def make_cgman(tag: str, tmp: Path, privileged: bool = False) -> Launcher:
                                   "--rm", "--network", "loopback", *flags, "--", "/bin/true"], env))
 
 
+def start_agent(tag: str, tmp: Path) -> dict[str, str]:
+    """A `cgman agent` for its own root (one, shared by agent and agent-raw); returns the
+    environment its clients use, plus its socket under "sock"."""
+    if _agent_env:
+        return _agent_env
+    cli = str(VENV_BIN / "cgman")
+    env = dict(os.environ, CGMAN_CGROUP_ROOT=f"{PREFIX}{tag}-agent", CGMAN_RUN_DIR=str(tmp / "agent-run"),
+               CGMAN_STATE_DIR=str(tmp / "agent-state"))
+    pdir = tmp / "agent-policies"
+    pdir.mkdir()
+    (pdir / "bench.yaml").write_text("version: 1\npolicies:\n  bench:\n    container:\n"
+                                     f"      memory: {{max: 256Mi}}\n      pids: {{max: {PIDS_MAX}}}\n")
+    old = time.time() - 5
+    os.utime(pdir / "bench.yaml", (old, old))     # the agent waits out files younger than 0.5 s
+    log = open(tmp / "agent.log", "w")
+    _agents.append(subprocess.Popen([cli, "agent", "--policy-dir", str(pdir), "--listen", "127.0.0.1:0"],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT))
+    sock = Path(env["CGMAN_RUN_DIR"]) / f"agent-{PREFIX}{tag}-agent.sock"
+    deadline = time.monotonic() + 30
+    while not (sock.exists() and "applied 1 file" in (tmp / "agent.log").read_text()):
+        if time.monotonic() > deadline or _agents[-1].poll() is not None:
+            raise Skip(f"the agent did not start serving: {(tmp / 'agent.log').read_text()[-300:]}")
+        time.sleep(0.05)
+    env["sock"] = str(sock)
+    _agent_env.update(env)
+    return env
+
+
+def make_agent(tag: str, tmp: Path) -> Launcher:
+    env = start_agent(tag, tmp)
+    cli = str(VENV_BIN / "cgman")
+    client_env = {k: v for k, v in env.items() if k != "sock"}
+    return probe(lambda i: timed([cli, "run", "--policy", "bench", "--name", f"a{suffix(i)}", "--rm",
+                                  "--network", "loopback", "--", "/bin/true"], client_env))
+
+
+def make_agent_raw(tag: str, tmp: Path) -> Launcher:
+    """One request on the agent's socket from this process: the time until ACCEPTED is the
+    socket round trip (connect, fork of a supervisor, request read), the rest is the launch,
+    the wait and the ledger commit in that supervisor."""
+    from cgman.cli import wire
+    env = start_agent(tag, tmp)
+    environ = [f"{k}={v}".encode() for k, v in env.items() if k != "sock"]
+    devnull = os.open(os.devnull, os.O_RDWR)
+
+    def frame(s: socket.socket) -> tuple[bytes, int]:
+        data = b""
+        while len(data) < wire.FRAME.size:
+            chunk = s.recv(wire.FRAME.size - len(data))
+            if not chunk:
+                raise RuntimeError("the agent closed the connection")
+            data += chunk
+        return wire.FRAME.unpack(data)
+
+    def launch(i: int) -> float:
+        argv = [b"cgman", b"run", b"--policy", b"bench", b"--name", f"r{suffix(i)}".encode(), b"--rm",
+                b"--network", b"loopback", b"--", b"/bin/true"]
+        t0 = time.perf_counter()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(env["sock"])
+            s.sendmsg([wire.encode_request(argv, environ, os.getcwdb())],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", devnull, devnull, devnull))])
+            kind, _ = frame(s)
+            t1 = time.perf_counter()
+            kind2, code = frame(s)
+        t2 = time.perf_counter()
+        if kind != wire.ACCEPTED or kind2 != wire.EXITED or code != 0:
+            raise RuntimeError(f"served run failed: {kind!r} {kind2!r} {code}")
+        if i > 0:
+            PARTS.setdefault("socket round trip (until ACCEPTED)", []).append((t1 - t0) * 1000)
+            PARTS.setdefault("served launch + wait + ledger (ACCEPTED..EXITED)", []).append((t2 - t1) * 1000)
+        return (t2 - t0) * 1000
+    return probe(launch)
+
+
 FACTORIES: dict[str, Callable[[str, Path], Launcher]] = {
     "unshare": make_unshare, "bwrap": make_bwrap, "libcgroup": make_libcgroup,
     "runc": lambda tag, tmp: make_oci("runc", tag, tmp),
     "crun": lambda tag, tmp: make_oci("crun", tag, tmp),
     "cgman": make_cgman,
+    "agent": make_agent,
+    "agent-raw": make_agent_raw,
     "cgman-priv": lambda tag, tmp: make_cgman(tag, tmp, privileged=True),
 }
 
@@ -241,9 +330,16 @@ def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False
         t = time.perf_counter()
         c = launch(host, store, spec)
         if full_cycle:
+            t1 = time.perf_counter()
             c.wait()
+            t2 = time.perf_counter()
             c.finish()
-            return (time.perf_counter() - t) * 1000
+            t3 = time.perf_counter()
+            if i > 0:
+                for part, ms in (("library launch", t1 - t), ("library wait", t2 - t1),
+                                 ("library finish (usage read, cleanup, ledger)", t3 - t2)):
+                    PARTS.setdefault(part, []).append(ms * 1000)
+            return (t3 - t) * 1000
         ms = (time.perf_counter() - t) * 1000
         c.wait()
         c.finish()             # untimed: the launch is done once the workload runs
@@ -255,6 +351,7 @@ FACTORIES["inprocess"] = lambda tag, tmp: make_library(tag, tmp, False)
 FACTORIES["inprocess-priv"] = lambda tag, tmp: make_library(tag, tmp, False, privileged=True)
 FACTORIES["lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True)
 FACTORIES["python"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "pass"]))
+FACTORIES["client"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "import cgman.cli.thin"]))
 FACTORIES["imports"] = lambda tag, tmp: probe(lambda i: timed([
     sys.executable, "-c", "import cgman.cli.options, cgman.cli.runcmd, cgman.containers.lifecycle, cgman.drivers, "
     "cgman.state.applied"]))
@@ -333,6 +430,7 @@ def report(samples: dict, skipped: dict, rounds: int, as_json: bool) -> None:
     pure_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")     # cgroup2 mounted at the usual place
     if as_json:
         print(json.dumps({"rounds": rounds, "warmup_rounds_dropped": 1, "kernel": os.uname().release,
+                          "breakdown_ms": {k: round(statistics.median(v), 2) for k, v in PARTS.items()},
                           "pure_cgroup2": pure_v2, "versions": versions, "results": rows,
                           "skipped": skipped}, indent=2))
         return
@@ -347,6 +445,14 @@ def report(samples: dict, skipped: dict, rounds: int, as_json: bool) -> None:
         if a in medians and b in medians:
             print(f"secure defaults: {a} - {b} = {medians[a] - medians[b]:+.2f} ms "
                   f"(x{medians[a] / medians[b]:.2f})")
+    if PARTS:
+        print("breakdown (medians):")
+        floors = [("client start (python + thin client imports)", "client")]
+        for label, key in floors:
+            if key in medians:
+                print(f"  {label:<52} {medians[key]:8.2f} ms")
+        for label, values in PARTS.items():
+            print(f"  {label:<52} {statistics.median(values):8.2f} ms")
     for k, why in skipped.items():
         print(f"{k}: skipped: {why}")
     print("versions: " + "; ".join(f"{c}: {v}" for c, v in versions.items()))
@@ -375,12 +481,19 @@ def main() -> int:
     try:
         samples, skipped = measure(selected, args.rounds, tag, tmp)
     finally:
+        for agent in _agents:          # by PID; its run server exits with it
+            agent.terminate()
+            try:
+                agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
         removed, failed = cleanup(tag)
         shutil.rmtree(tmp, ignore_errors=True)
         if failed:
             print("WARNING: could not remove: " + "; ".join(failed), file=sys.stderr)
     # cgman's policy groups are expected; anything else was left behind by a tool (and removed now)
-    stray = sorted(removed - {f"{PREFIX}{tag}-{r}{g}" for r in ("cgman", "cgmanp", "lib", "libc", "libp")
+    stray = sorted(removed - {f"{PREFIX}{tag}-{r}{g}" for r in ("cgman", "cgmanp", "lib", "libc", "libp", "agent")
                               for g in ("", "/bench")})
     if stray:
         print(f"note: the tools left {len(stray)} cgroup(s) behind (removed): {', '.join(stray[:5])}",

@@ -61,6 +61,7 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
         shipping = threading.Thread(target=fleet.run, name="cgman-agent-ship", daemon=True)
         shipping.start()
 
+    runs = _serve_runs(store, host.root)
     old = {s: signal.signal(s, lambda *_: agent.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: agent.reload())
     try:
@@ -74,11 +75,30 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
             fleet.stop()
             shipping.join(10)
             fleet.close()
+        if runs is not None:
+            runs.stop()
         srv.shutdown()
         srv.server_close()
         collector.close()
         log.info("stopped")
         sys.stderr.flush()
+
+
+def _serve_runs(store: Any, root: str) -> Any:
+    """Serve `cgman run` on the agent's socket (serve_run.py); without it, runs launch by themselves."""
+    from ..errors import CgmanError
+    from .serve_run import ServedRuns
+    from .service import STOP_AT_ENV
+    stop_at = os.environ.get(STOP_AT_ENV, "")
+    runs = ServedRuns(store.run, store.state, root, stop_at.removeprefix("served:") if stop_at.startswith(
+        "served:") else "")
+    try:
+        store.rundir.fd()           # the run dir, created 0700 or refused if another user could write it
+        runs.start()
+    except (OSError, CgmanError) as e:
+        log.error("cannot serve `cgman run` on %s: %s; runs launch by themselves", runs.path, e)
+        return None
+    return runs
 
 
 def _open_fleet(fleet: Any) -> None:

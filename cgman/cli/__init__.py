@@ -15,6 +15,11 @@ from typing import Any
 
 
 def main() -> None:
+    if "run" in sys.argv[1:]:          # served by a running agent if there is one (cli/thin.py)
+        from .thin import run_served
+        served = run_served(sys.argv[1:])
+        if served is not None:
+            sys.exit(served)
     import os
 
     from .commands import COMMANDS

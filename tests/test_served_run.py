@@ -1,0 +1,378 @@
+"""`cgman run` served by the agent (cli/thin.py, cli/served.py) and launched directly: the same
+behaviour through both paths (exit codes, signals, stdio and a terminal, -d, --rm, --timeout,
+errors, the ledger exactly once), containers that outlive an agent SIGKILL, and a socket that
+only root can use and that survives hostile and vanishing clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, cli_env
+from .test_agent import Agent, old, proc_state, until
+
+pytestmark = pytest.mark.kernel
+PY = sys.executable
+POLICY = """\
+version: 1
+policies:
+  acme:
+    tenant: acme
+    children:
+      web:
+        container:
+          memory: {max: 128Mi}
+          pids: {max: 64}
+        launch:
+          network: {mode: loopback}
+          volumes: [{path: /tmp}]
+"""
+
+
+class Cgman:
+    """`python -m cgman` for one root, served (an agent runs) or direct (none runs)."""
+
+    def __init__(self, root: str, tmp: Path, path: str, run_dir: Path | None = None) -> None:
+        self.root, self.tmp, self.path = root, tmp, path
+        self.run = run_dir or tmp / "run"
+        self.env = dict(cli_env(root, tmp), CGMAN_RUN_DIR=str(self.run))
+        self.agent: Agent | None = None
+        self.sock = self.run / f"agent-{root}.sock"
+
+    def start_agent(self, env: dict[str, str] | None = None) -> Agent:
+        pdir = self.tmp / "policies"
+        pdir.mkdir(exist_ok=True)
+        old(pdir / "acme.yaml", POLICY)
+        self.agent = Agent(self.root, self.tmp, pdir, env={"CGMAN_RUN_DIR": str(self.run), **(env or {})})
+        until(lambda: self.sock.exists() and "applied 1 file" in self.agent.text(), 30, "the agent to serve")
+        return self.agent
+
+    def __call__(self, *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([PY, "-m", "cgman", *args], input=stdin, capture_output=True, text=True,
+                              env=self.env, cwd=REPO, timeout=timeout)
+
+    def popen(self, *args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen([PY, "-m", "cgman", *args], env=self.env, cwd=REPO, text=True, **kw)
+
+    def rows(self) -> list[tuple[str, str, int | None]]:
+        db = sqlite3.connect(f"file:{self.tmp / 'state' / 'ledger.db'}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT id, name, exit_code FROM containers ORDER BY name").fetchall()
+        finally:
+            db.close()
+
+    def record(self, name: str) -> dict:
+        return json.loads((self.tmp / "run" / "containers" / name / "record.json").read_text())
+
+
+@pytest.fixture(params=["direct", "agent"])
+def cg(request, host, tmp_path):
+    c = Cgman(host.root, tmp_path, request.param)
+    if request.param == "agent":
+        c.start_agent()
+    else:
+        (tmp_path / "p.yaml").write_text(POLICY)
+        assert c("apply", str(tmp_path / "p.yaml")).returncode == 0
+    p = c("-v", "run", "-p", "acme/web", "--rm", "--", "true")
+    assert p.returncode == 0, p.stderr
+    served = "served by the agent" in p.stderr
+    assert served == (request.param == "agent"), p.stderr.splitlines()[:2]   # -v says which path ran
+    yield c
+    for name in list((tmp_path / "run" / "containers").glob("*")):
+        c("rm", "--force", name.name)
+    if c.agent is not None:
+        c.agent.stop(signal.SIGKILL)
+        _kill_supervisors_of(c.agent)
+
+
+def _kill_supervisors_of(agent: Agent) -> None:
+    """The run server exits with its agent; make sure it did (by PID, never by name)."""
+    for line in agent.text().splitlines():
+        m = re.search(r"run server pid (\d+)", line)
+        if m and proc_state(int(m.group(1))) not in ("gone", "Z"):
+            os.kill(int(m.group(1)), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ the same through both paths
+def test_exit_codes_and_output(cg, tmp_path):
+    p = cg("run", "-p", "acme/web", "--rm", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (p.returncode, p.stdout, p.stderr) == (3, "out\n", "err\n")
+    for code in (124, 125, 126, 127):
+        assert cg("run", "-p", "acme/web", "--rm", "--", "sh", "-c", f"exit {code}").returncode == code
+    assert cg("run", "-p", "acme/web", "--rm", "--", "sh", "-c", "kill -USR1 $$").returncode == 128 + 10
+    p = cg("run", "-p", "acme/web", "--rm", "--", "/nonexistent/cmd")
+    assert p.returncode == 127 and p.stderr.count("\n") == 1 and p.stderr.startswith("cgman: error:"), p.stderr
+    script = tmp_path / "noexec.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    assert cg("run", "-p", "acme/web", "--rm", "--", str(script)).returncode == 126
+    assert cg("run", "-p", "acme/web", "--rm", "--", "cat", stdin="from stdin\n").stdout == "from stdin\n"
+
+
+def test_a_terminal_stays_the_containers_terminal(cg):
+    master, slave = pty.openpty()
+    try:
+        p = cg.popen("run", "-p", "acme/web", "--rm", "--", "sh", "-c",
+                     "test -t 0 && test -t 1 && test -t 2 && echo all-ttys", stdin=slave, stdout=slave,
+                     stderr=slave)
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:          # EIO: every slave fd is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert p.wait(60) == 0, out
+        assert b"all-ttys" in out
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2])
+def test_signals_reach_the_workload(cg, tmp_path, sig):
+    ready = tmp_path / f"ready-{sig}"
+    p = cg.popen("run", "-p", "acme/web", "--name", f"sig{int(sig)}", "--", "sh", "-c",
+                 f"trap 'echo got-it; exit 42' {sig.name[3:]}; touch {ready}; while :; do sleep 0.05; done",
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        until(lambda: ready.exists() or p.poll() is not None, 30, "the workload")
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert (p.returncode, out) == (42, "got-it\n"), err
+    assert cg.record(f"sig{int(sig)}")["exit_code"] == 42
+
+
+def test_detach_rm_timeout_and_the_ledger_exactly_once(cg, host):
+    p = cg("run", "-p", "acme/web", "-d", "--name", "bg", "--", "sleep", "60")
+    assert (p.returncode, p.stdout) == (0, "bg\n"), p.stderr
+    assert cg.record("bg")["state"] == "running"
+    assert cg("stop", "bg").returncode == 0
+    assert cg("run", "-p", "acme/web", "--rm", "--name", "gone", "--", "true").returncode == 0
+    assert not (cg.tmp / "run" / "containers" / "gone").exists()
+    t = time.monotonic()
+    p = cg("run", "-p", "acme/web", "--name", "slow", "--timeout", "300ms", "--", "sleep", "30")
+    assert p.returncode == 124 and "timed out after 300ms" in p.stderr, p.stderr
+    assert time.monotonic() - t < 20
+    names = [r[1] for r in cg.rows()]
+    assert [n for n in names if n in ("bg", "gone", "slow")] == ["bg", "gone", "slow"], names
+    assert len({r[0] for r in cg.rows()}) == len(names)
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "-p", "acme/none", "--", "true"],                 # unknown group: one line, exit 1
+    ["run", "-p", "acme/web"],                                 # no command
+    ["run", "-p", "acme/web", "--memory", "lots", "--", "true"],   # typer's usage error
+    ["run", "-p", "acme/web", "--cpus", "-1", "--", "true"],
+    ["run", "-p", "acme/web", "--bogus", "--", "true"],
+    ["run", "--help"],
+])
+def test_errors_read_the_same_through_both_paths(host, tmp_path, args):
+    c = Cgman(host.root, tmp_path, "agent")
+    agent = c.start_agent()
+    try:
+        served = c(*args)
+        c.sock.rename(c.sock.with_suffix(".off"))          # no agent to find: the direct path
+        try:
+            direct = c(*args)
+        finally:
+            c.sock.with_suffix(".off").rename(c.sock)
+        assert (served.returncode, served.stdout, served.stderr) == \
+               (direct.returncode, direct.stdout, direct.stderr)
+        assert served.returncode != 0 or args[-1] == "--help"
+    finally:
+        agent.stop(signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ containers outlive the agent
+def test_containers_outlive_an_agent_sigkill_and_are_billed_once(host, tmp_path):
+    c = Cgman(host.root, tmp_path, "agent")
+    agent = c.start_agent()
+    names = [f"c{i:02d}" for i in range(20)]
+    try:
+        for n in names:
+            p = c("-v", "run", "-p", "acme/web", "-d", "--name", n, "--", "sleep", "600")
+            assert p.returncode == 0 and "served by the agent" in p.stderr, p.stderr
+        fg = c.popen("run", "-p", "acme/web", "--name", "fg", "--", "sh", "-c", "sleep 3; exit 5",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        until(lambda: (tmp_path / "run" / "containers" / "fg").exists(), 30, "the foreground run")
+        recs = {n: c.record(n) for n in names}
+        ino = c.sock.stat().st_ino
+        agent.stop(signal.SIGKILL)
+        time.sleep(1.0)
+        assert all(proc_state(r["pid"]) not in ("gone", "Z") for r in recs.values()), "a container died"
+        assert fg.wait(60) == 5, fg.communicate()                # its client still gets the status
+        again = c.start_agent()
+        assert c.sock.stat().st_ino != ino                       # the socket was bound again
+        ps = json.loads(c("ps", "--json").stdout)
+        assert {r["name"] for r in ps if r["state"] == "running"} >= set(names)
+        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "true")
+        assert p.returncode == 0 and "served by the agent" in p.stderr
+        for n in names:
+            assert c("stop", n).returncode == 0
+        rows = [r for r in c.rows() if r[1] in names or r[1] == "fg"]
+        assert sorted(r[1] for r in rows) == sorted(names + ["fg"]), rows     # each exactly once
+        assert c("rm", names[0]).returncode == 0
+        again.stop(signal.SIGKILL)
+    finally:
+        for n in names:
+            c("rm", "--force", n)
+
+
+def test_an_agent_that_dies_mid_request_is_a_clear_error_and_leaves_nothing(host, tmp_path):
+    c = Cgman(host.root, tmp_path, "agent")
+    agent = c.start_agent(env={"CGMAN_AGENT_TEST_STOP_AT": "served:request"})
+    p = c.popen("run", "-p", "acme/web", "--name", "halfway", "--", "true", stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE)
+    try:
+        m = until(lambda: re.search(r"stopping at request \(pid (\d+)\)", agent.text()), 30, "the stop point")
+        child = int(m.group(1))  # type: ignore[union-attr]
+        agent.stop(signal.SIGKILL)
+        os.kill(child, signal.SIGKILL)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert "closed the connection before it started the run; nothing was started" in err
+    assert not (tmp_path / "run" / "containers" / "halfway").exists()
+    assert not [d for d in host.drivers for t in d.hierarchies()
+                if os.path.exists(os.path.join(t.mount, host.root, "acme/web/halfway"))]
+
+
+def test_hostile_and_vanishing_clients_leave_nothing_and_block_no_one(host, tmp_path):
+    c = Cgman(host.root, tmp_path, "agent")
+    agent = c.start_agent()
+    try:
+        fds = struct.pack("3i", 0, 1, 2)
+        requests = [
+            (b"CGMR\x01\0\0\0\0\0\0\x10", 3),                   # announces 16 bytes, then hangs up
+            (b"XXXX\x01\0\0\0\0\0\0\0", 3),                     # a foreign magic
+            (b"CGMR\x01\0\0\0\xff\xff\xff\xff", 3),             # 4 GiB: declined
+            (b"CGMR\x01\0\0\0\0\0\0\x04\0\0\0\x09", 3),         # a list longer than the request
+            (b"CGMR\x01\0\0\0\0\0\0\0", 1),                     # one fd instead of three
+        ]
+        for data, nfds in requests:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(c.sock))
+                s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds[:4 * nfds])])
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(10)
+                reply = s.recv(5)
+                assert reply in (b"", b"D\0\0\0\x02"), reply
+        slow = socket.socket(socket.AF_UNIX)                       # says nothing at all
+        slow.connect(str(c.sock))
+        p = c("run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 9")
+        assert p.returncode == 9, p.stderr                         # the silent client blocks no one
+        slow.close()
+        assert not list((tmp_path / "run" / "containers").glob("*"))
+        assert "Traceback" not in agent.text()
+    finally:
+        agent.stop(signal.SIGKILL)
+
+
+def test_a_client_killed_mid_run_takes_its_container_along_billed_once(cg, tmp_path):
+    p = cg.popen("run", "-p", "acme/web", "--name", "orphan", "--", "sleep", "600", stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    try:
+        until(lambda: (tmp_path / "run" / "containers" / "orphan").exists() and
+              cg.record("orphan").get("pid"), 30, "the container")
+        pid = cg.record("orphan")["pid"]
+        p.kill()
+        p.wait()
+        until(lambda: proc_state(pid) in ("gone", "Z"), 30, "the container to stop")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert cg("gc").returncode == 0
+    until(lambda: cg.record("orphan")["state"] == "exited", 30, "the record")
+    assert [r[1] for r in cg.rows()].count("orphan") == 1
+
+
+def test_only_root_can_use_the_socket(host, tmp_path):
+    run_dir = Path(tempfile.mkdtemp(prefix="cgman-test-run-"))     # traversable by nobody, unlike tmp_path
+    run_dir.chmod(0o711)
+    c = Cgman(host.root, tmp_path, "agent", run_dir=run_dir)
+    agent = c.start_agent()
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c"]
+    probe = (f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({str(c.sock)!r})\n"
+             f"s.settimeout(10)\nprint('reply', s.recv(5))")
+    try:
+        assert oct(c.sock.stat().st_mode & 0o777) == "0o600"
+        p = subprocess.run(nobody + [probe], capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "PermissionError" in p.stderr, (p.stdout, p.stderr)
+        # Past the file mode (opened on purpose here), the agent checks the peer's uid itself.
+        os.chmod(c.sock, 0o666)
+        try:
+            p = subprocess.run(nobody + [probe], capture_output=True, text=True, timeout=60)
+        finally:
+            os.chmod(c.sock, 0o600)
+        assert p.stdout.strip() == "reply b''", (p.stdout, p.stderr)
+        until(lambda: "refused a run from uid 65534" in agent.text(), 10, "the refusal logged")
+    finally:
+        agent.stop(signal.SIGKILL)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ pure: the client's view of the options
+@pytest.mark.parametrize("argv, environ", [
+    (["run", "-p", "g", "--", "x"], {}),
+    (["--run-dir", "/r", "run", "-p", "g"], {"CGMAN_CGROUP_ROOT": "/a/b/"}),
+    (["run", "--run-dir=/r2", "--cgroup-root", "x", "-p", "g", "--", "--run-dir", "/no"], {"CGMAN_RUN_DIR": "/e"}),
+    (["run", "-p", "g"], {"CGMAN_RUN_DIR": "/e", "CGMAN_CGROUP_ROOT": "r"}),
+])
+def test_the_thin_client_finds_the_socket_the_agent_binds(argv, environ, monkeypatch):
+    """The client resolves --run-dir/--cgroup-root as the direct path does (records.run_dir,
+    drivers.cgroup_root), without importing them: the defaults are kept in step here."""
+    from cgman.cli.thin import where
+    from cgman.drivers import cgroup_root
+    from cgman.state.agentsock import socket_path
+    from cgman.state.records import run_dir
+    for k in ("CGMAN_RUN_DIR", "CGMAN_CGROUP_ROOT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in environ.items():
+        monkeypatch.setenv(k, v)
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    opt = {w.split("=")[0]: (w.split("=", 1)[1] if "=" in w else words[i + 1]) for i, w in enumerate(words)
+           if w.split("=")[0] in ("--run-dir", "--cgroup-root")}
+    want = socket_path(run_dir(opt.get("--run-dir")), cgroup_root(opt.get("--cgroup-root")))
+    assert where(argv, dict(environ)) == (want, False)
+
+
+def test_the_wire_bounds_every_field():
+    from cgman.cli import wire
+    req = wire.encode_request([b"cgman", b"run"], [b"A=1", b"B="], b"/tmp")
+    assert wire.decode_header(req[:wire.HEADER.size]) == len(req) - wire.HEADER.size
+    assert wire.decode_body(req[wire.HEADER.size:]) == ([b"cgman", b"run"], [b"A=1", b"B="], b"/tmp")
+    for bad in (wire.encode_request([b"x\0y"], [], b"/"), wire.encode_request([], [], b"/"),
+                wire.encode_request([b"x"], [b"=v"], b"/"), wire.encode_request([b"x"], [], b"rel"),
+                wire.encode_request([b"x"], [b"NOEQUALS"], b"/"),
+                wire.encode_request([b"x" * (wire.MAX_STRING_BYTES + 1)], [], b"/"),
+                wire.encode_request([b"x"], [], b"/") + b"extra"):
+        with pytest.raises(wire.BadRequest):
+            wire.decode_body(bad[wire.HEADER.size:])
