@@ -6,7 +6,8 @@ calls its checkpoint (agent/service.py), which the command line never gives it.
 
 POINT: before-apply, write:N (after the N-th cgroup change of an apply), after-apply,
 collect:N (after the N-th container collected), or the fleet shipper's ship-mid:N and
-ship-acked:N (fleet/shipper.py: inside the N-th batch's transaction, or after its commit).
+ship-acked:N (fleet/shipper.py: inside the N-th batch's transaction, or after its commit), or
+served:request (each served run's supervisor, once it has read its request; cli/served.py).
 The environment (CGMAN_CGROUP_ROOT, CGMAN_RUN_DIR, ...) is read as `cgman agent` reads it.
 """
 
@@ -50,9 +51,11 @@ def main(argv: list[str]) -> None:
     opts = parse(line, "agent", os.environ)
     if opts is None:
         raise SystemExit(f"agent_crashpoint: the typer-free parser cannot read {line}")
-    ship = point.startswith("ship-")
+    ship, served = point.startswith("ship-"), point.startswith("served:")
     guarded(lambda: run_agent(resolve_settings(opts, os.environ), server_options(opts),
-                              checkpoint=None if ship else StopAt(point), ship_stop_at=point if ship else ""),
+                              checkpoint=None if ship or served else StopAt(point),
+                              ship_stop_at=point if ship else "",
+                              served_stop_at=point.removeprefix("served:") if served else ""),
             verbose=True)
 
 

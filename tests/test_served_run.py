@@ -53,11 +53,12 @@ class Cgman:
         self.agent: Agent | None = None
         self.sock = self.run / f"agent-{root}.sock"
 
-    def start_agent(self, env: dict[str, str] | None = None) -> Agent:
+    def start_agent(self, stop_at: str | None = None) -> Agent:
         pdir = self.tmp / "policies"
         pdir.mkdir(exist_ok=True)
         old(pdir / "acme.yaml", POLICY)
-        self.agent = Agent(self.root, self.tmp, pdir, env={"CGMAN_RUN_DIR": str(self.run), **(env or {})})
+        self.agent = Agent(self.root, self.tmp, pdir, env={"CGMAN_RUN_DIR": str(self.run)},
+                           stop_at=stop_at)
         until(lambda: self.sock.exists() and "applied 1 file" in self.agent.text(), 30, "the agent to serve")
         return self.agent
 
@@ -244,7 +245,7 @@ def test_containers_outlive_an_agent_sigkill_and_are_billed_once(host, tmp_path)
 
 def test_an_agent_that_dies_mid_request_is_a_clear_error_and_leaves_nothing(host, tmp_path):
     c = Cgman(host.root, tmp_path, "agent")
-    agent = c.start_agent(env={"CGMAN_AGENT_TEST_STOP_AT": "served:request"})
+    agent = c.start_agent(stop_at="served:request")
     p = c.popen("run", "-p", "acme/web", "--name", "halfway", "--", "true", stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE)
     try:
@@ -346,21 +347,18 @@ def test_only_root_can_use_the_socket(host, tmp_path):
     (["run", "--run-dir=/r2", "--cgroup-root", "x", "-p", "g", "--", "--run-dir", "/no"], {"CGMAN_RUN_DIR": "/e"}),
     (["run", "-p", "g"], {"CGMAN_RUN_DIR": "/e", "CGMAN_CGROUP_ROOT": "r"}),
 ])
-def test_the_thin_client_finds_the_socket_the_agent_binds(argv, environ, monkeypatch):
-    """The client resolves --run-dir/--cgroup-root as the direct path does (records.run_dir,
-    drivers.cgroup_root), without importing them: the defaults are kept in step here."""
+def test_the_thin_client_finds_the_socket_the_agent_binds(argv, environ):
+    """The client resolves --run-dir/--cgroup-root by hand (it imports neither the option tables
+    nor Settings); the served run checks them as the direct path reads them (options.py,
+    Settings, records.run_dir, drivers.cgroup_root). Both must name the same socket."""
+    from cgman.cli.common import resolve_settings
+    from cgman.cli.options import globals_of, hoist
     from cgman.cli.thin import where
     from cgman.drivers import cgroup_root
     from cgman.state.agentsock import socket_path
     from cgman.state.records import run_dir
-    for k in ("CGMAN_RUN_DIR", "CGMAN_CGROUP_ROOT"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in environ.items():
-        monkeypatch.setenv(k, v)
-    words = argv[:argv.index("--")] if "--" in argv else argv
-    opt = {w.split("=")[0]: (w.split("=", 1)[1] if "=" in w else words[i + 1]) for i, w in enumerate(words)
-           if w.split("=")[0] in ("--run-dir", "--cgroup-root")}
-    want = socket_path(run_dir(opt.get("--run-dir")), cgroup_root(opt.get("--cgroup-root")))
+    settings = resolve_settings(globals_of(hoist(argv)), environ)
+    want = socket_path(run_dir(settings.run_dir), cgroup_root(settings.cgroup_root))
     assert where(argv, dict(environ)) == (want, False)
 
 

@@ -24,10 +24,12 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
           prune: bool = False, poll: bool = False, web_config: str | None = None,
           gzip_ok: bool = True, pressure: bool = True, read_threads: int = 2,
           http_limits: Any = None, input_limits: Any = None, ready: Any = None,
-          fleet: Any = None, compat: str | None = None, checkpoint: Any = None) -> None:
+          fleet: Any = None, compat: str | None = None, checkpoint: Any = None,
+          served_stop_at: str = "") -> None:
     """Run until SIGTERM or SIGINT (SIGHUP re-reads the files now). ``fleet``: a
     fleet.shipper.Shipper to run beside the loop (--ledger-url), checked here first.
-    ``checkpoint``: the crash tests' hook (service.Checkpoint); none in service."""
+    ``checkpoint`` and ``served_stop_at``: the crash tests' hooks (service.Checkpoint, and the
+    point where a served run stops, cli/served.py); none in service."""
     from ..errors import CgmanError
     from ..exporter.collector import Collector
     from ..exporter.server import Exporter, load_web_config, make_server
@@ -49,19 +51,13 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     agent.on_policies = lambda ps: setattr(collector, "known_tenants",
                                            frozenset(g.tenant for g in ps.groups if g.tenant))
     srv = make_server(exp, listen, web, gzip_ok, http_limits)       # a taken port fails before anything is applied
-    scheme = "https" if web and web.cert_file else "http"
-    hostname, port = str(srv.server_address[0]), srv.server_address[1]
-    log.info("serving %s://%s:%s/metrics; cgroup root %s, run dir %s, ledger in %s", scheme,
-             listen.rpartition(":")[0] or hostname, port, host.root, store.run, store.state)
-    http = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5},
-                            name="cgman-agent-http", daemon=True)
-    http.start()
+    _start_http(srv, listen, bool(web and web.cert_file), host.root, store)
     if fleet is not None:
         exp.add_health(fleet.health.metrics)
         shipping = threading.Thread(target=fleet.run, name="cgman-agent-ship", daemon=True)
         shipping.start()
 
-    runs = _serve_runs(store, host.root)
+    runs = _serve_runs(store, host.root, served_stop_at)
     old = {s: signal.signal(s, lambda *_: agent.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: agent.reload())
     try:
@@ -84,14 +80,20 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
         sys.stderr.flush()
 
 
-def _serve_runs(store: Any, root: str) -> Any:
+def _start_http(srv: Any, listen: str, tls: bool, root: str, store: Any) -> None:
+    """Serve /metrics in a thread of its own, and say where."""
+    hostname, port = str(srv.server_address[0]), srv.server_address[1]
+    log.info("serving %s://%s:%s/metrics; cgroup root %s, run dir %s, ledger in %s", "https" if tls else "http",
+             listen.rpartition(":")[0] or hostname, port, root, store.run, store.state)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5}, name="cgman-agent-http",
+                     daemon=True).start()
+
+
+def _serve_runs(store: Any, root: str, stop_at: str) -> Any:
     """Serve `cgman run` on the agent's socket (serve_run.py); without it, runs launch by themselves."""
     from ..errors import CgmanError
     from .serve_run import ServedRuns
-    from .service import STOP_AT_ENV
-    stop_at = os.environ.get(STOP_AT_ENV, "")
-    runs = ServedRuns(store.run, store.state, root, stop_at.removeprefix("served:") if stop_at.startswith(
-        "served:") else "")
+    runs = ServedRuns(store.run, store.state, root, stop_at)
     try:
         store.rundir.fd()           # the run dir, created 0700 or refused if another user could write it
         runs.start()

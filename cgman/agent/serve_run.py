@@ -78,9 +78,9 @@ class ServedRuns:
 
     def _spawn(self) -> None:
         assert self._listener is not None
+        # Its environment is only where cgman is: each served run takes its client's.
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p))
+        env = {"PYTHONPATH": package_parent}
         fd = self._listener.fileno()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "cgman.cli.served", str(fd), str(self._pipe_r), self.run_dir, self.state_dir,

@@ -81,9 +81,11 @@ def run_exporter(settings: "Settings", opts: Mapping[str, Any]) -> None:
 
 
 def run_agent(settings: "Settings", opts: Mapping[str, Any], *,
-              checkpoint: Optional[Callable[[str], None]] = None, ship_stop_at: str = "") -> None:
-    """Run the agent with checked options until SIGTERM. ``checkpoint`` and ``ship_stop_at``
-    are the crash tests' fault hooks (tests/agent_crashpoint.py); the command line gives none."""
+              checkpoint: Optional[Callable[[str], None]] = None, ship_stop_at: str = "",
+              served_stop_at: str = "") -> None:
+    """Run the agent with checked options until SIGTERM. ``checkpoint``, ``ship_stop_at`` and
+    ``served_stop_at`` are the crash tests' fault hooks (tests/agent_crashpoint.py); the
+    command line gives none."""
     from ..agent import serve
     from ..exporter.server import DEFAULT_LISTEN
     from . import logs
@@ -99,7 +101,7 @@ def run_agent(settings: "Settings", opts: Mapping[str, Any], *,
           prune=bool(opts.get("prune")), poll=bool(opts.get("poll")), web_config=opts.get("web_config"),
           gzip_ok=bool(opts.get("gzip", True)), pressure=bool(opts.get("pressure", True)),
           http_limits=limits(opts), input_limits=settings.input_limits, compat=opts.get("compat"),
-          checkpoint=checkpoint)
+          checkpoint=checkpoint, served_stop_at=served_stop_at)
 
 
 def fast_exporter(settings: "Settings", opts: dict[str, Any]) -> Optional[int]:

@@ -75,7 +75,7 @@ def prewarm(root: str) -> None:
     """Import what a run needs, open cgman-init's memfd and probe the host once (which
     compiles glob's patterns), so that no fork pays for them again."""
     import glob, resource  # noqa: F401,E401
-    from . import common, fast, hoist, runcmd, thin  # noqa: F401
+    from . import commands, common, logs, options, runcmd, thin  # noqa: F401
     from .. import _secure, drivers  # noqa: F401
     from ..accounting import ledger, usage  # noqa: F401
     from ..containers import collect, launch, lifecycle, rootfs  # noqa: F401
@@ -234,17 +234,17 @@ def _take_client_world(req: Request, agent: Agent) -> None:
     from ..drivers import cgroup_root
     from ..errors import CgmanError
     from ..state.records import run_dir, state_dir
-    from .thin import global_values
+    from .common import resolve_settings
+    from .options import globals_of, hoist
     os.environb.clear()
     os.environb.update(e.split(b"=", 1) for e in req.environ)   # type: ignore[misc]
-    values, _ = global_values([os.fsdecode(a) for a in req.argv[1:]])
-    try:
-        root = cgroup_root(values.get("--cgroup-root"))
-    except CgmanError:           # a bad root: the direct path says so in its words
+    try:          # the client's flags and environment, as its direct path would read them
+        settings = resolve_settings(globals_of(hoist([os.fsdecode(a) for a in req.argv[1:]])), os.environ)
+        root = cgroup_root(settings.cgroup_root)
+    except CgmanError:           # a bad root or variable: the direct path says so in its words
         raise Declined(wire.OTHER_DIRS) from None
     mine = (os.path.realpath(agent.run_dir), os.path.realpath(agent.state_dir), agent.root)
-    theirs = (os.path.realpath(run_dir(values.get("--run-dir"))),
-              os.path.realpath(state_dir(values.get("--state-dir"))), root)
+    theirs = (os.path.realpath(run_dir(settings.run_dir)), os.path.realpath(state_dir(settings.state_dir)), root)
     if theirs != mine:
         raise Declined(wire.OTHER_DIRS)
     try:
