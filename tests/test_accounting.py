@@ -259,6 +259,22 @@ def _lock_ledger(path: str) -> sqlite3.Connection:
     return db
 
 
+def test_opening_a_ledger_that_has_its_schema_takes_no_write_lock(tmp_path):
+    """Each run opens the ledger once: when the schema is there, opening only reads, so the run's
+    one write transaction is its insert (a writer holding the lock does not delay the open)."""
+    path = str(tmp_path / "ledger.db")
+    Ledger(path).connect().close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")          # holds the write lock, as another run's commit would
+    try:
+        t = time.monotonic()
+        Ledger(path, busy_timeout_s=2.0).connect().close()
+        assert time.monotonic() - t < 1.0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 def test_a_locked_ledger_keeps_the_usage_in_the_record_until_gc(lib, caplog):
     from cgman.containers.manage import gc, rm
     from cgman.errors import Busy

@@ -73,7 +73,15 @@ CREATE TRIGGER IF NOT EXISTS containers_tenant_totals AFTER INSERT ON containers
     WHERE tenant = NEW.tenant;
 END;
 """
+# What _SCHEMA creates: "CREATE <kind> IF NOT EXISTS <name> ...".
+_SCHEMA_NAMES = frozenset(ln.split()[5] for ln in _SCHEMA.splitlines() if ln.startswith("CREATE "))
 
+
+def _has_schema(db: sqlite3.Connection) -> bool:
+    """Whether every table, index and trigger of _SCHEMA is there: then a connection only reads
+    (the schema's write transaction costs a commit, fsyncs included, on every run)."""
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    return _SCHEMA_NAMES <= names
 
 
 def _not_regular(mode: int) -> str:
@@ -202,9 +210,10 @@ class Ledger:
                                           f"is the state dir on a filesystem without shared memory?")
                     # Every commit reaches the disk: a bill must survive a power cut.
                     db.execute("PRAGMA synchronous=FULL")
-                    # One transaction: a reader sees no schema or all of it, never half.
-                    db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}INSERT OR IGNORE INTO meta VALUES "
-                                     f"('schema_version', '{SCHEMA_VERSION}');COMMIT;")
+                    if not _has_schema(db):
+                        # One transaction: a reader sees no schema or all of it, never half.
+                        db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}INSERT OR IGNORE INTO meta VALUES "
+                                         f"('schema_version', '{SCHEMA_VERSION}');COMMIT;")
                 elif not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
                     db.close()
                     raise LedgerNotReady(f"ledger {self.path} is being created")
