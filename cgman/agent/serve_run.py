@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Any
 
 from ..state.agentsock import socket_path
 
@@ -41,11 +42,13 @@ class ServedRuns:
         self._pipe_r = -1
         self._stopping = threading.Event()
         self._watch: threading.Thread | None = None
+        self._ledger: Any = None
 
     def start(self) -> None:
         """Bind the socket and start the server. Raises OSError (the caller logs and goes on
         without serving: `cgman run` then launches by itself)."""
         self._listener = self._bind()
+        self._ledger = _hold_ledger(self.state_dir)
         self._pipe_r, self._pipe_w = os.pipe2(os.O_CLOEXEC)
         self._spawn()
         self._watch = threading.Thread(target=self._keep_serving, name="cgman-agent-runs", daemon=True)
@@ -130,3 +133,22 @@ class ServedRuns:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
+
+
+def _hold_ledger(state_dir: str) -> Any:
+    """The ledger, opened and held while the agent serves. SQLite's last connection to close
+    checkpoints the WAL into the database and deletes it: without one held here, every served
+    run would be that last one and pay a checkpoint and a fresh WAL (four more fsyncs beside
+    its commit's one). None if it cannot be opened (each run then says why in its own words)."""
+    from ..accounting.ledger import Ledger, ledger_path
+    from ..errors import CgmanError
+    ledger = Ledger(ledger_path(state_dir))
+    try:
+        ledger.connect()
+    except CgmanError as e:
+        log.warning("cannot hold the ledger open (%s): each served run checkpoints it", e)
+        return None
+    return ledger
