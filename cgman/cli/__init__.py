@@ -11,7 +11,6 @@ nothing below cli/ reads the environment.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     run(argv, command)
 
 
-def _run_fast(where: str, opts: "dict[str, Any]") -> "int | None":
+def _run_fast(where: str, opts: "dict[str, object]") -> "int | None":
     """The typer-free path ``module:function`` with its Settings; None: a value needs typer."""
     import importlib
     import os
