@@ -78,7 +78,7 @@ def prewarm(root: str) -> None:
     from . import commands, common, logs, options, runcmd, thin  # noqa: F401
     from .. import _secure, drivers  # noqa: F401
     from ..accounting import ledger, usage  # noqa: F401
-    from ..containers import collect, launch, lifecycle, rootfs  # noqa: F401
+    from ..containers import collect, launch, lifecycle, rootfs, spec  # noqa: F401
     from ..reconcile import status  # noqa: F401
     from ..security import init
     from ..state import applied, records  # noqa: F401
