@@ -131,7 +131,7 @@ def test_above_the_root_and_at_the_mount_only_reads_confined(tmp_path):
     (["-v", "plan", "p.yaml"], ["-v", "plan", "p.yaml"]),
 ])
 def test_global_options_may_follow_the_command(argv, want):
-    from cgman.cli.hoist import hoist_global_options
-    assert hoist_global_options(argv) == want
+    from cgman.cli.options import hoist
+    assert hoist(argv) == want
 
 
