@@ -7,7 +7,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import Busy, CgmanError
+from ..errors import Busy, CgmanError, NotFound
 from ..state.recordcheck import OtherRoot, owned_pid, signal_owned
 from ..state.records import Record, Store, alive
 from .collect import finish, retry_cleanup
