@@ -543,26 +543,27 @@ static int format_value(char *num, size_t size, long long x, int micro)
 
 /* Writes metric m's family at out + len: its header, then "name{labels} value" for each
  * container that is not gone and has a value (>= 0) in m's slot; nothing when none has.
- * The new length. */
-static Py_ssize_t render_family(char *out, Py_ssize_t len, const struct metric *m, const long long *vals,
+ * The new length. m comes by value: the writes through out could alias a pointed-to metric,
+ * which would make the compiler reload its fields for every sample. */
+static Py_ssize_t render_family(char *out, Py_ssize_t len, struct metric m, const long long *vals,
                                 PyObject *lf, Py_ssize_t nc)
 {
     char num[48];
     int any = 0;
     for (Py_ssize_t c = 0; c < nc; c++) {
         const long long *v = vals + c * NSLOTS;
-        long long x = v[m->slot];
+        long long x = v[m.slot];
         if (v[S_GONE] || x < 0)
             continue;
         if (!any) {
-            memcpy(out + len, m->header, (size_t)m->header_len);
-            len += m->header_len;
+            memcpy(out + len, m.header, (size_t)m.header_len);
+            len += m.header_len;
             any = 1;
         }
         PyObject *l = PySequence_Fast_GET_ITEM(lf, c);
-        int k = format_value(num, sizeof num, x, m->micro);
-        memcpy(out + len, m->name, (size_t)m->name_len);
-        len += m->name_len;
+        int k = format_value(num, sizeof num, x, m.micro);
+        memcpy(out + len, m.name, (size_t)m.name_len);
+        len += m.name_len;
         memcpy(out + len, PyBytes_AS_STRING(l), (size_t)PyBytes_GET_SIZE(l));
         len += PyBytes_GET_SIZE(l);
         memcpy(out + len, num, (size_t)k);
@@ -587,7 +588,7 @@ static PyObject *render_text(Py_ssize_t bound, const long long *vals, PyObject *
             Py_DECREF(res);
             return NULL;
         }
-        len = render_family(PyBytes_AS_STRING(res), len, &m, vals, lf, nc);
+        len = render_family(PyBytes_AS_STRING(res), len, m, vals, lf, nc);
     }
     if (_PyBytes_Resize(&res, len) < 0)
         return NULL;
