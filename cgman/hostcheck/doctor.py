@@ -83,9 +83,10 @@ def run_checks(host: Host, state_dir: str | None = None) -> list[Check]:
                                 "" if ok else "run as root or chown the cgman root to this user"))
             if d.version == 2:
                 break
-    from .delegation import delegation_checks
+    from .delegation import delegation_checks, layout_check
     checks += delegation_checks(info.unified, root, v2_controllers=any(
         c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS))
+    checks.append(layout_check(info.unified if info.mode == "v2" else None, root))
     checks += container_checks()
     checks += security_checks(host)
     checks += accounting_checks(host, state_dir)
