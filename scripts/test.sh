@@ -22,7 +22,8 @@ elif [ -x "$VM" ] || [ -f "$VM" ]; then
   CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-1500} bash "$VM" .venv/bin/python -m pytest -q -p no:cacheprovider -m "cgroup2 and not v1host" tests/
   echo "== systemd 252 as PID 1 on a pure cgroup v2 kernel (VM): the shipped units, and bridge networking"
   CGMAN_SYSTEMD_VM=1 CG2VM_INIT=systemd CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-1500} bash "$VM" .venv/bin/python -m pytest -q \
-    -p no:cacheprovider tests/test_systemd_host.py tests/test_launch.py -k "test_systemd_host or bridge_container"
+    -p no:cacheprovider tests/test_systemd_host.py tests/test_systemd_driver.py tests/test_launch.py \
+    -k "test_systemd_host or test_systemd_driver or bridge_container"
 else
   echo "scripts/test.sh: $VM not found: cannot run the cgroup v2 tests" >&2
   exit 1

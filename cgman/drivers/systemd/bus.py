@@ -15,6 +15,7 @@ from .units import Prop
 
 MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
+UNIT_KEYS = ("LoadState", "ActiveState", "Transient", "Description", "FragmentPath", "FreezerState")
 
 
 class BusUnavailable(CgmanError):
@@ -69,19 +70,29 @@ class SystemdBus:
         return self._call("/org/freedesktop/systemd1", MANAGER, method, signature, body)
 
     def unit(self, name: str) -> dict[str, Any] | None:
-        """The loaded unit's properties (Unit and its type's interface), or None if not loaded."""
+        """The loaded unit's state (UNIT_KEYS) and its type's properties (Slice, Scope), or None
+        if systemd has not loaded it. GetAll only where needed: jeepney parses each value in Python."""
+        path = self._path(name)
+        if path is None:
+            return None
+        out = {k: self._get(path, UNIT, k) for k in UNIT_KEYS}
+        iface = "org.freedesktop.systemd1." + name.rsplit(".", 1)[1].capitalize()
+        (props,) = self._call(path, "org.freedesktop.DBus.Properties", "GetAll", "s", (iface,))
+        out.update({k: v[1] for k, v in props.items()})
+        return out
+
+    def _path(self, name: str) -> str | None:
         try:
             (path,) = self._manager("GetUnit", "s", (name,))
         except BusError as e:
             if "NoSuchUnit" in str(e):
                 return None
             raise
-        iface = "org.freedesktop.systemd1." + name.rsplit(".", 1)[1].capitalize()
-        out: dict[str, Any] = {}
-        for i in (UNIT, iface):
-            (props,) = self._call(path, "org.freedesktop.DBus.Properties", "GetAll", "s", (i,))
-            out.update({k: v[1] for k, v in props.items()})
-        return out
+        return str(path)
+
+    def _get(self, path: str, interface: str, key: str) -> Any:
+        (value,) = self._call(path, "org.freedesktop.DBus.Properties", "Get", "ss", (interface, key))
+        return value[1]
 
     def start_transient(self, name: str, props: Iterable[Prop], extra: Iterable[tuple[str, str, Any]] = ()) -> None:
         """StartTransientUnit, then wait until the unit is active (or failed)."""
@@ -109,13 +120,14 @@ class SystemdBus:
     def wait_state(self, name: str, want: str, key: str = "ActiveState") -> None:
         deadline = time.monotonic() + self.timeout_s
         while True:
-            u = self.unit(name) or {}
-            if u.get(key) == want:
+            path = self._path(name)
+            state = self._get(path, UNIT, key) if path else None
+            if state == want:
                 return
-            if key == "ActiveState" and u.get(key) == "failed":
+            if key == "ActiveState" and state == "failed":
                 raise BusError(f"systemd: {name} failed to start (journalctl -u {name})")
             if time.monotonic() > deadline:
-                raise BusError(f"systemd: {name}: {key} is {u.get(key)!r}, not {want!r}, after {self.timeout_s:g}s")
+                raise BusError(f"systemd: {name}: {key} is {state!r}, not {want!r}, after {self.timeout_s:g}s")
             time.sleep(0.02)
 
 
