@@ -252,7 +252,6 @@ def test_systemctl_start_runs_the_agent_in_its_unit_applies_policies_and_serves_
     delegated = set(unit["DelegateControllers"].split())
     assert {"cpu", "io", "memory", "pids"} <= delegated <= set(kernel("", "cgroup.subtree_control").split())
     assert_policy_in_kernel(agent.root)
-    assert not show(SLICE, "ControlGroup")["ControlGroup"].endswith(agent.root), "the root is not systemd's"
 
     init = agent.run_detached("c1", "sleep", "600")
     leaf = f"/{agent.root}/acme/web/c1"

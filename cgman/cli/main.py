@@ -131,7 +131,8 @@ def plan(files: Optional[list[Path]] = FilesArg,
     """Show every kernel write `apply` would make, in order, without touching the host."""
     from ..plan import Layout, plan as make_plan
     if target not in ("auto", "v1", "v2", "hybrid", "systemd"):
-        raise typer.BadParameter("use auto, v1, v2, hybrid or systemd", param_hint="--target")
+        raise typer.BadParameter("use auto, v1, v2 or hybrid (or systemd: the unit properties of "
+                                 "--cgroup-driver systemd)", param_hint="--target")
     ps = _load(files)
     if target == "systemd":
         from .systemd import plan_units
