@@ -32,10 +32,12 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     from ..exporter.collector import Collector
     from ..exporter.server import Exporter, load_web_config, make_server
     from ..inputs import DEFAULT_LIMITS
+    from .delegated import enter_supervisor_leaf
     from .service import Agent
     if not os.path.isdir(policy_dir):
         raise CgmanError(f"--policy-dir {policy_dir}: not a directory (create it, or point --policy-dir "
                          f"or CGMAN_POLICY_DIR at your policy files)")
+    enter_supervisor_leaf(host.info.unified, host.root, host.info.mode)     # layout (b) only
     web = load_web_config(web_config) if web_config else None
     if fleet is not None:
         _open_fleet(fleet)
@@ -56,11 +58,17 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     http = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5},
                             name="cgman-agent-http", daemon=True)
     http.start()
+    _run(agent, srv, collector, exp, fleet, ready)
+
+
+def _run(agent: Any, srv: Any, collector: Any, exp: Any, fleet: Any, ready: Any) -> None:
+    """The loop, with the fleet shipper beside it, until SIGTERM or SIGINT; then everything
+    the agent started is stopped and closed, in reverse."""
+    shipping = None
     if fleet is not None:
         exp.add_health(fleet.health.metrics)
         shipping = threading.Thread(target=fleet.run, name="cgman-agent-ship", daemon=True)
         shipping.start()
-
     old = {s: signal.signal(s, lambda *_: agent.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: agent.reload())
     try:
@@ -70,7 +78,7 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if fleet is not None:
+        if shipping is not None:
             fleet.stop()
             shipping.join(10)
             fleet.close()
