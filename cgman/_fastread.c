@@ -74,63 +74,63 @@ static void *work(void *arg)
     return NULL;
 }
 
-static PyObject *pread_all(PyObject *self, PyObject *args)
+/* Below this many items a thread costs more than the reads it would take over. */
+#define FEW_FDS 64
+#define FEW_CONTAINERS 32
+
+/* The threads to use for ``items`` items when ``asked`` were: 1 to MAX_THREADS, and 1 for
+ * fewer than ``few`` items. */
+static int thread_count(int asked, Py_ssize_t items, Py_ssize_t few)
 {
-    PyObject *seq;
-    int nthreads = 2;
-    if (!PyArg_ParseTuple(args, "O|i", &seq, &nthreads))
-        return NULL;
-    PyObject *fast = PySequence_Fast(seq, "pread_all: expected a sequence of file descriptors");
-    if (!fast)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (asked < 1)
+        asked = 1;
+    if (asked > MAX_THREADS)
+        asked = MAX_THREADS;
+    return items < few ? 1 : asked;
+}
+
+/* Runs ``worker`` on each of ``n`` jobs, ``size`` bytes apart from ``jobs``: the first on this
+ * thread, every other on a thread of its own, or here afterwards where its thread could not
+ * be started. Called with the GIL released. */
+static void run_jobs(void *(*worker)(void *), void *jobs, size_t size, int n)
+{
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 1; t < n; t++)
+        started[t] = pthread_create(&tids[t], NULL, worker, (char *)jobs + (size_t)t * size) == 0;
+    worker(jobs);
+    for (int t = 1; t < n; t++) {
+        if (started[t])
+            pthread_join(tids[t], NULL);
+        else
+            worker((char *)jobs + (size_t)t * size);    /* no thread: do its share here */
+    }
+}
+
+/* The ``n`` ints of ``fast`` (a PySequence_Fast) as file descriptors, in a PyMem_RawMalloc'd
+ * array of at least one element; NULL with an exception set. */
+static int *fd_array(PyObject *fast, Py_ssize_t n)
+{
     int *fds = PyMem_RawMalloc(sizeof(int) * (size_t)(n ? n : 1));
-    struct result *res = PyMem_RawCalloc((size_t)(n ? n : 1), sizeof(struct result));
-    if (!fds || !res) {
-        PyMem_RawFree(fds);
-        PyMem_RawFree(res);
-        Py_DECREF(fast);
-        return PyErr_NoMemory();
+    if (!fds) {
+        PyErr_NoMemory();
+        return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
         if (v == -1 && PyErr_Occurred()) {
             PyMem_RawFree(fds);
-            PyMem_RawFree(res);
-            Py_DECREF(fast);
             return NULL;
         }
         fds[i] = (int)v;
     }
-    Py_DECREF(fast);
-    if (nthreads < 1)
-        nthreads = 1;
-    if (nthreads > MAX_THREADS)
-        nthreads = MAX_THREADS;
-    if (n < 64)
-        nthreads = 1;               /* a thread costs more than a few reads */
+    return fds;
+}
 
-    struct job jobs[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    Py_BEGIN_ALLOW_THREADS
-    for (int t = 0; t < nthreads; t++) {
-        jobs[t].fds = fds;
-        jobs[t].res = res;
-        jobs[t].lo = n * t / nthreads;
-        jobs[t].hi = n * (t + 1) / nthreads;
-        if (t > 0 && pthread_create(&tids[t], NULL, work, &jobs[t]) == 0)
-            started[t] = 1;
-    }
-    work(&jobs[0]);
-    for (int t = 1; t < nthreads; t++) {
-        if (started[t])
-            pthread_join(tids[t], NULL);
-        else
-            work(&jobs[t]);         /* no thread: do its share here */
-    }
-    Py_END_ALLOW_THREADS
-
+/* pread_all's answer: a list of each result's bytes, or of its -errno as an int. Frees every
+ * result's buffer, also when it fails (NULL, with an exception set). */
+static PyObject *result_list(struct result *res, Py_ssize_t n)
+{
     PyObject *out = PyList_New(n);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = NULL;
@@ -145,6 +145,37 @@ static PyObject *pread_all(PyObject *self, PyObject *args)
         }
         free(res[i].buf);
     }
+    return out;
+}
+
+/* pread_all(fds, nthreads=2) -> list[bytes | int] */
+static PyObject *pread_all(PyObject *self, PyObject *args)
+{
+    PyObject *seq;
+    int nthreads = 2;
+    if (!PyArg_ParseTuple(args, "O|i", &seq, &nthreads))
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "pread_all: expected a sequence of file descriptors");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    int *fds = fd_array(fast, n);
+    Py_DECREF(fast);
+    if (!fds)
+        return NULL;
+    struct result *res = PyMem_RawCalloc((size_t)(n ? n : 1), sizeof(struct result));
+    if (!res) {
+        PyMem_RawFree(fds);
+        return PyErr_NoMemory();
+    }
+    nthreads = thread_count(nthreads, n, FEW_FDS);
+    struct job jobs[MAX_THREADS];
+    for (int t = 0; t < nthreads; t++)
+        jobs[t] = (struct job){fds, res, n * t / nthreads, n * (t + 1) / nthreads};
+    Py_BEGIN_ALLOW_THREADS
+    run_jobs(work, jobs, sizeof jobs[0], nthreads);
+    Py_END_ALLOW_THREADS
+    PyObject *out = result_list(res, n);
     PyMem_RawFree(fds);
     PyMem_RawFree(res);
     return out;
@@ -219,121 +250,124 @@ static long long keyed(const char *b, size_t n, const char *key)
     return -1;
 }
 
+/* Sets *slot to the value of ``key`` in the "key value" lines of b, where it has one. */
+static void set_keyed(const char *b, size_t n, const char *key, long long *slot)
+{
+    long long x = keyed(b, n, key);
+    if (x >= 0)
+        *slot = x;
+}
+
+/* cpu.stat (v2): usage, user, system and throttled time, in microseconds. */
+static void parse_v2_cpu_stat(const char *b, size_t n, long long *v)
+{
+    set_keyed(b, n, "usage_usec", &v[S_CPU_USAGE]);
+    set_keyed(b, n, "user_usec", &v[S_CPU_USER]);
+    set_keyed(b, n, "system_usec", &v[S_CPU_SYSTEM]);
+    set_keyed(b, n, "throttled_usec", &v[S_CPU_THROTTLED]);
+}
+
+/* cpuacct.stat (v1): user and system time, in clock ticks. */
+static void parse_cpuacct_stat(const char *b, size_t n, long long *v)
+{
+    long long u = keyed(b, n, "user"), s = keyed(b, n, "system");
+    if (u >= 0) v[S_CPU_USER] = u * tick_usec;
+    if (s >= 0) v[S_CPU_SYSTEM] = s * tick_usec;
+}
+
+/* cpu.stat (v1): throttled time, in nanoseconds. */
+static void parse_v1_cpu_stat(const char *b, size_t n, long long *v)
+{
+    long long t = keyed(b, n, "throttled_time");
+    if (t >= 0) v[S_CPU_THROTTLED] = t / 1000;
+}
+
+/* memory.stat, v1 or v2 names, with RSS and cache for --compat cadvisor (only then: the
+ * default scrape does not pay for two more scans). */
+static void parse_memory_stat_rss(int v1, const char *b, size_t n, long long *v)
+{
+    set_keyed(b, n, v1 ? "total_inactive_file" : "inactive_file", &v[S_MEM_INACTIVE]);
+    set_keyed(b, n, v1 ? "total_rss" : "anon", &v[S_MEM_RSS]);
+    set_keyed(b, n, v1 ? "total_cache" : "file", &v[S_MEM_CACHE]);
+}
+
+/* blkio.throttle.io_service_bytes_recursive or io_serviced_recursive (v1): the "MAJ:MIN Read
+ * value" and "MAJ:MIN Write value" lines, summed over devices. */
+static void parse_blkio(const char *b, long long *read, long long *write)
+{
+    long long r = 0, w = 0;
+    const char *line = b;
+    while (line && *line) {
+        const char *nl = strchr(line, '\n');
+        char dev[64], op[16];
+        long long val;
+        if (sscanf(line, "%63s %15s %lld", dev, op, &val) == 3) {
+            if (strcmp(op, "Read") == 0) r += val;
+            else if (strcmp(op, "Write") == 0) w += val;
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    *read = r;
+    *write = w;
+}
+
+/* io.stat (v2): rbytes=, wbytes=, rios= and wios= of the "MAJ:MIN key=value..." lines, summed
+ * over devices. */
+static void parse_v2_io_stat(char *b, long long *v)
+{
+    long long rb = 0, wb = 0, ro = 0, wo = 0;
+    char *p = b;
+    while ((p = strchr(p, '=')) != NULL) {
+        char *k = p;
+        while (k > b && k[-1] != ' ' && k[-1] != '\n') k--;
+        long long val = strtoll(p + 1, &p, 10);
+        size_t kl = (size_t)(strchr(k, '=') - k);
+        if (kl == 6 && memcmp(k, "rbytes", 6) == 0) rb += val;
+        else if (kl == 6 && memcmp(k, "wbytes", 6) == 0) wb += val;
+        else if (kl == 4 && memcmp(k, "rios", 4) == 0) ro += val;
+        else if (kl == 4 && memcmp(k, "wios", 4) == 0) wo += val;
+    }
+    v[S_IO_RB] = rb; v[S_IO_WB] = wb; v[S_IO_RO] = ro; v[S_IO_WO] = wo;
+}
+
+/* A pressure file (PSI): the total= of its "some" line into some[0] and that of its "full"
+ * line, where it has one, into some[1] (each resource's FULL slot follows its SOME slot). */
+static void parse_psi(const char *b, long long *some)
+{
+    const char *t = strstr(b, "total=");
+    if (t) {
+        some[0] = strtoll(t + 6, NULL, 10);
+        t = strstr(t + 6, "total=");
+        if (t) some[1] = strtoll(t + 6, NULL, 10);
+    }
+}
+
+/* Parses one file of ``kind``, its n bytes at b (which has room for a NUL after them), into
+ * the container's slots v; a value the file lacks leaves its slot as it was. */
 static void parse_file(int kind, char *b, size_t n, long long *v)
 {
     b[n] = 0;
     switch (kind) {
-    case K_V2_CPU_STAT: {
-        long long x;
-        if ((x = keyed(b, n, "usage_usec")) >= 0) v[S_CPU_USAGE] = x;
-        if ((x = keyed(b, n, "user_usec")) >= 0) v[S_CPU_USER] = x;
-        if ((x = keyed(b, n, "system_usec")) >= 0) v[S_CPU_SYSTEM] = x;
-        if ((x = keyed(b, n, "throttled_usec")) >= 0) v[S_CPU_THROTTLED] = x;
-        break;
-    }
-    case K_CPUACCT_USAGE:
-        v[S_CPU_USAGE] = strtoll(b, NULL, 10) / 1000;
-        break;
-    case K_CPUACCT_STAT: {
-        long long u = keyed(b, n, "user"), s = keyed(b, n, "system");
-        if (u >= 0) v[S_CPU_USER] = u * tick_usec;
-        if (s >= 0) v[S_CPU_SYSTEM] = s * tick_usec;
-        break;
-    }
-    case K_V1_CPU_STAT: {
-        long long t = keyed(b, n, "throttled_time");
-        if (t >= 0) v[S_CPU_THROTTLED] = t / 1000;
-        break;
-    }
-    case K_MEM_BYTES:
-        v[S_MEM] = strtoll(b, NULL, 10);
-        break;
-    case K_V1_MEM_STAT: {
-        long long x = keyed(b, n, "total_inactive_file");
-        if (x >= 0) v[S_MEM_INACTIVE] = x;
-        break;
-    }
-    case K_V2_MEM_STAT: {
-        long long x = keyed(b, n, "inactive_file");
-        if (x >= 0) v[S_MEM_INACTIVE] = x;
-        break;
-    }
-    case K_V1_MEM_STAT_RSS:
-    case K_V2_MEM_STAT_RSS: {
-        /* Only with --compat cadvisor: the default scrape does not pay for two more scans. */
-        int v1 = kind == K_V1_MEM_STAT_RSS;
-        long long x = keyed(b, n, v1 ? "total_inactive_file" : "inactive_file");
-        long long r = keyed(b, n, v1 ? "total_rss" : "anon");
-        long long c = keyed(b, n, v1 ? "total_cache" : "file");
-        if (x >= 0) v[S_MEM_INACTIVE] = x;
-        if (r >= 0) v[S_MEM_RSS] = r;
-        if (c >= 0) v[S_MEM_CACHE] = c;
-        break;
-    }
-    case K_OOM: {
-        long long x = keyed(b, n, "oom_kill");
-        if (x >= 0) v[S_OOM] = x;
-        break;
-    }
-    case K_BLKIO_BYTES:
-    case K_BLKIO_OPS: {
-        long long r = 0, w = 0;
-        char *line = b;
-        while (line && *line) {
-            char *nl = strchr(line, '\n');
-            char dev[64], op[16];
-            long long val;
-            if (sscanf(line, "%63s %15s %lld", dev, op, &val) == 3) {
-                if (strcmp(op, "Read") == 0) r += val;
-                else if (strcmp(op, "Write") == 0) w += val;
-            }
-            line = nl ? nl + 1 : NULL;
-        }
-        v[kind == K_BLKIO_BYTES ? S_IO_RB : S_IO_RO] = r;
-        v[kind == K_BLKIO_BYTES ? S_IO_WB : S_IO_WO] = w;
-        break;
-    }
-    case K_V2_IO_STAT: {
-        long long rb = 0, wb = 0, ro = 0, wo = 0;
-        char *p = b;
-        while ((p = strchr(p, '=')) != NULL) {
-            char *k = p;
-            while (k > b && k[-1] != ' ' && k[-1] != '\n') k--;
-            long long val = strtoll(p + 1, &p, 10);
-            size_t kl = (size_t)(strchr(k, '=') - k);
-            if (kl == 6 && memcmp(k, "rbytes", 6) == 0) rb += val;
-            else if (kl == 6 && memcmp(k, "wbytes", 6) == 0) wb += val;
-            else if (kl == 4 && memcmp(k, "rios", 4) == 0) ro += val;
-            else if (kl == 4 && memcmp(k, "wios", 4) == 0) wo += val;
-        }
-        v[S_IO_RB] = rb; v[S_IO_WB] = wb; v[S_IO_RO] = ro; v[S_IO_WO] = wo;
-        break;
-    }
-    case K_PIDS:
-        v[S_PIDS] = strtoll(b, NULL, 10);
-        break;
-    case K_V1_FREEZER:
-        v[S_FROZEN] = strncmp(b, "THAWED", 6) == 0 ? 0 : 1;
-        break;
-    case K_V2_EVENTS: {
-        long long x = keyed(b, n, "frozen");
-        if (x >= 0) v[S_FROZEN] = x;
-        break;
-    }
-    case K_PSI_CPU:
-    case K_PSI_MEM:
-    case K_PSI_IO: {
-        int some = kind == K_PSI_CPU ? S_PSI_CPU_SOME : kind == K_PSI_MEM ? S_PSI_MEM_SOME : S_PSI_IO_SOME;
-        char *t = strstr(b, "total=");
-        if (t) {
-            v[some] = strtoll(t + 6, NULL, 10);
-            t = strstr(t + 6, "total=");
-            if (t) v[some + 1] = strtoll(t + 6, NULL, 10);
-        }
-        break;
-    }
-    default:
-        break;
+    case K_V2_CPU_STAT: parse_v2_cpu_stat(b, n, v); break;
+    case K_CPUACCT_USAGE: v[S_CPU_USAGE] = strtoll(b, NULL, 10) / 1000; break;
+    case K_CPUACCT_STAT: parse_cpuacct_stat(b, n, v); break;
+    case K_V1_CPU_STAT: parse_v1_cpu_stat(b, n, v); break;
+    case K_MEM_BYTES: v[S_MEM] = strtoll(b, NULL, 10); break;
+    case K_V1_MEM_STAT: set_keyed(b, n, "total_inactive_file", &v[S_MEM_INACTIVE]); break;
+    case K_V2_MEM_STAT: set_keyed(b, n, "inactive_file", &v[S_MEM_INACTIVE]); break;
+    case K_V1_MEM_STAT_RSS: parse_memory_stat_rss(1, b, n, v); break;
+    case K_V2_MEM_STAT_RSS: parse_memory_stat_rss(0, b, n, v); break;
+    case K_OOM: set_keyed(b, n, "oom_kill", &v[S_OOM]); break;
+    case K_BLKIO_BYTES: parse_blkio(b, &v[S_IO_RB], &v[S_IO_WB]); break;
+    case K_BLKIO_OPS: parse_blkio(b, &v[S_IO_RO], &v[S_IO_WO]); break;
+    case K_V2_IO_STAT: parse_v2_io_stat(b, v); break;
+    case K_PIDS: v[S_PIDS] = strtoll(b, NULL, 10); break;
+    case K_V1_FREEZER: v[S_FROZEN] = strncmp(b, "THAWED", 6) == 0 ? 0 : 1; break;
+    case K_V2_EVENTS: set_keyed(b, n, "frozen", &v[S_FROZEN]); break;
+    case K_PSI_CPU: parse_psi(b, &v[S_PSI_CPU_SOME]); break;
+    case K_PSI_MEM: parse_psi(b, &v[S_PSI_MEM_SOME]); break;
+    case K_PSI_IO: parse_psi(b, &v[S_PSI_IO_SOME]); break;
+    default: break;
     }
 }
 
@@ -384,6 +418,24 @@ static void *parse_work(void *arg)
     return NULL;
 }
 
+/* The fds of ``seq``, nk per container, in a PyMem_RawMalloc'd array (fd_array), and the
+ * number of containers in *nc; NULL with an exception set. */
+static int *container_fds(PyObject *seq, Py_ssize_t nk, Py_ssize_t *nc)
+{
+    PyObject *fast = PySequence_Fast(seq, "read_parse: expected a sequence of file descriptors");
+    if (!fast)
+        return NULL;
+    Py_ssize_t nfd = PySequence_Fast_GET_SIZE(fast);
+    int *fds = NULL;
+    if (nk == 0 || nfd % nk)
+        PyErr_SetString(PyExc_ValueError, "read_parse: len(fds) must be a multiple of len(kinds)");
+    else
+        fds = fd_array(fast, nfd);
+    Py_DECREF(fast);
+    *nc = fds ? nfd / nk : 0;
+    return fds;
+}
+
 /* read_parse(fds, kinds, nthreads) -> bytearray of int64[ncontainers * NSLOTS] */
 static PyObject *read_parse(PyObject *self, PyObject *args)
 {
@@ -392,64 +444,155 @@ static PyObject *read_parse(PyObject *self, PyObject *args)
     int nthreads = 2;
     if (!PyArg_ParseTuple(args, "Oy*|i", &seq, &kinds, &nthreads))
         return NULL;
-    Py_ssize_t nk = kinds.len;
-    PyObject *fast = PySequence_Fast(seq, "read_parse: expected a sequence of file descriptors");
-    if (!fast) {
+    Py_ssize_t nk = kinds.len, nc;
+    int *fds = container_fds(seq, nk, &nc);
+    if (!fds) {
         PyBuffer_Release(&kinds);
         return NULL;
     }
-    Py_ssize_t nfd = PySequence_Fast_GET_SIZE(fast);
-    if (nk == 0 || nfd % nk) {
-        Py_DECREF(fast);
-        PyBuffer_Release(&kinds);
-        PyErr_SetString(PyExc_ValueError, "read_parse: len(fds) must be a multiple of len(kinds)");
-        return NULL;
-    }
-    Py_ssize_t nc = nfd / nk;
-    int *fds = PyMem_RawMalloc(sizeof(int) * (size_t)(nfd ? nfd : 1));
     PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(sizeof(long long) * NSLOTS * (size_t)nc));
-    if (!fds || !out) {
+    if (!out) {
         PyMem_RawFree(fds);
-        Py_XDECREF(out);
-        Py_DECREF(fast);
         PyBuffer_Release(&kinds);
         return PyErr_NoMemory();
     }
-    for (Py_ssize_t i = 0; i < nfd; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (v == -1 && PyErr_Occurred()) {
-            PyMem_RawFree(fds);
-            Py_DECREF(out);
-            Py_DECREF(fast);
-            PyBuffer_Release(&kinds);
-            return NULL;
-        }
-        fds[i] = (int)v;
-    }
-    Py_DECREF(fast);
     long long *vals = (long long *)PyByteArray_AS_STRING(out);
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    if (nc < 32) nthreads = 1;
+    nthreads = thread_count(nthreads, nc, FEW_CONTAINERS);
     struct pjob jobs[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    Py_BEGIN_ALLOW_THREADS
-    for (int t = 0; t < nthreads; t++) {
+    for (int t = 0; t < nthreads; t++)
         jobs[t] = (struct pjob){fds, (const unsigned char *)kinds.buf, nk, vals, nc * t / nthreads,
                                 nc * (t + 1) / nthreads};
-        if (t > 0 && pthread_create(&tids[t], NULL, parse_work, &jobs[t]) == 0)
-            started[t] = 1;
-    }
-    parse_work(&jobs[0]);
-    for (int t = 1; t < nthreads; t++) {
-        if (started[t]) pthread_join(tids[t], NULL);
-        else parse_work(&jobs[t]);
-    }
+    Py_BEGIN_ALLOW_THREADS
+    run_jobs(parse_work, jobs, sizeof jobs[0], nthreads);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(fds);
     PyBuffer_Release(&kinds);
     return out;
+}
+
+/* One entry of render()'s metrics, unpacked: the bytes are borrowed from its tuple. */
+struct metric {
+    const char *header, *name;
+    Py_ssize_t header_len, name_len;
+    long slot;
+    int micro;
+};
+
+/* An upper bound of the length of render()'s text, having checked that every label is bytes
+ * and every metric a (bytes, bytes, _, _) tuple; -1 with an exception set. */
+static Py_ssize_t render_bound(PyObject *lf, Py_ssize_t nc, PyObject *mf, Py_ssize_t nm)
+{
+    Py_ssize_t maxlab = 0, bound = 0;
+    for (Py_ssize_t c = 0; c < nc; c++) {
+        PyObject *l = PySequence_Fast_GET_ITEM(lf, c);
+        if (!PyBytes_Check(l)) {
+            PyErr_SetString(PyExc_TypeError, "render: labels must be bytes");
+            return -1;
+        }
+        if (PyBytes_GET_SIZE(l) > maxlab) maxlab = PyBytes_GET_SIZE(l);
+    }
+    for (Py_ssize_t m = 0; m < nm; m++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(mf, m);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 4 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
+            PyErr_SetString(PyExc_ValueError, "render: metrics are (header, name, slot, micro) tuples");
+            return -1;
+        }
+        bound += PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0)) +
+                 nc * (PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1)) + maxlab + 32);
+    }
+    return bound;
+}
+
+/* Unpacks metric tuple t (render_bound checked its shape) into *m; -1 with an exception set
+ * when its slot is not one of NSLOTS or its micro has no truth value. */
+static int unpack_metric(PyObject *t, struct metric *m)
+{
+    m->header = PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 0));
+    m->header_len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0));
+    m->name = PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 1));
+    m->name_len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1));
+    m->slot = PyLong_AsLong(PyTuple_GET_ITEM(t, 2));
+    m->micro = PyObject_IsTrue(PyTuple_GET_ITEM(t, 3));
+    if (m->slot < 0 || m->slot >= NSLOTS || m->micro < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "render: bad metric slot");
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes " <x>\n" into num: x as it is, or with micro x/1e6 exactly (no trailing zeros in
+ * the fraction, no fraction when it is 0); its length. */
+static int format_value(char *num, size_t size, long long x, int micro)
+{
+    int k;
+    if (micro) {
+        long long ip = x / 1000000, fp = x % 1000000;
+        if (fp) {
+            k = snprintf(num, size, " %lld.%06lld", ip, fp);
+            while (num[k - 1] == '0') k--;
+        } else {
+            k = snprintf(num, size, " %lld", ip);
+        }
+    } else {
+        k = snprintf(num, size, " %lld", x);
+    }
+    num[k++] = '\n';
+    return k;
+}
+
+/* Writes metric m's family at out + len: its header, then "name{labels} value" for each
+ * container that is not gone and has a value (>= 0) in m's slot; nothing when none has.
+ * The new length. m comes by value: the writes through out could alias a pointed-to metric,
+ * which would make the compiler reload its fields for every sample. */
+static Py_ssize_t render_family(char *out, Py_ssize_t len, struct metric m, const long long *vals,
+                                PyObject *lf, Py_ssize_t nc)
+{
+    char num[48];
+    int any = 0;
+    for (Py_ssize_t c = 0; c < nc; c++) {
+        const long long *v = vals + c * NSLOTS;
+        long long x = v[m.slot];
+        if (v[S_GONE] || x < 0)
+            continue;
+        if (!any) {
+            memcpy(out + len, m.header, (size_t)m.header_len);
+            len += m.header_len;
+            any = 1;
+        }
+        PyObject *l = PySequence_Fast_GET_ITEM(lf, c);
+        int k = format_value(num, sizeof num, x, m.micro);
+        memcpy(out + len, m.name, (size_t)m.name_len);
+        len += m.name_len;
+        memcpy(out + len, PyBytes_AS_STRING(l), (size_t)PyBytes_GET_SIZE(l));
+        len += PyBytes_GET_SIZE(l);
+        memcpy(out + len, num, (size_t)k);
+        len += k;
+    }
+    return len;
+}
+
+/* The text of every metric of mf for the nc containers of vals. One allocation of ``bound``
+ * bytes, written in place and shrunk at the end: no realloc chain and no final copy, so a
+ * 2 MB body costs 2 MB at the peak, not 6. NULL with an exception set. */
+static PyObject *render_text(Py_ssize_t bound, const long long *vals, PyObject *lf, Py_ssize_t nc,
+                             PyObject *mf, Py_ssize_t nm)
+{
+    PyObject *res = PyBytes_FromStringAndSize(NULL, bound);
+    if (!res)
+        return NULL;
+    Py_ssize_t len = 0;
+    for (Py_ssize_t i = 0; i < nm; i++) {
+        struct metric m;
+        if (unpack_metric(PySequence_Fast_GET_ITEM(mf, i), &m) < 0) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        len = render_family(PyBytes_AS_STRING(res), len, m, vals, lf, nc);
+    }
+    if (_PyBytes_Resize(&res, len) < 0)
+        return NULL;
+    return res;
 }
 
 /* render(values, labels, metrics) -> bytes
@@ -458,7 +601,7 @@ static PyObject *read_parse(PyObject *self, PyObject *args)
 static PyObject *render(PyObject *self, PyObject *args)
 {
     Py_buffer vb;
-    PyObject *labels, *metrics;
+    PyObject *labels, *metrics, *res = NULL;
     if (!PyArg_ParseTuple(args, "y*OO", &vb, &labels, &metrics))
         return NULL;
     PyObject *lf = PySequence_Fast(labels, "render: labels");
@@ -468,96 +611,17 @@ static PyObject *render(PyObject *self, PyObject *args)
         PyBuffer_Release(&vb);
         return NULL;
     }
-    Py_ssize_t nc = PySequence_Fast_GET_SIZE(lf), nm = PySequence_Fast_GET_SIZE(mf);
-    if ((size_t)vb.len < sizeof(long long) * NSLOTS * (size_t)nc) {
+    Py_ssize_t nc = PySequence_Fast_GET_SIZE(lf), nm = PySequence_Fast_GET_SIZE(mf), bound = -1;
+    if ((size_t)vb.len < sizeof(long long) * NSLOTS * (size_t)nc)
         PyErr_SetString(PyExc_ValueError, "render: values shorter than labels");
-        goto fail;
-    }
-    const long long *vals = vb.buf;
-    /* One allocation of an upper bound, written in place and shrunk at the end: no
-     * realloc chain and no final copy, so a 2 MB body costs 2 MB at the peak, not 6. */
-    Py_ssize_t maxlab = 0, bound = 0;
-    for (Py_ssize_t c = 0; c < nc; c++) {
-        PyObject *l = PySequence_Fast_GET_ITEM(lf, c);
-        if (!PyBytes_Check(l)) {
-            PyErr_SetString(PyExc_TypeError, "render: labels must be bytes");
-            goto fail;
-        }
-        if (PyBytes_GET_SIZE(l) > maxlab) maxlab = PyBytes_GET_SIZE(l);
-    }
-    for (Py_ssize_t m = 0; m < nm; m++) {
-        PyObject *t = PySequence_Fast_GET_ITEM(mf, m);
-        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 4 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
-            !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
-            PyErr_SetString(PyExc_ValueError, "render: metrics are (header, name, slot, micro) tuples");
-            goto fail;
-        }
-        bound += PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0)) +
-                 nc * (PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1)) + maxlab + 32);
-    }
-    PyObject *res = PyBytes_FromStringAndSize(NULL, bound);
-    if (!res)
-        goto fail;
-    char *out = PyBytes_AS_STRING(res);
-    Py_ssize_t len = 0;
-    char num[48];
-    for (Py_ssize_t m = 0; m < nm; m++) {
-        PyObject *t = PySequence_Fast_GET_ITEM(mf, m);
-        const char *hdr = PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 0));
-        Py_ssize_t hl = PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0));
-        const char *name = PyBytes_AS_STRING(PyTuple_GET_ITEM(t, 1));
-        Py_ssize_t nl = PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1));
-        long slot = PyLong_AsLong(PyTuple_GET_ITEM(t, 2));
-        int micro = PyObject_IsTrue(PyTuple_GET_ITEM(t, 3));
-        if (slot < 0 || slot >= NSLOTS || micro < 0) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "render: bad metric slot");
-            Py_DECREF(res);
-            goto fail;
-        }
-        int any = 0;
-        for (Py_ssize_t c = 0; c < nc; c++) {
-            const long long *v = vals + c * NSLOTS;
-            long long x = v[slot];
-            if (v[S_GONE] || x < 0)
-                continue;
-            if (!any) {
-                memcpy(out + len, hdr, (size_t)hl);
-                len += hl;
-                any = 1;
-            }
-            PyObject *l = PySequence_Fast_GET_ITEM(lf, c);
-            int k;
-            if (micro) {
-                long long ip = x / 1000000, fp = x % 1000000;
-                if (fp) {
-                    k = snprintf(num, sizeof num, " %lld.%06lld", ip, fp);
-                    while (num[k - 1] == '0') k--;
-                } else {
-                    k = snprintf(num, sizeof num, " %lld", ip);
-                }
-            } else {
-                k = snprintf(num, sizeof num, " %lld", x);
-            }
-            num[k++] = '\n';
-            memcpy(out + len, name, (size_t)nl);
-            len += nl;
-            memcpy(out + len, PyBytes_AS_STRING(l), (size_t)PyBytes_GET_SIZE(l));
-            len += PyBytes_GET_SIZE(l);
-            memcpy(out + len, num, (size_t)k);
-            len += k;
-        }
-    }
-    if (_PyBytes_Resize(&res, len) < 0)
-        goto fail;
+    else
+        bound = render_bound(lf, nc, mf, nm);
+    if (bound >= 0)
+        res = render_text(bound, vb.buf, lf, nc, mf, nm);
     Py_DECREF(lf);
     Py_DECREF(mf);
     PyBuffer_Release(&vb);
     return res;
-fail:
-    Py_DECREF(lf);
-    Py_DECREF(mf);
-    PyBuffer_Release(&vb);
-    return NULL;
 }
 
 static PyMethodDef methods[] = {

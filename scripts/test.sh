@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as root: pure tests, real-kernel tests on this host,
-# then the cgroup2-marked subset on a pure cgroup v2 kernel in a throw-away VM.
+# then the cgroup2-marked subset on a pure cgroup v2 kernel in a throw-away VM, and the
+# systemd-marked tests (plus the bridge tests) in the same VM booted with systemd as PID 1.
 #   scripts/test.sh            everything
 #   CGMAN_SKIP_VM=1 scripts/test.sh   this host only
 set -euo pipefail
@@ -10,6 +11,7 @@ scripts/setup.sh
 mode=$(.venv/bin/python -c 'from cgman.drivers import open_host; print(open_host().info.mode)')
 # Tests for files this kind of host does not have are deselected here and run where they exist.
 case $mode in v2) sel="not v1host";; *) sel="not v2host";; esac
+sel="$sel and not systemd"     # they install units and mount over /etc/cgman: only in the throw-away VM
 echo "== this host: $mode cgroups (pytest -m '$sel')"
 .venv/bin/python -m pytest -q -p no:cacheprovider -m "$sel" tests/
 VM=../shared/cgroup2-vm/run-in-cgroup2-vm.sh
@@ -18,6 +20,10 @@ if [ "${CGMAN_SKIP_VM:-0}" = 1 ]; then
 elif [ -x "$VM" ] || [ -f "$VM" ]; then
   echo "== pure cgroup v2 kernel (VM): pytest -m cgroup2"
   CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-1500} bash "$VM" .venv/bin/python -m pytest -q -p no:cacheprovider -m "cgroup2 and not v1host" tests/
+  echo "== systemd 252 as PID 1 on a pure cgroup v2 kernel (VM): the shipped units, and bridge networking"
+  CGMAN_SYSTEMD_VM=1 CG2VM_INIT=systemd CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-1500} bash "$VM" .venv/bin/python -m pytest -q \
+    -p no:cacheprovider tests/test_systemd_host.py tests/test_systemd_driver.py tests/test_launch.py \
+    -k "test_systemd_host or test_systemd_driver or bridge_container"
 else
   echo "scripts/test.sh: $VM not found: cannot run the cgroup v2 tests" >&2
   exit 1

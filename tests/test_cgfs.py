@@ -121,17 +121,3 @@ def test_above_the_root_and_at_the_mount_only_reads_confined(tmp_path):
     t.close()
     assert len(os.listdir("/proc/self/fd")) == fds_before - 1       # the kept mount descriptor
     assert t.read("g", "pids.current") == "3\n"                     # opened again when needed
-
-
-@pytest.mark.parametrize("argv,want", [
-    (["apply", "--cgroup-root", "x", "f.yaml"], ["--cgroup-root", "x", "apply", "f.yaml"]),
-    (["status", "-v", "--cgroup-root=y"], ["-v", "--cgroup-root=y", "status"]),
-    (["attach", "g", "--", "cmd", "-v", "--cgroup-root", "z"],
-     ["attach", "g", "--", "cmd", "-v", "--cgroup-root", "z"]),
-    (["-v", "plan", "p.yaml"], ["-v", "plan", "p.yaml"]),
-])
-def test_global_options_may_follow_the_command(argv, want):
-    from cgman.cli.options import hoist
-    assert hoist(argv) == want
-
-

@@ -24,7 +24,7 @@ LAYER = {"errors": 0, "units": 0, "kernel": 0, "model": 0, "schema": 1, "convert
 THIRD_PARTY = {"typer": {"cli"}, "click": {"cli"}, "prometheus_client": {"exporter"},
                "yaml": {"policy", "accounting/prices.py", "exporter/server.py"},
                "pyroute2": {"containers/network.py"}, "bcrypt": {"exporter/server.py"},
-               "psycopg": {"fleet/db.py"}}
+               "psycopg": {"fleet/db.py"}, "jeepney": {"drivers/systemd/bus.py"}}
 
 
 def _modules() -> list[Path]:

@@ -64,8 +64,9 @@ def test_service_settings():
     one = {k: v[-1] for k, v in s.items()}
     assert one["Delegate"] == "yes" and one["Slice"] == SLICE.name
     assert one["Type"] == "exec" and one["Restart"] == "always"
-    # stopping the agent kills its own cgroup only; container records must survive it
-    assert one["KillMode"] == "control-group" and one["RuntimeDirectoryPreserve"] == "yes"
+    # stopping the agent ends the agent only (served runs' supervisors and their containers go on,
+    # as with docker.service); container records must survive it
+    assert one["KillMode"] == "process" and one["RuntimeDirectoryPreserve"] == "yes"
     assert (one["RuntimeDirectory"], one["StateDirectory"], one["ConfigurationDirectory"]) == ("cgman",) * 3
     # these would make /sys/fs/cgroup read-only, or block namespaces, capabilities or the host's network
     for key in ("ProtectControlGroups", "ProtectKernelTunables", "RestrictNamespaces", "CapabilityBoundingSet",

@@ -34,10 +34,12 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
     from ..exporter.collector import Collector
     from ..exporter.server import Exporter, load_web_config, make_server
     from ..inputs import DEFAULT_LIMITS
+    from .delegated import enter_supervisor_leaf
     from .service import Agent
     if not os.path.isdir(policy_dir):
         raise CgmanError(f"--policy-dir {policy_dir}: not a directory (create it, or point --policy-dir "
                          f"or CGMAN_POLICY_DIR at your policy files)")
+    enter_supervisor_leaf(host.info.unified, host.root, host.info.mode)     # layout (b) only
     web = load_web_config(web_config) if web_config else None
     if fleet is not None:
         _open_fleet(fleet)

@@ -28,14 +28,19 @@ def validate(ctx: typer.Context, files: Optional[list[Path]] = FilesArg, as_json
 
 
 def plan(ctx: typer.Context, files: Optional[list[Path]] = FilesArg,
-         target: str = typer.Option("auto", "--target", help="auto (this host), v1, v2 or hybrid. "
-                                    "An explicit target needs no root and no cgroup access."),
+         target: str = typer.Option("auto", "--target", help="auto (this host), v1, v2, hybrid, or systemd "
+                                    "(the unit properties of --cgroup-driver systemd). An explicit target "
+                                    "needs no root and no cgroup access."),
          as_json: bool = JsonOpt) -> None:
     """Show every kernel write `apply` would make, in order, without touching the host."""
     from ..plan import Layout, plan as make_plan
-    if target not in ("auto", "v1", "v2", "hybrid"):
-        raise typer.BadParameter("use auto, v1, v2 or hybrid", param_hint="--target")
+    if target not in ("auto", "v1", "v2", "hybrid", "systemd"):
+        raise typer.BadParameter("use auto, v1, v2 or hybrid (or systemd: the unit properties of "
+                                 "--cgroup-driver systemd)", param_hint="--target")
     ps = load(files, settings(ctx))
+    if target == "systemd":
+        from .systemd import plan_units
+        return plan_units(ps, settings(ctx), as_json)
     if target == "auto":
         h = host(settings(ctx))
         p = make_plan(ps, h.layout, h.features)
@@ -57,10 +62,21 @@ def apply(ctx: typer.Context, files: Optional[list[Path]] = FilesArg,
                                      "in the files."),
           force: bool = typer.Option(False, "--force", help="With --prune: kill processes in groups "
                                      "being removed."),
-          timeout: str = TimeoutOpt, as_json: bool = JsonOpt) -> None:
+          timeout: str = TimeoutOpt, as_json: bool = JsonOpt,
+          cgroup_driver: str = typer.Option("cgroupfs", "--cgroup-driver", envvar="CGMAN_CGROUP_DRIVER",
+                                            help="cgroupfs (write cgroup files under the cgman root) or "
+                                            "systemd (groups become slices, limits unit properties, over "
+                                            "D-Bus; pure cgroup v2 with systemd as PID 1).")) -> None:
     """Reconcile the host with the files: write only what differs; all or nothing."""
     from ..reconcile.apply import apply as do_apply
+    if cgroup_driver not in ("cgroupfs", "systemd"):
+        raise typer.BadParameter("use cgroupfs or systemd", param_hint="--cgroup-driver")
     ps = load(files, settings(ctx))
+    if cgroup_driver == "systemd":
+        if prune:
+            raise typer.BadParameter("not with --cgroup-driver systemd yet", param_hint="--prune")
+        from .systemd import apply_units
+        return apply_units(ps, settings(ctx), dry_run, as_json, seconds(timeout))
     h = host(settings(ctx))
     res = do_apply(ps, h, dry_run=dry_run, prune=prune, force=force, timeout_s=seconds(timeout),
                    progress=lambda msg: typer.echo(msg, err=True))

@@ -180,9 +180,9 @@ def _placement_check(root_cg: str, here: str, unit: tuple[str, str] | None, dele
     if v2_controllers and here != "/" and _inside(root_cg, here):
         return Check(name, False, f"{root_cg} lies inside {here}, the cgroup this process runs in: on "
                      "cgroup v2 a cgroup holding processes cannot enable controllers for its children "
-                     "(no internal processes), and cgman does not move itself into a leaf",
-                     "use a top-level root (layout (a): the default `cgman`) or one outside this "
-                     f"process's cgroup; see {DOC}", warn=True)
+                     "(no internal processes); only the agent moves itself into a leaf (supervisor/) first",
+                     "run cgman agent in this unit (it moves into supervisor/), use a top-level root (layout "
+                     f"(a): the default `cgman`) or one outside this process's cgroup; see {DOC}", warn=True)
     if unit is not None and _inside(root_cg, unit[1]):
         if delegate is True:
             return Check(name, True, f"{root_cg} lies inside {unit[1]}, delegated to {unit[0]}: cgman is "
@@ -197,3 +197,59 @@ def _placement_check(root_cg: str, here: str, unit: tuple[str, str] | None, dele
     return Check(name, False, detail + f"; uid {euid} cannot move processes into it (the kernel wants write "
                  "access to cgroup.procs of the common ancestor)", "run as root, or pick a --cgroup-root "
                  f"inside a subtree delegated to you; see {DOC}", warn=True)
+
+
+SYSTEMD_BOOTED = "/run/systemd/system"        # exists when systemd is PID 1 (sd_booted())
+LAYOUT_B_ROOT = "cgman.slice/cgman-agent.service/payload"
+
+
+def layout_check(unified: str | None, root: str, *, systemd: bool | None = None,
+                 systemctl: str = "systemctl") -> Check:
+    """Which layout is in force, (a) a top-level root or (b) a root inside a delegated unit, and
+    whether it follows systemd's delegation rules (one writer per cgroup; write only below a
+    unit delegated to you; processes only in leaves), with the fix."""
+    name, root_cg = "cgroup layout", "/" + root.strip("/")
+    systemd = os.path.isdir(SYSTEMD_BOOTED) if systemd is None else systemd
+    unit = unit_of(root_cg)
+    if unit is None:
+        return _layout_a(name, root_cg, systemd)
+    uname, unit_cg = unit
+    delegate, why = unit_delegate(uname, systemctl)
+    if delegate is not True:
+        state = "Delegate=no" if delegate is False else f"Delegate= unknown: {why}"
+        return Check(name, False, f"(b) root {root_cg} inside {uname} ({state}): systemd owns that cgroup and "
+                     "may rewrite or remove what cgman writes", f"add Delegate=yes to [Service] of {uname} "
+                     f"(as packaging/systemd/cgman-agent.service has), or use a top-level root; see {DOC}")
+    if unified is None:
+        return Check(name, False, f"(b) root {root_cg} inside {uname}: supported on pure cgroup v2 only",
+                     f"use a top-level root (layout (a), the default `cgman`) on this host; see {DOC}", warn=True)
+    from ..drivers.cgfs import read_in_hierarchy
+    from ..errors import CgmanError
+    try:
+        inner = read_in_hierarchy(unified, unit_cg.strip("/"), "cgroup.procs").split()
+    except (CgmanError, OSError):
+        return Check(name, False, f"(b) root {root_cg} inside {uname}, which is not running ({unit_cg} is "
+                     "missing)", f"systemctl start {uname}: its agent creates the root", warn=True)
+    if inner:
+        return Check(name, False, f"(b) root {root_cg} inside {uname}, but {unit_cg} holds processes itself "
+                     f"({' '.join(inner[:5])}): no internal processes, so its groups cannot get controllers",
+                     f"restart {uname}: `cgman agent` moves the unit's processes into {unit_cg}/supervisor")
+    return Check(name, True, f"(b) root {root_cg} inside {uname}'s delegated cgroup {unit_cg}, whose processes "
+                 f"live in leaves (the agent in {unit_cg}/supervisor, as DelegateSubgroup= does on systemd "
+                 ">= 254): follows systemd's rules; stopping the unit stops its containers")
+
+
+def _layout_a(name: str, root_cg: str, systemd: bool) -> Check:
+    slices = [p for p in root_cg.strip("/").split("/") if p.endswith(".slice")]
+    if not systemd:
+        return Check(name, True, f"(a) top-level root {root_cg}; systemd is not PID 1, so no other manager "
+                     "claims the tree")
+    if slices:
+        return Check(name, False, f"(a) root {root_cg} inside {slices[-1]}, a slice: slices are never "
+                     "delegated, systemd owns every cgroup in them", f"use a root inside a Delegate=yes unit "
+                     f"({LAYOUT_B_ROOT}) or a top-level one; see {DOC}")
+    return Check(name, False, f"(a) top-level root {root_cg} beside systemd's units, as Docker's cgroupfs driver: "
+                 "it works (systemd leaves cgroups it did not create alone) but is outside any subtree systemd "
+                 "delegated, which its rules ask of a second manager", f"to follow them, move the root into the "
+                 f"agent's unit (layout (b)): CGMAN_CGROUP_ROOT={LAYOUT_B_ROOT} in /etc/cgman/agent.env, then "
+                 f"systemctl restart cgman-agent; see {DOC}", warn=True)

@@ -24,7 +24,7 @@ def _read(path: str) -> str:
 def run_checks(host: Host, state_dir: str | None = None, environ: Mapping[str, str] | None = None) -> list[Check]:
     """Every check of `cgman doctor`, in the order it prints them; ``environ`` is the command's
     environment (the CLI's), for the systemd unit check."""
-    from .delegation import delegation_checks
+    from .delegation import delegation_checks, layout_check
     checks = _hierarchy_checks(host)
     if host.info.unified:
         checks += _unified_checks(host, host.info.unified)

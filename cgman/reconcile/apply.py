@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..drivers import Host
+from ..drivers.formats import UNLIMITED_V1
 from ..drivers.kfiles import satisfied, undo_value
 from ..errors import Busy, CgmanError, CgroupIOError, NotFound
 from ..model import PolicySet
@@ -77,7 +78,7 @@ def _order_memsw(host: Host, writes: list[Write], exists: Callable[[str], bool])
             live = host.read(nxt).strip()
             new = -1 if nxt.value == "-1" else int(nxt.value)
             cur = int(live)
-            if new == -1 or (cur < (1 << 62) and new > cur):
+            if new == -1 or (cur < UNLIMITED_V1 and new > cur):
                 out[i], out[i + 1] = nxt, w
     return out
 

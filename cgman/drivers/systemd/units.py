@@ -1,0 +1,209 @@
+"""Pure translation for the systemd cgroup driver: policy groups -> slice units and their
+properties, as `systemctl set-property` and org.freedesktop.systemd1 spell them.
+
+| policy | unit property (D-Bus signature) | what systemd writes (v2) |
+|---|---|---|
+| cpu.weight w / cpu.shares s | CPUWeight (t) = w / shares_to_weight(s) | cpu.weight |
+| cpu.max c, period p | CPUQuotaPerSecUSec (t) = round(c·10⁶), CPUQuotaPeriodUSec (t) = p | cpu.max "c·p p" |
+| cpu.cpus / cpu.mems | AllowedCPUs / AllowedMemoryNodes (ay, a CPU bitmask) | cpuset.cpus / .mems |
+| memory.max/high/low/min/swap | MemoryMax/High/Low/Min/SwapMax (t; max = 2⁶⁴−1) | memory.* |
+| io.weight w | IOWeight (t) | io.weight, io.bfq.weight = bfq(w) |
+| io.devices weight, rbps/wbps, riops/wiops | IODeviceWeight, IORead/WriteBandwidthMax, | io.weight / io.max |
+|   (a MAJ:MIN becomes /dev/block/MAJ:MIN) | IORead/WriteIOPSMax (a(st): device path, value) | |
+| pids.max | TasksMax (t) | pids.max |
+| frozen | FreezeUnit / ThawUnit (a method, not a property) | cgroup.freeze |
+
+Unit names: a group `acme/web` under the root `cgman` is `cgman-acme-web.slice` (systemd nests
+slices by the dashes in their names); a dash inside a name is escaped as systemd-escape does
+(`noisy-neighbour` -> `noisy\\x2dneighbour`). A container `c1` of that group is the scope
+`cgman-acme-web-c1.scope` in that slice. What systemd cannot express is an error here, before
+anything is applied (UnitError).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ... import convert
+from ...errors import CgmanError
+from ...model import DEFAULT_CPU_PERIOD_USEC, Group, PolicySet, Resources, Unlimited
+
+INFINITY = 2**64 - 1                       # systemd's "infinity" for uint64 properties
+MIN_QUOTA_USEC = 1000                      # systemd writes at least 1 ms of quota per period
+PERIOD_USEC_RANGE = (1000, 1_000_000)      # CPUQuotaPeriodUSec is clamped to 1 ms .. 1 s
+DESCRIPTION = "cgman group "               # marks units cgman made (unit name clashes)
+
+
+class UnitError(CgmanError):
+    """A policy value systemd cannot express, or a name it cannot carry."""
+
+
+@dataclass(frozen=True)
+class Prop:
+    """One unit property: its D-Bus name, signature and value."""
+    name: str
+    signature: str
+    value: Any
+
+    def render(self) -> str:
+        """The value as `systemctl show` would print it."""
+        if self.signature == "t":
+            return "infinity" if self.value == INFINITY else str(self.value)
+        if self.signature == "ay":
+            return format_bitmask(self.value)
+        if self.signature == "a(st)":
+            return " ".join(f"{path} {v}" for path, v in self.value)
+        if self.signature == "b":
+            return "yes" if self.value else "no"
+        return str(self.value)
+
+
+@dataclass(frozen=True)
+class SliceUnit:
+    """The slice of one policy group, with the properties its policy sets."""
+    group: str
+    name: str
+    parent: str                       # the parent slice's unit name ("-.slice" for the top)
+    props: tuple[Prop, ...] = ()
+    frozen: bool | None = None
+
+
+@dataclass
+class UnitPlan:
+    target: str = "systemd"
+    units: list[SliceUnit] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "units": [
+            {"group": u.group, "unit": u.name, "slice": u.parent, "frozen": u.frozen,
+             "properties": {p.name: p.render() for p in u.props}} for u in self.units],
+            "warnings": self.warnings}
+
+
+def escape(name: str) -> str:
+    """One path component as systemd-escape writes it: a dash would split the slice name."""
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}")
+    return "".join(out)
+
+
+def slice_name(root: str, group: str = ".") -> str:
+    """The slice of ``group`` ("." is the cgman root itself) under the root ``root``."""
+    if not root or "/" in root.strip("/"):
+        raise UnitError(f"--cgroup-root {root}: the systemd driver needs a single name (e.g. cgman): "
+                        f"it becomes the slice {escape(root.split('/')[-1] or 'cgman')}.slice")
+    parts = [root.strip("/")] + ([] if group in (".", "") else group.split("/"))
+    name = "-".join(escape(p) for p in parts) + ".slice"
+    if len(name) > 255:
+        raise UnitError(f"group {group}: its slice name {name[:60]}... is longer than systemd's 255 characters")
+    return name
+
+
+def scope_name(root: str, group: str, container: str) -> str:
+    """The transient scope of container ``container`` of ``group``."""
+    return slice_name(root, group)[:-len(".slice")] + "-" + escape(container) + ".scope"
+
+
+def parent_slice(root: str, group: str) -> str:
+    return slice_name(root, group.rsplit("/", 1)[0] if "/" in group else ".")
+
+
+def cpu_bitmask(cpus: frozenset[int]) -> bytes:
+    """systemd's AllowedCPUs= wire format: bit n of byte n//8 is CPU n."""
+    out = bytearray((max(cpus) // 8 + 1) if cpus else 0)
+    for c in cpus:
+        out[c // 8] |= 1 << (c % 8)
+    return bytes(out)
+
+
+def format_bitmask(mask: bytes) -> str:
+    """A bitmask as a cpu list ("0-1,3"), as `systemctl show -p AllowedCPUs` prints it."""
+    cpus = [i * 8 + b for i, byte in enumerate(mask) for b in range(8) if byte >> b & 1]
+    runs: list[list[int]] = []
+    for c in cpus:
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _u64(value: int | Unlimited) -> int:
+    return INFINITY if isinstance(value, Unlimited) else int(value)
+
+
+def properties(res: Resources, formula: convert.WeightFormula = "oci", *, who: str) -> list[Prop]:
+    """The unit properties of one group's or container's limits; UnitError for what systemd
+    cannot express. Accounting is switched on, so usage files exist as with the cgroupfs driver."""
+    out = [Prop(f"{a}Accounting", "b", True) for a in ("CPU", "Memory", "IO", "Tasks")]
+    cpu, mem, io = res.cpu, res.memory, res.io
+    if cpu.weight is not None or cpu.shares is not None:
+        weight = cpu.weight if cpu.weight is not None else convert.shares_to_weight(cpu.shares or 1024, formula)
+        out.append(Prop("CPUWeight", "t", weight))
+    if cpu.max_cpus is not None:
+        out += _cpu_quota(cpu.max_cpus, cpu.period_usec, who)
+    if cpu.cpus is not None:
+        out.append(Prop("AllowedCPUs", "ay", cpu_bitmask(cpu.cpus)))
+    if cpu.mems is not None:
+        out.append(Prop("AllowedMemoryNodes", "ay", cpu_bitmask(cpu.mems)))
+    for key, prop in (("min_bytes", "MemoryMin"), ("low_bytes", "MemoryLow"), ("high_bytes", "MemoryHigh"),
+                      ("max_bytes", "MemoryMax"), ("swap_bytes", "MemorySwapMax")):
+        if getattr(mem, key) is not None:
+            out.append(Prop(prop, "t", _u64(getattr(mem, key))))
+    if io.weight is not None:
+        out.append(Prop("IOWeight", "t", io.weight))
+    out += _io_devices(res, who)
+    if res.pids.max is not None:
+        out.append(Prop("TasksMax", "t", _u64(res.pids.max)))
+    return out
+
+
+def _cpu_quota(max_cpus: float | Unlimited, period_usec: int | None, who: str) -> list[Prop]:
+    period = period_usec or DEFAULT_CPU_PERIOD_USEC
+    if not PERIOD_USEC_RANGE[0] <= period <= PERIOD_USEC_RANGE[1]:
+        raise UnitError(f"{who}: cpu.period {period}us: systemd's CPUQuotaPeriodSec= takes 1ms..1s")
+    if isinstance(max_cpus, Unlimited):
+        return [Prop("CPUQuotaPerSecUSec", "t", INFINITY), Prop("CPUQuotaPeriodUSec", "t", period)]
+    per_sec = round(max_cpus * 1_000_000)
+    quota = convert.cpu_quota_usec(max_cpus, period)      # ValueError below the kernel's 1 ms: policy refused it
+    if quota is None or max(per_sec * period // 1_000_000, MIN_QUOTA_USEC) != quota:
+        raise UnitError(f"{who}: cpu.max {max_cpus:g} with period {period}us is a quota of {quota}us per period, "
+                        f"which systemd cannot express (it writes CPUQuota= in whole microseconds per second, "
+                        f"{per_sec * period // 1_000_000}us here): pick a cpu.max that is whole microseconds both "
+                        f"per second and per period")
+    return [Prop("CPUQuotaPerSecUSec", "t", per_sec), Prop("CPUQuotaPeriodUSec", "t", period)]
+
+
+def _io_devices(res: Resources, who: str) -> list[Prop]:
+    lists: dict[str, list[tuple[str, int]]] = {}
+    for d in res.io.devices:
+        path = d.device if d.device.startswith("/") else f"/dev/block/{d.device}"
+        for key, prop in (("weight", "IODeviceWeight"), ("rbps", "IOReadBandwidthMax"),
+                          ("wbps", "IOWriteBandwidthMax"), ("riops", "IOReadIOPSMax"),
+                          ("wiops", "IOWriteIOPSMax")):
+            v = getattr(d, key)
+            if v is not None:
+                lists.setdefault(prop, []).append((path, _u64(v)))
+    return [Prop(name, "a(st)", tuple(v)) for name, v in lists.items()]
+
+
+def unit_plan(policies: PolicySet, root: str) -> UnitPlan:
+    """Every slice the policies need, parents first, with its properties (pure: no D-Bus)."""
+    out = UnitPlan()
+    for g in policies.groups:
+        out.units.append(_slice(g, root))
+        if g.container is not None:          # validate the per-container scope's limits now
+            properties(g.container, g.formula, who=f"{g.path}/<container> ({g.location})")
+    return out
+
+
+def _slice(g: Group, root: str) -> SliceUnit:
+    props = properties(g.resources, g.formula, who=f"{g.path} ({g.location})")
+    return SliceUnit(g.path, slice_name(root, g.path), parent_slice(root, g.path), tuple(props),
+                     g.resources.frozen)

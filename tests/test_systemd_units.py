@@ -1,0 +1,212 @@
+"""The systemd driver's pure half: unit names, the policy -> unit property table (every row, with
+min, max and what systemd cannot express), and the reconcile against a recording bus. The real
+systemd runs in tests/test_systemd_host.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cgman.drivers.systemd.reconcile import apply_units, check_owner, device_path
+from cgman.drivers.systemd.units import (INFINITY, Prop, UnitError, cpu_bitmask, escape, format_bitmask,
+                                         properties, scope_name, slice_name, unit_plan)
+from cgman.model import (UNLIMITED, CpuLimits, IODevice, IOLimits, MemoryLimits, PidsLimits,
+                         Resources)
+from cgman.policy import parse_text as _parse
+from cgman.model import PolicySet
+
+
+def parse_text(text: str, file: str) -> PolicySet:
+    return PolicySet(tuple(_parse(text, file)))
+
+
+@pytest.mark.parametrize("name, want", [
+    ("acme", "acme"), ("noisy-neighbour", "noisy\\x2dneighbour"), ("a.b_c:d", "a.b_c:d"), ("web1", "web1"),
+])
+def test_escape_as_systemd_escape(name, want):
+    assert escape(name) == want
+
+
+def test_slice_and_scope_names():
+    assert slice_name("cgman") == "cgman.slice"
+    assert slice_name("cgman", "acme/web") == "cgman-acme-web.slice"
+    assert slice_name("cgman-test-1", "noisy-neighbour") == "cgman\\x2dtest\\x2d1-noisy\\x2dneighbour.slice"
+    assert scope_name("cgman", "acme/web", "c-1") == "cgman-acme-web-c\\x2d1.scope"
+    # escaping keeps different groups apart: acme/web and acme-web are not one slice
+    assert slice_name("cgman", "acme-web") != slice_name("cgman", "acme/web")
+
+
+def test_a_root_with_a_path_is_refused():
+    with pytest.raises(UnitError, match="the systemd driver needs a single name"):
+        slice_name("cgman.slice/cgman-agent.service/payload", "acme")
+
+
+def _props(**kw: Any) -> dict[str, Any]:
+    res = Resources(**kw)
+    return {p.name: p.value for p in properties(res, who="g") if not p.name.endswith("Accounting")}
+
+
+@pytest.mark.parametrize("res, want", [
+    (dict(cpu=CpuLimits(weight=1)), {"CPUWeight": 1}),
+    (dict(cpu=CpuLimits(weight=10000)), {"CPUWeight": 10000}),
+    (dict(cpu=CpuLimits(shares=1024)), {"CPUWeight": 100}),                  # OCI formula, as the cgroupfs driver
+    (dict(cpu=CpuLimits(shares=2)), {"CPUWeight": 1}),
+    (dict(cpu=CpuLimits(max_cpus=0.5)), {"CPUQuotaPerSecUSec": 500000, "CPUQuotaPeriodUSec": 100000}),
+    (dict(cpu=CpuLimits(max_cpus=1.5, period_usec=50000)), {"CPUQuotaPerSecUSec": 1500000,
+                                                            "CPUQuotaPeriodUSec": 50000}),
+    (dict(cpu=CpuLimits(max_cpus=UNLIMITED)), {"CPUQuotaPerSecUSec": INFINITY, "CPUQuotaPeriodUSec": 100000}),
+    (dict(cpu=CpuLimits(cpus=frozenset({0, 1, 9}))), {"AllowedCPUs": b"\x03\x02"}),
+    (dict(cpu=CpuLimits(mems=frozenset({0}))), {"AllowedMemoryNodes": b"\x01"}),
+    (dict(memory=MemoryLimits(max_bytes=2 << 30, high_bytes=1 << 30, low_bytes=1, min_bytes=0,
+                              swap_bytes=UNLIMITED)),
+     {"MemoryMax": 2 << 30, "MemoryHigh": 1 << 30, "MemoryLow": 1, "MemoryMin": 0, "MemorySwapMax": INFINITY}),
+    (dict(io=IOLimits(weight=200, devices=(IODevice("254:0", weight=50, rbps=1 << 20, wiops=UNLIMITED),
+                                           IODevice("/dev/vda", riops=10, wbps=5)))),
+     {"IOWeight": 200, "IODeviceWeight": (("/dev/block/254:0", 50),),
+      "IOReadBandwidthMax": (("/dev/block/254:0", 1 << 20),), "IOWriteIOPSMax": (("/dev/block/254:0", INFINITY),),
+      "IOReadIOPSMax": (("/dev/vda", 10),), "IOWriteBandwidthMax": (("/dev/vda", 5),)}),
+    (dict(pids=PidsLimits(max=1)), {"TasksMax": 1}),
+    (dict(pids=PidsLimits(max=UNLIMITED)), {"TasksMax": INFINITY}),
+    (dict(), {}),                                                             # None: leave as is
+])
+def test_property_table(res, want):
+    assert _props(**res) == want
+
+
+def test_accounting_is_always_on():
+    names = [p.name for p in properties(Resources(), who="g")]
+    assert names == ["CPUAccounting", "MemoryAccounting", "IOAccounting", "TasksAccounting"]
+
+
+@pytest.mark.parametrize("cpu, message", [
+    (CpuLimits(max_cpus=0.0123456789, period_usec=300000), "quota of 3704us per period, which systemd cannot "
+                                                           "express"),
+    (CpuLimits(max_cpus=1, period_usec=2_000_000), "CPUQuotaPeriodSec= takes 1ms..1s"),
+])
+def test_values_systemd_cannot_express(cpu, message):
+    with pytest.raises(UnitError, match=message):
+        properties(Resources(cpu=cpu), who="acme (p.yaml:3:5)")
+
+
+@pytest.mark.parametrize("mask", [b"", b"\x01", b"\x03\x02", b"\xff\xff", b"\x05"])
+def test_bitmask_round_trip(mask):
+    cpus = frozenset(i * 8 + b for i, byte in enumerate(mask) for b in range(8) if byte >> b & 1)
+    assert cpu_bitmask(cpus) == mask.rstrip(b"\x00")
+    assert format_bitmask(mask) == {b"": "", b"\x01": "0", b"\x03\x02": "0-1,9", b"\xff\xff": "0-15",
+                                    b"\x05": "0,2"}[mask]
+
+
+POLICY = """\
+version: 1
+policies:
+  acme:
+    cpu: {weight: 300}
+    memory: {max: 1Gi}
+    children:
+      web:
+        cpu: {max: 0.5}
+        pids: {max: 64}
+        frozen: true
+        container: {memory: {max: 64Mi}}
+"""
+
+
+def test_the_plan_lists_slices_parents_first_with_their_properties():
+    p = unit_plan(parse_text(POLICY, "p.yaml"), "cgman").as_dict()
+    assert [(u["unit"], u["slice"]) for u in p["units"]] == [("cgman-acme.slice", "cgman.slice"),
+                                                            ("cgman-acme-web.slice", "cgman-acme.slice")]
+    assert p["units"][0]["properties"]["CPUWeight"] == "300" and p["units"][0]["properties"]["MemoryMax"] == \
+        str(1 << 30)
+    assert p["units"][1]["properties"]["CPUQuotaPerSecUSec"] == "500000" and p["units"][1]["frozen"] is True
+
+
+def test_a_bad_container_limit_fails_the_plan():
+    with pytest.raises(UnitError, match=r"acme/web/<container> \(p.yaml:7:7\): cpu.max"):
+        bad = POLICY.replace("memory: {max: 64Mi}", "cpu: {max: 0.0123456789, period: 300ms}")
+        unit_plan(parse_text(bad, "p.yaml"), "cgman")
+
+
+class RecordingBus:
+    """systemd's side as a dict of units; records every call that would change something."""
+
+    def __init__(self, units: dict[str, dict[str, Any]] | None = None) -> None:
+        self.units = units or {}
+        self.calls: list[tuple] = []
+
+    def unit(self, name: str) -> dict[str, Any] | None:
+        return self.units.get(name)
+
+    def start_transient(self, name: str, props: Any, extra: Any = ()) -> None:
+        self.calls.append(("start", name))
+        self.units[name] = {"ActiveState": "active", "Transient": True, "LoadState": "loaded",
+                            **{p.name: p.value for p in props}, **{k: v for k, _, v in extra}}
+
+    def set_properties(self, name: str, props: Any) -> None:
+        self.calls.append(("set", name, tuple(p.name for p in props)))
+        self.units[name].update({p.name: p.value for p in props})
+
+    def freeze(self, name: str, frozen: bool) -> None:
+        self.calls.append(("freeze", name, frozen))
+
+
+def test_reconcile_creates_then_does_nothing_then_corrects_drift():
+    ps = parse_text(POLICY, "p.yaml")
+    bus = RecordingBus()
+    first = apply_units(ps, "cgman", bus)
+    assert first.created == ["cgman-acme.slice", "cgman-acme-web.slice"]
+    assert ("freeze", "cgman-acme-web.slice", True) in bus.calls
+    bus.calls.clear()
+    again = apply_units(ps, "cgman", bus)
+    assert not again.created and not again.changes and again.unchanged > 0
+    assert [c for c in bus.calls if c[0] != "freeze"] == []
+    bus.units["cgman-acme.slice"]["CPUWeight"] = 5            # someone ran systemctl set-property
+    fixed = apply_units(ps, "cgman", bus)
+    assert fixed.changes == ["cgman-acme.slice: CPUWeight was 5, set 300"]
+    assert ("set", "cgman-acme.slice", ("CPUWeight",)) in bus.calls
+
+
+def test_a_unit_name_clash_applies_nothing():
+    bus = RecordingBus({"cgman-acme-web.slice": {"ActiveState": "active", "LoadState": "loaded",
+                                                 "Transient": False, "FragmentPath": "/etc/systemd/system/x"}})
+    with pytest.raises(UnitError, match="cgman-acme-web.slice already exists and is not cgman's "
+                                        r"\(/etc/systemd/system/x\)"):
+        apply_units(parse_text(POLICY, "p.yaml"), "cgman", bus)
+    assert bus.calls == []
+
+
+def test_dry_run_calls_nothing():
+    bus = RecordingBus()
+    res = apply_units(parse_text(POLICY, "p.yaml"), "cgman", bus, dry_run=True)
+    assert res.created == ["cgman-acme.slice", "cgman-acme-web.slice"] and bus.calls == []
+
+
+def test_prop_render():
+    assert Prop("MemoryMax", "t", INFINITY).render() == "infinity"
+    assert Prop("AllowedCPUs", "ay", b"\x03").render() == "0-1"
+
+
+def test_a_device_without_udev_s_link_is_named_by_the_kernel(tmp_path):
+    d = tmp_path / "dev" / "block" / "250:99"
+    d.mkdir(parents=True)
+    (d / "uevent").write_text("MAJOR=250\nMINOR=99\nDEVNAME=vdz\nDEVTYPE=disk\n")
+    assert device_path("/dev/block/250:99", str(tmp_path)) == "/dev/vdz"
+    assert device_path("/dev/vda", str(tmp_path)) == "/dev/vda"          # a path stays as written
+    with pytest.raises(UnitError, match="io.devices 250:98: systemd takes a device path, and no block device"):
+        device_path("/dev/block/250:98", str(tmp_path))
+
+
+@pytest.mark.parametrize("live, clash", [
+    (None, False),
+    ({"LoadState": "loaded", "ActiveState": "inactive", "Transient": False, "FragmentPath": ""}, False),
+    ({"LoadState": "loaded", "ActiveState": "active", "Transient": True, "Description": "cgman group acme"}, False),
+    ({"LoadState": "loaded", "ActiveState": "active", "Transient": False, "FragmentPath": ""}, True),
+    ({"LoadState": "loaded", "ActiveState": "inactive", "Transient": True, "Description": "run-u7"}, True),
+    ({"LoadState": "loaded", "ActiveState": "inactive", "Transient": False, "FragmentPath": "/etc/x"}, True),
+])
+def test_which_existing_unit_is_a_clash(live, clash):
+    if clash:
+        with pytest.raises(UnitError, match="already exists and is not cgman's"):
+            check_owner("cgman-acme.slice", live, "group acme")
+    else:
+        check_owner("cgman-acme.slice", live, "group acme")
