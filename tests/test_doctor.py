@@ -264,4 +264,6 @@ def test_doctor_reports_delegation_on_this_host(cli, root_name):
     place = checks["cgman root placement"]
     assert place["detail"].startswith(f"/{root_name} lies ")
     assert place["ok"] or place["warn"]
+    layout = checks["cgroup layout"]        # a top-level test root: layout (a), named as such
+    assert layout["detail"].startswith(f"(a) top-level root /{root_name}")
     assert all(c["fix"] for c in checks.values() if not c["ok"])

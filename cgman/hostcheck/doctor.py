@@ -33,6 +33,7 @@ def run_checks(host: Host, state_dir: str | None = None, environ: Mapping[str, s
     checks += _write_checks(host)
     checks += delegation_checks(host.info.unified, host.root, v2_controllers=any(
         c not in host.layout.v1_controllers for c in RESOURCE_CONTROLLERS), environ=environ)
+    checks.append(layout_check(host.info.unified if host.info.mode == "v2" else None, host.root))
     checks += container_checks()
     checks += security_checks(host)
     checks += accounting_checks(host, state_dir)
