@@ -23,7 +23,7 @@ cleanup() {
   .venv/bin/cgman rm --force web1 >/dev/null 2>&1 || true
   rm -rf "$CGMAN_RUN_DIR" "$CGMAN_STATE_DIR"
   .venv/bin/cgman rm --force . >/dev/null 2>&1 || true
-  rm -rf "$tick" "$pol" "$log"
+  rm -rf "$tick" "$tick.new" "$pol" "$log"
 }
 trap cleanup EXIT
 metric() {  # metric NAME: its value on the agent's /metrics
@@ -74,7 +74,9 @@ sed -i 's/pids: {max: lots}/pids: {max: 4096}/' "$pol/acme.yaml"
 wait_log $m "applied 4 file(s)"          # fixed: in force again before the containers start
 
 echo "+ cgman attach acme/batch -- (a counter)" >&2
-.venv/bin/cgman attach acme/batch -- sh -c "i=0; while :; do i=\$((i+1)); echo \$i > $tick; sleep 0.05; done" &
+# written aside and renamed over: a freeze between the truncation and the write of a plain
+# `echo > $tick` would leave the file empty for the whole freeze
+.venv/bin/cgman attach acme/batch -- sh -c "i=0; while :; do i=\$((i+1)); echo \$i > $tick.new; mv -f $tick.new $tick; sleep 0.05; done" &
 pid=$!
 sleep 1
 cg status
