@@ -260,15 +260,6 @@ def make_agent_raw(tag: str, tmp: Path) -> Launcher:
     environ = [f"{k}={v}".encode() for k, v in env.items() if k != "sock"]
     devnull = os.open(os.devnull, os.O_RDWR)
 
-    def frame(s: socket.socket) -> tuple[bytes, int]:
-        data = b""
-        while len(data) < wire.FRAME.size:
-            chunk = s.recv(wire.FRAME.size - len(data))
-            if not chunk:
-                raise RuntimeError("the agent closed the connection")
-            data += chunk
-        return wire.FRAME.unpack(data)
-
     def launch(i: int) -> float:
         argv = [b"cgman", b"run", b"--policy", b"bench", b"--name", f"r{suffix(i)}".encode(), b"--rm",
                 b"--network", b"loopback", b"--", b"/bin/true"]
@@ -277,9 +268,9 @@ def make_agent_raw(tag: str, tmp: Path) -> Launcher:
             s.connect(env["sock"])
             s.sendmsg([wire.encode_request(argv, environ, os.getcwdb())],
                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", devnull, devnull, devnull))])
-            kind, _ = frame(s)
+            kind, _ = wire.read_frame(s) or (b"", 0)
             t1 = time.perf_counter()
-            kind2, code = frame(s)
+            kind2, code = wire.read_frame(s) or (b"", 0)
         t2 = time.perf_counter()
         if kind != wire.ACCEPTED or kind2 != wire.EXITED or code != 0:
             raise RuntimeError(f"served run failed: {kind!r} {kind2!r} {code}")

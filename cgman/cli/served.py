@@ -298,7 +298,7 @@ def _relay_signals(conn: socket.socket, main_thread: int, done: threading.Event)
     (the second escalates to SIGKILL)."""
     from ..containers.lifecycle import FORWARDED
     while True:
-        frame = _recv_frame(conn)
+        frame = wire.read_frame(conn)
         if frame is None:
             break
         kind, value = frame
@@ -309,19 +309,6 @@ def _relay_signals(conn: socket.socket, main_thread: int, done: threading.Event)
             return
         signal.pthread_kill(main_thread, signal.SIGTERM)
         done.wait(STOP_GAP_S)
-
-
-def _recv_frame(conn: socket.socket) -> tuple[bytes, int] | None:
-    data = b""
-    while len(data) < wire.FRAME.size:
-        try:
-            chunk = conn.recv(wire.FRAME.size - len(data))
-        except OSError:
-            return None
-        if not chunk:
-            return None
-        data += chunk
-    return wire.FRAME.unpack(data)
 
 
 def _send(conn: socket.socket, kind: bytes, value: int) -> None:

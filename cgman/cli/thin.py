@@ -81,7 +81,7 @@ def _served(conn: "_socket.socket", path: str, argv: list[str], verbose: bool) -
         if verbose:
             _say(f"run: launching here (no agent serves {path}: {e.strerror or e})")
         return None
-    kind, value = _frame(conn)
+    kind, value = wire.read_frame(conn) or (b"", 0)
     if kind == wire.DECLINED:
         if verbose:
             _say(f"run: launching here (the agent at {path} declined: "
@@ -103,27 +103,11 @@ def _relay(conn: "_socket.socket", path: str, supervisor_pid: int) -> int:
             pass
     for s in FORWARDED:
         _signal.signal(s, forward)
-    kind, value = _frame(conn)
+    kind, value = wire.read_frame(conn) or (b"", 0)
     if kind != wire.EXITED:
         return _lost(path, f"while it ran (its supervisor, pid {supervisor_pid}, is gone; `cgman ps` "
                            f"shows the container, `cgman gc` collects it)")
     return value
-
-
-def _frame(conn: "_socket.socket") -> tuple[bytes, int]:
-    """The next frame; (b"", 0) at end of stream or on an error."""
-    data = b""
-    while len(data) < wire.FRAME.size:
-        try:
-            chunk = conn.recv(wire.FRAME.size - len(data))
-        except InterruptedError:
-            continue
-        except OSError:
-            return b"", 0
-        if not chunk:
-            return b"", 0
-        data += chunk
-    return wire.FRAME.unpack(data)
 
 
 def _lost(path: str, when: str) -> int:

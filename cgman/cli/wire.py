@@ -14,11 +14,12 @@ Every frame after the request is FRAME: one type byte and a u32. A server must t
 request as hostile: each bound below is checked before anything is allocated or acted on,
 and a request that breaks one is dropped (or, if it is only too large, DECLINED so that the
 client launches by itself). A DECLINED client runs the direct path; nothing was started.
-Only struct is imported: the client's start-up is part of every launch.
+Only struct and the C module _socket are imported: the client's start-up is part of every launch.
 """
 
 from __future__ import annotations
 
+import _socket
 import struct
 
 MAGIC = b"CGMR"
@@ -96,6 +97,22 @@ def decode_body(body: bytes) -> tuple[list[bytes], list[bytes], bytes]:
     if any(b"=" not in e[1:] for e in environ):
         raise BadRequest("an environment entry without KEY=")
     return argv, environ, cwd[0]
+
+
+def read_frame(conn: "_socket.socket") -> tuple[bytes, int] | None:
+    """The next FRAME from ``conn`` (a socket); None at the end of the stream or on an error.
+    A signal handler that returns does not interrupt it (PEP 475: recv is retried)."""
+    data = b""
+    while len(data) < FRAME.size:
+        try:
+            chunk = conn.recv(FRAME.size - len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    kind, value = FRAME.unpack(data)
+    return kind, value
 
 
 def _u32(body: bytes, pos: int) -> tuple[int, int]:
