@@ -188,13 +188,7 @@ def _copy_file(ctx: int, rel: str, dest: str, cp: Copy) -> None:
     if stat.S_ISDIR(st.st_mode):
         if not os.path.isdir(dest):
             os.mkdir(dest, 0o755)
-        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=ctx)
-        try:
-            names = sorted(os.listdir(fd))
-        finally:
-            os.close(fd)
-        for n in names:
-            _copy_file(ctx, f"{rel}/{n}", f"{dest.rstrip('/')}/{n}", cp)
+        _copy_children(ctx, rel, dest, cp)
     elif stat.S_ISLNK(st.st_mode):
         if os.path.lexists(dest):
             os.unlink(dest)
@@ -215,6 +209,18 @@ def _copy_file(ctx: int, rel: str, dest: str, cp: Copy) -> None:
     _meta(dest, st, cp)
 
 
+def _copy_children(ctx: int, rel: str, dest: str, cp: Copy) -> None:
+    """Each entry of the context directory ``rel`` into ``dest``, in name order, never
+    following a link."""
+    fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=ctx)
+    try:
+        names = sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+    for n in names:
+        _copy_file(ctx, f"{rel}/{n}", f"{dest.rstrip('/')}/{n}", cp)
+
+
 def _copy_one(ctx: int, cp: Copy) -> None:
     st = os.stat(cp.src, dir_fd=ctx, follow_symlinks=False)
     if cp.extract:
@@ -225,13 +231,7 @@ def _copy_one(ctx: int, cp: Copy) -> None:
         return
     if stat.S_ISDIR(st.st_mode):                # a directory's contents go into dest (not its own metadata)
         _mkdirs(cp.dest)
-        fd = os.open(cp.src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=ctx)
-        try:
-            names = sorted(os.listdir(fd))
-        finally:
-            os.close(fd)
-        for n in names:
-            _copy_file(ctx, f"{cp.src}/{n}", f"{cp.dest.rstrip('/')}/{n}", cp)
+        _copy_children(ctx, cp.src, cp.dest, cp)
         return
     dest = cp.dest
     if dest.endswith("/") or os.path.isdir(dest):
