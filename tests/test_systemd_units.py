@@ -148,6 +148,7 @@ class RecordingBus:
 
     def freeze(self, name: str, frozen: bool) -> None:
         self.calls.append(("freeze", name, frozen))
+        self.units[name]["FreezerState"] = "frozen" if frozen else "running"
 
 
 def test_reconcile_creates_then_does_nothing_then_corrects_drift():
@@ -159,7 +160,7 @@ def test_reconcile_creates_then_does_nothing_then_corrects_drift():
     bus.calls.clear()
     again = apply_units(ps, "cgman", bus)
     assert not again.created and not again.changes and again.unchanged > 0
-    assert [c for c in bus.calls if c[0] != "freeze"] == []
+    assert bus.calls == [], "a frozen slice is not frozen again"
     bus.units["cgman-acme.slice"]["CPUWeight"] = 5            # someone ran systemctl set-property
     fixed = apply_units(ps, "cgman", bus)
     assert fixed.changes == ["cgman-acme.slice: CPUWeight was 5, set 300"]
@@ -173,6 +174,18 @@ def test_a_unit_name_clash_applies_nothing():
                                         r"\(/etc/systemd/system/x\)"):
         apply_units(parse_text(POLICY, "p.yaml"), "cgman", bus)
     assert bus.calls == []
+
+
+def test_a_thaw_is_a_change_it_reports():
+    ps = parse_text(POLICY, "p.yaml")
+    bus = RecordingBus()
+    apply_units(ps, "cgman", bus)
+    thawed = parse_text(POLICY.replace("frozen: true", "frozen: false"), "p.yaml")
+    bus.calls.clear()
+    planned = apply_units(thawed, "cgman", bus, dry_run=True)
+    assert planned.changes == ["cgman-acme-web.slice: FreezerState was frozen, set running"] and bus.calls == []
+    done = apply_units(thawed, "cgman", bus)
+    assert done.changes == planned.changes and bus.calls == [("freeze", "cgman-acme-web.slice", False)]
 
 
 def test_dry_run_calls_nothing():

@@ -107,10 +107,8 @@ class SystemdBus:
             self._manager("SetUnitProperties", "sba(sv)", (name, True, wire))
 
     def freeze(self, name: str, frozen: bool) -> None:
-        """FreezeUnit / ThawUnit (`systemctl freeze|thaw`); waits for FreezerState to settle."""
-        state = (self.unit(name) or {}).get("FreezerState")
-        if state == ("frozen" if frozen else "running"):
-            return
+        """FreezeUnit / ThawUnit (`systemctl freeze|thaw`); waits for FreezerState to settle.
+        The caller compares FreezerState first (reconcile.apply_units has read it)."""
         self._manager("FreezeUnit" if frozen else "ThawUnit", "s", (name,))
         self.wait_state(name, "frozen" if frozen else "running", key="FreezerState")
 

@@ -89,9 +89,23 @@ def apply_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = Fal
                 bus.start_transient(u.name, u.props, extra=[("Description", "s", DESCRIPTION + u.group)])
         else:
             _set_differing(u, state, bus, out, dry_run)
-        if u.frozen is not None and not dry_run:
-            bus.freeze(u.name, u.frozen)
+        if u.frozen is not None:
+            _freeze_differing(u, state, bus, out, dry_run)
     return out
+
+
+def _freeze_differing(u: SliceUnit, state: dict[str, Any] | None, bus: Bus, out: UnitResult,
+                      dry_run: bool) -> None:
+    """Freeze or thaw the slice where systemd's FreezerState differs (a new slice runs), and
+    say so, as any other property that changes."""
+    want = "frozen" if u.frozen else "running"
+    have = (state or {}).get("FreezerState") or "running"
+    if have == want:
+        out.unchanged += 1
+        return
+    out.changes.append(f"{u.name}: FreezerState was {have}, set {want}")
+    if not dry_run:
+        bus.freeze(u.name, bool(u.frozen))
 
 
 def device_path(path: str, sysfs: str = "/sys") -> str:
