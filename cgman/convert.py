@@ -39,6 +39,14 @@ def shares_to_weight(shares: int, formula: WeightFormula = "oci") -> int:
     return int(math.ceil(10 ** exponent))
 
 
+def cpu_weight(weight: int | None, shares: int | None, formula: WeightFormula = "oci") -> int | None:
+    """The cgroup v2 cpu weight a policy asks for: its weight, else its v1 shares converted;
+    None when it names neither (leave the kernel's value)."""
+    if weight is not None:
+        return weight
+    return None if shares is None else shares_to_weight(shares, formula)
+
+
 def weight_to_shares(weight: int, formula: WeightFormula = "oci") -> int:
     """cpu.weight (v2) -> cpu.shares (v1).
 

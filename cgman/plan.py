@@ -131,9 +131,8 @@ def _cpu_v1(out: _Translation, res: Resources) -> None:
 
 def _cpu_v2(out: _Translation, res: Resources) -> None:
     cpu = res.cpu
-    if cpu.weight is not None or cpu.shares is not None:
-        weight = cpu.weight if cpu.weight is not None else \
-            convert.shares_to_weight(cpu.shares or 1024, out.formula)
+    weight = convert.cpu_weight(cpu.weight, cpu.shares, out.formula)
+    if weight is not None:
         out.write("cpu", "cpu.weight", str(weight))
     if cpu.max_cpus is not None:
         period = cpu.period_usec or DEFAULT_CPU_PERIOD_USEC

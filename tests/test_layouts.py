@@ -102,3 +102,14 @@ def test_layout_b_while_the_unit_is_stopped_or_off_pure_v2(tmp_path):
     assert not c.ok and c.warn and "is not running" in c.detail
     c = layout_check(None, UNIT[1:] + "/payload", systemd=True, systemctl=_systemctl(tmp_path, "yes"))
     assert not c.ok and c.warn and "pure cgroup v2 only" in c.detail
+
+
+def test_own_cgroup_is_the_cgroup2_line_of_proc_self_cgroup(tmp_path):
+    from cgman.agent.delegated import own_cgroup
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "cgroup").write_text("12:memory:/user.slice\n1:name=systemd:/x.service\n"
+                                               "0::/cgman.slice/cgman-agent.service\n")
+    assert own_cgroup(str(tmp_path)) == "/cgman.slice/cgman-agent.service"
+    (tmp_path / "self" / "cgroup").write_text("12:memory:/user.slice\n")         # v1 only
+    assert own_cgroup(str(tmp_path)) is None
+    assert own_cgroup(str(tmp_path / "missing")) is None

@@ -27,12 +27,12 @@ SUPERVISOR_LEAF = "supervisor"
 
 def own_cgroup(procfs: str = "/proc") -> str | None:
     """This process's cgroup2 path (the `0::` line of /proc/self/cgroup), or None."""
+    from ..hostcheck.delegation import UNIFIED_HIERARCHY, parse_proc_cgroup
     try:
         with open(os.path.join(procfs, "self", "cgroup"), encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            return parse_proc_cgroup(f.read()).get(UNIFIED_HIERARCHY)
     except OSError:
         return None
-    return next((line[3:] for line in lines if line.startswith("0::")), None)
 
 
 def inner_root(root: str, own: str | None) -> str | None:

@@ -24,7 +24,7 @@ def plan_units(ps: Any, settings: "Settings", as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(p.as_dict(), indent=2))
         return
-    typer.echo(f"target: systemd   groups: {len(p.units)}   units: {len(p.units)}")
+    typer.echo(f"target: systemd   units: {len(p.units)} (one slice per group)")
     for u in p.units:
         typer.echo(f"  {u.name}  (group {u.group}, in {u.parent})")
         for prop in u.props:

@@ -28,6 +28,7 @@ from typing import Any
 from ... import convert
 from ...errors import CgmanError
 from ...model import DEFAULT_CPU_PERIOD_USEC, Group, PolicySet, Resources, Unlimited
+from ...units import format_cpu_list
 
 INFINITY = 2**64 - 1                       # systemd's "infinity" for uint64 properties
 MIN_QUOTA_USEC = 1000                      # systemd writes at least 1 ms of quota per period
@@ -124,14 +125,7 @@ def cpu_bitmask(cpus: frozenset[int]) -> bytes:
 
 def format_bitmask(mask: bytes) -> str:
     """A bitmask as a cpu list ("0-1,3"), as `systemctl show -p AllowedCPUs` prints it."""
-    cpus = [i * 8 + b for i, byte in enumerate(mask) for b in range(8) if byte >> b & 1]
-    runs: list[list[int]] = []
-    for c in cpus:
-        if runs and runs[-1][1] == c - 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return format_cpu_list({i * 8 + b for i, byte in enumerate(mask) for b in range(8) if byte >> b & 1})
 
 
 def _u64(value: int | Unlimited) -> int:
@@ -143,8 +137,8 @@ def properties(res: Resources, formula: convert.WeightFormula = "oci", *, who: s
     cannot express. Accounting is switched on, so usage files exist as with the cgroupfs driver."""
     out = [Prop(f"{a}Accounting", "b", True) for a in ("CPU", "Memory", "IO", "Tasks")]
     cpu, mem, io = res.cpu, res.memory, res.io
-    if cpu.weight is not None or cpu.shares is not None:
-        weight = cpu.weight if cpu.weight is not None else convert.shares_to_weight(cpu.shares or 1024, formula)
+    weight = convert.cpu_weight(cpu.weight, cpu.shares, formula)
+    if weight is not None:
         out.append(Prop("CPUWeight", "t", weight))
     if cpu.max_cpus is not None:
         out += _cpu_quota(cpu.max_cpus, cpu.period_usec, who)
