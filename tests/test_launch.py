@@ -128,6 +128,13 @@ def test_cgroup_namespace_shows_its_own_cgroup_as_root(run, host):
 
 
 @pytest.mark.cgroup2
+def test_a_global_flag_after_the_workload_is_the_workloads(run, host):
+    """`cgman run -p g echo -v` echoes -v: options end where the workload begins (without `--`),
+    so cgman's own -v, --run-dir... are not taken out of the workload's arguments."""
+    p = run("acme/web", "--rm", "echo", "-v", "--run-dir", "x")
+    assert p.returncode == 0 and p.stdout == "-v --run-dir x\n", p.stderr
+
+
 def test_pid_1_inside(run, host):
     p = run("acme/web", "--no-init", "--", "sh", "-c", "echo $$")
     assert p.stdout.strip() == "1", "without an init the workload is PID 1"

@@ -23,18 +23,20 @@ def main() -> None:
 
     from .commands import COMMANDS
     from .options import command_of, hoist, parse
-    argv = hoist(sys.argv[1:])
-    command = command_of(argv)
+    words = sys.argv[1:]
+    command = command_of(words)
     fast = COMMANDS[command].fast if command in COMMANDS else None
     if fast and command:
-        opts = parse(argv, command, os.environ)
+        # the tables read global options after the command too, and stop at the workload:
+        # hoisting first would take `-v` out of `cgman run -p g grep -v x`
+        opts = parse(words, command, os.environ)
         if opts is not None:
             from .common import guarded
             code = guarded(lambda: _run_fast(fast, opts), bool(opts.get("verbose")))
             if code is not None:
                 sys.exit(code)
     from .app import run
-    run(argv, command)
+    run(hoist(words), command)
 
 
 def _run_fast(where: str, opts: "dict[str, object]") -> "int | None":
