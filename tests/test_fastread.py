@@ -98,13 +98,13 @@ def test_a_mismatch_of_the_tables_is_named(plant, named):
 
 
 # ------------------------------------------------------------------ whole scrapes
-def _record(run: Path, name: str, cgroup: str, root: str = ROOT) -> None:
+def _record(run: Path, name: str, cgroup: str, root: str = ROOT, **fields: object) -> None:
     d = run / "containers" / name
     d.mkdir(parents=True)
     (d / "record.json").write_text(json.dumps({
         "id": f"id-{name}", "name": name, "tenant": "acme", "group": "grp", "cgroup_root": root,
         "cgroup": cgroup, "state": "running", "started": 1700000000.25, "memory_byte_seconds": 12.5,
-        "limits": {"cpu_max_cpus": 0.5, "memory_max_bytes": 64 << 20, "pids_max": 16}}))
+        "limits": {"cpu_max_cpus": 0.5, "memory_max_bytes": 64 << 20, "pids_max": 16}, **fields}))
 
 
 def _scrape(host, tmp_path: Path, *, c_scrape: bool, compat: str | None = None):
@@ -167,3 +167,18 @@ def test_a_scrape_reads_nothing_outside_the_root(tmp_path, c_scrape):
     assert 'container="leaf"' in text
     assert 'container="escape' not in text and 'container="linked"' not in text
     assert errors == 1                       # the symlink; the two bad records are not containers
+
+
+@pytest.mark.parametrize("c_scrape", [True, False])
+@pytest.mark.parametrize("compat", [None, "cadvisor"])
+def test_a_record_with_a_broken_start_or_final_usage_fails_no_scrape(tmp_path, c_scrape, compat):
+    """A record is hostile input: a start time that is not a number, or a final usage that is not
+    a mapping, costs that container its start-time sample, never the scrape."""
+    if c_scrape and C is None:
+        pytest.skip("cgman._fastread is not built")
+    host = fixture_host(tmp_path, "v2")
+    _record(tmp_path / "run", "leaf", LEAF)
+    _record(tmp_path / "run", "odd-start", LEAF, started="x")
+    _record(tmp_path / "run", "odd-usage", LEAF, state="exited", ledger_pending=True, final_usage=[1])
+    text, _ = _scrape(host, tmp_path, c_scrape=c_scrape, compat=compat)
+    assert 'container="leaf"' in text and 'container="odd-start"' in text

@@ -7,6 +7,7 @@ mtime (records are replaced by rename, so a change always shows).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -81,8 +82,13 @@ def live_from(d: dict[str, Any]) -> Live:
     limits = _limits(lim)
     labels = f'{{container="{escape(d["name"])}",group="{escape(d["group"])}",tenant="{escape(d["tenant"])}"}}'
     started = d.get("started")
+    if not isinstance(started, (int, float)) or isinstance(started, bool) or not math.isfinite(started):
+        started = None              # hostile or broken: no start time, as for a record without one
+    final_usage = d.get("final_usage")
+    if not isinstance(final_usage, dict):
+        final_usage = None
     record_slots = pack_record({
-        "_info": 1, "_start_usec": round(started * 1e6) if isinstance(started, (int, float)) else -1,
+        "_info": 1, "_start_usec": -1 if started is None else round(started * 1e6),
         "_memory_byte_seconds": round(float(d.get("memory_byte_seconds") or 0.0)),
         "_limit_ucpus": round(limits["cpu_max_cpus"] * 1e6) if "cpu_max_cpus" in limits else -1,
         "_limit_memory_bytes": int(limits["memory_max_bytes"]) if "memory_max_bytes" in limits else -1,
@@ -90,9 +96,9 @@ def live_from(d: dict[str, Any]) -> Live:
     return Live(
         id=d["id"], name=d["name"], tenant=d["tenant"], labels=labels, labels_b=labels.encode(),
         record_slots=record_slots, root=root.strip("/"), cgroup=cg,
-        state=d.get("state", ""), started=d.get("started"),
+        state=d.get("state", ""), started=started,
         memory_byte_seconds=float(d.get("memory_byte_seconds") or 0.0),
-        limits=limits, final_usage=d.get("final_usage"), ledger_pending=bool(d.get("ledger_pending")),
+        limits=limits, final_usage=final_usage, ledger_pending=bool(d.get("ledger_pending")),
         group=d["group"], cgroup_path="/" + "/".join(p for p in (root.strip("/"), cg) if p),
         image=_image(d.get("rootfs")), memory_peak_bytes=_int(d.get("memory_peak_bytes")),
         cpu_period_usec=_int(lim.get("cpu_period_usec")))
