@@ -13,6 +13,8 @@ the CLI name the same constants.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -68,7 +70,9 @@ def sample_interval_s(raw: str | None) -> float | None:
     try:
         v = float(raw)
     except ValueError:
-        raise CgmanError(f"{SAMPLE_INTERVAL_ENV}={raw!r}: expected seconds, e.g. 5 or 0.5") from None
+        v = math.nan
+    if not math.isfinite(v):          # inf would overflow the supervisor's poll, nan never compares
+        raise CgmanError(f"{SAMPLE_INTERVAL_ENV}={raw!r}: expected seconds, e.g. 5 or 0.5")
     if v < 0:
         raise CgmanError(f"{SAMPLE_INTERVAL_ENV}={raw!r}: must be >= 0")
     return v
@@ -78,9 +82,10 @@ def ledger_timeout_s(raw: str | None) -> float | None:
     """CGMAN_LEDGER_TIMEOUT: seconds to wait for the ledger's lock (tests shorten it). A value
     that is no number is ignored, as it always was: it only tunes how long to wait."""
     try:
-        return None if raw is None else float(raw)
+        v = None if raw is None else float(raw)
     except ValueError:
         return None
+    return v if v is None or math.isfinite(v) and v >= 0 else None
 
 
 def input_limits(size: str, groups: str) -> Limits:

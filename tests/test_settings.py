@@ -54,6 +54,8 @@ def test_the_store_carries_the_settings_it_was_made_from():
 @pytest.mark.parametrize("name, value, message", [
     ("CGMAN_SAMPLE_INTERVAL", "often", "CGMAN_SAMPLE_INTERVAL='often': expected seconds, e.g. 5 or 0.5"),
     ("CGMAN_SAMPLE_INTERVAL", "-1", "CGMAN_SAMPLE_INTERVAL='-1': must be >= 0"),
+    ("CGMAN_SAMPLE_INTERVAL", "inf", "CGMAN_SAMPLE_INTERVAL='inf': expected seconds, e.g. 5 or 0.5"),
+    ("CGMAN_SAMPLE_INTERVAL", "nan", "CGMAN_SAMPLE_INTERVAL='nan': expected seconds, e.g. 5 or 0.5"),
     ("CGMAN_MAX_INPUT_BYTES", "huge", "CGMAN_MAX_INPUT_BYTES='huge': expected a size such as 4194304 or 8Mi"),
     ("CGMAN_MAX_GROUPS", "0", "CGMAN_MAX_GROUPS='0': expected a positive number such as 10000"),
 ])
@@ -64,7 +66,9 @@ def test_a_malformed_variable_is_named(name, value, message):
 
 
 def test_a_ledger_timeout_that_is_no_number_is_ignored():
-    assert Settings.resolve({"CGMAN_LEDGER_TIMEOUT": "soon"}).ledger_timeout_s is None
+    for raw in ("soon", "inf", "nan", "-1"):
+        assert Settings.resolve({"CGMAN_LEDGER_TIMEOUT": raw}).ledger_timeout_s is None, raw
+    assert Settings.resolve({"CGMAN_LEDGER_TIMEOUT": "0.5"}).ledger_timeout_s == 0.5
 
 
 def test_the_command_line_says_which_variable_is_malformed(tmp_path):
