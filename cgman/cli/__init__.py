@@ -10,6 +10,7 @@ nothing below cli/ reads the environment.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -18,8 +19,13 @@ def main() -> None:
         from .thin import run_served
         served = run_served(sys.argv[1:])
         if served is not None:
-            sys.exit(served)
-    import os
+            # nothing here is left to tidy: skip the interpreter's teardown (~1 ms of a served run)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (AttributeError, OSError, ValueError):   # None, or a closed pipe
+                    pass
+            os._exit(served)
 
     from .commands import COMMANDS
     from .options import command_of, hoist, parse
