@@ -346,20 +346,31 @@ def test_only_root_can_use_the_socket(host, tmp_path):
     (["--run-dir", "/r", "run", "-p", "g"], {"CGMAN_CGROUP_ROOT": "/a/b/"}),
     (["run", "--run-dir=/r2", "--cgroup-root", "x", "-p", "g", "--", "--run-dir", "/no"], {"CGMAN_RUN_DIR": "/e"}),
     (["run", "-p", "g"], {"CGMAN_RUN_DIR": "/e", "CGMAN_CGROUP_ROOT": "r"}),
+    # the workload's own words are not cgman's options, even without `--`
+    (["run", "-p", "g", "--rm", "sh", "--run-dir", "/no", "-v"], {"CGMAN_RUN_DIR": "/e"}),
+    (["--cgroup-root", "r", "run", "-d", "--name", "n", "-p", "g", "env", "--cgroup-root=no"], {}),
 ])
 def test_the_thin_client_finds_the_socket_the_agent_binds(argv, environ):
     """The client resolves --run-dir/--cgroup-root by hand (it imports neither the option tables
     nor Settings); the served run checks them as the direct path reads them (options.py,
-    Settings, records.run_dir, drivers.cgroup_root). Both must name the same socket."""
-    from cgman.cli.common import resolve_settings
-    from cgman.cli.options import globals_of, hoist
+    Settings, records.run_dir, drivers.cgroup_root). Both must name the same socket, or a run
+    the agent could serve is declined and launched directly."""
+    from cgman.cli.served import client_settings
     from cgman.cli.thin import where
     from cgman.drivers import cgroup_root
     from cgman.state.agentsock import socket_path
     from cgman.state.records import run_dir
-    settings = resolve_settings(globals_of(hoist(argv)), environ)
+    settings = client_settings(argv, dict(environ))
     want = socket_path(run_dir(settings.run_dir), cgroup_root(settings.cgroup_root))
     assert where(argv, dict(environ)) == (want, False)
+
+
+def test_the_thin_clients_valueless_options_are_the_tables():
+    """thin.FLAGS (the options that take no value) is what the option tables say, so the client
+    finds the workload's first word where the direct path does."""
+    from cgman.cli.options import FLAG, GLOBAL, RUN
+    from cgman.cli.thin import FLAGS
+    assert FLAGS == {name for table in (GLOBAL, RUN) for name, o in table.items() if o.arity == FLAG}
 
 
 def test_the_wire_bounds_every_field():
@@ -374,3 +385,58 @@ def test_the_wire_bounds_every_field():
                 wire.encode_request([b"x"], [], b"/") + b"extra"):
         with pytest.raises(wire.BadRequest):
             wire.decode_body(bad[wire.HEADER.size:])
+
+
+def test_the_installed_command_imports_next_to_nothing_when_served(tmp_path):
+    """A served `cgman run` is python's start-up, the thin client and a socket round trip. The
+    installed command (bin/cgman, not a generated entry point, which imports re: ~4 ms) and
+    the client may import only these few modules beyond what a bare `python -c pass` does.
+    A test process plays the agent here: it takes the request and answers ACCEPTED, EXITED 7."""
+    from cgman.cli import wire
+    from cgman.state.agentsock import socket_path
+
+    def imported(*argv: str, **kw) -> tuple[set[str], int]:
+        p = subprocess.Popen([PY, "-X", "importtime", *argv], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+        if "env" in kw:
+            conn, _ = listener.accept()
+            with conn:
+                _, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+                for level, kind, payload in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        for fd in struct.unpack(f"{len(payload) // 4}i", payload):
+                            os.close(fd)
+                conn.sendall(wire.FRAME.pack(wire.ACCEPTED, 1) + wire.FRAME.pack(wire.EXITED, 7))
+        _, err = p.communicate(timeout=60)
+        return {ln.split("|")[2].strip() for ln in err.splitlines() if ln.startswith("import time:")
+                and not ln.endswith("| imported package")}, p.returncode
+
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(socket_path(str(run), "cgman-test-served-imports"))
+    listener.listen(1)
+    listener.settimeout(60)
+    with listener:
+        bare, _ = imported("-c", "pass")
+        served, code = imported(str(Path(PY).parent / "cgman"), "run", "-p", "g", "--", "/bin/true",
+                                env=dict(os.environ, CGMAN_RUN_DIR=str(run),
+                                         CGMAN_CGROUP_ROOT="cgman-test-served-imports"))
+    assert code == 7
+    assert served - bare == {"cgman", "cgman.cli", "cgman.cli.thin", "cgman.cli.wire", "cgman.state",
+                             "cgman.state.agentsock", "_struct", "struct", "_socket", "__future__"}
+
+
+def test_the_run_server_loads_the_device_program_once_for_all_its_runs():
+    """The BPF verifier costs a few ms per load: the run server loads the default device program
+    before it forks, so each supervisor attaches the program it inherited instead of loading one."""
+    from cgman.drivers import open_host
+    code = ("import os, sys\n"
+            "from cgman.cli import served\n"
+            "served.prewarm('cgman-test-prewarm')\n"
+            "fds = os.listdir('/proc/self/fd')\n"
+            "links = [os.readlink(f'/proc/self/fd/{fd}') for fd in fds if os.path.lexists(f'/proc/self/fd/{fd}')]\n"
+            "print(sum(link == 'anon_inode:bpf-prog' for link in links))\n")
+    p = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) == (1 if open_host("cgman-test-prewarm").v2 is not None else 0)

@@ -33,9 +33,12 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from . import wire
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 REQUEST_TIMEOUT_S = 5.0        # a client has this long to send its whole request
 MAX_SUPERVISORS = 4096         # runs served at once; beyond, the client launches by itself
@@ -72,15 +75,16 @@ def _say(text: str) -> None:
 
 # ---------------------------------------------------------------------------- the server
 def prewarm(root: str) -> None:
-    """Import what a run needs, open cgman-init's memfd and probe the host once (which
-    compiles glob's patterns), so that no fork pays for them again."""
+    """Import what a run needs, open cgman-init's memfd, probe the host once (which compiles
+    glob's patterns) and load the default device program (the BPF verifier's few ms), so that
+    no fork pays for them again."""
     import glob, resource  # noqa: F401,E401
     from . import commands, common, logs, options, runcmd, thin  # noqa: F401
     from .. import _secure, drivers  # noqa: F401
     from ..accounting import ledger, usage  # noqa: F401
     from ..containers import collect, launch, lifecycle, rootfs, spec  # noqa: F401
     from ..reconcile import status  # noqa: F401
-    from ..security import init
+    from ..security import devices, init
     from ..state import applied, records  # noqa: F401
     thin.IN_AGENT = True
     global _cli_main
@@ -88,7 +92,10 @@ def prewarm(root: str) -> None:
     _cli_main = cli_main
     try:
         init.memfd()
-        _ = drivers.open_host(root).features
+        host = drivers.open_host(root)
+        _ = host.features
+        if host.v2 is not None:          # confine_devices attaches it to each cgroup2 leaf
+            devices.program_fd(devices.DEFAULT)
     except Exception:        # a run reports it in its own words
         pass
 
@@ -234,12 +241,10 @@ def _take_client_world(req: Request, agent: Agent) -> None:
     from ..drivers import cgroup_root
     from ..errors import CgmanError
     from ..state.records import run_dir, state_dir
-    from .common import resolve_settings
-    from .options import globals_of, hoist
     os.environb.clear()
     os.environb.update(e.split(b"=", 1) for e in req.environ)   # type: ignore[misc]
-    try:          # the client's flags and environment, as its direct path would read them
-        settings = resolve_settings(globals_of(hoist([os.fsdecode(a) for a in req.argv[1:]])), os.environ)
+    try:          # the client's flags and environment
+        settings = client_settings([os.fsdecode(a) for a in req.argv[1:]], os.environ)
         root = cgroup_root(settings.cgroup_root)
     except CgmanError:           # a bad root or variable: the direct path says so in its words
         raise Declined(wire.OTHER_DIRS) from None
@@ -251,6 +256,15 @@ def _take_client_world(req: Request, agent: Agent) -> None:
         os.chdir(req.cwd)
     except OSError:
         raise Declined(wire.NO_CWD) from None
+
+
+def client_settings(words: list[str], environ: "os._Environ[str] | dict[str, str]") -> "Settings":
+    """The Settings of `cgman WORDS` as its direct path reads them: by the option tables, which
+    stop at the workload, or as typer reads the line they give up on (globals hoisted)."""
+    from .common import resolve_settings
+    from .options import globals_of, hoist, parse
+    opts = parse(words, "run", environ)
+    return resolve_settings(opts if opts is not None else globals_of(hoist(words)), environ)
 
 
 def _take_stdio(fds: list[int]) -> None:

@@ -31,18 +31,29 @@ _STDIO_FDS = wire.struct.pack("3i", 0, 1, 2)     # SCM_RIGHTS payload (array wou
 DEFAULT_RUN_DIR, DEFAULT_ROOT = "/run/cgman", "cgman"
 
 
+# The options of `cgman [GLOBAL...] run` that take no value (cli/options.py's GLOBAL and RUN
+# tables: a test keeps this in step). Every other option takes one, so the workload is the first
+# word after the command that is neither an option nor an option's value.
+FLAGS = frozenset({"-v", "--verbose", "--detach", "-d", "--userns", "--init", "--no-init", "--rm", "--privileged"})
+
+
 def global_values(argv: list[str]) -> tuple[dict[str, str], bool]:
     """The valued global options (--run-dir, --cgroup-root, --state-dir) on a command line,
-    and whether -v was given. Only words before ``--`` are options; the last one wins."""
+    and whether -v was given. Only words before the workload are options; the last one wins."""
     values: dict[str, str] = {}
-    verbose = False
-    words = argv[:argv.index("--")] if "--" in argv else argv
-    for i, a in enumerate(words):
-        key, eq, value = a.partition("=")
-        if key in ("--run-dir", "--cgroup-root", "--state-dir"):
-            values[key] = value if eq else words[i + 1] if i + 1 < len(words) else ""
-        elif a in ("-v", "--verbose"):
-            verbose = True
+    verbose, command_seen, i = False, False, 0
+    while i < len(argv) and argv[i] != "--":
+        key, eq, value = argv[i].partition("=")
+        if not key.startswith("-") or key == "-":
+            if command_seen:
+                break                       # the workload's first word: the rest is its own
+            command_seen, i = True, i + 1
+        elif key in FLAGS:
+            verbose, i = verbose or key in ("-v", "--verbose"), i + 1
+        else:
+            if key in ("--run-dir", "--cgroup-root", "--state-dir"):
+                values[key] = value if eq else argv[i + 1] if i + 1 < len(argv) else ""
+            i += 1 if eq else 2
     return values, verbose
 
 
