@@ -14,7 +14,7 @@
 enum {
     ST_RELEASE = 1, ST_SETNS, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_UNSHARE, ST_HOSTNAME,
     ST_LOOPBACK, ST_MOUNT, ST_MKDIR, ST_TOUCH, ST_PIVOT, ST_CHDIR, ST_FORK, ST_EXEC, ST_SETSID,
-    ST_UMOUNT, ST_SYMLINK, ST_CAPS, ST_NNP, ST_SECCOMP, ST_INIT,
+    ST_UMOUNT, ST_SYMLINK, ST_CAPS, ST_NNP, ST_SECCOMP, ST_INIT, ST_JOIN,
 };
 
 #define STAGE_NAMES                                                                               \
@@ -22,7 +22,8 @@ enum {
     "setting the uid", "creating namespaces", "setting the hostname", "bringing up lo", "mounting", \
     "creating a directory", "creating a mount point", "pivot_root", "changing directory",          \
     "forking the workload", "exec", "creating a session", "unmounting", "creating a symlink",      \
-    "dropping capabilities", "setting no_new_privs", "loading the seccomp filter", "starting the init"
+    "dropping capabilities", "setting no_new_privs", "loading the seccomp filter", "starting the init", \
+    "joining its cgroups"
 
 /* The exec'd init (cgman/_init.c) finds the error pipe here: no argument in its cmdline. */
 #define INIT_ERROR_FD 3

@@ -12,9 +12,10 @@
  *   1. spawn() clones with clone3(CLONE_INTO_CGROUP) where a cgroup2 directory
  *      fd is given, so the child is born inside its unified cgroup; it returns
  *      (pid, in_cgroup, release_fd, error_fd) to the parent.
- *   2. The child blocks reading release_fd. Meanwhile the parent writes the pid
- *      to each cgroup v1 cgroup.procs, the uid/gid maps and sets up networking.
- *      So the workload's first instruction runs inside all of its cgroups.
+ *   2. The child moves itself into its v1 cgroups (it writes 0 to each `tasks`
+ *      in join_fds: see join_cgroups for why not the parent), then blocks reading
+ *      release_fd. Meanwhile the parent writes the uid/gid maps and sets up
+ *      networking. So the workload's first instruction runs inside all of its cgroups.
  *   3. The parent writes one byte to release the child (closing without the byte
  *      aborts it). The child joins/unshares the remaining namespaces, sets the
  *      hostname, brings up lo, performs the mount operations (overlay, bind,
@@ -111,6 +112,8 @@ struct job {
     Py_ssize_t n_ops;
     int *setns_fds;
     Py_ssize_t n_setns;
+    int *join_fds;                  /* v1 `tasks` files (opened by the parent) this thread joins */
+    Py_ssize_t n_join;
     unsigned long unshare_flags;    /* after release (cgroup ns: after joining the cgroups) */
     const char *hostname;
     int lo_up, setsid_, pdeathsig;
@@ -329,10 +332,25 @@ static void rearm_pdeathsig(struct job *j)
     }
 }
 
+/* Join the v1 cgroups: write 0 (this thread) to each one's `tasks`. A thread that moves
+ * itself skips the cgroup threadgroup rwsem, whose first writer after an idle spell waits
+ * out an RCU grace period (8-12 ms here); the parent writing our pid to cgroup.procs takes
+ * it. Done before the release, so the workload still starts inside all of its cgroups. */
+static void join_cgroups(struct job *j)
+{
+    for (Py_ssize_t i = 0; i < j->n_join; i++) {
+        ssize_t w;
+        do { w = write(j->join_fds[i], "0", 1); } while (w < 0 && errno == EINTR);
+        if (w != 1) fail(j, ST_JOIN);
+        close(j->join_fds[i]);
+    }
+}
+
 static int child_main(struct job *j)
 {
     char c;
     if (j->pdeathsig) prctl(PR_SET_PDEATHSIG, j->pdeathsig);
+    join_cgroups(j);
     /* EOF here means the parent died or gave up: the pdeathsig race is covered too. */
     ssize_t n;
     do { n = read(j->release_rd, &c, 1); } while (n < 0 && errno == EINTR);
@@ -455,18 +473,19 @@ static int job_ops(struct job *j, PyObject *ops_o, PyObject **keep)
     return 0;
 }
 
-/* The namespace fds to join (`cgman exec`), in order. */
-static int job_setns(struct job *j, PyObject *setns_o)
+/* A sequence of fds (setns_fds: the namespaces `cgman exec` joins, in order; join_fds: the
+ * v1 `tasks` files the child writes itself into). */
+static int job_fds(PyObject *seq, const char *what, int **out, Py_ssize_t *n)
 {
-    if (!setns_o || setns_o == Py_None) return 0;
-    PyObject *f = PySequence_Fast(setns_o, "setns_fds must be a sequence");
+    if (!seq || seq == Py_None) return 0;
+    PyObject *f = PySequence_Fast(seq, what);
     if (!f) return -1;
-    j->n_setns = PySequence_Fast_GET_SIZE(f);
-    j->setns_fds = PyMem_Calloc((size_t)j->n_setns + 1, sizeof(int));
-    for (Py_ssize_t i = 0; j->setns_fds && i < j->n_setns; i++)
-        j->setns_fds[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(f, i));
+    *n = PySequence_Fast_GET_SIZE(f);
+    *out = PyMem_Calloc((size_t)*n + 1, sizeof(int));
+    for (Py_ssize_t i = 0; *out && i < *n; i++)
+        (*out)[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(f, i));
     Py_DECREF(f);
-    if (!j->setns_fds) { PyErr_NoMemory(); return -1; }
+    if (!*out) { PyErr_NoMemory(); return -1; }
     return PyErr_Occurred() ? -1 : 0;
 }
 
@@ -479,6 +498,7 @@ static void job_free(struct job *j, struct job_refs *refs)
     if (refs->filter.buf) PyBuffer_Release(&refs->filter);
     PyMem_Free(j->ops);
     PyMem_Free(j->setns_fds);
+    PyMem_Free(j->join_fds);
     Py_XDECREF(refs->argv);
     Py_XDECREF(refs->envp);
     Py_XDECREF(refs->ops);
@@ -522,18 +542,19 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"argv", "envp", "clone_flags", "cgroup_fd", "unshare_flags", "hostname",
                              "lo_up", "ops", "init_fd", "setsid", "pdeathsig", "uid", "gid", "setns_fds",
-                             "drop_caps", "cap_keep", "no_new_privs", "seccomp", "run_uid", "run_gid", NULL};
-    PyObject *argv_o, *envp_o, *hostname_o = Py_None, *ops_o = NULL, *setns_o = NULL;
+                             "drop_caps", "cap_keep", "no_new_privs", "seccomp", "run_uid", "run_gid", "join_fds",
+                             NULL};
+    PyObject *argv_o, *envp_o, *hostname_o = Py_None, *ops_o = NULL, *setns_o = NULL, *join_o = NULL;
     unsigned long long clone_flags = 0, cap_keep = 0;
     unsigned long unshare_flags = 0;
     int cgroup_fd = -1, lo_up = 0, init_fd = -1, setsid_ = 1, pdeathsig = SIGKILL, drop = 0, nnp = 0;
     long uid = -1, gid = -1, run_uid = -1, run_gid = -1;
     struct job_refs refs;
     memset(&refs, 0, sizeof refs);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*ll", kwlist, &argv_o, &envp_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*llO", kwlist, &argv_o, &envp_o,
                                      &clone_flags, &cgroup_fd, &unshare_flags, &hostname_o, &lo_up,
                                      &ops_o, &init_fd, &setsid_, &pdeathsig, &uid, &gid, &setns_o,
-                                     &drop, &cap_keep, &nnp, &refs.filter, &run_uid, &run_gid))
+                                     &drop, &cap_keep, &nnp, &refs.filter, &run_uid, &run_gid, &join_o))
         return NULL;
 
     struct job j;
@@ -548,7 +569,8 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     int release[2] = {-1, -1}, errp[2] = {-1, -1}, in_cgroup = 0;
     if (job_filter(&j, &refs.filter) < 0 || job_argv(&j, argv_o, envp_o, &refs) < 0) goto out;
     j.hostname = opt_str(hostname_o);
-    if (PyErr_Occurred() || job_ops(&j, ops_o, &refs.ops) < 0 || job_setns(&j, setns_o) < 0) goto out;
+    if (PyErr_Occurred() || job_ops(&j, ops_o, &refs.ops) < 0 || job_fds(setns_o, "setns_fds must be a sequence", &j.setns_fds, &j.n_setns) < 0 ||
+        job_fds(join_o, "join_fds must be a sequence", &j.join_fds, &j.n_join) < 0) goto out;
 
     if (pipe2(release, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -580,9 +602,11 @@ static PyMethodDef methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_VARARGS | METH_KEYWORDS,
      "spawn(argv, envp, clone_flags=0, cgroup_fd=-1, unshare_flags=0, hostname=None, lo_up=False,\n"
      "      ops=None, init_fd=-1, setsid=True, pdeathsig=SIGKILL, uid=-1, gid=-1, setns_fds=None,\n"
-     "      drop_caps=False, cap_keep=0, no_new_privs=False, seccomp=None)\n"
+     "      drop_caps=False, cap_keep=0, no_new_privs=False, seccomp=None, run_uid=-1, run_gid=-1,\n"
+     "      join_fds=None)\n"
      "      -> (pid, in_cgroup, release_fd, error_fd)\n\n"
-     "Clone a child that waits for one byte on release_fd, then sets itself up and execs argv\n"
+     "Clone a child that joins the v1 cgroups of join_fds (their `tasks` files, open for writing),\n"
+     "waits for one byte on release_fd, then sets itself up and execs argv\n"
      "(through cgman-init from the sealed memfd init_fd when that is >= 0).\n"
      "See cgman/containers/launch.py for the protocol."},
     {NULL, NULL, 0, NULL},

@@ -2,7 +2,8 @@
 until the parent releases it, and the setup error it reports if it fails before exec.
 
 ``launch`` (a new container) and ``exec_in`` (a process joining a running one) both start their
-process here: clone3 into the cgroup2 leaf, attach to every v1 hierarchy, then ``release()``.
+process here: clone3 into the cgroup2 leaf; the child moves itself into every v1 hierarchy's
+leaf; then ``release()``.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
                   ops: list[Any] | None = None, init: bool = True, uid: int = -1, gid: int = -1,
                   setns_fds: list[int] | None = None, security: Security | None = None,
                   cache_dir: str | None = None, run_user: tuple[int, int] | None = None) -> Process:
-    """Clone a child into ``leaf`` (v2 at birth, v1 before release). It waits for release().
+    """Clone a child into ``leaf`` (v2 at birth, v1 by itself before release). It waits for release().
 
     ``security`` (default: the secure defaults) is applied by the child right before exec;
     ``init``: exec cgman-init from its sealed memfd, which then starts ``argv``."""
@@ -149,6 +150,12 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
             cg_fd = host.v2.t.open_dir(leaf)
         except NotFound:
             cg_fd = -1
+    try:
+        join_fds = host.v1.open_joins(leaf) if host.v1 is not None else []
+    except BaseException:
+        if cg_fd >= 0:
+            os.close(cg_fd)
+        raise
     global _CURRENT_OPS, _CURRENT_ARGV0
     _CURRENT_OPS, _CURRENT_ARGV0 = list(ops or []), os.fsdecode(argv[0]) if argv else ""
     try:
@@ -156,20 +163,19 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
                                             unshare_flags=unshare_flags,
                                             hostname=os.fsencode(hostname) if hostname else None,
                                             lo_up=lo_up, ops=ops or None, init_fd=init_fd, uid=uid, gid=gid,
-                                            setns_fds=setns_fds, **sec_kw,
+                                            setns_fds=setns_fds, join_fds=join_fds, **sec_kw,
                                             **({"run_uid": run_user[0], "run_gid": run_user[1]} if run_user else {}))
     except OSError as e:
         raise LaunchError(f"cannot create the container's process: {e.strerror}"
                           f"{' (too many processes? check pids.max)' if e.errno == errno.EAGAIN else ''}") from None
     finally:
-        if cg_fd >= 0:
-            os.close(cg_fd)
+        for fd in (cg_fd, *join_fds):
+            if fd >= 0:
+                os.close(fd)
     proc = Process(pid, rel, err)
     try:
         if host.v2 is not None and not in_cgroup and host.v2.exists(leaf):
             host.v2.attach(leaf, pid)
-        if host.v1 is not None:
-            host.v1.attach(leaf, pid)
     except BaseException:
         proc.abort()
         raise

@@ -268,15 +268,20 @@ class CgroupTree:
         finally:
             os.close(fd)
 
-    def write(self, rel: str, file: str, value: str) -> None:
-        """One value, one write(2); never creates files."""
+    def open_for_writing(self, rel: str, file: str, value: str | None = None) -> int:
+        """A write-only descriptor of ``file`` of group ``rel`` (never created); the caller
+        writes and closes it. ``value``: what will be written, for the error message."""
         fd = self._open(rel)
         try:
-            ffd = os.open(file, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            return os.open(file, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         except OSError as e:
             raise self._err(rel, file, value, e) from None
         finally:
             os.close(fd)
+
+    def write(self, rel: str, file: str, value: str) -> None:
+        """One value, one write(2); never creates files."""
+        ffd = self.open_for_writing(rel, file, value)
         try:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("write %s = %r", self.path(rel, file), value)

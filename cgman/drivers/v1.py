@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import time
 
 from ..errors import CgroupIOError, FreezeTimeout, NotFound
@@ -95,6 +96,19 @@ class V1Driver:
     def attach(self, path: str, pid: int) -> None:
         for t in self._trees:
             t.write(path, "cgroup.procs", str(pid))
+
+    def open_joins(self, path: str) -> list[int]:
+        """``tasks`` of ``path`` in every hierarchy, open for writing, for a new process that
+        moves itself in by writing 0 (cgman/_spawn.c, join_cgroups, says why). Caller closes."""
+        fds: list[int] = []
+        try:
+            for t in self._trees:
+                fds.append(t.open_for_writing(path, "tasks", "0"))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     # ------------------------------------------------------------------------ freezer
     def freeze(self, path: str, timeout_s: float) -> None:
