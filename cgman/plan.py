@@ -80,6 +80,8 @@ class Layout:
 
 @dataclass
 class Plan:
+    """The kernel file writes that bring groups to their policy on one target."""
+
     target: Target
     groups: list[str] = field(default_factory=list)
     writes: list[Write] = field(default_factory=list)

@@ -49,6 +49,8 @@ class Field:
 
 @dataclass(frozen=True)
 class Int(Field):
+    """An integer in [lo, hi], or "max" where allow_max."""
+
     lo: int = 0
     hi: int = 2**63 - 1
     allow_max: bool = False
@@ -72,6 +74,8 @@ class Int(Field):
 
 @dataclass(frozen=True)
 class Quantity(Field):
+    """A byte quantity: a number or a string with a unit (512Mi, 1G), or "max"."""
+
     def check(self, value: Any) -> Any:
         try:
             return units.parse_quantity(value)
@@ -86,6 +90,8 @@ class Quantity(Field):
 
 @dataclass(frozen=True)
 class Duration(Field):
+    """A duration (100ms, 1s) within [lo_usec, hi_usec]."""
+
     lo_usec: int = 1000
     hi_usec: int = 1_000_000
 
@@ -104,6 +110,8 @@ class Duration(Field):
 
 @dataclass(frozen=True)
 class Cpus(Field):
+    """A CPU count (1.5, "250m"), or "max"."""
+
     def check(self, value: Any) -> Any:
         try:
             return units.parse_cpus(value)
@@ -117,6 +125,8 @@ class Cpus(Field):
 
 @dataclass(frozen=True)
 class CpuList(Field):
+    """A cpuset list ("0-3,8")."""
+
     def check(self, value: Any) -> Any:
         try:
             return units.parse_cpu_list(value)
@@ -130,6 +140,8 @@ class CpuList(Field):
 
 @dataclass(frozen=True)
 class Bool(Field):
+    """true or false."""
+
     def check(self, value: Any) -> Any:
         if not isinstance(value, bool):
             raise Invalid(f"expected true or false, got {shown(value)}")
@@ -141,6 +153,8 @@ class Bool(Field):
 
 @dataclass(frozen=True)
 class Str(Field):
+    """A string, matching pattern where one is given."""
+
     pattern: str | None = None
     hint: str = ""
 
@@ -160,6 +174,8 @@ class Str(Field):
 
 @dataclass(frozen=True)
 class Enum(Field):
+    """One of values."""
+
     values: tuple[Any, ...] = ()
 
     def check(self, value: Any) -> Any:
@@ -173,6 +189,8 @@ class Enum(Field):
 
 @dataclass(frozen=True)
 class Obj(Field):
+    """A mapping with known keys (fields), some required."""
+
     fields: dict[str, Field] = field(default_factory=dict)
     required: tuple[str, ...] = ()
 
@@ -187,6 +205,8 @@ class Obj(Field):
 
 @dataclass(frozen=True)
 class ListOf(Field):
+    """A list of item."""
+
     item: Field = field(default_factory=Field)
 
     def schema(self) -> dict[str, Any]:

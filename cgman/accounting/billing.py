@@ -193,6 +193,8 @@ def _billed(usage: Decimal, alloc: Decimal, p: Price | None) -> Decimal:
 
 @dataclass
 class _Acc:
+    """One tenant's running sums while a bill is added up."""
+
     containers: int = 0
     cpu_s: Decimal = Decimal(0)
     mem_bs: Decimal = Decimal(0)

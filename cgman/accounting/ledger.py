@@ -132,6 +132,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class TenantTotals:
+    """Per-tenant sums over every recorded container (the ledger's tenant_totals table)."""
+
     tenant: str
     containers: int
     cpu_usage_usec: int

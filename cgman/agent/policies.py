@@ -41,6 +41,8 @@ QUIET_S = 0.5
 
 @dataclass
 class FileState:
+    """What the agent knows of one policy file: its last text, parse and apply outcomes."""
+
     digest: bytes | None = None              # of the text last read (or of its read error)
     parsed: list[Group] | None = None        # groups of that text, None if it does not parse
     parse_error: str | None = None
@@ -57,6 +59,8 @@ class FileState:
 
 @dataclass
 class Scan:
+    """What one scan of the policy directory found."""
+
     changed: list[str] = field(default_factory=list)      # files whose text changed (added too)
     removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)       # new errors, one line each

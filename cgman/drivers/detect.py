@@ -19,6 +19,8 @@ V1_SUBSYS = {"cpu": "cpu", "cpuacct": "cpuacct", "cpuset": "cpuset", "memory": "
 
 @dataclass(frozen=True)
 class HostInfo:
+    """The cgroup mounts of this host: v1 controller mountpoints and the cgroup2 mount."""
+
     mode: Target
     v1_mounts: dict[str, str] = field(default_factory=dict)   # cgman controller -> mountpoint
     unified: str | None = None                                  # cgroup2 mountpoint

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Check:
+    """One line of `cgman doctor`: what was checked, whether it passed, and the fix."""
+
     name: str
     ok: bool
     detail: str

@@ -34,6 +34,8 @@ def _now() -> str:
 
 @dataclass
 class State:
+    """One build stage so far: its layers, image settings, history and ARGs."""
+
     layers: list[Layer] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +63,8 @@ class State:
 
 @dataclass
 class Builder:
+    """Builds a Dockerfile's stages into the image store."""
+
     store: ImageStore
     context: str
     file_name: str

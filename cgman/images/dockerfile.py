@@ -23,6 +23,8 @@ class DockerfileError(CgmanError):
 
 @dataclass(frozen=True)
 class Instruction:
+    """One Dockerfile instruction as parsed, with where it was written."""
+
     cmd: str                          # upper case
     rest: str                         # the arguments as written (continuations joined)
     line: int

@@ -15,6 +15,8 @@ EMPTY_LAYER = "empty"
 
 @dataclass(frozen=True)
 class RunSettings:
+    """What `cgman run --image` takes from an image: layers, command, env, cwd, user."""
+
     layers: tuple[str, ...]
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]

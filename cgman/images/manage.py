@@ -128,6 +128,8 @@ def rmi(store: ImageStore, ref: str, live_layers: list[tuple[str, list[str]]]) -
 
 @dataclass(frozen=True)
 class Pruned:
+    """What an image prune removed."""
+
     blobs: int
     layers: int
     bytes: int

@@ -57,6 +57,8 @@ def parse_ref(text: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Layer:
+    """One layer blob of an image and its uncompressed digest."""
+
     digest: str
     diff_id: str
     size: int
@@ -65,6 +67,8 @@ class Layer:
 
 @dataclass(frozen=True)
 class Image:
+    """A tagged image in the store: manifest, config and layers."""
+
     ref: str
     manifest_digest: str
     config: dict[str, Any]

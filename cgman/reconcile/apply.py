@@ -33,12 +33,16 @@ class ApplyError(CgmanError):
 
 @dataclass
 class Change:
+    """One write an apply made, with the value it replaced."""
+
     write: Write
     old: str | None          # live value before (None: group is new / not readable)
 
 
 @dataclass
 class Result:
+    """What an apply did: groups created, writes made, groups pruned."""
+
     plan: Plan
     created: list[str] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
