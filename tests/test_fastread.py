@@ -42,6 +42,18 @@ def test_every_c_kind_has_samples():
     assert kinds == {name for name, _ in SAMPLES}
 
 
+def test_each_parser_yields_the_values_statfiles_says():
+    """statfiles.YIELDS, by which status and ps choose the files to open, is what each parser
+    gives on every shape of its file (no more, no less)."""
+    got: dict[statfiles.Parser, set[str]] = {p: set() for p in statfiles.PARSERS.values()}
+    for kind, text in [*SAMPLES, ("memory_peak", V2["memory.peak"])]:
+        out: statfiles.Values = {}
+        statfiles.PARSERS[kind](text, out)
+        got[statfiles.PARSERS[kind]] |= set(out)
+    assert {n: got[p] for n, p in statfiles.PARSERS.items()} == \
+        {n: set(statfiles.YIELDS[p]) for n, p in statfiles.PARSERS.items()}
+
+
 def _c_values(tmp_path: Path, kind: str, text: str) -> dict[str, int]:
     """read_parse of one file of ``kind``: the value slots it filled (-1: absent)."""
     f = tmp_path / "file"
