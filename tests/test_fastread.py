@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,46 @@ def test_a_mismatch_of_the_tables_is_named(plant, named):
     assert fast.mismatches(slots, kinds) == []
     found = fast.mismatches(*plant(slots, kinds))
     assert any(named in m for m in found), found
+
+
+_STALE = """
+import logging, sys
+import cgman._fastread as m
+{plant}
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from cgman.exporter import fast
+from cgman.exporter.collector import Collector
+from cgman.drivers.detect import HostInfo
+col = Collector(HostInfo("v2", {{}}, {unified!r}, frozenset()), {run!r}, {state!r})
+print(fast.module(), fast.module(), col._fast)
+"""
+
+
+@needs_c
+@pytest.mark.parametrize("plant, named", [
+    ("del m.SLOTS, m.KINDS", "exports no SLOTS/KINDS table"),
+    ("del m.KINDS", "exports no KINDS table"),
+    ("m.KINDS = tuple(k for k in m.KINDS if k != 'psi_io')", "parser 'psi_io' of drivers/statfiles.py has no C kind")])
+def test_a_stale_c_build_is_not_used_and_says_so_once(tmp_path, plant, named):
+    """A _fastread built from other sources (its tables absent or different): the exporter parses
+    in Python, and says why, once, and how to rebuild it."""
+    from .conftest import REPO
+    info = fixture_host(tmp_path, "v2").info
+    code = _STALE.format(plant=plant, unified=info.unified, run=str(tmp_path / "run"), state=str(tmp_path / "state"))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["None", "None", "None"]           # neither module() nor a collector uses it
+    warnings = [ln for ln in p.stderr.splitlines() if ln.startswith("WARNING")]
+    assert len(warnings) == 1, p.stderr
+    assert named in warnings[0] and "pip install -e ." in warnings[0]
+
+
+def test_an_unbuilt_c_helper_is_the_quiet_slow_path(tmp_path):
+    from .conftest import REPO
+    code = ("import sys, logging; sys.modules['cgman._fastread'] = None; logging.basicConfig()\n"
+            "from cgman.exporter import fast; print(fast.module())")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert (p.returncode, p.stdout.strip(), p.stderr) == (0, "None", "")
 
 
 # ------------------------------------------------------------------ whole scrapes
