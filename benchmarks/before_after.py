@@ -13,8 +13,8 @@ Each block runs ``<tree>/.venv/bin/python <tree>/benchmarks/<bench>.py --json AR
 machine hits both alike. What is compared, per block, is each cgman measure the benchmark
 reports:
 
-  launch, scrape   ``results`` / ``rows``: ``median_ms`` of each contender
-  apply            ``summary.rows``: ``first_s`` and ``second_s`` of ``cgman-api`` and ``cgman-cli``
+  launch, scrape, status   ``results`` / ``rows``: ``median_ms`` of each contender
+  apply                    ``summary.rows``: ``first_s`` and ``second_s`` of ``cgman-api`` and ``cgman-cli``
 
 Printed: per measure, the median over blocks of before and after, and after/before. A ratio
 within the spread of the blocks is noise; the spread (min-max of the per-block ratios) is printed
@@ -54,7 +54,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--before", required=True, type=Path, help="checkout of the old commit (with .venv)")
     ap.add_argument("--after", required=True, type=Path, help="checkout of the new commit (with .venv)")
-    ap.add_argument("--bench", required=True, choices=("launch", "scrape", "apply"))
+    ap.add_argument("--bench", required=True, choices=("launch", "scrape", "apply", "status"))
     ap.add_argument("--blocks", type=int, default=4, help="before/after pairs, alternating order")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per benchmark run")
     ap.add_argument("args", nargs="*", help="passed to the benchmark (after --)")

@@ -237,6 +237,55 @@ def test_a_container_vanishing_mid_scrape_never_fails_it(lib):
         lib.store.delete("ghost")
 
 
+@pytest.mark.cgroup2
+def test_a_group_gone_before_its_read_costs_only_its_samples_a_missing_root_or_mount_is_an_error(
+        host, tmp_path, monkeypatch, caplog):
+    """Between the listing of records and the first read of a group, the group is removed: that
+    container's samples go, nothing else, and no error. A record under a cgman root that does
+    not exist, or a cgroup mount that is not there, is a read error that says so, never taken
+    for a container that has gone."""
+    from cgman.exporter.collector import Collector
+    from .test_fastread import _record
+    run = tmp_path / "run"
+    host.create(".")
+    for name in ("stays", "goes"):
+        host.create(name)
+        _record(run, name, name, root=host.root)
+    col = Collector(host.info, str(run), str(tmp_path / "state"), c_scrape=False)
+    listed = col.records.scan
+
+    def scan_then_remove():
+        found = listed()
+        host.remove("goes")
+        return found
+    monkeypatch.setattr(col.records, "scan", scan_then_remove)
+    try:
+        text = col.collect()
+        assert 'container="stays"' in text and 'container="goes"' not in text
+        assert value(text, "cgman_cpu_usage_seconds_total", container="stays", group="grp", tenant="acme") == 0
+        assert col.read_errors == 0 and not host.exists("goes")
+        _record(run, "rootless", "stays", root=f"{host.root}-missing")
+        with caplog.at_level("WARNING", logger="cgman.exporter.collector"):
+            text = col.collect()
+        assert 'container="stays"' in text and 'container="rootless"' not in text
+        assert col.read_errors == 1
+        assert any(f"{host.root}-missing does not exist" in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        col.close()
+    info = dataclasses.replace(host.info, unified=str(tmp_path / "no-mount")) if host.info.unified else \
+        dataclasses.replace(host.info, v1_mounts={**host.info.v1_mounts, "memory": str(tmp_path / "no-mount")})
+    col = Collector(info, str(run), str(tmp_path / "state"), c_scrape=False)
+    caplog.clear()
+    try:
+        with caplog.at_level("WARNING", logger="cgman.exporter.collector"):
+            text = col.collect()
+        assert 'container="stays"' not in text and col.read_errors == 3     # each record: no mount
+        assert any(r.getMessage().startswith("container stays: ") and "cannot open the cgroup mount" in
+                   r.getMessage() and "no-mount" in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        col.close()
+
+
 def test_tenant_counters_cover_exited_containers_per_tenant(lib):
     run_to_end(lib, spec("x1", burn(0.05)))
     run_to_end(lib, spec("y1", burn(0.05), group="beta", tenant="beta-corp"))

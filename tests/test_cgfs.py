@@ -3,6 +3,7 @@ cgroupfs itself cannot hold symlinks, so the symlink case is exercised on tmpfs)
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -121,3 +122,38 @@ def test_above_the_root_and_at_the_mount_only_reads_confined(tmp_path):
     t.close()
     assert len(os.listdir("/proc/self/fd")) == fds_before - 1       # the kept mount descriptor
     assert t.read("g", "pids.current") == "3\n"                     # opened again when needed
+
+
+def test_every_read_opens_its_file_in_one_place(tmp_path, monkeypatch):
+    """read, read_files, open_for_reading, read_above and read_in_hierarchy all open the file
+    through cgfs._open_at (O_NOFOLLOW), the one opener of a file to read; and a file that is a
+    symlink is refused by each of them."""
+    from cgman.drivers import cgfs
+    t, g, outside = _tree_with_files(tmp_path)
+    opened: list[str] = []
+    real = cgfs._open_at
+    monkeypatch.setattr(cgfs, "_open_at", lambda dirfd, file: opened.append(file) or real(dirfd, file))
+    mnt = str(tmp_path / "mnt")
+    readers = {
+        "read": lambda f: t.read("g", f),
+        "read_files": lambda f: t.read_files("g", [f])[0],
+        "open_for_reading": lambda f: os.close(t.open_for_reading("g", [f])[0]),
+        "read_above": lambda f: t.read_above(f),
+        "read_in_hierarchy": lambda f: cgfs.read_in_hierarchy(mnt, "top", f),
+    }
+    (tmp_path / "mnt" / "top" / "pids.current").write_text("4\n")
+    for name, reader in readers.items():
+        opened.clear()
+        reader("pids.current")
+        assert opened == ["pids.current"], name
+    os.symlink(outside / "pids.current", g / "pids.link")
+    os.symlink(outside / "pids.current", tmp_path / "mnt" / "top" / "pids.link")
+    for name, reader in readers.items():
+        try:
+            got = reader("pids.link")
+        except CgroupIOError as e:
+            assert e.errno == errno.ELOOP, name
+        else:
+            assert name == "read_files" and got is None, name
+    src = open(cgfs.__file__).read()
+    assert src.count("_READ_FLAGS, dir_fd=") == 1, "a file to read is opened somewhere else in cgfs.py"

@@ -1,12 +1,16 @@
 """The exporter's C path (cgman/_fastread.c) held to the Python reads of drivers/, without
 cgroups: the same kernel-shaped files go through C and through drivers/statfiles.py and
 must give the same values, slot by slot; whole scrapes of fixture trees give the same text
-by either path; and the tables C and Python share are checked name by name."""
+by either path; and the tables C and Python share are checked name by name, as written in
+_fastread.c (whether or not it is built) and as built."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,9 +41,32 @@ SAMPLES = [
 ]
 
 
+def source_tables() -> tuple[list[str], list[str]]:
+    """SLOTS and KINDS as cgman/_fastread.c writes them (its X-macro tables), read from the
+    source, so that the tables are held to Python whether or not the C helper is built."""
+    src = (Path(fast.__file__).parent.parent / "_fastread.c").read_text()
+
+    def table(name: str) -> list[str]:
+        m = re.search(rf"^#define {name}\(X\)((?:.*\\\n)*.*)$", src, re.M)
+        assert m, f"no {name} in _fastread.c"
+        return re.findall(r'X\(\s*\w+\s*,\s*"([^"]*)"\s*\)', m.group(1))
+    return table("SLOT_TABLE"), table("KIND_TABLE")
+
+
 def test_every_c_kind_has_samples():
-    kinds = set(C.KINDS[1:]) if C is not None else set(statfiles.PARSERS) - fast.PYTHON_ONLY
-    assert kinds == {name for name, _ in SAMPLES}
+    assert set(source_tables()[1][1:]) == {name for name, _ in SAMPLES}
+
+
+def test_each_parser_yields_the_values_statfiles_says():
+    """statfiles.YIELDS, by which status and ps choose the files to open, is what each parser
+    gives on every shape of its file (no more, no less)."""
+    got: dict[statfiles.Parser, set[str]] = {p: set() for p in statfiles.PARSERS.values()}
+    for kind, text in [*SAMPLES, ("memory_peak", V2["memory.peak"])]:
+        out: statfiles.Values = {}
+        statfiles.PARSERS[kind](text, out)
+        got[statfiles.PARSERS[kind]] |= set(out)
+    assert {n: got[p] for n, p in statfiles.PARSERS.items()} == \
+        {n: set(statfiles.YIELDS[p]) for n, p in statfiles.PARSERS.items()}
 
 
 def _c_values(tmp_path: Path, kind: str, text: str) -> dict[str, int]:
@@ -68,18 +95,19 @@ def test_c_parses_each_file_as_the_python_parser_does(tmp_path, kind, text):
 
 # ------------------------------------------------------------------ shared tables
 def test_the_c_tables_match_what_python_uses():
+    slots, kinds = source_tables()
+    assert len(slots) > 20 and len(kinds) > 15                 # the tables were found and read
+    assert fast.mismatches(slots, kinds) == []
+
+
+def test_the_c_build_is_of_these_sources():
+    """A stale build (other tables than _fastread.c's) would make the exporter parse in Python."""
     if C is None:
         pytest.skip("cgman._fastread is not built")
+    assert (list(C.SLOTS), list(C.KINDS)) == source_tables(), "rebuild it: pip install -e ."
     assert fast.MISMATCHES == [] and fast.module() is C
     assert fast.SLOTS == C.SLOTS and fast.NSLOTS == C.NSLOTS == len(C.SLOTS)
     assert {fast.KIND[statfiles.PARSERS[k]] for k in C.KINDS[1:]} == set(range(1, len(C.KINDS)))
-
-
-def _tables() -> tuple[list[str], list[str]]:
-    slots = list(C.SLOTS) if C is not None else [m.key for m in fast.CONTAINER] + list(fast.COMPAT_KEYS) + \
-        ["_gone", "_errors", *fast.RECORD_SLOTS]
-    kinds = list(C.KINDS) if C is not None else ["skip", *sorted(set(statfiles.PARSERS) - fast.PYTHON_ONLY)]
-    return list(dict.fromkeys(slots)), kinds
 
 
 @pytest.mark.parametrize("plant, named", [
@@ -91,10 +119,50 @@ def _tables() -> tuple[list[str], list[str]]:
     (lambda s, k: (s, [n for n in k if n != "psi_io"]), "parser 'psi_io' of drivers/statfiles.py has no C kind"),
     (lambda s, k: (s, k[1:]), "kind 0 must be 'skip'")])
 def test_a_mismatch_of_the_tables_is_named(plant, named):
-    slots, kinds = _tables()
+    slots, kinds = source_tables()
     assert fast.mismatches(slots, kinds) == []
     found = fast.mismatches(*plant(slots, kinds))
     assert any(named in m for m in found), found
+
+
+_STALE = """
+import logging, sys
+import cgman._fastread as m
+{plant}
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from cgman.exporter import fast
+from cgman.exporter.collector import Collector
+from cgman.drivers.detect import HostInfo
+col = Collector(HostInfo("v2", {{}}, {unified!r}, frozenset()), {run!r}, {state!r})
+print(fast.module(), fast.module(), col._fast)
+"""
+
+
+@needs_c
+@pytest.mark.parametrize("plant, named", [
+    ("del m.SLOTS, m.KINDS", "exports no SLOTS/KINDS table"),
+    ("del m.KINDS", "exports no KINDS table"),
+    ("m.KINDS = tuple(k for k in m.KINDS if k != 'psi_io')", "parser 'psi_io' of drivers/statfiles.py has no C kind")])
+def test_a_stale_c_build_is_not_used_and_says_so_once(tmp_path, plant, named):
+    """A _fastread built from other sources (its tables absent or different): the exporter parses
+    in Python, and says why, once, and how to rebuild it."""
+    from .conftest import REPO
+    info = fixture_host(tmp_path, "v2").info
+    code = _STALE.format(plant=plant, unified=info.unified, run=str(tmp_path / "run"), state=str(tmp_path / "state"))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["None", "None", "None"]           # neither module() nor a collector uses it
+    warnings = [ln for ln in p.stderr.splitlines() if ln.startswith("WARNING")]
+    assert len(warnings) == 1, p.stderr
+    assert named in warnings[0] and "pip install -e ." in warnings[0]
+
+
+def test_an_unbuilt_c_helper_is_the_quiet_slow_path(tmp_path):
+    from .conftest import REPO
+    code = ("import sys, logging; sys.modules['cgman._fastread'] = None; logging.basicConfig()\n"
+            "from cgman.exporter import fast; print(fast.module())")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert (p.returncode, p.stdout.strip(), p.stderr) == (0, "None", "")
 
 
 # ------------------------------------------------------------------ whole scrapes

@@ -173,6 +173,42 @@ def test_every_value_of_a_group_is_read_from_the_hierarchy_that_has_it(tmp_path,
         (want["cpu_usage_usec"], want["memory_bytes"], want["pids"], mode != "v2")   # v1 FREEZING: frozen
 
 
+def opened_files(monkeypatch) -> list[str]:
+    """The names of the cgroup files opened from now on (every open goes through cgfs._open_at)."""
+    from cgman.drivers import cgfs
+    opened: list[str] = []
+    real = cgfs._open_at
+    monkeypatch.setattr(cgfs, "_open_at", lambda dirfd, file: opened.append(file) or real(dirfd, file))
+    return opened
+
+
+@pytest.mark.parametrize("mode, status_files", [
+    ("v2", ["cpu.stat", "memory.current", "pids.current", "cgroup.events"]),
+    ("hybrid", ["cpu.stat", "memory.usage_in_bytes", "pids.current", "freezer.state"]),
+    ("v1", ["cpuacct.usage", "memory.usage_in_bytes", "pids.current", "freezer.state"])])
+def test_status_and_ps_open_only_the_files_whose_values_they_show(tmp_path, monkeypatch, mode, status_files):
+    """Not the whole stat table (7 files on v2, 10 on v1): one file per value shown."""
+    from cgman.containers.manage import PS_VALUES
+    host = fixture_host(tmp_path, mode)
+    opened = opened_files(monkeypatch)
+    u = host.usage(LEAF)
+    assert opened == status_files
+    assert (u.cpu_usage_usec, u.memory_bytes, u.pids) == tuple(read_stats(host, LEAF)[k]   # type: ignore[index]
+                                                              for k in ("cpu_usage_usec", "memory_bytes", "pids"))
+    opened.clear()
+    u = host.usage(LEAF, PS_VALUES)
+    assert opened == status_files[:2] and u.pids is None and u.frozen is None
+    assert u.memory_bytes == read_stats(host, LEAF)["memory_bytes"]          # type: ignore[index]
+
+
+def test_a_reader_of_a_derived_value_reads_what_it_is_derived_from(tmp_path):
+    host = fixture_host(tmp_path, "v2")
+    files = statfiles.files_for(host.info, ["memory_working_set_bytes"])
+    assert [f.file for f in files] == ["memory.current", "memory.stat"]
+    assert [f.file for f in statfiles.files_for(host.info, ["psi_io_full_usec", "memory_peak_bytes"])] == \
+        ["memory.peak", "io.pressure"]
+
+
 def test_a_missing_file_leaves_its_values_out_and_a_missing_group_is_none(tmp_path):
     host = fixture_host(tmp_path, "v2")
     os.unlink(tmp_path / "unified" / ROOT / LEAF / "io.pressure")
@@ -233,7 +269,7 @@ def test_a_bill_takes_the_tightest_limit_on_the_path(tmp_path):
 # ---------------------------------------------------------------------- real kernel
 @pytest.mark.kernel
 @pytest.mark.cgroup2
-def test_status_and_the_bill_read_the_same_numbers(host, tmp_path):
+def test_status_and_the_bill_read_the_same_numbers(host, tmp_path, monkeypatch):
     """A finished group's counters rest: what `cgman status` shows is what a bill records."""
     from cgman.accounting.usage import effective_limits
     from cgman.policy import load_files
@@ -251,7 +287,16 @@ def test_status_and_the_bill_read_the_same_numbers(host, tmp_path):
     finally:
         p.kill()
         p.wait()
+    from cgman.containers.manage import PS_VALUES
+    opened = opened_files(monkeypatch)
     row = status(host, "g")[0]
+    table = {f.file for f in statfiles.stat_files(host.info, final=True)}
+    shown = sorted(f.file for f in statfiles.files_for(host.info, ["cpu_usage_usec", "memory_bytes", "pids",
+                                                                   "frozen"]))
+    assert sorted(f for f in opened if f in table) == shown and len(shown) == 4, opened
+    opened.clear()
+    host.usage("g", PS_VALUES)
+    assert len(opened) == 2, opened
     bill = read_stats(host, "g", final=True)
     assert bill is not None and bill["cpu_usage_usec"] > 10_000          # the loop's CPU time was counted
     assert row["cpu_usage_seconds"] * 1e6 == pytest.approx(bill["cpu_usage_usec"], abs=0.5)

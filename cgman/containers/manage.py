@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from ..drivers import Host
 
 HostFactory = Callable[[str], "Host"]
+# The usage `cgman ps` shows: only the files that hold these are read.
+PS_VALUES = ("cpu_usage_usec", "memory_bytes")
 
 
 def state_of(host: "Host | None", rec: Record) -> str:
@@ -63,7 +65,7 @@ def ps(store: Store, hosts: HostFactory, all_: bool = False) -> list[dict[str, A
             except (psutil.Error, AssertionError):
                 pass
             try:
-                u = host.usage(rec.cgroup)
+                u = host.usage(rec.cgroup, PS_VALUES)
                 row["cpu_s"] = None if u.cpu_usage_usec is None else u.cpu_usage_usec / 1e6
                 row["memory_bytes"] = u.memory_bytes
             except CgmanError:

@@ -236,9 +236,10 @@ class Host:
             time.sleep(0.002)
         return n
 
-    def usage(self, path: str) -> Usage:
-        """What ``cgman status`` and ``cgman ps`` show of a group (drivers/reads.py)."""
-        return reads.usage(self, path)
+    def usage(self, path: str, values: tuple[str, ...] = reads.USAGE_VALUES) -> Usage:
+        """What ``cgman status`` and ``cgman ps`` show of a group, reading only the files
+        that hold ``values`` (drivers/reads.py)."""
+        return reads.usage(self, path, values)
 
 
 def open_host(root: str | None = None, mountinfo: str | None = None) -> Host:

@@ -195,17 +195,11 @@ class CgroupTree:
     def read(self, rel: str, file: str) -> str:
         fd = self._open(rel)
         try:
-            ffd = os.open(file, _READ_FLAGS, dir_fd=fd)
+            return _read_at(fd, file)
         except OSError as e:
             raise self._err(rel, file, None, e) from None
         finally:
             os.close(fd)
-        try:
-            return _read_all(ffd)
-        except OSError as e:
-            raise self._err(rel, file, None, e) from None
-        finally:
-            os.close(ffd)
 
     def read_files(self, rel: str, files: list[str]) -> list[str | None]:
         """Each of ``files`` of group ``rel`` in one walk; None for a file that is missing or
@@ -215,16 +209,9 @@ class CgroupTree:
         try:
             for file in files:
                 try:
-                    ffd = os.open(file, _READ_FLAGS, dir_fd=fd)
+                    out.append(_read_at(fd, file))
                 except OSError:
                     out.append(None)
-                    continue
-                try:
-                    out.append(_read_all(ffd))
-                except OSError:
-                    out.append(None)
-                finally:
-                    os.close(ffd)
         finally:
             os.close(fd)
         return out
@@ -239,7 +226,7 @@ class CgroupTree:
         try:
             for file in files:
                 try:
-                    fds.append(os.open(file, _READ_FLAGS, dir_fd=fd))
+                    fds.append(_open_at(fd, file))
                 except FileNotFoundError:
                     fds.append(-1)
                 except OSError as e:
@@ -258,15 +245,8 @@ class CgroupTree:
     def read_above(self, file: str) -> str:
         """``file`` of the directory that holds the cgman root: the one place above its tree
         that cgman reads (what it may enable, what a new v1 cpuset inherits); never written."""
-        where = os.path.join(self.mount, *self._root_parts[:-1])
-        try:
-            fd = self._walk(self._root_parts[:-1], where)
-        except OSError as e:
-            raise CgroupIOError(where, "", None, e.errno or 0, e.strerror or str(e)) from None
-        try:
-            return _read_file(fd, file, where)
-        finally:
-            os.close(fd)
+        return _read_below(self._cached_mount_fd(), self._root_parts[:-1], file,
+                           os.path.join(self.mount, *self._root_parts[:-1]))
 
     def open_for_writing(self, rel: str, file: str, value: str | None = None) -> int:
         """A write-only descriptor of ``file`` of group ``rel`` (never created); the caller
@@ -324,41 +304,47 @@ def _walk(mfd: int, parts: list[str], where: str) -> int:
     return fd if fd != mfd else os.dup(mfd)
 
 
-def _read_all(fd: int) -> str:
-    chunks = []
-    while b := os.read(fd, 65536):
-        chunks.append(b)
-    return b"".join(chunks).decode()
+def _open_at(dirfd: int, file: str) -> int:
+    """A read-only descriptor of ``file`` in the directory ``dirfd``, never through a symlink:
+    every read of a cgroup file opens it here."""
+    return os.open(file, _READ_FLAGS, dir_fd=dirfd)
 
 
-def _read_file(dirfd: int, file: str, where: str) -> str:
-    """``file`` in the directory ``dirfd`` (named ``where`` in errors), not through a symlink."""
+def _read_at(dirfd: int, file: str) -> str:
+    """The whole of ``file`` in the directory ``dirfd`` (_open_at, read, close); the OSError."""
+    ffd = _open_at(dirfd, file)
     try:
-        ffd = os.open(file, _READ_FLAGS, dir_fd=dirfd)
-        try:
-            return _read_all(ffd)
-        finally:
-            os.close(ffd)
+        chunks = []
+        while b := os.read(ffd, 65536):
+            chunks.append(b)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(ffd)
+
+
+def _read_below(mfd: int, parts: list[str], file: str, where: str) -> str:
+    """``file`` of the directory ``parts`` below the mount ``mfd`` (named ``where`` in errors)."""
+    try:
+        fd = _walk(mfd, parts, where)
+    except OSError as e:
+        raise CgroupIOError(where, "", None, e.errno or 0, e.strerror or str(e)) from None
+    try:
+        return _read_at(fd, file)
     except OSError as e:
         raise CgroupIOError(where, file, None, e.errno or 0, e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
 
 
 def read_in_hierarchy(mount: str, rel: str, file: str) -> str:
     """``file`` of the directory ``rel`` below the hierarchy's ``mount`` ("." the top), walked
     like every other read, for the files read before a cgman root is bound or above it: what
     the hierarchy offers, what the root's parent delegates."""
-    where = os.path.join(mount, *split_path(rel))
     try:
         mfd = os.open(mount, _DIR_FLAGS)
     except OSError as e:
         raise CgroupIOError(mount, "", None, e.errno or 0, f"cannot open the cgroup mount: {e.strerror}") from None
     try:
-        fd = _walk(mfd, split_path(rel), where)
-    except OSError as e:
-        raise CgroupIOError(where, "", None, e.errno or 0, e.strerror or str(e)) from None
+        return _read_below(mfd, split_path(rel), file, os.path.join(mount, *split_path(rel)))
     finally:
         os.close(mfd)
-    try:
-        return _read_file(fd, file, where)
-    finally:
-        os.close(fd)

@@ -1,8 +1,8 @@
 """Reading a group: its usage (statfiles.py's table) and its limits, as the kernel holds them.
 
 ``cgman status``, ``cgman ps``, the memory samples and the final usage of a bill all read
-through here, with the same files and parsers as the exporter, and every file is opened
-through the confined walk of cgfs.py.
+through here, with the same files and parsers as the exporter (status and ps open only the
+files whose values they show), and every file is opened through the confined walk of cgfs.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ..errors import CgmanError, NotFound
 from ..plan import Write
 from . import formats as fmt
 from .base import Usage
-from .statfiles import StatFile, Values, finalize, memory_usage_file, stat_files
+from .statfiles import StatFile, Values, files_for, finalize, memory_usage_file, stat_files
 
 if TYPE_CHECKING:
     from . import Host
@@ -59,14 +59,19 @@ def read_stats(host: "Host", cgroup: str, *, final: bool = False, pressure: bool
     return read_values(host, cgroup, stat_files(host.info, final=final, pressure=pressure))
 
 
-def usage(host: "Host", path: str) -> Usage:
-    """The usage ``cgman status`` and ``cgman ps`` show: the same reads as a bill's."""
-    values = read_stats(host, path, pressure=False)
-    if values is None:
+# What `cgman status` shows of a group's usage (`cgman ps` shows the first two).
+USAGE_VALUES = ("cpu_usage_usec", "memory_bytes", "pids", "frozen")
+
+
+def usage(host: "Host", path: str, values: tuple[str, ...] = USAGE_VALUES) -> Usage:
+    """The usage ``cgman status`` and ``cgman ps`` show, with a bill's files and parsers;
+    only the files that hold ``values`` are read (the rest of the Usage is None)."""
+    read = read_values(host, path, files_for(host.info, values))
+    if read is None:
         raise NotFound(f"no group {path} under the cgman root {host.root}")
-    frozen = values.get("frozen")
-    return Usage(cpu_usage_usec=values.get("cpu_usage_usec"), memory_bytes=values.get("memory_bytes"),
-                 pids=values.get("pids"), frozen=None if frozen is None else bool(frozen))
+    frozen = read.get("frozen")
+    return Usage(cpu_usage_usec=read.get("cpu_usage_usec"), memory_bytes=read.get("memory_bytes"),
+                 pids=read.get("pids"), frozen=None if frozen is None else bool(frozen))
 
 
 def memory_bytes(host: "Host", cgroup: str) -> int | None:

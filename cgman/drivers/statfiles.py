@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import formats as fmt
 
@@ -152,6 +152,23 @@ PARSERS: dict[str, Parser] = {
     "v1_memory_stat_rss": p_v1_memory_stat_rss, "v2_memory_stat_rss": p_v2_memory_stat_rss,
 }
 
+_CPU = ("cpu_usage_usec", "cpu_user_usec", "cpu_system_usec")
+_IO = ("io_read_bytes", "io_write_bytes", "io_read_ops", "io_write_ops")
+# The values each parser can add (tests hold each parser to its line): a reader that shows a
+# few values opens only the files whose parsers give them (``files_for``).
+YIELDS: dict[Parser, frozenset[str]] = {p: frozenset(names) for p, names in (
+    (p_v2_cpu_stat, (*_CPU, "cpu_throttled_usec")), (p_v1_cpuacct_usage, ("cpu_usage_usec",)),
+    (p_v1_cpuacct_stat, _CPU[1:]), (p_v1_cpu_stat, ("cpu_throttled_usec",)), (p_memory_bytes, ("memory_bytes",)),
+    (p_memory_peak, ("memory_peak_bytes",)), (p_v1_memory_stat, ("memory_inactive_file_bytes",)),
+    (p_v2_memory_stat, ("memory_inactive_file_bytes",)), (p_oom_kills, ("memory_oom_kills",)),
+    (p_v1_blkio_bytes, _IO[:2]), (p_v1_blkio_ops, _IO[2:]), (p_v2_io_stat, _IO), (p_pids, ("pids",)),
+    (p_v1_freezer, ("frozen",)), (p_v2_events, ("frozen",)),
+    *((p, (f"psi_{k}_some_usec", f"psi_{k}_full_usec")) for p, k in
+      ((p_psi_cpu, "cpu"), (p_psi_memory, "memory"), (p_psi_io, "io"))),
+    *((p, ("memory_inactive_file_bytes", "memory_rss_bytes", "memory_cache_bytes")) for p in RSS_PARSERS.values()))}
+# Values finalize() derives, and the values they are derived from.
+DERIVED = {"memory_working_set_bytes": frozenset({"memory_bytes", "memory_inactive_file_bytes"})}
+
 
 def finalize(out: Values) -> Values:
     """Derived values: the working set is usage minus inactive file cache, as cAdvisor."""
@@ -237,3 +254,14 @@ def stat_files(info: "HostInfo", *, pressure: bool = True, final: bool = False) 
         files += [StatFile(u, "cpu.pressure", p_psi_cpu), StatFile(u, "memory.pressure", p_psi_memory),
                   StatFile(u, "io.pressure", p_psi_io)]
     return files
+
+
+def files_for(info: "HostInfo", values: Iterable[str]) -> list[StatFile]:
+    """The files of ``stat_files`` that hold any of ``values``, and only those: what a reader
+    that shows a few values (``cgman status``, ``cgman ps``) opens."""
+    want: set[str] = set()
+    for v in values:
+        want |= DERIVED.get(v, {v})
+    pressure = any(v.startswith("psi_") for v in want)
+    return [f for f in stat_files(info, pressure=pressure, final="memory_peak_bytes" in want)
+            if YIELDS[f.parse] & want]

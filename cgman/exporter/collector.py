@@ -14,7 +14,9 @@ is not metric state but two caches of facts that only change when a container do
 
 A container that vanishes mid-scrape (its cgroup removed between listing and
 reading) is skipped; it never fails the scrape. Any other read or parse failure
-counts in ``cgman_exporter_read_errors_total`` and leaves that value out.
+counts in ``cgman_exporter_read_errors_total``, is logged, and leaves that value out;
+a cgroup mount or cgman root that is missing or unreadable is such a failure (for each
+container under it), never taken for vanished containers.
 
 Tenant counters: live containers are read first, then the ledger. A container that
 exits in between is already in the ledger when its cgroup is gone (finish() commits
@@ -34,7 +36,7 @@ from typing import Any, Callable, Iterator
 from ..accounting.ledger import Ledger, LedgerError, LedgerNotReady, ledger_path
 from ..drivers import statfiles
 from ..drivers.cgfs import CgroupTree
-from ..errors import CgmanError, CgroupIOError, NotFound
+from ..errors import CgmanError, NotFound
 from .cadvisor import KEYS as COMPAT_KEYS
 from .cadvisor import render as render_compat
 from .live import Live, Records, escape
@@ -124,15 +126,18 @@ class Collector:
         fds = [-1] * len(self.files)
         try:
             for mount, (idx, names) in self._by_mount.items():
-                tree = self._trees.get((mount, c.root))
-                if tree is None:
-                    tree = self._trees[(mount, c.root)] = CgroupTree(mount, c.root)
-                for i, fd in zip(idx, tree.open_for_reading(c.cgroup, names), strict=True):
+                for i, fd in zip(idx, self._tree(mount, c.root).open_for_reading(c.cgroup, names), strict=True):
                     fds[i] = fd
         except BaseException:
             _Open(fds).close()
             raise
         return fds
+
+    def _tree(self, mount: str, root: str) -> CgroupTree:
+        tree = self._trees.get((mount, root))
+        if tree is None:
+            tree = self._trees[(mount, root)] = CgroupTree(mount, root)
+        return tree
 
     def _fds_for(self, c: Live) -> _Open | None:
         o = self._open.get(c.id)
@@ -141,16 +146,31 @@ class Collector:
         try:
             o = _Open(self._open_files(c))
         except NotFound:
-            return None           # the cgroup is gone (or not there yet)
-        except CgmanError as e:
-            if not (isinstance(e, CgroupIOError) and e.errno in (errno.ENOENT, errno.ENODEV)):
-                self.read_errors += 1
-                self._unread.add(c.tenant)
-                log.warning("container %s: cannot open its stat files: %s", c.name, e)
-            return None
-        if len(self._open) * len(self.files) < self._fd_budget:
-            self._open[c.id] = o
-        return o
+            problem = self._root_problem(c)
+            if problem is None:
+                return None       # the group is gone (or not there yet): only its samples go
+        except CgmanError as e:   # a mount that is missing, a root or group that is unreadable
+            problem = f"cannot open its stat files: {e}"
+        else:
+            if len(self._open) * len(self.files) < self._fd_budget:
+                self._open[c.id] = o
+            return o
+        self.read_errors += 1
+        self._unread.add(c.tenant)
+        log.warning("container %s: %s", c.name, problem)
+        return None
+
+    def _root_problem(self, c: Live) -> str | None:
+        """Why ``c``'s group was not found when its root is what is missing (None: the root is
+        there, the group is not): a scrape says so instead of showing no containers."""
+        for mount in self._by_mount:
+            tree = self._tree(mount, c.root)
+            try:
+                if not tree.exists():
+                    return f"its cgroup root {tree.path()} does not exist"
+            except CgmanError as e:
+                return f"cannot open its cgroup root: {e}"
+        return None
 
     def _drop(self, cid: str) -> None:
         o = self._open.pop(cid, None)

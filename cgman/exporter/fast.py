@@ -5,11 +5,13 @@ The slot and kind tables are written once, in C, and exported by name (``SLOTS``
 drivers/statfiles.py parser of the same name, and at import every name Python reads or
 writes is checked against them, one by one. A C helper that is missing or does not
 match (built from other sources) is not used: collector.py then parses with statfiles'
-parsers, which the tests hold the C path to.
+parsers, which the tests hold the C path to, and ``module()`` warns once, naming what
+differs and that ``pip install -e .`` rebuilds it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from typing import Any, Sequence
@@ -52,16 +54,20 @@ def mismatches(slots: Sequence[str], kinds: Sequence[str]) -> list[str]:
 
 
 def _load() -> tuple[Any, list[str]]:
+    """The built C module (None: not built, the quiet slow path) and where it differs from
+    this cgman (empty: it matches and is used)."""
     try:
         from .. import _fastread
-    except ImportError as e:
-        return None, [f"cgman._fastread is not built ({e})"]
-    if not hasattr(_fastread, "SLOTS") or not hasattr(_fastread, "KINDS"):
-        return None, ["cgman._fastread exports no SLOTS/KINDS tables: rebuild it (pip install -e .)"]
+    except ImportError:
+        return None, []
+    missing = [name for name in ("SLOTS", "KINDS") if not hasattr(_fastread, name)]
+    if missing:
+        return _fastread, [f"it exports no {'/'.join(missing)} table (built from older sources)"]
     return _fastread, mismatches(_fastread.SLOTS, _fastread.KINDS)
 
 
-_C, MISMATCHES = _load()
+_BUILT, MISMATCHES = _load()
+_C = _BUILT if not MISMATCHES else None
 SLOTS: tuple[str, ...] = tuple(_C.SLOTS) if _C is not None else ()
 SLOT = {name: i for i, name in enumerate(SLOTS)}
 NSLOTS = len(SLOTS)
@@ -90,8 +96,14 @@ RENDER = _render_table() if _C is not None and not MISMATCHES else []
 
 
 def module() -> Any:
-    """The C extension if it is built and matches this Python, else None (and a warning
-    that names what differs, when it is built but does not match)."""
-    if MISMATCHES and _C is not None:
-        log.warning("not using cgman._fastread, it does not match this cgman: %s", "; ".join(MISMATCHES))
-    return _C if not MISMATCHES else None
+    """The C extension if it is built and matches this Python, else None (and, once per
+    process, a warning that names what differs when it is built but does not match)."""
+    if MISMATCHES:
+        _warn_stale()
+    return _C
+
+
+@functools.cache
+def _warn_stale() -> None:
+    log.warning("not using cgman._fastread, it does not match this cgman: %s; the exporter parses in "
+                "Python (slower) until it is rebuilt: pip install -e .", "; ".join(MISMATCHES))
