@@ -13,9 +13,19 @@
  *      fd is given, so the child is born inside its unified cgroup; it returns
  *      (pid, in_cgroup, release_fd, error_fd) to the parent.
  *   2. The child moves itself into its v1 cgroups (it writes 0 to each `tasks`
- *      in join_fds: see join_cgroups for why not the parent), then blocks reading
- *      release_fd. Meanwhile the parent writes the uid/gid maps and sets up
- *      networking. So the workload's first instruction runs inside all of its cgroups.
+ *      in join_fds: see join_cgroups for why not the parent), then, held (the
+ *      default), blocks reading release_fd. Meanwhile the parent writes the uid/gid
+ *      maps and sets up networking. So the workload's first instruction runs inside
+ *      all of its cgroups.
+ *      Not held (held=False: the parent has nothing to do before the child goes on),
+ *      the child is cloned as posix_spawn clones, CLONE_VM | CLONE_VFORK on a stack of
+ *      its own: no copy of the parent's page tables (~1.5 ms for a large Python
+ *      process), the parent suspended until the child execs or exits, release_fd -1.
+ *      Sharing the parent's memory, the child reads only its job and writes only its
+ *      own stack (and errno, the suspended thread's); credentials change by raw system
+ *      calls (glibc's set*id would signal the parent's threads), and every signal stays
+ *      blocked until reset_signals. Without clone3_fn on this architecture, or clone3
+ *      in the kernel, it is held after all.
  *   3. The parent writes one byte to release the child (closing without the byte
  *      aborts it). The child joins/unshares the remaining namespaces, sets the
  *      hostname, brings up lo, performs the mount operations (overlay, bind,
@@ -42,6 +52,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -145,14 +156,23 @@ static void cloexec_all(void)
     syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
 }
 
+/* SIG_IGN first: it discards a signal that arrived during the set-up (held by the mask of a
+ * child that shares the parent's memory, where the parent's handler must not run), as the
+ * copied Python handler of a held child swallowed it. Then SIG_DFL: Python ignores SIGPIPE, SIGXFSZ. */
 static void reset_signals(void)
 {
     sigset_t none;
     sigemptyset(&none);
     for (int s = 1; s < NSIG; s++)
-        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);   /* Python ignores SIGPIPE, SIGXFSZ */
+        if (s != SIGKILL && s != SIGSTOP) { signal(s, SIG_IGN); signal(s, SIG_DFL); }
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
+
+/* Credentials by raw system calls: glibc's wrappers broadcast to every thread it knows of,
+ * which in a child that shares (or copied) the parent's memory are the parent's. */
+static int raw_setgroups0(void) { return (int)syscall(SYS_setgroups, 0, NULL); }
+static int raw_setresgid(long g) { return (int)syscall(SYS_setresgid, g, g, g); }
+static int raw_setresuid(long u) { return (int)syscall(SYS_setresuid, u, u, u); }
 
 static int loopback_up(void)
 {
@@ -293,9 +313,9 @@ static void rearm_pdeathsig(struct job *j);
 static void switch_user(struct job *j)
 {
     if (j->run_uid < 0 && j->run_gid < 0) return;
-    if (setgroups(0, NULL) < 0) fail(j, ST_SETGROUPS);
-    if (j->run_gid >= 0 && setresgid(j->run_gid, j->run_gid, j->run_gid) < 0) fail(j, ST_SETGID);
-    if (j->run_uid >= 0 && setresuid(j->run_uid, j->run_uid, j->run_uid) < 0) fail(j, ST_SETUID);
+    if (raw_setgroups0() < 0) fail(j, ST_SETGROUPS);
+    if (j->run_gid >= 0 && raw_setresgid(j->run_gid) < 0) fail(j, ST_SETGID);
+    if (j->run_uid >= 0 && raw_setresuid(j->run_uid) < 0) fail(j, ST_SETUID);
     rearm_pdeathsig(j);
 }
 
@@ -351,19 +371,21 @@ static int child_main(struct job *j)
     char c;
     if (j->pdeathsig) prctl(PR_SET_PDEATHSIG, j->pdeathsig);
     join_cgroups(j);
-    /* EOF here means the parent died or gave up: the pdeathsig race is covered too. */
-    ssize_t n;
-    do { n = read(j->release_rd, &c, 1); } while (n < 0 && errno == EINTR);
-    if (n != 1) { errno = ECANCELED; fail(j, ST_RELEASE); }
-    close(j->release_rd);
+    if (j->release_rd >= 0) {
+        /* EOF here means the parent died or gave up: the pdeathsig race is covered too. */
+        ssize_t n;
+        do { n = read(j->release_rd, &c, 1); } while (n < 0 && errno == EINTR);
+        if (n != 1) { errno = ECANCELED; fail(j, ST_RELEASE); }
+        close(j->release_rd);
+    }
 
     for (Py_ssize_t i = 0; i < j->n_setns; i++)
         if (setns(j->setns_fds[i], 0) < 0) fail(j, ST_SETNS);
     if (j->gid >= 0) {
-        if (setgroups(0, NULL) < 0) fail(j, ST_SETGROUPS);
-        if (setresgid(j->gid, j->gid, j->gid) < 0) fail(j, ST_SETGID);
+        if (raw_setgroups0() < 0) fail(j, ST_SETGROUPS);
+        if (raw_setresgid(j->gid) < 0) fail(j, ST_SETGID);
     }
-    if (j->uid >= 0 && setresuid(j->uid, j->uid, j->uid) < 0) fail(j, ST_SETUID);
+    if (j->uid >= 0 && raw_setresuid(j->uid) < 0) fail(j, ST_SETUID);
     if (j->uid >= 0 || j->gid >= 0) rearm_pdeathsig(j);
     if (j->unshare_flags && unshare(j->unshare_flags) < 0) fail(j, ST_UNSHARE);
     if (j->hostname && sethostname(j->hostname, strlen(j->hostname)) < 0) fail(j, ST_HOSTNAME);
@@ -504,11 +526,79 @@ static void job_free(struct job *j, struct job_refs *refs)
     Py_XDECREF(refs->ops);
 }
 
+#define CHILD_STACK_BYTES (256 * 1024)
+
+#ifdef __x86_64__
+/* clone3 whose child calls fn(arg) on the stack given in ``ca`` and exits with its value: the
+ * child must never return through the frames of the parent, whose memory it shares (glibc has
+ * no clone3 wrapper to do this). The parent gets the pid or -errno. */
+static long clone3_fn(struct clone_args_v2 *ca, int (*fn)(void *), void *arg)
+{
+    long ret;
+    register long r_fn __asm__("r12") = (long)fn;
+    register long r_arg __asm__("r13") = (long)arg;
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     "xor %%ebp, %%ebp\n\t"
+                     "mov %%r13, %%rdi\n\t"
+                     "call *%%r12\n\t"
+                     "mov %%eax, %%edi\n\t"
+                     "mov $231, %%eax\n\t"       /* exit_group */
+                     "syscall\n\t"
+                     "hlt\n"
+                     "1:\n\t"
+                     : "=a"(ret)
+                     : "0"((long)SYS_clone3), "D"(ca), "S"(sizeof *ca), "r"(r_fn), "r"(r_arg)
+                     : "rcx", "r11", "memory", "cc");
+    return ret;
+}
+
+static int vfork_entry(void *arg)
+{
+    child_main((struct job *)arg);
+    return 127;
+}
+#endif
+
+/* A child that is not held: CLONE_VM | CLONE_VFORK on a stack of its own (as posix_spawn), every
+ * signal blocked meanwhile (no handler of the parent may run in it; glibc's own signals too, hence
+ * the raw call) and the GIL released while this thread is suspended. -1 with errno ENOSYS where
+ * this architecture has no clone3_fn. */
+static pid_t clone_vfork(struct job *j, struct clone_args_v2 *ca)
+{
+#ifdef __x86_64__
+    void *stack = mmap(NULL, CHILD_STACK_BYTES, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) return -1;
+    struct clone_args_v2 va = *ca;
+    va.flags |= CLONE_VM | CLONE_VFORK;
+    va.stack = (uint64_t)(uintptr_t)stack;
+    va.stack_size = CHILD_STACK_BYTES;
+    uint64_t all = ~0ULL, old = 0;
+    long r;
+    Py_BEGIN_ALLOW_THREADS
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof all);
+    r = clone3_fn(&va, vfork_entry, j);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof old);
+    Py_END_ALLOW_THREADS
+    munmap(stack, CHILD_STACK_BYTES);     /* the child has exec'd or exited: its stack is free */
+    if (r < 0) { errno = (int)-r; return -1; }
+    return (pid_t)r;
+#else
+    (void)j; (void)ca;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 /* Clone the child, born in the cgroup2 directory cgroup_fd (>= 0) where the kernel can
  * (clone3 CLONE_INTO_CGROUP, Linux 5.7+; before, a plain clone3 or clone and the parent attaches
- * it: *in_cgroup says which). The child closes the parent's pipe ends and runs child_main. */
+ * it: *in_cgroup says which). The child closes the parent's pipe ends and runs child_main.
+ * ``*held`` on entry: whether the child waits for release; where a child that is not held
+ * cannot be made here, it is held after all (*held = 1). */
 static pid_t clone_child(struct job *j, unsigned long long clone_flags, int cgroup_fd,
-                         int release_wr, int error_rd, int *in_cgroup)
+                         int release_wr, int error_rd, int *in_cgroup, int *held)
 {
     struct clone_args_v2 ca;
     memset(&ca, 0, sizeof ca);
@@ -519,6 +609,18 @@ static pid_t clone_child(struct job *j, unsigned long long clone_flags, int cgro
         ca.cgroup = (uint64_t)cgroup_fd;
     }
     *in_cgroup = 0;
+    if (!*held) {
+        int release_rd = j->release_rd;
+        j->release_rd = -1;
+        pid_t vpid = clone_vfork(j, &ca);
+        if (vpid >= 0) {
+            *in_cgroup = cgroup_fd >= 0;
+            return vpid;
+        }
+        if (errno != ENOSYS && errno != E2BIG && errno != EINVAL) return -1;
+        j->release_rd = release_rd;       /* held after all */
+        *held = 1;
+    }
     pid_t pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
     if (pid < 0 && cgroup_fd >= 0 && (errno == E2BIG || errno == ENOSYS || errno == EINVAL)) {
         ca.flags &= ~CLONE_INTO_CGROUP;     /* kernel < 5.7: the parent attaches instead */
@@ -538,23 +640,54 @@ static pid_t clone_child(struct job *j, unsigned long long clone_flags, int cgro
     return pid;
 }
 
+/* The pipes and the clone; the parent's side as (pid, in_cgroup, release_fd, error_fd),
+ * release_fd -1 for a child that is not held (it has exec'd or failed by now). */
+static PyObject *start_job(struct job *j, unsigned long long clone_flags, int cgroup_fd, int held)
+{
+    PyObject *result = NULL;
+    int release[2] = {-1, -1}, errp[2] = {-1, -1}, in_cgroup = 0;
+    if (pipe2(release, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    j->release_rd = release[0];
+    j->error_wr = errp[1];
+    j->parent_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);   /* -1 before Linux 5.3: skip the check */
+    pid_t pid = clone_child(j, clone_flags, cgroup_fd, release[1], errp[0], &in_cgroup, &held);
+    if (pid < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    close(release[0]); release[0] = -1;
+    close(errp[1]); errp[1] = -1;
+    if (!held) { close(release[1]); release[1] = -1; }
+    result = Py_BuildValue("(iOii)", (int)pid, in_cgroup ? Py_True : Py_False, release[1], errp[0]);
+    release[1] = errp[0] = -1;
+out:
+    for (int i = 0; i < 2; i++) {
+        if (release[i] >= 0) close(release[i]);
+        if (errp[i] >= 0) close(errp[i]);
+    }
+    return result;
+}
+
 static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"argv", "envp", "clone_flags", "cgroup_fd", "unshare_flags", "hostname",
                              "lo_up", "ops", "init_fd", "setsid", "pdeathsig", "uid", "gid", "setns_fds",
                              "drop_caps", "cap_keep", "no_new_privs", "seccomp", "run_uid", "run_gid", "join_fds",
-                             NULL};
+                             "held", NULL};
     PyObject *argv_o, *envp_o, *hostname_o = Py_None, *ops_o = NULL, *setns_o = NULL, *join_o = NULL;
     unsigned long long clone_flags = 0, cap_keep = 0;
     unsigned long unshare_flags = 0;
-    int cgroup_fd = -1, lo_up = 0, init_fd = -1, setsid_ = 1, pdeathsig = SIGKILL, drop = 0, nnp = 0;
+    int cgroup_fd = -1, lo_up = 0, init_fd = -1, setsid_ = 1, pdeathsig = SIGKILL, drop = 0, nnp = 0, held = 1;
     long uid = -1, gid = -1, run_uid = -1, run_gid = -1;
     struct job_refs refs;
     memset(&refs, 0, sizeof refs);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*llO", kwlist, &argv_o, &envp_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*llOp", kwlist, &argv_o, &envp_o,
                                      &clone_flags, &cgroup_fd, &unshare_flags, &hostname_o, &lo_up,
                                      &ops_o, &init_fd, &setsid_, &pdeathsig, &uid, &gid, &setns_o,
-                                     &drop, &cap_keep, &nnp, &refs.filter, &run_uid, &run_gid, &join_o))
+                                     &drop, &cap_keep, &nnp, &refs.filter, &run_uid, &run_gid, &join_o, &held))
         return NULL;
 
     struct job j;
@@ -566,34 +699,12 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     j.uid = uid; j.gid = gid;
     j.run_uid = run_uid; j.run_gid = run_gid;
     PyObject *result = NULL;
-    int release[2] = {-1, -1}, errp[2] = {-1, -1}, in_cgroup = 0;
     if (job_filter(&j, &refs.filter) < 0 || job_argv(&j, argv_o, envp_o, &refs) < 0) goto out;
     j.hostname = opt_str(hostname_o);
     if (PyErr_Occurred() || job_ops(&j, ops_o, &refs.ops) < 0 || job_fds(setns_o, "setns_fds must be a sequence", &j.setns_fds, &j.n_setns) < 0 ||
         job_fds(join_o, "join_fds must be a sequence", &j.join_fds, &j.n_join) < 0) goto out;
-
-    if (pipe2(release, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    j.release_rd = release[0];
-    j.error_wr = errp[1];
-    j.parent_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);   /* -1 before Linux 5.3: skip the check */
-    pid_t pid = clone_child(&j, clone_flags, cgroup_fd, release[1], errp[0], &in_cgroup);
-    if (pid < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    close(release[0]); release[0] = -1;
-    close(errp[1]); errp[1] = -1;
-    result = Py_BuildValue("(iOii)", (int)pid, in_cgroup ? Py_True : Py_False, release[1], errp[0]);
-    release[1] = errp[0] = -1;
-
+    result = start_job(&j, clone_flags, cgroup_fd, held);
 out:
-    for (int i = 0; i < 2; i++) {
-        if (release[i] >= 0) close(release[i]);
-        if (errp[i] >= 0) close(errp[i]);
-    }
     job_free(&j, &refs);
     return result;
 }
@@ -603,10 +714,11 @@ static PyMethodDef methods[] = {
      "spawn(argv, envp, clone_flags=0, cgroup_fd=-1, unshare_flags=0, hostname=None, lo_up=False,\n"
      "      ops=None, init_fd=-1, setsid=True, pdeathsig=SIGKILL, uid=-1, gid=-1, setns_fds=None,\n"
      "      drop_caps=False, cap_keep=0, no_new_privs=False, seccomp=None, run_uid=-1, run_gid=-1,\n"
-     "      join_fds=None)\n"
+     "      join_fds=None, held=True)\n"
      "      -> (pid, in_cgroup, release_fd, error_fd)\n\n"
      "Clone a child that joins the v1 cgroups of join_fds (their `tasks` files, open for writing),\n"
-     "waits for one byte on release_fd, then sets itself up and execs argv\n"
+     "waits for one byte on release_fd (held; otherwise it goes straight on, sharing this process's\n"
+     "memory until it execs, and release_fd is -1), then sets itself up and execs argv\n"
      "(through cgman-init from the sealed memfd init_fd when that is >= 0).\n"
      "See cgman/containers/launch.py for the protocol."},
     {NULL, NULL, 0, NULL},

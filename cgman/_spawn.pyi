@@ -41,4 +41,5 @@ def spawn(argv: Sequence[bytes], envp: Sequence[bytes], clone_flags: int = ..., 
           pdeathsig: int = ..., uid: int = ..., gid: int = ...,
           setns_fds: Sequence[int] | None = ..., drop_caps: bool = ..., cap_keep: int = ...,
           no_new_privs: bool = ..., seccomp: bytes | None = ..., run_uid: int = ...,
-          run_gid: int = ..., join_fds: Sequence[int] | None = ...) -> tuple[int, bool, int, int]: ...
+          run_gid: int = ..., join_fds: Sequence[int] | None = ...,
+          held: bool = ...) -> tuple[int, bool, int, int]: ...

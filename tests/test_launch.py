@@ -687,6 +687,24 @@ def test_launching_into_a_frozen_group_is_refused_at_once(cli, pol, host, tmp_pa
         cli("thaw", "acme/web")
 
 
+def test_exec_into_a_user_namespace_container_joins_it_and_its_cgroups(run, host, cli, tmp_path):
+    """`cgman exec`'s child is not held (it is cloned sharing the launcher's memory, and joins
+    its v1 cgroups itself): it must still enter the user namespace (setns needs a child of its
+    own, single-threaded) as root there, and be in the container's leaf in every hierarchy."""
+    assert run("acme/plain", "-d", "--userns", "--name", "ux", "--", "sleep", "600").returncode == 0
+    try:
+        e = cli("exec", "ux", "--", "sh", "-c", "id -u; cat /proc/self/uid_map; cat /proc/self/cgroup")
+        assert e.returncode == 0, e.stderr
+        uid, *rest = e.stdout.split("\n")
+        assert uid == "0" and rest[0].split() == ["0", "100000", "65536"]
+        want = f"/{host.root}/acme/plain/ux"
+        inside = [ln for ln in rest[1:] if ln.endswith(":" + want)]
+        assert len(inside) == sum(len(d.hierarchies()) for d in host.drivers), rest
+    finally:
+        cli("rm", "--force", "ux")
+    assert_no_leftovers(host, tmp_path, "acme/plain/ux")
+
+
 def test_userns_container_dies_with_its_supervisor(run, host, cli, tmp_path):
     """Changing credentials clears PDEATHSIG; the child sets it again after setresuid."""
     rec = _supervisor_kill_case(run, host, cli, tmp_path, "--userns")

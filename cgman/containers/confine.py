@@ -47,7 +47,7 @@ def mount_protection(host: "Host", spec: "ContainerSpec", leaf: str, root: str |
                                                       and not m.mountpoint.startswith("/sys/fs/cgroup")):
             continue
         t = trees.get(m.mountpoint)
-        own = t.path(leaf) if t is not None and t.exists(leaf) else None
+        own = t.path(leaf) if t is not None else None     # the launch created the leaf in each
         views.append(rfs.CgroupView(m.mountpoint, own, rfs.mount_flags(m.options)))
     by_point = {m.mountpoint: m for m in mounts}
     tmpfs = by_point.get("/sys/fs/cgroup")

@@ -5,9 +5,12 @@ The sequence (the child side is C, in cgman/_spawn.c):
 1. Claim the name (records.Store.reserve) and create ``<root>/<group>/<name>`` with
    the group's ``container`` limits plus the command-line overrides.
 2. clone3(CLONE_INTO_CGROUP | CLONE_NEW*): the child is born inside its cgroup2
-   leaf and blocks on a pipe.
-3. The parent writes the pid into every cgroup v1 hierarchy, writes the user
-   namespace maps and plugs in the network, then releases the child.
+   leaf and moves itself into every v1 hierarchy's leaf (their ``tasks`` files, opened
+   by the parent). With a user namespace or a bridge network it then blocks on a pipe
+   (it is *held*); otherwise it was cloned as posix_spawn clones, sharing the parent's
+   memory (no page tables copied), and goes straight on (process.py).
+3. Held: the parent writes the user namespace maps and plugs in the network, then
+   releases the child.
 4. The child unshares its cgroup namespace (now rooted at its own cgroup), sets the
    hostname, mounts its root and /proc, and runs a minimal init that execs the
    workload. Its first instruction therefore runs inside every one of its cgroups.
@@ -275,7 +278,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         rec.pid, rec.pid_start = proc.pid, proc_start_ticks(proc.pid)
         if "user" in spec.namespaces:
             _map_user(proc.pid, spec.user_map or DEFAULT_USER_MAP)
-        if "net" in spec.namespaces and spec.network.mode == "bridge":
+        if _bridged(spec):
             _plug_in(store, spec, rec, proc.pid, undo)
         rec.state, rec.started = "running", time.time()
         store.save(rec)
@@ -290,15 +293,15 @@ def _make_cgroup(host: "Host", store: Store, spec: ContainerSpec, rec: Record, u
     """Create the leaf and write its limits (v2: enable the controllers it needs above it first).
     Its undo collects it: what ran there (a process that failed after its release) is billed."""
     leaf = rec.cgroup
-    taken = Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
-                 f"pick another --name")
-    if host.exists(leaf):
-        raise taken
     writes = _limit_writes(host, leaf, spec)
     if host.layout.mode == "v2":
         _enable_controllers_above(host, leaf, spec.resources)
+    # No walk to look first: a policy group of that name exists in every hierarchy, so nothing
+    # is created; a container's name is claimed by its record, so what exists in only some of
+    # them is a crashed launch's leftover of this very container, collected with it on failure.
     if not host.create(leaf):
-        raise taken
+        raise Busy(f"a cgroup {leaf} already exists (a policy group, or another container's): "
+                   f"pick another --name")
     undo.push(f"its cgroup {leaf}", lambda: collect_cgroup(host, store, rec, None, "failed to start"))
     for w in writes:
         host.write(w)
@@ -338,7 +341,12 @@ def _start(host: "Host", store: Store, spec: ContainerSpec, leaf: str, ops: list
                          hostname=spec.hostname if "uts" in ns else None,
                          lo_up="net" in ns and spec.network.mode in ("loopback", "bridge"),
                          ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1,
-                         security=spec.security, cache_dir=store.state, run_user=spec.user)
+                         security=spec.security, cache_dir=store.state, run_user=spec.user,
+                         hold=userns or _bridged(spec))
+
+
+def _bridged(spec: ContainerSpec) -> bool:
+    return "net" in spec.namespaces and spec.network.mode == "bridge"
 
 
 def _map_user(pid: int, user_map: tuple[int, int, int]) -> None:

@@ -1,9 +1,14 @@
-"""A container's first process: cloned by the C helper (cgman/_spawn.c) into its cgroup, held
-until the parent releases it, and the setup error it reports if it fails before exec.
+"""A container's first process: cloned by the C helper (cgman/_spawn.c) into its cgroup, and the
+setup error it reports if it fails before exec.
 
 ``launch`` (a new container) and ``exec_in`` (a process joining a running one) both start their
 process here: clone3 into the cgroup2 leaf; the child moves itself into every v1 hierarchy's
-leaf; then ``release()``.
+leaf; then ``release()``. A caller with work to do on the pid before the workload may start (the
+user namespace's maps, a veth) asks for a *held* child, which waits for ``release()``. Otherwise
+the child is cloned as posix_spawn clones (sharing the parent's memory, so no page tables are
+copied) and has exec'd by the time ``start_process`` returns; ``release()`` then only waits for
+the workload's exec. Such a child's set-up has no timeout (the parent is suspended meanwhile;
+SIGKILL still ends it): a launch into a group frozen in the middle of it waits for the thaw.
 """
 
 from __future__ import annotations
@@ -57,12 +62,13 @@ class Process:
     reaped: bool = False
 
     def release(self) -> None:
-        """Let the child go on; raise LaunchError if it then fails before exec."""
-        try:
-            os.write(self.release_fd, b"x")
-        finally:
-            os.close(self.release_fd)
-            self.release_fd = -1
+        """Let a held child go on; raise LaunchError if it then fails before exec."""
+        if self.release_fd >= 0:
+            try:
+                os.write(self.release_fd, b"x")
+            finally:
+                os.close(self.release_fd)
+                self.release_fd = -1
         try:
             data = b""
             poll = select.poll()
@@ -135,11 +141,14 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
                   unshare_flags: int = 0, hostname: str | None = None, lo_up: bool = False,
                   ops: list[Any] | None = None, init: bool = True, uid: int = -1, gid: int = -1,
                   setns_fds: list[int] | None = None, security: Security | None = None,
-                  cache_dir: str | None = None, run_user: tuple[int, int] | None = None) -> Process:
-    """Clone a child into ``leaf`` (v2 at birth, v1 by itself before release). It waits for release().
+                  cache_dir: str | None = None, run_user: tuple[int, int] | None = None,
+                  hold: bool = False) -> Process:
+    """Clone a child into ``leaf`` (v2 at birth, v1 by itself before anything of its own runs).
 
-    ``security`` (default: the secure defaults) is applied by the child right before exec;
-    ``init``: exec cgman-init from its sealed memfd, which then starts ``argv``."""
+    ``hold``: the child waits for release() (the caller acts on its pid first); otherwise it
+    has exec'd on return and release() waits for the workload's exec. ``security`` (default:
+    the secure defaults) is applied by the child right before exec; ``init``: exec cgman-init
+    from its sealed memfd, which then starts ``argv``."""
     sp = spawn_helper()
     sec_kw = spawn_security(security or Security(), cache_dir)
     from ..security.init import memfd
@@ -163,7 +172,7 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
                                             unshare_flags=unshare_flags,
                                             hostname=os.fsencode(hostname) if hostname else None,
                                             lo_up=lo_up, ops=ops or None, init_fd=init_fd, uid=uid, gid=gid,
-                                            setns_fds=setns_fds, join_fds=join_fds, **sec_kw,
+                                            setns_fds=setns_fds, join_fds=join_fds, held=hold, **sec_kw,
                                             **({"run_uid": run_user[0], "run_gid": run_user[1]} if run_user else {}))
     except OSError as e:
         raise LaunchError(f"cannot create the container's process: {e.strerror}"
@@ -173,6 +182,8 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
             if fd >= 0:
                 os.close(fd)
     proc = Process(pid, rel, err)
+    if rel < 0:
+        return proc               # not held: born in its cgroup2 leaf, and it has exec'd
     try:
         if host.v2 is not None and not in_cgroup and host.v2.exists(leaf):
             host.v2.attach(leaf, pid)
