@@ -170,12 +170,14 @@ def protect_ops(*, root: str | None, views: list[CgroupView], tmpfs_flags: int |
             before.append((OP_MOUNT, b"tmpfs", _b(f"{r}/sys/fs/cgroup"), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                            b"mode=755,size=64k"))
         before += _cgroup_ops(views, r, MS_NOSUID | MS_NODEV | MS_NOEXEC if v1 else None)
+    # A path this kernel lacks here (/proc and /sys are its own, in the container as on the host)
+    # is not even tried: each would be a failed mount in the child.
     for p in masked:
         if os.path.isdir(p):
             after.append((OP_MOUNT | OP_OPTIONAL, b"tmpfs", _b(p), b"tmpfs", MS_RDONLY, b"size=0"))
-        else:
+        elif os.path.exists(p):
             after.append((OP_MOUNT | OP_OPTIONAL, b"/dev/null", _b(p), None, MS_BIND))
-    for p in readonly:
+    for p in filter(os.path.exists, readonly):
         after += [(OP_MOUNT | OP_OPTIONAL, _b(p), _b(p), None, MS_BIND | MS_REC),
                   _ro(p, MS_NOSUID | MS_NODEV | MS_NOEXEC, optional=True)]
     return before, after
