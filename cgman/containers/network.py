@@ -39,6 +39,8 @@ DEFAULT_SUBNET = "10.88.0.0/24"
 
 @dataclass(frozen=True)
 class Lease:
+    """A container's place on a bridge: its address, the gateway and the veth pair's names."""
+
     bridge: str
     address: str          # "10.88.0.2"
     prefixlen: int

@@ -26,6 +26,8 @@ Op = tuple
 
 @dataclass(frozen=True)
 class Overlay:
+    """An overlay root: read-only layers under a writable upper directory, mounted at merged."""
+
     lower: tuple[str, ...]       # bottom first, as written in the policy: [base, web]
     upper: str
     work: str

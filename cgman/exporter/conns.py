@@ -33,6 +33,8 @@ _LINGER_BYTES = 65536                 # close() does not reset the connection be
 
 @dataclass(frozen=True)
 class Limits:
+    """The HTTP server's bounds: connections, requests per connection and timeouts."""
+
     max_connections: int = 64
     max_requests: int = 40
     header_timeout_s: float = 10.0

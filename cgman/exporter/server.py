@@ -42,6 +42,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @dataclass(frozen=True)
 class WebConfig:
+    """An exporter-toolkit web config: TLS files and basic-auth users."""
+
     cert_file: str | None = None
     key_file: str | None = None
     users: dict[str, bytes] = field(default_factory=dict)     # user -> bcrypt hash

@@ -15,6 +15,8 @@ ANY = -1
 
 @dataclass(frozen=True)
 class DeviceRule:
+    """One device a container may use: kind, major:minor (ANY: every) and access."""
+
     kind: str            # "c" or "b"
     major: int           # ANY: every major
     minor: int           # ANY: every minor
