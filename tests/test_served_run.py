@@ -109,6 +109,7 @@ def _kill_supervisors_of(agent: Agent) -> None:
 
 
 # ------------------------------------------------------------------ the same through both paths
+@pytest.mark.cgroup2          # also in the v2 VM stage: both paths on a pure cgroup v2 kernel
 def test_exit_codes_and_output(cg, tmp_path):
     p = cg("run", "-p", "acme/web", "--rm", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (p.returncode, p.stdout, p.stderr) == (3, "out\n", "err\n")
@@ -124,6 +125,7 @@ def test_exit_codes_and_output(cg, tmp_path):
     assert cg("run", "-p", "acme/web", "--rm", "--", "cat", stdin="from stdin\n").stdout == "from stdin\n"
 
 
+@pytest.mark.cgroup2          # also in the v2 VM stage: both paths on a pure cgroup v2 kernel
 def test_a_terminal_stays_the_containers_terminal(cg):
     master, slave = pty.openpty()
     try:
@@ -167,6 +169,7 @@ def test_signals_reach_the_workload(cg, tmp_path, sig):
     assert cg.record(f"sig{int(sig)}")["exit_code"] == 42
 
 
+@pytest.mark.cgroup2          # also in the v2 VM stage: both paths on a pure cgroup v2 kernel
 def test_detach_rm_timeout_and_the_ledger_exactly_once(cg, host):
     p = cg("run", "-p", "acme/web", "-d", "--name", "bg", "--", "sleep", "60")
     assert (p.returncode, p.stdout) == (0, "bg\n"), p.stderr
@@ -296,6 +299,7 @@ def test_hostile_and_vanishing_clients_leave_nothing_and_block_no_one(host, tmp_
         agent.stop(signal.SIGKILL)
 
 
+@pytest.mark.cgroup2          # also in the v2 VM stage: both paths on a pure cgroup v2 kernel
 def test_a_client_killed_mid_run_takes_its_container_along_billed_once(cg, tmp_path):
     p = cg.popen("run", "-p", "acme/web", "--name", "orphan", "--", "sleep", "600", stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)
