@@ -304,7 +304,8 @@ def test_a_client_killed_mid_run_takes_its_container_along_billed_once(cg, tmp_p
     p = cg.popen("run", "-p", "acme/web", "--name", "orphan", "--", "sleep", "600", stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)
     try:
-        until(lambda: (tmp_path / "run" / "containers" / "orphan").exists() and
+        # record.json appears by rename after its directory: wait for the file, not the directory
+        until(lambda: (tmp_path / "run" / "containers" / "orphan" / "record.json").exists() and
               cg.record("orphan").get("pid"), 30, "the container")
         pid = cg.record("orphan")["pid"]
         p.kill()
