@@ -177,3 +177,42 @@ def test_plan_shows_the_unit_properties_without_root_or_dbus(driver):
     units = {u["unit"]: u for u in json.loads(p.stdout)["units"]}
     assert units[driver.slice("acme/web")]["properties"]["CPUQuotaPerSecUSec"] == "500000"
     assert p.returncode == 0 and not (CGROUP2 / driver.slice()).exists()
+
+
+def test_wait_state_says_when_a_unit_failed_or_did_not_settle(driver):
+    from cgman.drivers.systemd.bus import BusError, SystemdBus
+    failing = f"{driver.root}-fail.service"
+    try:
+        with SystemdBus() as bus, pytest.raises(BusError, match=f"systemd: {failing} failed to start "
+                                                                 rf"\(journalctl -u {failing}\)"):
+            bus.start_transient(failing, [], extra=[("Type", "s", "oneshot"),
+                                                   ("ExecStart", "a(sasb)", [("/bin/false", ["/bin/false"], False)])])
+    finally:
+        systemctl("reset-failed", failing, check=False)
+    driver.apply(driver.policy())
+    with SystemdBus(timeout_s=0.3) as bus, pytest.raises(
+            BusError, match=rf"{driver.slice('acme')}: FreezerState is 'running', not 'frozen', after 0.3s"):
+        bus.wait_state(driver.slice("acme"), "frozen", key="FreezerState")
+
+
+BAD = "pids: {max: 0}"      # the kernel takes pids.max 0, systemd refuses TasksMax=0 (out of range)
+
+
+def test_a_call_systemd_refuses_half_way_is_rolled_back(driver):
+    bad = POLICY.replace("        io:\n", f"        {BAD}\n        io:\n")
+    assert BAD in bad
+    p = driver.cli("apply", "--cgroup-driver", "systemd", driver.policy(text=bad))
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stdout + p.stderr
+    assert "TasksMax" in p.stderr and "rolled back 3 change(s), nothing was applied" in p.stderr, p.stderr
+    assert show(driver.slice("acme"), "ActiveState")["ActiveState"] == "inactive"
+    assert not (CGROUP2 / driver.slice()).exists(), "the slices it created are stopped, the root's too"
+
+    driver.apply(driver.policy())                        # in force; now a change that fails half-way
+    acme = driver.cgroup("acme")
+    changed = bad.replace("cpu: {weight: 300}", "cpu: {weight: 40}").replace("memory: {max: 256Mi}",
+                                                                             "memory: {max: 200Mi}")
+    p = driver.cli("apply", "--cgroup-driver", "systemd", driver.policy(text=changed))
+    assert p.returncode == 1 and "rolled back 1 change(s)" in p.stderr, p.stdout + p.stderr
+    assert show(driver.slice("acme"), "CPUWeight", "MemoryMax") == {"CPUWeight": "300", "MemoryMax": str(256 << 20)}
+    assert (kernel(acme, "cpu.weight"), kernel(acme, "memory.max")) == ("300", str(256 << 20))
+    assert driver.apply(driver.policy()).stdout.startswith("nothing to do:"), "nothing was left half-applied"

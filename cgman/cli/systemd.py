@@ -31,8 +31,6 @@ def plan_units(ps: Any, settings: "Settings", as_json: bool) -> None:
             typer.echo(f"    {prop.name}={prop.render()}")
         if u.frozen is not None:
             typer.echo(f"    {'systemctl freeze' if u.frozen else 'systemctl thaw'}")
-    for warn in p.warnings:
-        typer.echo(f"warning: {warn}", err=True)
 
 
 def apply_units(ps: Any, settings: "Settings", dry_run: bool, as_json: bool, timeout_s: float) -> None:
