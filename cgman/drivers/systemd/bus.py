@@ -40,7 +40,9 @@ class SystemdBus:
             raise BusUnavailable(f"the systemd cgroup driver needs jeepney ({e}): pip install jeepney, or "
                                  "use the default driver (--cgroup-driver cgroupfs)") from None
         try:
-            self._conn = open_dbus_connection(bus="SYSTEM")
+            # jeepney's default of 1 s to authenticate is too short while dbus.service is being
+            # socket-activated on a loaded host (seen in the systemd VM).
+            self._conn = open_dbus_connection(bus="SYSTEM", auth_timeout=max(self.timeout_s, 10.0))
         except (OSError, ValueError) as e:
             raise BusUnavailable(f"cannot reach systemd over D-Bus (the system bus: {e}): the systemd driver "
                                  "needs systemd as PID 1 and its system bus (apt-get install dbus; systemctl start "
