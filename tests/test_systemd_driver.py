@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from cgman.drivers.systemd.units import scope_name, slice_name
 
 from .conftest import REPO
-from .test_systemd_host import CGROUP2, ETC, _in_systemd_vm, cgroup_of, kernel, show, systemctl, until
+from .test_systemd_host import (CGROUP2, ETC, SERVICE, _in_systemd_vm, agent, cgroup_of, http_get, kernel,  # noqa: F401
+                                show, systemctl, until)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.kernel]
 
@@ -191,7 +193,8 @@ def test_wait_state_says_when_a_unit_failed_or_did_not_settle(driver):
         systemctl("reset-failed", failing, check=False)
     driver.apply(driver.policy())
     with SystemdBus(timeout_s=0.3) as bus, pytest.raises(
-            BusError, match=rf"{driver.slice('acme')}: FreezerState is 'running', not 'frozen', after 0.3s"):
+            BusError, match=re.escape(f"systemd: {driver.slice('acme')}: FreezerState is 'running', not 'frozen', "
+                                      "after 0.3s")):
         bus.wait_state(driver.slice("acme"), "frozen", key="FreezerState")
 
 
@@ -216,3 +219,54 @@ def test_a_call_systemd_refuses_half_way_is_rolled_back(driver):
     assert show(driver.slice("acme"), "CPUWeight", "MemoryMax") == {"CPUWeight": "300", "MemoryMax": str(256 << 20)}
     assert (kernel(acme, "cpu.weight"), kernel(acme, "memory.max")) == ("300", str(256 << 20))
     assert driver.apply(driver.policy()).stdout.startswith("nothing to do:"), "nothing was left half-applied"
+
+
+def test_diff_and_prune_stop_only_cgmans_slices(driver):
+    driver.apply(driver.policy())
+    p = driver.cli("diff", "--cgroup-driver", "systemd", driver.policy())
+    assert p.returncode == 0 and p.stdout.startswith("no drift"), p.stdout + p.stderr
+    systemctl("set-property", "--runtime", driver.slice("acme"), "CPUWeight=5")
+    p = driver.cli("diff", "--cgroup-driver", "systemd", driver.policy())
+    assert p.returncode == 2 and f"{driver.slice('acme')} CPUWeight: want 300, live 5" in p.stdout, p.stdout
+
+    only_acme = driver.policy(text=POLICY.split("    children:")[0])
+    p = driver.cli("diff", "--cgroup-driver", "systemd", only_acme)
+    assert f"{driver.slice('acme/web')}: not in the files (--prune stops it)" in p.stdout, p.stdout
+    foreign = f"{driver.root}-foreign.service"
+    run = subprocess.run(["systemd-run", f"--unit={foreign}", f"--slice={driver.slice('acme/web')}", "sleep", "600"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    try:
+        p = driver.cli("apply", "--cgroup-driver", "systemd", "--prune", "--force", only_acme)
+        assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stdout + p.stderr
+        assert f"{driver.slice('acme/web')} holds {foreign}, which cgman did not make" in p.stderr
+        assert show(foreign, "ActiveState")["ActiveState"] == "active"
+        assert show(driver.slice("acme/web"), "ActiveState")["ActiveState"] == "active"
+    finally:
+        systemctl("stop", foreign, check=False)
+    out = driver.apply("--prune", only_acme).stdout
+    assert f"stop {driver.slice('acme/web')}" in out and f"stop {driver.slice('acme/batch')}" in out, out
+    assert show(driver.slice("acme/web"), "ActiveState")["ActiveState"] == "inactive"
+    assert show(driver.slice("acme"), "ActiveState", "CPUWeight") == {"ActiveState": "active", "CPUWeight": "300"}
+    assert driver.cli("diff", "--cgroup-driver", "systemd", only_acme).returncode == 0
+
+
+def test_the_agent_keeps_unit_properties_and_corrects_drift(driver, agent):
+    assert agent.root == driver.root
+    agent.install(agent_env="CGMAN_CGROUP_DRIVER=systemd\n")
+    (agent.policies / "acme.yaml").write_text(POLICY.replace("FROZEN", "false"))
+    try:
+        agent.start()
+        acme = driver.cgroup("acme")
+        assert show(driver.slice("acme"), "CPUWeight", "Description") == {"CPUWeight": "300",
+                                                                         "Description": "cgman group acme"}
+        assert kernel(acme, "cpu.weight") == "300"
+        systemctl("set-property", "--runtime", driver.slice("acme"), "CPUWeight=5")
+        systemctl("kill", "-s", "HUP", "--kill-who=main", SERVICE)          # reconcile now, not in 30 s
+        until(lambda: kernel(acme, "cpu.weight") == "300", what="the agent to set CPUWeight back")
+        assert show(driver.slice("acme"), "CPUWeight")["CPUWeight"] == "300"
+        until(lambda: "cgman_agent_drift_corrections_total 1" in http_get("/metrics"), what="the drift metric")
+        log = subprocess.run(["journalctl", "-u", SERVICE, "--no-pager"], capture_output=True, text=True).stdout
+        assert f"drift corrected: {driver.slice('acme')} CPUWeight was 5, set back to 300" in log, log[-2000:]
+    finally:
+        systemctl("stop", SERVICE, check=False)

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from cgman.drivers.systemd.bus import BusError
-from cgman.drivers.systemd.reconcile import ApplyRolledBack, apply_units, check_owner, device_path, sendable
+from cgman.drivers.systemd.reconcile import (ApplyRolledBack, apply_units, check_owner, device_path, diff_units,
+                                             sendable)
+from cgman.errors import Busy
 from cgman.drivers.systemd.units import (INFINITY, Prop, UnitPlanError, cpu_bitmask, escape, format_bitmask,
                                          properties, scope_name, slice_name, unit_plan)
 from cgman.model import (UNLIMITED, CpuLimits, IODevice, IOLimits, MemoryLimits, PidsLimits,
@@ -155,6 +157,13 @@ class RecordingBus:
         self.calls.append(("stop", name))
         self.units.pop(name, None)
 
+    def slices(self) -> list[tuple[str, str, str]]:
+        return [(n, u.get("Description", ""), u["ActiveState"]) for n, u in self.units.items() if n.endswith(".slice")]
+
+    def members(self, name: str) -> list[str]:
+        return [n for n, u in self.units.items() if u.get("Slice") == name or
+                (n.endswith(".slice") and n != name and n.rsplit("-", 1)[0] + ".slice" == name)]
+
 
 class RefusingBus(RecordingBus):
     """systemd refusing the call that touches ``refuse`` (a value only it checks)."""
@@ -272,3 +281,36 @@ def test_which_existing_unit_is_a_clash(live, clash):
             check_owner("cgman-acme.slice", live, "group acme")
     else:
         check_owner("cgman-acme.slice", live, "group acme")
+
+
+def test_prune_stops_cgmans_slices_the_files_no_longer_name_and_nothing_else():
+    bus = RecordingBus()
+    apply_units(parse_text(POLICY, "p.yaml"), "cgman", bus)
+    bus.units["cgman-other.slice"] = {"ActiveState": "active", "Transient": False, "Description": "cgman group x",
+                                      "FragmentPath": "/etc/systemd/system/cgman-other.slice"}   # not cgman's
+    only_acme = parse_text(POLICY.split("    children:")[0], "p.yaml")
+    assert [d["unit"] for d in diff_units(only_acme, "cgman", bus, "/nonexistent")] == ["cgman-acme-web.slice"]
+    bus.units["x.scope"] = {"ActiveState": "active", "Transient": True, "Description": "someone's",
+                            "Slice": "cgman-acme-web.slice"}
+    bus.calls.clear()
+    with pytest.raises(Busy, match="cgman-acme-web.slice holds x.scope, which cgman did not make"):
+        apply_units(only_acme, "cgman", bus, prune=True, force=True)
+    assert [c for c in bus.calls if c[0] == "stop"] == []
+    bus.units["x.scope"]["Description"] = "cgman group acme/web container c1"
+    with pytest.raises(Busy, match=r"holds x.scope \(a running container\): stop it first, or use --force"):
+        apply_units(only_acme, "cgman", bus, prune=True)
+    res = apply_units(only_acme, "cgman", bus, prune=True, force=True)
+    assert res.pruned == ["cgman-acme-web.slice"] and bus.calls[-1] == ("stop", "cgman-acme-web.slice")
+    assert "cgman-other.slice" in bus.units and diff_units(only_acme, "cgman", bus, "/nonexistent") == []
+
+
+def test_diff_names_what_differs():
+    ps = parse_text(POLICY, "p.yaml")
+    bus = RecordingBus()
+    assert {d["unit"] for d in diff_units(ps, "cgman", bus)} == {"cgman-acme.slice", "cgman-acme-web.slice"}
+    apply_units(ps, "cgman", bus)
+    bus.units["cgman-acme.slice"]["CPUWeight"] = 5
+    bus.units["cgman-acme-web.slice"]["FreezerState"] = "running"
+    assert diff_units(ps, "cgman", bus) == [
+        {"unit": "cgman-acme.slice", "property": "CPUWeight", "want": "300", "live": "5"},
+        {"unit": "cgman-acme-web.slice", "property": "FreezerState", "want": "frozen", "live": "running"}]

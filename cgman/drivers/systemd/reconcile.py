@@ -17,10 +17,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from ...errors import CgmanError
+from ...errors import Busy, CgmanError
 from ...model import PolicySet, Resources
 from .units import DESCRIPTION, Prop, SliceUnit, UnitPlanError, parent_slice, properties, render_value, \
-    scope_name, slice_name, unit_plan
+    scope_name, slice_name, UnitPlan, unit_plan
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class Bus(Protocol):
     def set_properties(self, name: str, props: Any) -> None: ...
     def freeze(self, name: str, frozen: bool) -> None: ...
     def stop(self, name: str) -> None: ...
+    def slices(self) -> list[tuple[str, str, str]]: ...
+    def members(self, name: str) -> list[str]: ...
 
 
 class ApplyRolledBack(CgmanError):
@@ -72,31 +74,37 @@ def differing(u: SliceUnit, state: dict[str, Any]) -> list[Prop]:
     return [p for p in u.props if live_value(p, state.get(p.name)) != p.render()]
 
 
+def ours(live: dict[str, Any] | None) -> bool:
+    """A transient unit cgman made: its Description starts with cgman's mark."""
+    return bool(live) and bool(live.get("Transient")) and str(live.get("Description", "")).startswith(DESCRIPTION)
+
+
 def check_owner(name: str, live: dict[str, Any] | None, what: str) -> None:
     """A unit of that name that cgman did not make is a clash: refuse, touch nothing. systemd
     also loads a slice that has no file (a parent, or one only asked about): that one is free
     while inactive, and someone else's once active."""
     if live is None or live.get("LoadState") == "not-found":
         return
-    ours = bool(live.get("Transient")) and str(live.get("Description", "")).startswith(DESCRIPTION)
-    if ours or not (live.get("FragmentPath") or live.get("Transient") or live.get("ActiveState") == "active"):
+    if ours(live) or not (live.get("FragmentPath") or live.get("Transient") or live.get("ActiveState") == "active"):
         return
     where = live.get("FragmentPath") or ("a transient unit" if live.get("Transient") else "an active unit")
     raise UnitPlanError(f"{what}: the unit {name} already exists and is not cgman's ({where}): rename the "
-                    f"group, or pick another --cgroup-root")
+                        f"group, or pick another --cgroup-root")
 
 
-def apply_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = False,
-                sysfs: str = "/sys") -> UnitResult:
+def apply_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = False, prune: bool = False,
+                force: bool = False, sysfs: str = "/sys") -> UnitResult:
     """Make systemd's slices match ``policies``: translate and check every name first, then
     create missing slices (parents first), set differing properties, freeze or thaw. A call that
-    fails undoes this apply's earlier calls (ApplyRolledBack)."""
-    plan = unit_plan(policies, root)
-    plan.units = [_with_device_paths(u, sysfs) for u in plan.units]
+    fails undoes this apply's earlier calls (ApplyRolledBack). ``prune`` then stops cgman's slices
+    the files no longer name (prune_units)."""
+    plan = _plan(policies, root, sysfs)
     live = {u.name: bus.unit(u.name) for u in plan.units}
     for u in plan.units:
         check_owner(u.name, live[u.name], f"group {u.group}")
     out = UnitResult(wanted={(u.name, p.name): p.render() for u in plan.units for p in u.props})
+    out.wanted.update({(u.name, "FreezerState"): "frozen" if u.frozen else "running"
+                       for u in plan.units if u.frozen is not None})
     undo: list[Callable[[], str]] = []
     top = slice_name(root)                # systemd starts the root slice as the first one's parent
     if plan.units and not dry_run and (bus.unit(top) or {}).get("ActiveState") != "active":
@@ -111,7 +119,15 @@ def apply_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = Fal
         if not isinstance(err, CgmanError):
             raise
         raise ApplyRolledBack(f"{err}; {done}") from err
+    if prune:            # after the sets are in: a stopped slice cannot be rolled back, so it goes last
+        out.pruned = prune_units(policies, root, bus, dry_run=dry_run, force=force)
     return out
+
+
+def _plan(policies: PolicySet, root: str, sysfs: str) -> UnitPlan:
+    plan = unit_plan(policies, root)
+    plan.units = [_with_device_paths(u, sysfs) for u in plan.units]
+    return plan
 
 
 def _apply_unit(u: SliceUnit, state: dict[str, Any] | None, bus: Bus, out: UnitResult,
@@ -224,3 +240,54 @@ def start_scope(bus: Bus, root: str, group: str, container: str, pid: int, res: 
                                             ("PIDs", "au", [pid]),
                                             ("Description", "s", f"{DESCRIPTION}{group} container {container}")])
     return name
+
+
+def extra_slices(policies: PolicySet, root: str, bus: Bus) -> list[str]:
+    """cgman's active slices under ``root`` that the files no longer name, deepest first. A slice
+    cgman did not make is never one, whatever its name."""
+    wanted = {u.name for u in unit_plan(policies, root).units}
+    prefix = slice_name(root)[:-len(".slice")] + "-"
+    named = [n for n, desc, state in bus.slices() if n.startswith(prefix) and n not in wanted
+             and state == "active" and desc.startswith(DESCRIPTION)]
+    return sorted((n for n in named if ours(bus.unit(n))), key=lambda n: (-n.count("-"), n))
+
+
+def prune_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = False,
+                force: bool = False) -> list[str]:
+    """Stop cgman's slices that the files no longer name, deepest first; all or nothing. A slice
+    holding a unit cgman did not make is refused even with ``force`` (stopping the slice would stop
+    it); one holding cgman's container scopes only with ``force``."""
+    extra = extra_slices(policies, root, bus)
+    foreign, busy = [], []
+    for name in extra:
+        for m in bus.members(name):
+            if m not in extra:
+                (busy if ours(bus.unit(m)) else foreign).append(f"{name} holds {m}")
+    if foreign:
+        raise Busy(f"cannot prune: {', '.join(foreign)}, which cgman did not make: stop it or move it to "
+                   f"another slice, then prune again")
+    if busy and not force:
+        raise Busy(f"cannot prune: {', '.join(busy)} (a running container): stop it first, or use --force")
+    for name in extra:
+        if not dry_run:
+            bus.stop(name)
+    return extra
+
+
+def diff_units(policies: PolicySet, root: str, bus: Bus, sysfs: str = "/sys") -> list[dict[str, str | None]]:
+    """Drift: every planned slice that is not active, every property systemd reports otherwise,
+    a freeze that differs, and cgman's slices the files no longer name."""
+    out: list[dict[str, str | None]] = []
+    for u in _plan(policies, root, sysfs).units:
+        state = bus.unit(u.name)
+        if state is None or state.get("ActiveState") != "active":
+            out.append({"unit": u.name, "property": None, "want": "active", "live": None})
+            continue
+        out += [{"unit": u.name, "property": p.name, "want": p.render(), "live": live_value(p, state.get(p.name))}
+                for p in differing(u, state)]
+        have, want = state.get("FreezerState") or "running", "frozen" if u.frozen else "running"
+        if u.frozen is not None and have != want:
+            out.append({"unit": u.name, "property": "FreezerState", "want": want, "live": have})
+    out += [{"unit": n, "property": None, "want": None, "live": "not in the files (--prune stops it)"}
+            for n in extra_slices(policies, root, bus)]
+    return out
