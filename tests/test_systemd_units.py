@@ -314,3 +314,19 @@ def test_diff_names_what_differs():
     assert diff_units(ps, "cgman", bus) == [
         {"unit": "cgman-acme.slice", "property": "CPUWeight", "want": "300", "live": "5"},
         {"unit": "cgman-acme-web.slice", "property": "FreezerState", "want": "frozen", "live": "running"}]
+
+
+def test_the_agent_without_a_system_bus_or_with_a_bad_driver_says_so_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "policies").mkdir()
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="unix:path=/run/nothing-here", CGMAN_RUN_DIR=str(tmp_path / "run"),
+               CGMAN_STATE_DIR=str(tmp_path / "state"), CGMAN_CGROUP_ROOT="cgman-test-nobus")
+    cmd = [sys.executable, "-m", "cgman", "agent", "--policy-dir", str(tmp_path / "policies"), "--listen", "127.0.0.1:0"]
+    for args, extra in ((["--cgroup-driver", "systemd"], {}), ([], {"CGMAN_CGROUP_DRIVER": "systemd"})):
+        p = subprocess.run(cmd + args, capture_output=True, text=True, env=dict(env, **extra), timeout=60)
+        assert p.returncode == 1 and p.stderr.startswith("cgman: error: cannot reach systemd over D-Bus"), p.stderr
+        assert len(p.stderr.splitlines()) == 1 and "apt-get install dbus" in p.stderr
+    p = subprocess.run(cmd + ["--cgroup-driver", "bogus"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 2 and "--cgroup-driver: 'bogus' is not one of cgroupfs, systemd" in p.stderr

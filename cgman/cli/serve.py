@@ -44,7 +44,7 @@ def server_options(o: Mapping[str, Any]) -> dict[str, Any]:
                 raise BadOption("--" + key.replace("_", "-"), str(e)) from None
     for key, allowed in CHOICES.items():
         if key in out and out[key] not in allowed:
-            raise BadOption("--" + key, f"{out[key]!r} is not one of {', '.join(allowed)}")
+            raise BadOption("--" + key.replace("_", "-"), f"{out[key]!r} is not one of {', '.join(allowed)}")
     for key, (low, high) in INT_RANGES.items():
         if key in out:
             try:
