@@ -97,11 +97,12 @@ def apply_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = Fal
     """Make systemd's slices match ``policies``: translate and check every name first, then
     create missing slices (parents first), set differing properties, freeze or thaw. A call that
     fails undoes this apply's earlier calls (ApplyRolledBack). ``prune`` then stops cgman's slices
-    the files no longer name (prune_units)."""
+    the files no longer name (prune_units), checked before anything is applied."""
     plan = _plan(policies, root, sysfs)
     live = {u.name: bus.unit(u.name) for u in plan.units}
     for u in plan.units:
         check_owner(u.name, live[u.name], f"group {u.group}")
+    doomed = prunable(policies, root, bus, force=force) if prune else []
     out = UnitResult(wanted={(u.name, p.name): p.render() for u in plan.units for p in u.props})
     out.wanted.update({(u.name, "FreezerState"): "frozen" if u.frozen else "running"
                        for u in plan.units if u.frozen is not None})
@@ -119,8 +120,10 @@ def apply_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = Fal
         if not isinstance(err, CgmanError):
             raise
         raise ApplyRolledBack(f"{err}; {done}") from err
-    if prune:            # after the sets are in: a stopped slice cannot be rolled back, so it goes last
-        out.pruned = prune_units(policies, root, bus, dry_run=dry_run, force=force)
+    for name in doomed:          # after the sets are in: a stopped slice cannot be rolled back
+        if not dry_run:
+            bus.stop(name)
+    out.pruned = doomed
     return out
 
 
@@ -252,11 +255,18 @@ def extra_slices(policies: PolicySet, root: str, bus: Bus) -> list[str]:
     return sorted((n for n in named if ours(bus.unit(n))), key=lambda n: (-n.count("-"), n))
 
 
-def prune_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = False,
-                force: bool = False) -> list[str]:
-    """Stop cgman's slices that the files no longer name, deepest first; all or nothing. A slice
-    holding a unit cgman did not make is refused even with ``force`` (stopping the slice would stop
-    it); one holding cgman's container scopes only with ``force``."""
+def prune_units(policies: PolicySet, root: str, bus: Bus, *, force: bool = False) -> list[str]:
+    """Stop cgman's slices that the files no longer name, deepest first; all or nothing (prunable)."""
+    extra = prunable(policies, root, bus, force=force)
+    for name in extra:
+        bus.stop(name)
+    return extra
+
+
+def prunable(policies: PolicySet, root: str, bus: Bus, *, force: bool = False) -> list[str]:
+    """The slices prune would stop, deepest first; Busy if it must not. A slice holding a unit cgman
+    did not make is refused even with ``force`` (stopping the slice would stop it); one holding
+    cgman's container scopes only with ``force``."""
     extra = extra_slices(policies, root, bus)
     foreign, busy = [], []
     for name in extra:
@@ -268,9 +278,6 @@ def prune_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = Fal
                    f"another slice, then prune again")
     if busy and not force:
         raise Busy(f"cannot prune: {', '.join(busy)} (a running container): stop it first, or use --force")
-    for name in extra:
-        if not dry_run:
-            bus.stop(name)
     return extra
 
 
