@@ -62,6 +62,13 @@ class Driver:
         assert p.returncode == 0, p.stdout + p.stderr
         return p
 
+    def lib(self, fn, path: str, **kw):
+        """A drivers/systemd/reconcile function in this process: a CLI run costs ~10 s in the VM."""
+        from cgman.drivers.systemd.bus import SystemdBus
+        from cgman.policy import load_files
+        with SystemdBus() as bus:
+            return fn(load_files([path]), self.root, bus, **kw)
+
     def slice(self, group: str = ".") -> str:
         return slice_name(self.root, group)
 
@@ -210,19 +217,21 @@ def test_a_call_systemd_refuses_half_way_is_rolled_back(driver):
     assert show(driver.slice("acme"), "ActiveState")["ActiveState"] == "inactive"
     assert not (CGROUP2 / driver.slice()).exists(), "the slices it created are stopped, the root's too"
 
-    driver.apply(driver.policy())                        # in force; now a change that fails half-way
+    from cgman.drivers.systemd.reconcile import ApplyRolledBack, apply_units, diff_units
+    driver.lib(apply_units, driver.policy())             # in force; now a change that fails half-way
     acme = driver.cgroup("acme")
     changed = bad.replace("cpu: {weight: 300}", "cpu: {weight: 40}").replace("memory: {max: 256Mi}",
                                                                              "memory: {max: 200Mi}")
-    p = driver.cli("apply", "--cgroup-driver", "systemd", driver.policy(text=changed))
-    assert p.returncode == 1 and "rolled back 1 change(s)" in p.stderr, p.stdout + p.stderr
+    with pytest.raises(ApplyRolledBack, match=r"TasksMax.*; rolled back 1 change\(s\), nothing was applied"):
+        driver.lib(apply_units, driver.policy(text=changed))
     assert show(driver.slice("acme"), "CPUWeight", "MemoryMax") == {"CPUWeight": "300", "MemoryMax": str(256 << 20)}
     assert (kernel(acme, "cpu.weight"), kernel(acme, "memory.max")) == ("300", str(256 << 20))
-    assert driver.apply(driver.policy()).stdout.startswith("nothing to do:"), "nothing was left half-applied"
+    assert driver.lib(diff_units, driver.policy()) == [], "nothing was left half-applied"
 
 
 def test_diff_and_prune_stop_only_cgmans_slices(driver):
-    driver.apply(driver.policy())
+    from cgman.drivers.systemd.reconcile import apply_units, diff_units
+    driver.lib(apply_units, driver.policy())
     systemctl("set-property", "--runtime", driver.slice("acme"), "CPUWeight=5")
     only_acme = driver.policy(text=POLICY.split("    children:")[0])
     p = driver.cli("diff", "--cgroup-driver", "systemd", only_acme)
@@ -241,12 +250,12 @@ def test_diff_and_prune_stop_only_cgmans_slices(driver):
         assert show(driver.slice("acme"), "CPUWeight")["CPUWeight"] == "5", "a refused prune applies nothing"
     finally:
         systemctl("stop", foreign, check=False)
-    out = driver.apply("--prune", only_acme).stdout
-    assert f"stop {driver.slice('acme/web')}" in out and f"stop {driver.slice('acme/batch')}" in out, out
-    assert f"set {driver.slice('acme')}: CPUWeight was 5, set 300" in out, out
+    res = driver.lib(apply_units, only_acme, prune=True)
+    assert sorted(res.pruned) == sorted([driver.slice("acme/web"), driver.slice("acme/batch")])
+    assert [str(c) for c in res.changes] == [f"{driver.slice('acme')}: CPUWeight was 5, set 300"]
     assert show(driver.slice("acme/web"), "ActiveState")["ActiveState"] == "inactive"
     assert show(driver.slice("acme"), "ActiveState", "CPUWeight") == {"ActiveState": "active", "CPUWeight": "300"}
-    assert driver.cli("diff", "--cgroup-driver", "systemd", only_acme).returncode == 0
+    assert driver.lib(diff_units, only_acme) == []
 
 
 def test_the_agent_keeps_unit_properties_and_corrects_drift(driver, agent):
