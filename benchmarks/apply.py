@@ -15,7 +15,11 @@ What it does:
    - the cgman library (load_files + open_host + apply), cold then re-apply
      (the re-apply must report 0 changes),
    - the ``cgman`` CLI as a whole process, cold then re-apply (if it has ``apply``),
-   - ``cgconfigparser -l cgconfig.conf``, cold then a second run.
+   - ``cgconfigparser -l cgconfig.conf``, cold then a second run,
+   - ``cgman apply --cgroup-driver systemd`` as a whole process, cold then re-apply: the same
+     groups as transient slices over D-Bus. Only with systemd as PID 1 in the throw-away systemd
+     VM (CGMAN_SYSTEMD_VM=1, see docs/operations.md); elsewhere it prints why it is skipped.
+     Ratios are printed against the cgroupfs driver's CLI (cgman-cli) of the same rounds.
 3. Counts kernel writes (write(2) to files under the cgroup mounts, mkdirs,
    chown/chmod) of each tool with strace, in separate untimed passes.
 4. Checks with ``cgman diff`` that libcgroup's result matches cgman's plan.
@@ -50,6 +54,7 @@ VENV_BIN = Path(sys.executable).parent
 CGMAN_CLI = VENV_BIN / "cgman"
 
 _created_roots: list[str] = []      # every root name this run may have created (cleaned at exit)
+_created_slices: list[str] = []     # the systemd contender's root slices (stopped at exit)
 
 
 def log(msg: str) -> None:
@@ -97,9 +102,42 @@ def new_root(kind: str, tag: str) -> str:
 
 def cleanup_all() -> list[str]:
     failed = []
+    for name in reversed(_created_slices):             # stops every slice below it too
+        p = subprocess.run(["systemctl", "stop", name], capture_output=True, text=True)
+        if p.returncode != 0:
+            failed.append(f"{name}: systemctl stop: {p.stderr.strip()}")
     for root in reversed(_created_roots):
         failed += remove_root(root)
     return failed
+
+
+def systemd_skip() -> str | None:
+    """Why the systemd contender does not run here, or None."""
+    if os.environ.get("CGMAN_SYSTEMD_VM") != "1":
+        return "runs only in the throw-away systemd VM (CGMAN_SYSTEMD_VM=1): it starts transient slices"
+    try:
+        if Path("/proc/1/comm").read_text().strip() != "systemd":
+            return "systemd is not PID 1"
+    except OSError as e:
+        return f"cannot read /proc/1/comm: {e.strerror}"
+    return None
+
+
+def systemd_cli_apply(policy: str, root: str) -> dict:
+    """``cgman apply --cgroup-driver systemd`` as a whole process."""
+    from cgman.drivers.systemd.units import slice_name
+    if slice_name(root) not in _created_slices:
+        _created_slices.append(slice_name(root))
+    env = dict(os.environ, CGMAN_CGROUP_ROOT=root)
+    t0 = time.perf_counter()
+    p = subprocess.run([str(CGMAN_CLI), "apply", "--cgroup-driver", "systemd", policy], capture_output=True,
+                       text=True, env=env)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"cgman apply --cgroup-driver systemd failed (rc {p.returncode}): "
+                           f"{p.stderr.strip()[-1000:]}")
+    last = (p.stdout.strip().splitlines() or [""])[-1]
+    return {"seconds": dt, "summary": last, "noop": last.startswith("nothing to do")}
 
 
 def leftovers(tag: str) -> list[str]:
@@ -427,7 +465,8 @@ def run(args: argparse.Namespace, workdir: str, tag: str) -> dict:
         Path(path).write_text(text, encoding="utf-8")
         return path
 
-    T: dict[str, dict[str, list]] = {k: {"first": [], "second": []} for k in ("cgman-api", "cgman-cli", "libcgroup")}
+    T: dict[str, dict[str, list]] = {k: {"first": [], "second": []}
+                                     for k in ("cgman-api", "cgman-cli", "libcgroup", "systemd")}
     extra: dict[str, list] = {"cgman-api-load_seconds": []}
 
     def do_api(r: int) -> None:
@@ -491,10 +530,35 @@ def run(args: argparse.Namespace, workdir: str, tag: str) -> dict:
         finally:
             remove_root(root)
 
+    sd_state = {"skip": systemd_skip() if form is not None else "the cgman CLI is unavailable"}
+    if sd_state["skip"]:
+        report["errors"]["systemd"] = f"skipped: {sd_state['skip']}"
+
+    def do_sysd(r: int) -> None:
+        if sd_state["skip"]:
+            return
+        root = new_root(f"sd-r{r}", tag)
+        try:
+            a = systemd_cli_apply(policy, root)
+            b = systemd_cli_apply(policy, root)
+            if not b["noop"]:
+                raise AssertionError(f"systemd driver re-apply was not a no-op: {b['summary']}")
+            T["systemd"]["first"].append(a["seconds"])
+            T["systemd"]["second"].append(b["seconds"])
+            report.setdefault("systemd_results", {"first": a["summary"], "second": b["summary"]})
+            log(f"  round {r} systemd    first {a['seconds']:.3f}s  re-apply {b['seconds']:.3f}s ({b['summary']})")
+        except RuntimeError as e:
+            sd_state["skip"] = str(e)
+            report["errors"]["systemd"] = str(e)
+            log(f"  round {r} systemd failed: {e}")
+        finally:
+            subprocess.run(["systemctl", "stop", _created_slices[-1]], capture_output=True)
+            remove_root(root)
+
     # --- timed rounds, interleaved, rotating the order --------------------------------
-    steps = [("libcgroup", do_lib), ("cgman-api", do_api), ("cgman-cli", do_cli)]
+    steps = [("libcgroup", do_lib), ("cgman-api", do_api), ("cgman-cli", do_cli), ("systemd", do_sysd)]
     for r in range(1, args.rounds + 1):
-        order = steps[(r - 1) % 3:] + steps[:(r - 1) % 3]
+        order = steps[(r - 1) % len(steps):] + steps[:(r - 1) % len(steps)]
         log(f"round {r}/{args.rounds}: " + ", ".join(n for n, _ in order))
         for _name, fn in order:
             fn(r)
@@ -547,6 +611,10 @@ def summarize(rep: dict) -> dict:
     for r in rows[:2]:
         ratios[f"{r['tool']}/libcgroup"] = {
             k: ratio(r[k], lib[k]) for k in ("first_s", "second_s", "writes_first", "writes_second")}
+    if t["systemd"]["first_median_s"] is not None:          # D-Bus calls, not file writes: times only
+        rows.append({"tool": "systemd", "first_s": t["systemd"]["first_median_s"],
+                     "second_s": t["systemd"]["second_median_s"]})
+        ratios["systemd/cgman-cli"] = {k: ratio(rows[-1][k], rows[1][k]) for k in ("first_s", "second_s")}
     return {"rows": rows, "ratios": ratios}
 
 
@@ -561,13 +629,14 @@ def print_table(rep: dict, summ: dict) -> None:
            "chown 1st", "chown 2nd", "reads 2nd")
     print("  ".join(f"{h:>11}" for h in hdr))
     for r in summ["rows"]:
-        vals = (r["tool"], fmt(r["first_s"]), fmt(r["second_s"]), fmt(r["writes_first"]),
-                fmt(r["writes_second"]), fmt(r["mkdir_first"]), fmt(r["chown_first"]),
-                fmt(r["chown_second"]), fmt(r["reads_second"]))
+        vals = (r["tool"], fmt(r["first_s"]), fmt(r["second_s"]), fmt(r.get("writes_first")),
+                fmt(r.get("writes_second")), fmt(r.get("mkdir_first")), fmt(r.get("chown_first")),
+                fmt(r.get("chown_second")), fmt(r.get("reads_second")))
         print("  ".join(f"{v:>11}" for v in vals))
     for name, rr in summ["ratios"].items():
-        print(f"ratio {name}: first {fmt(rr['first_s'], 2)}x, re-apply {fmt(rr['second_s'], 2)}x, "
-              f"writes first {fmt(rr['writes_first'], 2)}x, writes second {fmt(rr['writes_second'], 2)}x")
+        print(f"ratio {name}: first {fmt(rr['first_s'], 2)}x, re-apply {fmt(rr['second_s'], 2)}x"
+              + (f", writes first {fmt(rr['writes_first'], 2)}x, writes second {fmt(rr['writes_second'], 2)}x"
+                 if "writes_first" in rr else " (the systemd driver against the cgroupfs driver, both CLI)"))
     api = rep.get("cgman_api_results")
     if api:
         print(f"cgman re-apply: {api['second']['changes']} changes, {api['second']['created']} created, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from cgman.drivers.systemd.units import scope_name, slice_name
 
 from .conftest import REPO
-from .test_systemd_host import CGROUP2, ETC, _in_systemd_vm, cgroup_of, kernel, show, systemctl, until
+from .test_systemd_host import (CGROUP2, ETC, SERVICE, _in_systemd_vm, agent, cgroup_of, http_get, kernel,  # noqa: F401
+                                show, systemctl, until)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.kernel]
 
@@ -59,6 +61,13 @@ class Driver:
         p = self.cli("apply", "--cgroup-driver", "systemd", *files)
         assert p.returncode == 0, p.stdout + p.stderr
         return p
+
+    def lib(self, fn, path: str, **kw):
+        """A drivers/systemd/reconcile function in this process: a CLI run costs ~10 s in the VM."""
+        from cgman.drivers.systemd.bus import SystemdBus
+        from cgman.policy import load_files
+        with SystemdBus() as bus:
+            return fn(load_files([path]), self.root, bus, **kw)
 
     def slice(self, group: str = ".") -> str:
         return slice_name(self.root, group)
@@ -177,3 +186,94 @@ def test_plan_shows_the_unit_properties_without_root_or_dbus(driver):
     units = {u["unit"]: u for u in json.loads(p.stdout)["units"]}
     assert units[driver.slice("acme/web")]["properties"]["CPUQuotaPerSecUSec"] == "500000"
     assert p.returncode == 0 and not (CGROUP2 / driver.slice()).exists()
+
+
+def test_wait_state_says_when_a_unit_failed_or_did_not_settle(driver):
+    from cgman.drivers.systemd.bus import BusError, SystemdBus
+    failing = f"{driver.root}-fail.service"
+    try:
+        with SystemdBus() as bus, pytest.raises(BusError, match=f"systemd: {failing} failed to start "
+                                                                 rf"\(journalctl -u {failing}\)"):
+            bus.start_transient(failing, [], extra=[("Type", "s", "oneshot"),
+                                                   ("ExecStart", "a(sasb)", [("/bin/false", ["/bin/false"], False)])])
+    finally:
+        systemctl("reset-failed", failing, check=False)
+    driver.apply(driver.policy())
+    with SystemdBus(timeout_s=0.3) as bus, pytest.raises(
+            BusError, match=re.escape(f"systemd: {driver.slice('acme')}: FreezerState is 'running', not 'frozen', "
+                                      "after 0.3s")):
+        bus.wait_state(driver.slice("acme"), "frozen", key="FreezerState")
+
+
+BAD = "pids: {max: 0}"      # the kernel takes pids.max 0, systemd refuses TasksMax=0 (out of range)
+
+
+def test_a_call_systemd_refuses_half_way_is_rolled_back(driver):
+    bad = POLICY.replace("        io:\n", f"        {BAD}\n        io:\n")
+    assert BAD in bad
+    p = driver.cli("apply", "--cgroup-driver", "systemd", driver.policy(text=bad))
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stdout + p.stderr
+    assert "TasksMax" in p.stderr and "rolled back 3 change(s), nothing was applied" in p.stderr, p.stderr
+    assert show(driver.slice("acme"), "ActiveState")["ActiveState"] == "inactive"
+    assert not (CGROUP2 / driver.slice()).exists(), "the slices it created are stopped, the root's too"
+
+    from cgman.drivers.systemd.reconcile import ApplyRolledBack, apply_units, diff_units
+    driver.lib(apply_units, driver.policy())             # in force; now a change that fails half-way
+    acme = driver.cgroup("acme")
+    changed = bad.replace("cpu: {weight: 300}", "cpu: {weight: 40}").replace("memory: {max: 256Mi}",
+                                                                             "memory: {max: 200Mi}")
+    with pytest.raises(ApplyRolledBack, match=r"TasksMax.*; rolled back 1 change\(s\), nothing was applied"):
+        driver.lib(apply_units, driver.policy(text=changed))
+    assert show(driver.slice("acme"), "CPUWeight", "MemoryMax") == {"CPUWeight": "300", "MemoryMax": str(256 << 20)}
+    assert (kernel(acme, "cpu.weight"), kernel(acme, "memory.max")) == ("300", str(256 << 20))
+    assert driver.lib(diff_units, driver.policy()) == [], "nothing was left half-applied"
+
+
+def test_diff_and_prune_stop_only_cgmans_slices(driver):
+    from cgman.drivers.systemd.reconcile import apply_units, diff_units
+    driver.lib(apply_units, driver.policy())
+    systemctl("set-property", "--runtime", driver.slice("acme"), "CPUWeight=5")
+    only_acme = driver.policy(text=POLICY.split("    children:")[0])
+    p = driver.cli("diff", "--cgroup-driver", "systemd", only_acme)
+    assert p.returncode == 2 and f"{driver.slice('acme')} CPUWeight: want 300, live 5" in p.stdout, p.stdout
+    assert f"{driver.slice('acme/web')}: not in the files (--prune stops it)" in p.stdout, p.stdout
+    foreign = f"{driver.root}-foreign.service"
+    run = subprocess.run(["systemd-run", f"--unit={foreign}", f"--slice={driver.slice('acme/web')}", "sleep", "600"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    try:
+        p = driver.cli("apply", "--cgroup-driver", "systemd", "--prune", "--force", only_acme)
+        assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stdout + p.stderr
+        assert f"{driver.slice('acme/web')} holds {foreign}, which cgman did not make" in p.stderr
+        assert show(foreign, "ActiveState")["ActiveState"] == "active"
+        assert show(driver.slice("acme/web"), "ActiveState")["ActiveState"] == "active"
+        assert show(driver.slice("acme"), "CPUWeight")["CPUWeight"] == "5", "a refused prune applies nothing"
+    finally:
+        systemctl("stop", foreign, check=False)
+    res = driver.lib(apply_units, only_acme, prune=True)
+    assert sorted(res.pruned) == sorted([driver.slice("acme/web"), driver.slice("acme/batch")])
+    assert [str(c) for c in res.changes] == [f"{driver.slice('acme')}: CPUWeight was 5, set 300"]
+    assert show(driver.slice("acme/web"), "ActiveState")["ActiveState"] == "inactive"
+    assert show(driver.slice("acme"), "ActiveState", "CPUWeight") == {"ActiveState": "active", "CPUWeight": "300"}
+    assert driver.lib(diff_units, only_acme) == []
+
+
+def test_the_agent_keeps_unit_properties_and_corrects_drift(driver, agent):
+    assert agent.root == driver.root
+    agent.install(agent_env="CGMAN_CGROUP_DRIVER=systemd\n")
+    (agent.policies / "acme.yaml").write_text(POLICY.replace("FROZEN", "false"))
+    try:
+        agent.start()
+        acme = driver.cgroup("acme")
+        assert show(driver.slice("acme"), "CPUWeight", "Description") == {"CPUWeight": "300",
+                                                                         "Description": "cgman group acme"}
+        assert kernel(acme, "cpu.weight") == "300"
+        systemctl("set-property", "--runtime", driver.slice("acme"), "CPUWeight=5")
+        systemctl("kill", "-s", "HUP", "--kill-who=main", SERVICE)          # reconcile now, not in 30 s
+        until(lambda: kernel(acme, "cpu.weight") == "300", what="the agent to set CPUWeight back")
+        assert show(driver.slice("acme"), "CPUWeight")["CPUWeight"] == "300"
+        until(lambda: "cgman_agent_drift_corrections_total 1" in http_get("/metrics"), what="the drift metric")
+        log = subprocess.run(["journalctl", "-u", SERVICE, "--no-pager"], capture_output=True, text=True).stdout
+        assert f"drift corrected: {driver.slice('acme')} CPUWeight was 5, set back to 300" in log, log[-2000:]
+    finally:
+        systemctl("stop", SERVICE, check=False)

@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
-from cgman.drivers.systemd.reconcile import apply_units, check_owner, device_path
-from cgman.drivers.systemd.units import (INFINITY, Prop, UnitError, cpu_bitmask, escape, format_bitmask,
+from cgman.drivers.systemd.bus import BusError
+from cgman.drivers.systemd.reconcile import (ApplyRolledBack, apply_units, check_owner, device_path, diff_units,
+                                             sendable)
+from cgman.errors import Busy
+from cgman.drivers.systemd.units import (INFINITY, Prop, UnitPlanError, cpu_bitmask, escape, format_bitmask,
                                          properties, scope_name, slice_name, unit_plan)
 from cgman.model import (UNLIMITED, CpuLimits, IODevice, IOLimits, MemoryLimits, PidsLimits,
                          Resources)
@@ -38,7 +41,7 @@ def test_slice_and_scope_names():
 
 
 def test_a_root_with_a_path_is_refused():
-    with pytest.raises(UnitError, match="the systemd driver needs a single name"):
+    with pytest.raises(UnitPlanError, match="the systemd driver needs a single name"):
         slice_name("cgman.slice/cgman-agent.service/payload", "acme")
 
 
@@ -82,10 +85,9 @@ def test_accounting_is_always_on():
 @pytest.mark.parametrize("cpu, message", [
     (CpuLimits(max_cpus=0.0123456789, period_usec=300000), "quota of 3704us per period, which systemd cannot "
                                                            "express"),
-    (CpuLimits(max_cpus=1, period_usec=2_000_000), "CPUQuotaPeriodSec= takes 1ms..1s"),
 ])
 def test_values_systemd_cannot_express(cpu, message):
-    with pytest.raises(UnitError, match=message):
+    with pytest.raises(UnitPlanError, match=message):
         properties(Resources(cpu=cpu), who="acme (p.yaml:3:5)")
 
 
@@ -122,7 +124,7 @@ def test_the_plan_lists_slices_parents_first_with_their_properties():
 
 
 def test_a_bad_container_limit_fails_the_plan():
-    with pytest.raises(UnitError, match=r"acme/web/<container> \(p.yaml:7:7\): cpu.max"):
+    with pytest.raises(UnitPlanError, match=r"acme/web/<container> \(p.yaml:7:7\): cpu.max"):
         bad = POLICY.replace("memory: {max: 64Mi}", "cpu: {max: 0.0123456789, period: 300ms}")
         unit_plan(parse_text(bad, "p.yaml"), "cgman")
 
@@ -139,6 +141,7 @@ class RecordingBus:
 
     def start_transient(self, name: str, props: Any, extra: Any = ()) -> None:
         self.calls.append(("start", name))
+        self.units.setdefault("cgman.slice", {"ActiveState": "active", "LoadState": "loaded"})  # the parent
         self.units[name] = {"ActiveState": "active", "Transient": True, "LoadState": "loaded",
                             **{p.name: p.value for p in props}, **{k: v for k, _, v in extra}}
 
@@ -149,6 +152,35 @@ class RecordingBus:
     def freeze(self, name: str, frozen: bool) -> None:
         self.calls.append(("freeze", name, frozen))
         self.units[name]["FreezerState"] = "frozen" if frozen else "running"
+
+    def stop(self, name: str) -> None:
+        self.calls.append(("stop", name))
+        self.units.pop(name, None)
+
+    def slices(self) -> list[tuple[str, str, str]]:
+        return [(n, u.get("Description", ""), u["ActiveState"]) for n, u in self.units.items() if n.endswith(".slice")]
+
+    def members(self, name: str) -> list[str]:
+        return [n for n, u in self.units.items() if u.get("Slice") == name or
+                (n.endswith(".slice") and n != name and n.rsplit("-", 1)[0] + ".slice" == name)]
+
+
+class RefusingBus(RecordingBus):
+    """systemd refusing the call that touches ``refuse`` (a value only it checks)."""
+
+    def __init__(self, refuse: str, units: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(units)
+        self.refuse = refuse
+
+    def start_transient(self, name: str, props: Any, extra: Any = ()) -> None:
+        if name == self.refuse:
+            raise BusError(f"systemd: StartTransientUnit: org.freedesktop.DBus.Error.InvalidArgs: {name}")
+        super().start_transient(name, props, extra)
+
+    def set_properties(self, name: str, props: Any) -> None:
+        if name == self.refuse:
+            raise BusError(f"systemd: SetUnitProperties: org.freedesktop.DBus.Error.InvalidArgs: {name}")
+        super().set_properties(name, props)
 
 
 def test_reconcile_creates_then_does_nothing_then_corrects_drift():
@@ -163,14 +195,39 @@ def test_reconcile_creates_then_does_nothing_then_corrects_drift():
     assert bus.calls == [], "a frozen slice is not frozen again"
     bus.units["cgman-acme.slice"]["CPUWeight"] = 5            # someone ran systemctl set-property
     fixed = apply_units(ps, "cgman", bus)
-    assert fixed.changes == ["cgman-acme.slice: CPUWeight was 5, set 300"]
+    assert [str(c) for c in fixed.changes] == ["cgman-acme.slice: CPUWeight was 5, set 300"]
     assert ("set", "cgman-acme.slice", ("CPUWeight",)) in bus.calls
+
+
+def test_a_refused_call_rolls_back_what_the_apply_changed():
+    ps = parse_text(POLICY, "p.yaml")
+    bus = RefusingBus("cgman-acme-web.slice")
+    with pytest.raises(ApplyRolledBack, match=r"InvalidArgs: cgman-acme-web.slice; rolled back 3 change\(s\), "
+                                              "nothing was applied"):
+        apply_units(ps, "cgman", bus)
+    assert bus.units == {} and bus.calls[-3:] == [("stop", "cgman-acme-web.slice"), ("stop", "cgman-acme.slice"),
+                                                  ("stop", "cgman.slice")]
+
+    good = RecordingBus()
+    apply_units(ps, "cgman", good)
+    before = {k: dict(v) for k, v in good.units.items()}
+    changed = parse_text(POLICY.replace("weight: 300", "weight: 400").replace("max: 0.5", "max: 0.7"), "p.yaml")
+    bus = RefusingBus("cgman-acme-web.slice", good.units)
+    with pytest.raises(ApplyRolledBack, match="rolled back 1 change"):
+        apply_units(changed, "cgman", bus)
+    assert bus.units == before and bus.calls[-1] == ("set", "cgman-acme.slice", ("CPUWeight",))
+
+
+def test_a_device_list_is_set_whole():
+    props = sendable([Prop("IOReadBandwidthMax", "a(st)", (("/dev/vda", 5),)), Prop("CPUWeight", "t", 1)])
+    assert [(p.name, p.value) for p in props] == [("IOReadBandwidthMax", ()), ("IOReadBandwidthMax",
+                                                  (("/dev/vda", 5),)), ("CPUWeight", 1)]
 
 
 def test_a_unit_name_clash_applies_nothing():
     bus = RecordingBus({"cgman-acme-web.slice": {"ActiveState": "active", "LoadState": "loaded",
                                                  "Transient": False, "FragmentPath": "/etc/systemd/system/x"}})
-    with pytest.raises(UnitError, match="cgman-acme-web.slice already exists and is not cgman's "
+    with pytest.raises(UnitPlanError, match="cgman-acme-web.slice already exists and is not cgman's "
                                         r"\(/etc/systemd/system/x\)"):
         apply_units(parse_text(POLICY, "p.yaml"), "cgman", bus)
     assert bus.calls == []
@@ -183,7 +240,8 @@ def test_a_thaw_is_a_change_it_reports():
     thawed = parse_text(POLICY.replace("frozen: true", "frozen: false"), "p.yaml")
     bus.calls.clear()
     planned = apply_units(thawed, "cgman", bus, dry_run=True)
-    assert planned.changes == ["cgman-acme-web.slice: FreezerState was frozen, set running"] and bus.calls == []
+    assert [str(c) for c in planned.changes] == ["cgman-acme-web.slice: FreezerState was frozen, set running"]
+    assert bus.calls == []
     done = apply_units(thawed, "cgman", bus)
     assert done.changes == planned.changes and bus.calls == [("freeze", "cgman-acme-web.slice", False)]
 
@@ -205,7 +263,7 @@ def test_a_device_without_udev_s_link_is_named_by_the_kernel(tmp_path):
     (d / "uevent").write_text("MAJOR=250\nMINOR=99\nDEVNAME=vdz\nDEVTYPE=disk\n")
     assert device_path("/dev/block/250:99", str(tmp_path)) == "/dev/vdz"
     assert device_path("/dev/vda", str(tmp_path)) == "/dev/vda"          # a path stays as written
-    with pytest.raises(UnitError, match="io.devices 250:98: systemd takes a device path, and no block device"):
+    with pytest.raises(UnitPlanError, match="io.devices 250:98: systemd takes a device path, and no block device"):
         device_path("/dev/block/250:98", str(tmp_path))
 
 
@@ -219,7 +277,57 @@ def test_a_device_without_udev_s_link_is_named_by_the_kernel(tmp_path):
 ])
 def test_which_existing_unit_is_a_clash(live, clash):
     if clash:
-        with pytest.raises(UnitError, match="already exists and is not cgman's"):
+        with pytest.raises(UnitPlanError, match="already exists and is not cgman's"):
             check_owner("cgman-acme.slice", live, "group acme")
     else:
         check_owner("cgman-acme.slice", live, "group acme")
+
+
+def test_prune_stops_cgmans_slices_the_files_no_longer_name_and_nothing_else():
+    bus = RecordingBus()
+    apply_units(parse_text(POLICY, "p.yaml"), "cgman", bus)
+    bus.units["cgman-other.slice"] = {"ActiveState": "active", "Transient": False, "Description": "cgman group x",
+                                      "FragmentPath": "/etc/systemd/system/cgman-other.slice"}   # not cgman's
+    only_acme = parse_text(POLICY.split("    children:")[0], "p.yaml")
+    assert [d["unit"] for d in diff_units(only_acme, "cgman", bus, "/nonexistent")] == ["cgman-acme-web.slice"]
+    bus.units["x.scope"] = {"ActiveState": "active", "Transient": True, "Description": "someone's",
+                            "Slice": "cgman-acme-web.slice"}
+    bus.calls.clear()
+    bus.units["cgman-acme.slice"]["CPUWeight"] = 5
+    with pytest.raises(Busy, match="cgman-acme-web.slice holds x.scope, which cgman did not make"):
+        apply_units(only_acme, "cgman", bus, prune=True, force=True)
+    assert bus.calls == [], "a prune it refuses applies nothing either"
+    bus.units["x.scope"]["Description"] = "cgman group acme/web container c1"
+    with pytest.raises(Busy, match=r"holds x.scope \(a running container\): stop it first, or use --force"):
+        apply_units(only_acme, "cgman", bus, prune=True)
+    res = apply_units(only_acme, "cgman", bus, prune=True, force=True)
+    assert res.pruned == ["cgman-acme-web.slice"] and bus.calls[-1] == ("stop", "cgman-acme-web.slice")
+    assert "cgman-other.slice" in bus.units and diff_units(only_acme, "cgman", bus, "/nonexistent") == []
+
+
+def test_diff_names_what_differs():
+    ps = parse_text(POLICY, "p.yaml")
+    bus = RecordingBus()
+    assert {d["unit"] for d in diff_units(ps, "cgman", bus)} == {"cgman-acme.slice", "cgman-acme-web.slice"}
+    apply_units(ps, "cgman", bus)
+    bus.units["cgman-acme.slice"]["CPUWeight"] = 5
+    bus.units["cgman-acme-web.slice"]["FreezerState"] = "running"
+    assert diff_units(ps, "cgman", bus) == [
+        {"unit": "cgman-acme.slice", "property": "CPUWeight", "want": "300", "live": "5"},
+        {"unit": "cgman-acme-web.slice", "property": "FreezerState", "want": "frozen", "live": "running"}]
+
+
+def test_the_agent_without_a_system_bus_or_with_a_bad_driver_says_so_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "policies").mkdir()
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="unix:path=/run/nothing-here", CGMAN_RUN_DIR=str(tmp_path / "run"),
+               CGMAN_STATE_DIR=str(tmp_path / "state"), CGMAN_CGROUP_ROOT="cgman-test-nobus")
+    cmd = [sys.executable, "-m", "cgman", "agent", "--policy-dir", str(tmp_path / "policies"), "--listen", "127.0.0.1:0"]
+    for args, extra in ((["--cgroup-driver", "systemd"], {}), ([], {"CGMAN_CGROUP_DRIVER": "systemd"})):
+        p = subprocess.run(cmd + args, capture_output=True, text=True, env=dict(env, **extra), timeout=60)
+        assert p.returncode == 1 and p.stderr.startswith("cgman: error: cannot reach systemd over D-Bus"), p.stderr
+        assert len(p.stderr.splitlines()) == 1 and "apt-get install dbus" in p.stderr
+    p = subprocess.run(cmd + ["--cgroup-driver", "bogus"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 2 and "--cgroup-driver: 'bogus' is not one of cgroupfs, systemd" in p.stderr

@@ -25,26 +25,22 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
           gzip_ok: bool = True, pressure: bool = True, read_threads: int = 2,
           http_limits: Any = None, input_limits: Any = None, ready: Any = None,
           fleet: Any = None, compat: str | None = None, checkpoint: Any = None,
-          served_stop_at: str = "") -> None:
+          served_stop_at: str = "", cgroup_driver: str = "cgroupfs") -> None:
     """Run until SIGTERM or SIGINT (SIGHUP re-reads the files now). ``fleet``: a
     fleet.shipper.Shipper to run beside the loop (--ledger-url), checked here first.
     ``checkpoint`` and ``served_stop_at``: the crash tests' hooks (service.Checkpoint, and the
-    point where a served run stops, cli/served.py); none in service."""
-    from ..errors import CgmanError
+    point where a served run stops, cli/served.py); none in service. ``cgroup_driver`` "systemd":
+    the policies are applied as slices over D-Bus (units.py), checked here first."""
     from ..exporter.collector import Collector
     from ..exporter.server import Exporter, load_web_config, make_server
     from ..inputs import DEFAULT_LIMITS
-    from .delegated import enter_supervisor_leaf
     from .service import Agent
-    if not os.path.isdir(policy_dir):
-        raise CgmanError(f"--policy-dir {policy_dir}: not a directory (create it, or point --policy-dir "
-                         f"or CGMAN_POLICY_DIR at your policy files)")
-    enter_supervisor_leaf(host.info.unified, host.root, host.info.mode)     # layout (b) only
+    _check(host, policy_dir, cgroup_driver)
     web = load_web_config(web_config) if web_config else None
     if fleet is not None:
         _open_fleet(fleet)
     agent = Agent(host, store, policy_dir, interval_s=interval_s, prune=prune, poll=poll,
-                  limits=input_limits or DEFAULT_LIMITS, checkpoint=checkpoint)
+                  limits=input_limits or DEFAULT_LIMITS, checkpoint=checkpoint, cgroup_driver=cgroup_driver)
     collector = Collector(host.info, store.run, store.state, pressure=pressure, read_threads=read_threads,
                           compat=compat)
     exp = Exporter(collector)
@@ -80,6 +76,20 @@ def serve(host: Any, store: Any, policy_dir: str, listen: str, *, interval_s: fl
         collector.close()
         log.info("stopped")
         sys.stderr.flush()
+
+
+def _check(host: Any, policy_dir: str, cgroup_driver: str) -> None:
+    """What must hold before anything is served or applied, each a one-line error with the fix;
+    then the agent leaves its unit's cgroup for a leaf (layout (b) only)."""
+    from ..errors import CgmanError
+    from .delegated import enter_supervisor_leaf
+    if not os.path.isdir(policy_dir):
+        raise CgmanError(f"--policy-dir {policy_dir}: not a directory (create it, or point --policy-dir "
+                         f"or CGMAN_POLICY_DIR at your policy files)")
+    if cgroup_driver == "systemd":
+        from .units import UnitApplier
+        UnitApplier.check()                  # no system bus or no systemd
+    enter_supervisor_leaf(host.info.unified, host.root, host.info.mode)
 
 
 def _start_http(srv: Any, listen: str, tls: bool, root: str, store: Any) -> None:

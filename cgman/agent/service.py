@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import CgmanError
 from ..inputs import DEFAULT_LIMITS, Limits
-from ..reconcile.apply import ApplyError, Result, apply
+from ..reconcile.apply import ApplyError, apply
 from .policies import PolicyDir
 from .watch import Watcher
 
@@ -104,7 +104,8 @@ class _Announcing:
 class Agent:
     def __init__(self, host: Any, store: Any, policy_dir: str, *, interval_s: float = 30.0,
                  prune: bool = False, poll: bool = False, timeout_s: float = 10.0,
-                 limits: Limits = DEFAULT_LIMITS, checkpoint: Checkpoint | None = None) -> None:
+                 limits: Limits = DEFAULT_LIMITS, checkpoint: Checkpoint | None = None,
+                 cgroup_driver: str = "cgroupfs") -> None:
         self.host, self.store = host, store
         root_key = host.root.replace("/", "_")
         self.policies = PolicyDir(policy_dir, memory=os.path.join(store.state, f"agent-{root_key}.pickle"),
@@ -121,6 +122,11 @@ class Agent:
         self._desired: dict[tuple[str, str], str] = {}     # (cgroup, file) -> value of the last apply
         self._groups: set[str] = set()
         self.on_policies: Callable[[Any], None] | None = None     # the policies in force, after each apply
+        self._refusals: tuple[type[CgmanError], ...] = (ApplyError,)
+        self._units: Any = None              # agent/units.UnitApplier with --cgroup-driver systemd
+        if cgroup_driver == "systemd":
+            from .units import REFUSALS, UnitApplier
+            self._units, self._refusals = UnitApplier(host.root, max(timeout_s, 30.0)), (ApplyError, *REFUSALS)
 
     # -- reconcile ---------------------------------------------------------
 
@@ -129,7 +135,9 @@ class Agent:
         live = {r.cgroup for r in self.store.records() if r.state != "exited" or r.cleanup_pending}
         return lambda cg: cg in live
 
-    def _apply(self) -> Result:
+    def _apply(self) -> Any:
+        if self._units is not None:
+            return self._units.apply(self.policies.policies())
         host = self.host
         if self._checkpoint is not None:
             host = _Announcing(host, self._checkpoint)
@@ -148,7 +156,9 @@ class Agent:
         self._prune_held = False
         from ..reconcile.apply import prune
         try:
-            for cg in prune(self.policies.policies(), self.host, keep=self._keep()):
+            pruned = self._units.prune(self.policies.policies()) if self._units is not None else \
+                prune(self.policies.policies(), self.host, keep=self._keep())
+            for cg in pruned:
                 log.info("pruned %s (no longer in the files)", cg)
         except CgmanError as e:
             log.error("prune: %s (retrying in %gs)", e, self.interval_s)
@@ -167,16 +177,17 @@ class Agent:
                      "; --prune removes them" if self.prune else "")
         ok = not scan.errors
         self._reached("before-apply")
-        res: Result | None = None
+        res: Any = None
         for _ in range(len(self.policies.files) + 1):
             try:
                 res = self._apply()
                 break
-            except ApplyError as e:
+            except self._refusals as e:
                 ok = False
                 # Only the file the kernel refused goes back to its last applied version
                 # (logged by the tracker); the others keep their new versions. Try again.
-                if e.file and self.policies.refuse(e.file, str(e)):
+                file = getattr(e, "file", None)
+                if file and self.policies.refuse(file, str(e)):
                     continue
                 back = self.policies.refuse_changed(str(e))
                 if back:                  # no file named: every changed file goes back
@@ -208,9 +219,14 @@ class Agent:
         if self._checkpoint is not None:
             self._checkpoint(point)
 
-    def _report(self, res: Result, edited: bool) -> None:
+    def _report(self, res: Any, edited: bool) -> None:
         """Log each change; a change to a setting whose wanted value did not move since the
         last apply is drift (someone wrote the cgroup file by hand), whatever woke us."""
+        if self._units is not None:
+            drift, applied = self._units.report(res, edited, len(self.policies.policies().files))
+            self.health.drift_corrections += drift
+            self.health.changes_applied += applied
+            return
         prev, known = self._desired, self._groups
         if edited:
             for warn in res.plan.warnings:

@@ -42,6 +42,9 @@ def agent(
                                                   "See docs/fleet.md."),
     node: Optional[str] = typer.Option(None, "--node", show_default=False, help="This node's name in the "
                                        "fleet ledger (unique per node). [default: the host name]"),
+    cgroup_driver: str = typer.Option("cgroupfs", "--cgroup-driver", envvar="CGMAN_CGROUP_DRIVER",
+                                      help="cgroupfs, or systemd: groups are slices whose unit properties "
+                                      "the agent keeps (drift is a property changed by hand)."),
 ) -> None:
     """Keep a policy directory applied, collect dead containers, serve metrics.
 

@@ -78,6 +78,7 @@ AGENT: Table = {
     **opt("--ledger-url", dest="ledger_url", envvar="CGMAN_LEDGER_URL"), **opt("--node", dest="node"),
     **opt("--interval", dest="interval"),
     **opt("--prune", dest="prune", arity=FLAG), **opt("--poll", dest="poll", arity=FLAG),
+    **opt("--cgroup-driver", dest="cgroup_driver", envvar="CGMAN_CGROUP_DRIVER"),
 }
 COMMANDS: dict[str, Table] = {"run": RUN, "exporter": EXPORTER, "agent": AGENT}
 ARGUMENTS = {"run": "command"}          # where a command's words go (run's workload); others take none

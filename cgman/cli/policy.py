@@ -56,27 +56,32 @@ def plan(ctx: typer.Context, files: Optional[list[Path]] = FilesArg,
         typer.echo(f"warning: {warn}", err=True)
 
 
+DriverOpt = typer.Option("cgroupfs", "--cgroup-driver", envvar="CGMAN_CGROUP_DRIVER",
+                         help="cgroupfs (write cgroup files under the cgman root) or systemd (groups become "
+                         "slices, limits unit properties, over D-Bus; pure cgroup v2 with systemd as PID 1).")
+
+
+def _driver(name: str) -> str:
+    if name not in ("cgroupfs", "systemd"):
+        raise typer.BadParameter("use cgroupfs or systemd", param_hint="--cgroup-driver")
+    return name
+
+
 def apply(ctx: typer.Context, files: Optional[list[Path]] = FilesArg,
           dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; change nothing."),
           prune: bool = typer.Option(False, "--prune", help="Remove empty groups that are no longer "
-                                     "in the files."),
+                                     "in the files (systemd driver: stop cgman's slices)."),
           force: bool = typer.Option(False, "--force", help="With --prune: kill processes in groups "
                                      "being removed."),
           timeout: str = TimeoutOpt, as_json: bool = JsonOpt,
-          cgroup_driver: str = typer.Option("cgroupfs", "--cgroup-driver", envvar="CGMAN_CGROUP_DRIVER",
-                                            help="cgroupfs (write cgroup files under the cgman root) or "
-                                            "systemd (groups become slices, limits unit properties, over "
-                                            "D-Bus; pure cgroup v2 with systemd as PID 1).")) -> None:
+          cgroup_driver: str = DriverOpt) -> None:
     """Reconcile the host with the files: write only what differs; all or nothing."""
     from ..reconcile.apply import apply as do_apply
-    if cgroup_driver not in ("cgroupfs", "systemd"):
-        raise typer.BadParameter("use cgroupfs or systemd", param_hint="--cgroup-driver")
+    _driver(cgroup_driver)
     ps = load(files, settings(ctx))
     if cgroup_driver == "systemd":
-        if prune:
-            raise typer.BadParameter("not with --cgroup-driver systemd yet", param_hint="--prune")
         from .systemd import apply_units
-        return apply_units(ps, settings(ctx), dry_run, as_json, seconds(timeout))
+        return apply_units(ps, settings(ctx), dry_run, as_json, seconds(timeout), prune=prune, force=force)
     h = host(settings(ctx))
     res = do_apply(ps, h, dry_run=dry_run, prune=prune, force=force, timeout_s=seconds(timeout),
                    progress=lambda msg: typer.echo(msg, err=True))
@@ -104,9 +109,15 @@ def apply(ctx: typer.Context, files: Optional[list[Path]] = FilesArg,
                    + (f", {len(res.pruned)} removed" if res.pruned else ""))
 
 
-def diff(ctx: typer.Context, files: Optional[list[Path]] = FilesArg, as_json: bool = JsonOpt) -> None:
+def diff(ctx: typer.Context, files: Optional[list[Path]] = FilesArg, as_json: bool = JsonOpt,
+         cgroup_driver: str = DriverOpt) -> None:
     """Show drift: settings whose live value differs from the files. Exit 2 when there is drift."""
     from ..reconcile.apply import diff as do_diff
+    if _driver(cgroup_driver) == "systemd":
+        from .systemd import diff_units
+        if diff_units(load(files, settings(ctx)), settings(ctx), as_json):
+            raise typer.Exit(2)
+        return
     drift = do_diff(load(files, settings(ctx)), host(settings(ctx)))
     if as_json:
         print_json(drift)

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from ..exporter.conns import Limits
     from ..settings import Settings
 
-CHOICES = {"compat": ("cadvisor",)}        # --compat: extra names to serve (exporter/cadvisor.py)
+CHOICES = {"compat": ("cadvisor",),        # --compat: extra names to serve (exporter/cadvisor.py)
+           "cgroup_driver": ("cgroupfs", "systemd")}
 INT_RANGES = {"read_threads": (1, 16), "max_connections": (1, 10000), "max_requests": (1, 10000)}
 DURATIONS = ("interval", "header_timeout", "idle_timeout")
 
@@ -43,7 +44,7 @@ def server_options(o: Mapping[str, Any]) -> dict[str, Any]:
                 raise BadOption("--" + key.replace("_", "-"), str(e)) from None
     for key, allowed in CHOICES.items():
         if key in out and out[key] not in allowed:
-            raise BadOption("--" + key, f"{out[key]!r} is not one of {', '.join(allowed)}")
+            raise BadOption("--" + key.replace("_", "-"), f"{out[key]!r} is not one of {', '.join(allowed)}")
     for key, (low, high) in INT_RANGES.items():
         if key in out:
             try:
@@ -101,7 +102,8 @@ def run_agent(settings: "Settings", opts: Mapping[str, Any], *,
           prune=bool(opts.get("prune")), poll=bool(opts.get("poll")), web_config=opts.get("web_config"),
           gzip_ok=bool(opts.get("gzip", True)), pressure=bool(opts.get("pressure", True)),
           http_limits=limits(opts), input_limits=settings.input_limits, compat=opts.get("compat"),
-          checkpoint=checkpoint, served_stop_at=served_stop_at)
+          checkpoint=checkpoint, served_stop_at=served_stop_at,
+          cgroup_driver=opts.get("cgroup_driver") or "cgroupfs")
 
 
 def fast_exporter(settings: "Settings", opts: dict[str, Any]) -> Optional[int]:

@@ -40,7 +40,9 @@ class SystemdBus:
             raise BusUnavailable(f"the systemd cgroup driver needs jeepney ({e}): pip install jeepney, or "
                                  "use the default driver (--cgroup-driver cgroupfs)") from None
         try:
-            self._conn = open_dbus_connection(bus="SYSTEM")
+            # jeepney's default of 1 s to authenticate is too short while dbus.service is being
+            # socket-activated on a loaded host (seen in the systemd VM).
+            self._conn = open_dbus_connection(bus="SYSTEM", auth_timeout=max(self.timeout_s, 10.0))
         except (OSError, ValueError) as e:
             raise BusUnavailable(f"cannot reach systemd over D-Bus (the system bus: {e}): the systemd driver "
                                  "needs systemd as PID 1 and its system bus (apt-get install dbus; systemctl start "
@@ -113,13 +115,32 @@ class SystemdBus:
         self.wait_state(name, "frozen" if frozen else "running", key="FreezerState")
 
     def stop(self, name: str) -> None:
-        self._manager("StopUnit", "ss", (name, "fail"))
+        """StopUnit (a slice: with every unit in it), then wait until it is gone or inactive.
+        A unit systemd does not have is stopped already."""
+        try:
+            self._manager("StopUnit", "ss", (name, "fail"))
+        except BusError as e:
+            if "NoSuchUnit" not in str(e):
+                raise
+        self.wait_state(name, "inactive")
+
+    def slices(self) -> list[tuple[str, str, str]]:
+        """Every loaded slice as (name, description, active state)."""
+        (units,) = self._manager("ListUnitsByPatterns", "asas", ([], ["*.slice"]))
+        return [(str(u[0]), str(u[1]), str(u[3])) for u in units]
+
+    def members(self, name: str) -> list[str]:
+        """The units in slice ``name`` (its SliceOf): child slices, scopes, services."""
+        path = self._path(name)
+        return [str(u) for u in self._get(path, UNIT, "SliceOf")] if path else []
 
     def wait_state(self, name: str, want: str, key: str = "ActiveState") -> None:
         deadline = time.monotonic() + self.timeout_s
         while True:
             path = self._path(name)
             state = self._get(path, UNIT, key) if path else None
+            if state is None and key == "ActiveState":
+                state = "inactive"                # unloaded: a stopped transient unit is gone
             if state == want:
                 return
             if key == "ActiveState" and state == "failed":

@@ -17,7 +17,7 @@ Unit names: a group `acme/web` under the root `cgman` is `cgman-acme-web.slice` 
 slices by the dashes in their names); a dash inside a name is escaped as systemd-escape does
 (`noisy-neighbour` -> `noisy\\x2dneighbour`). A container `c1` of that group is the scope
 `cgman-acme-web-c1.scope` in that slice. What systemd cannot express is an error here, before
-anything is applied (UnitError).
+anything is applied (UnitPlanError).
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from ...units import format_cpu_list
 
 INFINITY = 2**64 - 1                       # systemd's "infinity" for uint64 properties
 MIN_QUOTA_USEC = 1000                      # systemd writes at least 1 ms of quota per period
-PERIOD_USEC_RANGE = (1000, 1_000_000)      # CPUQuotaPeriodUSec is clamped to 1 ms .. 1 s
 DESCRIPTION = "cgman group "               # marks units cgman made (unit name clashes)
 
 
-class UnitError(CgmanError):
+class UnitPlanError(CgmanError):
     """A policy value systemd cannot express, or a name it cannot carry."""
 
 
@@ -48,16 +47,21 @@ class Prop:
     value: Any
 
     def render(self) -> str:
-        """The value as `systemctl show` would print it."""
-        if self.signature == "t":
-            return "infinity" if self.value == INFINITY else str(self.value)
-        if self.signature == "ay":
-            return format_bitmask(self.value)
-        if self.signature == "a(st)":
-            return " ".join(f"{path} {v}" for path, v in self.value)
-        if self.signature == "b":
-            return "yes" if self.value else "no"
-        return str(self.value)
+        return render_value(self.signature, self.value)
+
+
+def render_value(signature: str, value: Any) -> str:
+    """A value of a property of that D-Bus signature as `systemctl show` would print it (a device
+    list sorted): the one rendering of both the wanted value and systemd's, so they compare."""
+    if signature == "t":
+        return "infinity" if value == INFINITY else str(value)
+    if signature == "ay":
+        return format_bitmask(bytes(value))
+    if signature == "a(st)":
+        return " ".join(f"{path} {v}" for path, v in sorted(value))
+    if signature == "b":
+        return "yes" if value else "no"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,11 @@ class SliceUnit:
 class UnitPlan:
     target: str = "systemd"
     units: list[SliceUnit] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "units": [
             {"group": u.group, "unit": u.name, "slice": u.parent, "frozen": u.frozen,
-             "properties": {p.name: p.render() for p in u.props}} for u in self.units],
-            "warnings": self.warnings}
+             "properties": {p.name: p.render() for p in u.props}} for u in self.units]}
 
 
 def escape(name: str) -> str:
@@ -97,12 +99,12 @@ def escape(name: str) -> str:
 def slice_name(root: str, group: str = ".") -> str:
     """The slice of ``group`` ("." is the cgman root itself) under the root ``root``."""
     if not root or "/" in root.strip("/"):
-        raise UnitError(f"--cgroup-root {root}: the systemd driver needs a single name (e.g. cgman): "
+        raise UnitPlanError(f"--cgroup-root {root}: the systemd driver needs a single name (e.g. cgman): "
                         f"it becomes the slice {escape(root.split('/')[-1] or 'cgman')}.slice")
     parts = [root.strip("/")] + ([] if group in (".", "") else group.split("/"))
     name = "-".join(escape(p) for p in parts) + ".slice"
     if len(name) > 255:
-        raise UnitError(f"group {group}: its slice name {name[:60]}... is longer than systemd's 255 characters")
+        raise UnitPlanError(f"group {group}: its slice name {name[:60]}... is longer than systemd's 255 characters")
     return name
 
 
@@ -133,7 +135,7 @@ def _u64(value: int | Unlimited) -> int:
 
 
 def properties(res: Resources, formula: convert.WeightFormula = "oci", *, who: str) -> list[Prop]:
-    """The unit properties of one group's or container's limits; UnitError for what systemd
+    """The unit properties of one group's or container's limits; UnitPlanError for what systemd
     cannot express. Accounting is switched on, so usage files exist as with the cgroupfs driver."""
     out = [Prop(f"{a}Accounting", "b", True) for a in ("CPU", "Memory", "IO", "Tasks")]
     cpu, mem, io = res.cpu, res.memory, res.io
@@ -159,15 +161,13 @@ def properties(res: Resources, formula: convert.WeightFormula = "oci", *, who: s
 
 
 def _cpu_quota(max_cpus: float | Unlimited, period_usec: int | None, who: str) -> list[Prop]:
-    period = period_usec or DEFAULT_CPU_PERIOD_USEC
-    if not PERIOD_USEC_RANGE[0] <= period <= PERIOD_USEC_RANGE[1]:
-        raise UnitError(f"{who}: cpu.period {period}us: systemd's CPUQuotaPeriodSec= takes 1ms..1s")
+    period = period_usec or DEFAULT_CPU_PERIOD_USEC       # the schema holds it to 1ms..1s, as systemd
     if isinstance(max_cpus, Unlimited):
         return [Prop("CPUQuotaPerSecUSec", "t", INFINITY), Prop("CPUQuotaPeriodUSec", "t", period)]
     per_sec = round(max_cpus * 1_000_000)
     quota = convert.cpu_quota_usec(max_cpus, period)      # ValueError below the kernel's 1 ms: policy refused it
     if quota is None or max(per_sec * period // 1_000_000, MIN_QUOTA_USEC) != quota:
-        raise UnitError(f"{who}: cpu.max {max_cpus:g} with period {period}us is a quota of {quota}us per period, "
+        raise UnitPlanError(f"{who}: cpu.max {max_cpus:g} with period {period}us is a quota of {quota}us per period, "
                         f"which systemd cannot express (it writes CPUQuota= in whole microseconds per second, "
                         f"{per_sec * period // 1_000_000}us here): pick a cpu.max that is whole microseconds both "
                         f"per second and per period")
