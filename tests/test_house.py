@@ -237,3 +237,30 @@ def test_the_c_rule_catches_a_long_function():
 def test_the_module_rule_catches_a_long_module():
     assert long_module("x = 1\n" * MAX_MODULE_LINES) is None
     assert long_module("x = 1\n" * MAX_MODULE_LINES + "y = 2") == MAX_MODULE_LINES + 1
+
+
+# ------------------------------------------------------------------------------ dataclass docstrings
+def undocumented_dataclasses(source: str) -> list[str]:
+    """Classes decorated with @dataclass (in any spelling) that have no docstring. Without one,
+    @dataclass makes it from inspect.signature: ~0.4 ms more per class at every import, and a
+    `cgman run` imports dozens."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and not ast.get_docstring(node) and any(
+                "dataclass" in ast.unparse(d) for d in node.decorator_list):
+            out.append(node.name)
+    return out
+
+
+def test_every_dataclass_has_a_docstring():
+    missing = [f"{p.relative_to(PKG)}: {name}" for p in sorted(PKG.rglob("*.py"))
+               for name in undocumented_dataclasses(p.read_text())]
+    assert not missing, "give these dataclasses a docstring (what they hold):\n" + "\n".join(missing)
+
+
+def test_the_docstring_rule_catches_an_undocumented_dataclass():
+    source = ('from dataclasses import dataclass, field\nimport dataclasses\n\n'
+              '@dataclass(frozen=True)\nclass A:\n    """held."""\n    x: int = 0\n\n'
+              '@dataclasses.dataclass\nclass B:\n    x: int = 0\n\n'
+              'class C:\n    x: int = 0\n')
+    assert undocumented_dataclasses(source) == ["B"]

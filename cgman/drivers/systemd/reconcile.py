@@ -53,6 +53,8 @@ class UnitChange:
 
 @dataclass
 class UnitResult:
+    """What an apply through systemd did: slices created, properties changed, slices pruned."""
+
     created: list[str] = field(default_factory=list)
     changes: list[UnitChange] = field(default_factory=list)
     unchanged: int = 0

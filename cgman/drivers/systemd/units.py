@@ -76,6 +76,8 @@ class SliceUnit:
 
 @dataclass
 class UnitPlan:
+    """The slices and unit properties that express a policy set under systemd."""
+
     target: str = "systemd"
     units: list[SliceUnit] = field(default_factory=list)
 
