@@ -340,8 +340,10 @@ static void exec_init(struct job *j)
     fail(j, ST_INIT);
 }
 
-/* Changing credentials clears PR_SET_PDEATHSIG: set it again, then make sure the
- * parent did not die in between (getppid() is 0 across a pid namespace). */
+/* Set PR_SET_PDEATHSIG (again after a change of credentials, which clears it), then make sure
+ * the parent did not die before it was set (getppid() is 0 across a pid namespace): the child's
+ * first instruction can come long after the clone (born frozen into a frozen cgroup), and a
+ * parent that died meanwhile sends nothing. */
 static void rearm_pdeathsig(struct job *j)
 {
     if (!j->pdeathsig) return;
@@ -369,10 +371,10 @@ static void join_cgroups(struct job *j)
 static int child_main(struct job *j)
 {
     char c;
-    if (j->pdeathsig) prctl(PR_SET_PDEATHSIG, j->pdeathsig);
+    rearm_pdeathsig(j);
     join_cgroups(j);
     if (j->release_rd >= 0) {
-        /* EOF here means the parent died or gave up: the pdeathsig race is covered too. */
+        /* EOF here means the parent died or gave up (its release byte may be here, though). */
         ssize_t n;
         do { n = read(j->release_rd, &c, 1); } while (n < 0 && errno == EINTR);
         if (n != 1) { errno = ECANCELED; fail(j, ST_RELEASE); }

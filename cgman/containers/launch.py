@@ -275,7 +275,9 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
             before_spawn()
         proc = _start(host, store, spec, rec.cgroup, ops)
         undo.push("its first process", proc.abort)
-        rec.pid, rec.pid_start = proc.pid, proc_start_ticks(proc.pid)
+        # A child that is not held has exec'd by now, and a short workload may have exited: a
+        # zombie still, our own until we reap it, so its start time is read all the same.
+        rec.pid, rec.pid_start = proc.pid, proc_start_ticks(proc.pid, zombie=True)
         if "user" in spec.namespaces:
             _map_user(proc.pid, spec.user_map or DEFAULT_USER_MAP)
         if _bridged(spec):

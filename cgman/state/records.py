@@ -87,11 +87,12 @@ class Record:
         return cls(**known)
 
 
-def proc_start_ticks(pid: int) -> int | None:
+def proc_start_ticks(pid: int, zombie: bool = False) -> int | None:
     """Start time of ``pid`` in clock ticks since boot, or None if it is gone.
 
     A pid plus its start time names a process uniquely: pids are reused, start times
-    of a reused pid differ. (psutil.create_time() rounds this to a float.)
+    of a reused pid differ. (psutil.create_time() rounds this to a float.) A zombie counts
+    as gone, unless ``zombie``: the caller's own child not reaped yet, whose pid is still its.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -100,7 +101,7 @@ def proc_start_ticks(pid: int) -> int | None:
         return None
     # comm may hold spaces and parentheses: the fields after it start past the last ')'.
     fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] == b"Z":
+    if fields[0] == b"Z" and not zombie:
         return None               # a zombie has exited; only its parent's wait is pending
     return int(fields[19])
 
