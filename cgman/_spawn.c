@@ -21,8 +21,10 @@
  *      the child is cloned as posix_spawn clones, CLONE_VM | CLONE_VFORK on a stack of
  *      its own: no copy of the parent's page tables (~1.5 ms for a large Python
  *      process), the parent suspended until the child execs or exits, release_fd -1.
- *      Sharing the parent's memory, the child reads only its job and writes only its
- *      own stack (and errno, the suspended thread's); credentials change by raw system
+ *      Sharing the parent's memory, the child reads its job and writes only its own
+ *      stack, where it keeps a copy of the job (and errno, the suspended thread's; glibc's
+ *      cancellable wrappers also flip that thread's cancel state and restore it, harmless
+ *      as nothing here uses pthread_cancel); credentials change by raw system
  *      calls (glibc's set*id would signal the parent's threads), and every signal stays
  *      blocked until reset_signals. Without clone3_fn on this architecture, or clone3
  *      in the kernel, it is held after all.
@@ -556,9 +558,12 @@ static long clone3_fn(struct clone_args_v2 *ca, int (*fn)(void *), void *arg)
     return ret;
 }
 
+/* The child works on its own copy of the job, on its own stack: child_main writes job fields
+ * (cur_op, held[], error_wr), and the original is on the suspended parent's stack. */
 static int vfork_entry(void *arg)
 {
-    child_main((struct job *)arg);
+    struct job copy = *(const struct job *)arg;
+    child_main(&copy);
     return 127;
 }
 #endif
