@@ -299,7 +299,6 @@ def test_hostile_and_vanishing_clients_leave_nothing_and_block_no_one(host, tmp_
         agent.stop(signal.SIGKILL)
 
 
-@pytest.mark.cgroup2          # also in the v2 VM stage: both paths on a pure cgroup v2 kernel
 def test_a_client_killed_mid_run_takes_its_container_along_billed_once(cg, tmp_path):
     p = cg.popen("run", "-p", "acme/web", "--name", "orphan", "--", "sleep", "600", stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)
