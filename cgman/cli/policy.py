@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from ..settings import CGROUP_DRIVERS
 from .common import host, load, store
 from .params import FilesArg, JsonOpt, TimeoutOpt, print_json, seconds, settings
 
@@ -62,8 +63,8 @@ DriverOpt = typer.Option("cgroupfs", "--cgroup-driver", envvar="CGMAN_CGROUP_DRI
 
 
 def _driver(name: str) -> str:
-    if name not in ("cgroupfs", "systemd"):
-        raise typer.BadParameter("use cgroupfs or systemd", param_hint="--cgroup-driver")
+    if name not in CGROUP_DRIVERS:
+        raise typer.BadParameter(f"use {' or '.join(CGROUP_DRIVERS)}", param_hint="--cgroup-driver")
     return name
 
 

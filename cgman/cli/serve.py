@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
+from ..settings import CGROUP_DRIVERS
 from .common import BadOption
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 CHOICES = {"compat": ("cadvisor",),        # --compat: extra names to serve (exporter/cadvisor.py)
-           "cgroup_driver": ("cgroupfs", "systemd")}
+           "cgroup_driver": CGROUP_DRIVERS}
 INT_RANGES = {"read_threads": (1, 16), "max_connections": (1, 10000), "max_requests": (1, 10000)}
 DURATIONS = ("interval", "header_timeout", "idle_timeout")
 
