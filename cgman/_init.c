@@ -14,6 +14,12 @@
  * could not be exec'd as {ST_EXEC, errno} on that pipe, forwards every signal it can
  * catch to the workload, reaps every zombie, and exits with the workload's status
  * (128+N after signal N).
+ *
+ * Without a workload (argv = {"cgman-keeper"}) it is the keeper of a container's systemd
+ * scope (containers/scope.py): it sleeps in the scope's keeper/ cgroup so that the scope,
+ * whose cgroup systemd removes once it is empty, outlives the workload until cgman has read
+ * the final usage; cgman then ends it with cgroup.kill. Only SIGKILL ends it: a stop of the
+ * scope (SIGTERM to all) must not take the scope away before the container is billed.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -25,9 +31,18 @@
 
 extern char **environ;
 
+static int keep(void)
+{
+    prctl(PR_SET_NAME, "cgman-keeper");
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);     /* SIGKILL and SIGSTOP cannot be blocked */
+    for (;;) pause();
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2) return 127;
+    if (argc < 2) return keep();
     prctl(PR_SET_NAME, "cgman-init");       /* exec of a memfd names it memfd:cgman-init */
     sigset_t all, none;
     sigfillset(&all);

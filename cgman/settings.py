@@ -31,6 +31,7 @@ SAMPLE_INTERVAL_ENV = "CGMAN_SAMPLE_INTERVAL"
 LEDGER_TIMEOUT_ENV = "CGMAN_LEDGER_TIMEOUT"
 MAX_INPUT_BYTES_ENV = "CGMAN_MAX_INPUT_BYTES"
 MAX_GROUPS_ENV = "CGMAN_MAX_GROUPS"
+CGROUP_DRIVER_ENV = "CGMAN_CGROUP_DRIVER"
 CGROUP_DRIVERS = ("cgroupfs", "systemd")     # --cgroup-driver / CGMAN_CGROUP_DRIVER
 
 
@@ -48,6 +49,7 @@ class Settings:
     input_limits: Limits = DEFAULT_LIMITS   # CGMAN_MAX_INPUT_BYTES, CGMAN_MAX_GROUPS
     term: str | None = None                 # the operator's TERM, passed on to containers
     verbose: bool = False                   # -v: every cgroup write logged, tracebacks shown
+    cgroup_driver: str = "cgroupfs"         # CGMAN_CGROUP_DRIVER: systemd makes containers transient scopes
 
     @classmethod
     def resolve(cls, environ: Mapping[str, str], *, cgroup_root: str | None = None, run_dir: str | None = None,
@@ -61,7 +63,17 @@ class Settings:
                    sample_interval_s=sample_interval_s(environ.get(SAMPLE_INTERVAL_ENV)),
                    ledger_timeout_s=ledger_timeout_s(environ.get(LEDGER_TIMEOUT_ENV)),
                    input_limits=input_limits(environ.get(MAX_INPUT_BYTES_ENV, ""), environ.get(MAX_GROUPS_ENV, "")),
-                   term=environ.get("TERM"), verbose=verbose)
+                   term=environ.get("TERM"), verbose=verbose,
+                   cgroup_driver=cgroup_driver(environ.get(CGROUP_DRIVER_ENV)))
+
+
+def cgroup_driver(raw: str | None) -> str:
+    """CGMAN_CGROUP_DRIVER: cgroupfs (the default) or systemd."""
+    if raw in (None, ""):
+        return "cgroupfs"
+    if raw not in CGROUP_DRIVERS:
+        raise CgmanError(f"{CGROUP_DRIVER_ENV}={raw!r}: use {' or '.join(CGROUP_DRIVERS)}")
+    return raw
 
 
 def sample_interval_s(raw: str | None) -> float | None:

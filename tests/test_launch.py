@@ -584,6 +584,21 @@ def test_bad_run_input_is_one_clear_line_and_leaves_nothing(cli, pol, host, tmp_
     assert host.children("acme/web") == []
 
 
+@pytest.mark.v1host
+@pytest.mark.parametrize("driver, message", [
+    ("systemd", "the systemd cgroup driver needs a pure cgroup v2 host; this one is hybrid"),
+    ("launchd", "CGMAN_CGROUP_DRIVER='launchd': use cgroupfs or systemd"),
+])
+def test_a_cgroup_driver_this_host_cannot_use_is_one_line_and_leaves_nothing(root_name, pol, host, tmp_path,
+                                                                            driver, message):
+    env = dict(cli_env(root_name, tmp_path), CGMAN_CGROUP_DRIVER=driver)
+    p = subprocess.run([PY, "-m", "cgman", "run", "-f", str(pol), "-p", "acme/web", "--", "true"], capture_output=True,
+                       text=True, env=env, timeout=180, cwd=REPO)
+    assert p.returncode != 0 and message in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    assert not list((tmp_path / "run" / "containers").glob("*")) if (tmp_path / "run" / "containers").exists() else True
+    assert host.children("acme/web") == []
+
+
 def test_duplicate_name_is_refused_and_the_first_is_untouched(run, host, cli, tmp_path):
     assert run("acme/web", "-d", "--name", "dup", "--", "sleep", "600").returncode == 0
     try:

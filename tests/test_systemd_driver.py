@@ -208,16 +208,23 @@ def test_wait_state_says_when_a_unit_failed_or_did_not_settle(driver):
 BAD = "pids: {max: 0}"      # the kernel takes pids.max 0, systemd refuses TasksMax=0 (out of range)
 
 
-def test_a_call_systemd_refuses_half_way_is_rolled_back(driver):
+def test_a_call_systemd_refuses_half_way_is_rolled_back(driver, monkeypatch):
     bad = POLICY.replace("        io:\n", f"        {BAD}\n        io:\n")
     assert BAD in bad
+    # cgman knows systemd's lower bounds and refuses the value before any call ...
     p = driver.cli("apply", "--cgroup-driver", "systemd", driver.policy(text=bad))
     assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stdout + p.stderr
-    assert "TasksMax" in p.stderr and "rolled back 3 change(s), nothing was applied" in p.stderr, p.stderr
+    assert "pids max 0, which systemd cannot express (TasksMax= takes 1 task or more" in p.stderr, p.stderr
+    assert not (CGROUP2 / driver.slice()).exists(), "nothing was applied"
+    # ... so, to see systemd itself refuse a call half-way (a bound cgman does not know), that check is off here.
+    from cgman.drivers.systemd import units
+    from cgman.drivers.systemd.reconcile import ApplyRolledBack, apply_units, diff_units
+    monkeypatch.setattr(units, "_check_minimum", lambda p, who: None)
+    with pytest.raises(ApplyRolledBack, match=r"TasksMax.*; rolled back 3 change\(s\), nothing was applied"):
+        driver.lib(apply_units, driver.policy(text=bad))
     assert show(driver.slice("acme"), "ActiveState")["ActiveState"] == "inactive"
     assert not (CGROUP2 / driver.slice()).exists(), "the slices it created are stopped, the root's too"
 
-    from cgman.drivers.systemd.reconcile import ApplyRolledBack, apply_units, diff_units
     driver.lib(apply_units, driver.policy())             # in force; now a change that fails half-way
     acme = driver.cgroup("acme")
     changed = bad.replace("cpu: {weight: 300}", "cpu: {weight: 40}").replace("memory: {max: 256Mi}",

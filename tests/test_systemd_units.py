@@ -91,6 +91,32 @@ def test_values_systemd_cannot_express(cpu, message):
         properties(Resources(cpu=cpu), who="acme (p.yaml:3:5)")
 
 
+@pytest.mark.parametrize("res, message", [
+    (dict(pids=PidsLimits(max=0)), r"acme \(p.yaml:3:5\): pids max 0, which systemd cannot express \(TasksMax= "
+                                   r"takes 1 task or more"),
+    (dict(memory=MemoryLimits(max_bytes=0)), r"memory max 0, which systemd cannot express \(MemoryMax= takes 1 byte"),
+    (dict(memory=MemoryLimits(high_bytes=0)), r"memory high 0, which systemd cannot express \(MemoryHigh="),
+])
+def test_a_zero_limit_systemd_refuses_is_refused_before_any_call(res, message):
+    with pytest.raises(UnitPlanError, match=message):
+        properties(Resources(**res), who="acme (p.yaml:3:5)")
+
+
+def test_zero_where_systemd_takes_it_is_kept():
+    assert _props(memory=MemoryLimits(min_bytes=0, low_bytes=0, swap_bytes=0)) == \
+        {"MemoryMin": 0, "MemoryLow": 0, "MemorySwapMax": 0}
+    assert _props(pids=PidsLimits(max=1), memory=MemoryLimits(max_bytes=1)) == {"MemoryMax": 1, "TasksMax": 1}
+
+
+def test_a_containers_cgroup_is_its_scopes_payload_below_the_root_slice():
+    from cgman.drivers.systemd.units import scope_dir, scope_placement, slice_dir
+    assert slice_dir("cgman") == "."
+    assert slice_dir("cgman", "acme/web") == "cgman-acme.slice/cgman-acme-web.slice"
+    assert scope_dir("cgman", "acme/web", "c1") == "cgman-acme.slice/cgman-acme-web.slice/cgman-acme-web-c1.scope"
+    assert scope_placement("cgman-t", "a-b", "c") == ("cgman\\x2dt.slice",
+                                                      "cgman\\x2dt-a\\x2db.slice/cgman\\x2dt-a\\x2db-c.scope/payload")
+
+
 @pytest.mark.parametrize("mask", [b"", b"\x01", b"\x03\x02", b"\xff\xff", b"\x05"])
 def test_bitmask_round_trip(mask):
     cpus = frozenset(i * 8 + b for i, byte in enumerate(mask) for b in range(8) if byte >> b & 1)

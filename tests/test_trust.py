@@ -121,12 +121,37 @@ def test_a_record_naming_a_policy_group_is_invalid_and_left_alone(cli, pol, host
     ("cgroup_root", "../etc", "cgroup_root: '../etc' is not a cgroup root name"),
     ("pid", "1", "pid: '1' is not an integer"),
     ("id", "../../x", "id: not 32 lowercase hex digits"),
+    ("driver", "runc", "driver: 'runc' is not one of cgroupfs, systemd"),
 ])
 def test_an_edited_field_is_reported_with_file_and_field(cli, pol, host, tmp_path, field, value, says):
     path = forge(tmp_path, "edited", host.root, **{field: value})
     p = cli("gc")
     assert p.returncode == 1 and f"{path}: {says}" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert path.exists(), "left alone"
+
+
+@pytest.mark.parametrize("fields, says", [
+    # A systemd-driver record whose cgroup points at a cgroup systemd owns (another unit's).
+    ({"cgroup_root": "system.slice", "cgroup": "ssh.service"}, "cgroup: 'ssh.service' is not its systemd scope's payload"),
+    # ... or at another container's scope, or at the scope itself instead of its payload.
+    ({"cgroup": "{slice}/{scope2}/payload"}, "is not its systemd scope's payload"),
+    ({"cgroup": "{slice}/{scope}"}, "is not its systemd scope's payload"),
+    # The right cgroup under another root slice.
+    ({"cgroup_root": "init.scope"}, "cgroup_root: 'init.scope' is not the root slice's cgroup"),
+])
+def test_a_systemd_record_pointing_outside_its_scope_is_reported(cli, pol, host, tmp_path, fields, says):
+    from cgman.drivers.systemd.units import scope_name, scope_placement, slice_dir
+    root, good = scope_placement(host.root, "acme/web", "edited")
+    names = {"slice": slice_dir(host.root, "acme/web"), "scope": scope_name(host.root, "acme/web", "edited"),
+             "scope2": scope_name(host.root, "acme/web", "other")}
+    edits = {"driver": "systemd", "cgroup_root": root, "cgroup": good}
+    edits.update({k: v.format(**names) for k, v in fields.items()})
+    path = forge(tmp_path, "edited", host.root, **edits)
+    p = cli("gc")
+    assert p.returncode == 1 and f"{path}: " in p.stderr and says in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert path.exists(), "left alone"
+    ok = forge(tmp_path, "edited", host.root, driver="systemd", cgroup_root=root, cgroup=good, state="exited")
+    assert cli("ps", "-a").returncode == 0 and ok.exists(), "the record as cgman writes it is valid"
 
 
 def test_a_bridge_path_in_a_record_deletes_nothing(cli, pol, host, tmp_path):

@@ -75,6 +75,14 @@ def collect_cgroup(host: "Host", store: Store, rec: Record, code: int | None, re
                 store.save(rec)   # the usage must outlive us before the cgroup goes
     if host.exists(leaf):
         _remove_cgroup(host, leaf)
+    _release_scope(host, rec)
+
+
+def _release_scope(host: "Host", rec: Record) -> None:
+    """systemd driver: the payload is billed and gone; end the scope's keeper (scope.py)."""
+    if rec.driver == "systemd":
+        from .scope import release_scope
+        release_scope(host, rec.cgroup)
 
 
 def release_network(store: Store, rec: Record) -> None:
@@ -102,6 +110,7 @@ def retry_cleanup(host: "Host", store: Store, rec: Record) -> Record:
                 if host.procs(rec.cgroup, recursive=True):
                     host.kill(rec.cgroup)
                 _remove_cgroup(host, rec.cgroup)
+            _release_scope(host, rec)
         except CgmanError as e:
             problems.append(str(e))
         _release_rest(store, rec, problems)

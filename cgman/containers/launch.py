@@ -39,6 +39,7 @@ from ..plan import ACCOUNTING_CONTROLLERS, Write, ancestors, controllers_used, s
 from ..security.resolve import Security
 from ..state.records import Record, Store, proc_start_ticks
 from . import rootfs as rfs
+from . import scope
 from .collect import collect_cgroup, finish, release_network
 from .confine import confine_devices, mount_protection
 from .process import Process, clone_flags, spawn_helper, start_process
@@ -75,22 +76,26 @@ class ContainerSpec:
     user: tuple[int, int] | None = None               # (uid, gid) of the workload (an image's User)
 
 
-def _new_record(host: "Host", spec: ContainerSpec, supervisor_pid: int, detached: bool) -> Record:
+def _new_record(host: "Host", spec: ContainerSpec, supervisor_pid: int, detached: bool,
+                driver: str = "cgroupfs", cgroup: str | None = None) -> Record:
     """The record that claims the container's name (state "created" until it runs)."""
     ns = spec.namespaces
     return Record(id=os.urandom(16).hex(), name=spec.name, group=spec.group, tenant=spec.tenant,
-                  cgroup=f"{spec.group}/{spec.name}", cgroup_root=host.root, argv=list(spec.argv),
+                  cgroup=cgroup or f"{spec.group}/{spec.name}", cgroup_root=host.root, argv=list(spec.argv),
                   created=time.time(), supervisor_pid=supervisor_pid,
                   supervisor_start=_start_ticks(supervisor_pid), detached=detached, namespaces=sorted(ns),
                   hostname=spec.hostname, network={"mode": spec.network.mode if "net" in ns else "host"},
                   user_map=dict(zip(("uid", "gid", "count"), spec.user_map, strict=True)) if spec.user_map else None,
                   limits=_limits_summary(spec.resources), auto_remove=spec.auto_remove,
-                  security=spec.security.summary())
+                  security=spec.security.summary(), driver=driver)
 
 
 def _check_group(host: "Host", group: str) -> None:
     """The group must be applied, and not frozen (its containers could not run)."""
     if not host.exists(group):
+        if scope.has_slice(host, host.root, group):
+            raise NotFound(f"group {group!r} was applied with the systemd driver (it is a slice), not under the "
+                           f"cgman root {host.root!r}: run with CGMAN_CGROUP_DRIVER=systemd")
         raise NotFound(f"group {group!r} does not exist under the cgman root {host.root!r}: "
                        f"apply its policy first (`cgman apply FILE`)")
     if host.is_frozen(group):
@@ -154,6 +159,7 @@ class Container:
         self.sample_interval_s = sample_interval_s    # 0: no memory sampling (`cgman exec`)
         self._next_sample = 0.0
         self.rusage_cpu_usec: int | None = None
+        self.keeper: int | None = None        # systemd driver: the scope's keeper, our child
 
     @property
     def pid(self) -> int:
@@ -233,7 +239,10 @@ class Container:
 
     def finish(self, reason: str = "exited") -> Record:
         """After the first process has exited: final usage, cleanup, the record. Idempotent."""
-        return finish(self.host, self.store, self.rec, self.status, reason)
+        rec = finish(self.host, self.store, self.rec, self.status, reason)
+        if self.keeper is not None:
+            scope.reap(self.keeper)           # ended by finish (or by whoever collected first)
+        return rec
 
 
 class _Undo:
@@ -262,13 +271,24 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
 
     ``before_spawn`` runs once the name is claimed, just before the clone (the detached
     supervisor points stdout and stderr at the container's log there)."""
-    rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached)
-    _check_group(host, spec.group)
+    driver = store.settings.cgroup_driver
+    if driver == "systemd":
+        host = scope.scope_host(host, store.root)
+        _, leaf = scope.placement(store.root, spec.group, spec.name)
+        rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached, driver, leaf)
+        _check_slice(host, store.root, spec.group)
+    else:
+        rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached)
+        _check_group(host, spec.group)
     undo = _Undo()
+    keeper = None
     try:
         store.reserve(rec)
         undo.push("its record", lambda: store.delete(spec.name))
-        _make_cgroup(host, store, spec, rec, undo)
+        if driver == "systemd":
+            keeper = _make_scope(host, store, spec, rec, undo)
+        else:
+            _make_cgroup(host, store, spec, rec, undo)
         confine_devices(host, rec.cgroup, spec.security)
         ops = _mount_ops(host, store, spec, rec, undo)
         if before_spawn is not None:
@@ -288,7 +308,9 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     except BaseException:
         undo.unwind()
         raise
-    return Container(host, store, rec, spec)
+    c = Container(host, store, rec, spec)
+    c.keeper = keeper
+    return c
 
 
 def _make_cgroup(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo) -> None:
@@ -307,6 +329,38 @@ def _make_cgroup(host: "Host", store: Store, spec: ContainerSpec, rec: Record, u
     undo.push(f"its cgroup {leaf}", lambda: collect_cgroup(host, store, rec, None, "failed to start"))
     for w in writes:
         host.write(w)
+
+
+def _check_slice(host: "Host", root: str, group: str) -> None:
+    """systemd driver: the group's slice must be active (its cgroup exists), and not frozen."""
+    where = scope.group_dir(root, group)
+    if not host.exists(where):
+        raise NotFound(f"group {group!r} has no slice under the root slice {host.root!r}: apply its policy "
+                       f"with the systemd driver first (`cgman apply --cgroup-driver systemd FILE`)")
+    if host.is_frozen(where):
+        raise LaunchError(f"group {group} is frozen: a container started there could not run "
+                          f"(`cgman thaw {group}` first)")
+
+
+def _make_scope(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo) -> int:
+    """systemd driver: the container's transient scope, with its limits as unit properties and
+    the payload leaf it is cloned into (containers/scope.py); the keeper's pid. Its undo
+    collects the payload, then ends the keeper, so that systemd stops the scope.
+
+    The payload gets the same limits as the cgroupfs driver's leaf: the kernel updates a
+    cgroup's memory.peak before its parent refuses a charge, so under the scope's limit alone
+    the billed peak of the payload could exceed the limit (seen: 33.5 MiB under 32 MiB)."""
+    from ..drivers.systemd.bus import SystemdBus
+    with SystemdBus() as bus:
+        keeper = scope.open_scope(host, bus, store.root, spec.group, spec.name, spec.resources, spec.formula)
+
+    def undo_scope() -> None:
+        collect_cgroup(host, store, rec, None, "failed to start")
+        scope.reap(keeper)
+    undo.push(f"its scope {rec.cgroup}", undo_scope)
+    for w in _limit_writes(host, rec.cgroup, spec):
+        host.write(w)
+    return keeper
 
 
 def _mount_ops(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo) -> list[Any]:

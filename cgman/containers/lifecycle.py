@@ -143,7 +143,7 @@ def exec_in(host: "Host", store: Store, name: str, argv: list[str], env: tuple[t
     if not argv:
         raise LaunchError(f"no command given: `cgman exec {name} -- CMD...`")
     rec = store.load(name)
-    if rec.state != "running" or not owned_pid(rec.pid, rec.pid_start, store.root, rec.cgroup):
+    if rec.state != "running" or not owned_pid(rec.pid, rec.pid_start, rec.cgroup_root, rec.cgroup):
         raise Busy(f"container {name} is not running (state: {state_of(host, rec)})")
     if host.is_frozen(rec.cgroup):
         raise Busy(f"container {name} is frozen: a command started in it could not run "

@@ -108,12 +108,12 @@ def stop(store: Store, hosts: HostFactory, name: str, grace_s: float = 10.0) -> 
     host = hosts(rec.cgroup_root)
     if rec.state == "exited":
         return rec
-    if owned_pid(rec.pid, rec.pid_start, store.root, rec.cgroup):
+    if owned_pid(rec.pid, rec.pid_start, rec.cgroup_root, rec.cgroup):
         if not alive(rec.supervisor_pid, rec.supervisor_start):
             _sample_orphan(host, store, rec)
         if host.is_frozen(rec.cgroup):
             host.thaw(rec.cgroup)       # a frozen process cannot act on SIGTERM
-        signal_owned(rec.pid, rec.pid_start, store.root, rec.cgroup, signal.SIGTERM)
+        signal_owned(rec.pid, rec.pid_start, rec.cgroup_root, rec.cgroup, signal.SIGTERM)
         if not _wait_gone(rec.pid, rec.pid_start, grace_s) and host.exists(rec.cgroup):
             host.kill(rec.cgroup)
             _wait_gone(rec.pid, rec.pid_start, 5.0)
@@ -239,7 +239,7 @@ def _collect_one(store: Store, hosts: HostFactory, rec: Record) -> bool:
     if rec.state == "exited" or alive(rec.supervisor_pid, rec.supervisor_start):
         return False
     host = hosts(rec.cgroup_root)
-    if owned_pid(rec.pid, rec.pid_start, store.root, rec.cgroup) and host.exists(rec.cgroup):
+    if owned_pid(rec.pid, rec.pid_start, rec.cgroup_root, rec.cgroup) and host.exists(rec.cgroup):
         _sample_orphan(host, store, rec)
         host.kill(rec.cgroup)
     finish(host, store, rec, None, "collected (its supervisor was gone)")

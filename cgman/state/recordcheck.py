@@ -174,6 +174,7 @@ RULES: dict[str, Callable[[Any], str]] = {
     "limits": _scalars, "final_usage": _scalars_or_none, "auto_remove": _bool, "cleanup_pending": _bool,
     "memory_byte_seconds": _num(none=False), "memory_sampled_at": _num(), "memory_sampled_bytes": _int(),
     "memory_peak_bytes": _int(), "ledger_pending": _bool, "security": check_summary,
+    "driver": _one_of("cgroupfs", "systemd"),
 }
 REQUIRED = ("id", "name", "group", "tenant", "cgroup", "cgroup_root", "argv", "created")
 
@@ -191,15 +192,33 @@ def check(d: object, path: str, dirname: str, root: str) -> dict[str, Any]:
             raise InvalidRecord(path, k, problem)
     if d["name"] != dirname:
         raise InvalidRecord(path, "name", f"{d['name']!r} is not its directory's name {dirname!r}")
-    if d["cgroup"] != f"{d['group']}/{d['name']}":
-        raise InvalidRecord(path, "cgroup", f"{d['cgroup']!r} is not group/name ({d['group']}/{d['name']})")
-    if not valid_group(d["cgroup_root"]):
-        raise InvalidRecord(path, "cgroup_root", f"{d['cgroup_root']!r} is not a cgroup root name")
-    if d["cgroup_root"] != root:
+    try:
+        want_root, want_cgroup = placement(d, root)
+    except CgmanError as e:                  # a root the systemd driver cannot name
+        raise InvalidRecord(path, "driver", str(e)) from None
+    scoped = d.get("driver", "cgroupfs") != "cgroupfs"
+    if d["cgroup"] != want_cgroup:
+        raise InvalidRecord(path, "cgroup", f"{d['cgroup']!r} is not "
+                            + (f"its systemd scope's payload ({want_cgroup})" if scoped else f"group/name ({want_cgroup})"))
+    if d["cgroup_root"] != want_root:
+        if scoped:
+            raise InvalidRecord(path, "cgroup_root", f"{d['cgroup_root']!r} is not the root slice's cgroup {want_root!r}")
+        if not valid_group(d["cgroup_root"]):
+            raise InvalidRecord(path, "cgroup_root", f"{d['cgroup_root']!r} is not a cgroup root name")
         raise OtherRoot(path, d["cgroup_root"], root)
     if (d.get("pid") is None) != (d.get("pid_start") is None):
         raise InvalidRecord(path, "pid_start", "a pid needs its start time and a start time its pid")
     return d
+
+
+def placement(d: dict[str, Any], root: str) -> tuple[str, str]:
+    """(cgroup root, cgroup) that cgman writes into a record of ``d``'s group and name under the
+    command's root ``root``: ``root`` and group/name, or with the systemd driver the root slice's
+    cgroup and the payload of the container's scope below it."""
+    if d.get("driver", "cgroupfs") == "cgroupfs":
+        return root, f"{d['group']}/{d['name']}"
+    from ..drivers.systemd.units import scope_placement
+    return scope_placement(root, d["group"], d["name"])
 
 
 # ---------------------------------------------------------------------------- live pids

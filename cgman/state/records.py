@@ -51,8 +51,8 @@ class Record:
     name: str
     group: str
     tenant: str
-    cgroup: str                       # relative to the cgman root: "<group>/<name>"
-    cgroup_root: str
+    cgroup: str                       # relative to cgroup_root: "<group>/<name>"; systemd driver: its scope's payload
+    cgroup_root: str                  # the cgman root; systemd driver: the root slice's cgroup ("cgman.slice")
     argv: list[str]
     created: float
     state: str = "created"            # created | running | exited
@@ -80,6 +80,7 @@ class Record:
     memory_peak_bytes: int | None = None
     ledger_pending: bool = False      # exited, but the ledger could not be written: gc tries again
     security: dict[str, Any] | None = None    # what it runs with (security.resolve.Security.summary)
+    driver: str = "cgroupfs"          # cgroupfs | systemd (a transient scope: containers/scope.py)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Record":

@@ -236,14 +236,15 @@ def sendable(props: list[Prop]) -> list[Prop]:
 
 
 def start_scope(bus: Bus, root: str, group: str, container: str, pid: int, res: Resources,
-                formula: Any = "oci") -> str:
-    """A container as a transient scope of its group's slice, holding ``pid``, with its limits."""
+                formula: Any = "oci", *, delegate: bool = False) -> str:
+    """A container as a transient scope of its group's slice, holding ``pid``, with its limits.
+    ``delegate``: Delegate=yes, so that the cgroups below the scope's own are the caller's."""
     name = scope_name(root, group, container)
     check_owner(name, bus.unit(name), f"container {container}")
     props = _device_paths(properties(res, formula, who=f"container {container}"), "/sys")
-    bus.start_transient(name, props, extra=[("Slice", "s", parent_slice(root, f"{group}/{container}")),
-                                            ("PIDs", "au", [pid]),
-                                            ("Description", "s", f"{DESCRIPTION}{group} container {container}")])
+    extra = [("Slice", "s", parent_slice(root, f"{group}/{container}")), ("PIDs", "au", [pid]),
+             ("Description", "s", f"{DESCRIPTION}{group} container {container}")]
+    bus.start_transient(name, props, extra=extra + ([("Delegate", "b", True)] if delegate else []))
     return name
 
 

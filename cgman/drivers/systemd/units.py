@@ -115,6 +115,29 @@ def scope_name(root: str, group: str, container: str) -> str:
     return slice_name(root, group)[:-len(".slice")] + "-" + escape(container) + ".scope"
 
 
+PAYLOAD = "payload"                        # a container scope's leaf that holds the workload
+KEEPER = "keeper"                          # ... and the one that keeps the scope until it is billed
+
+
+def slice_dir(root: str, group: str = ".") -> str:
+    """Where systemd puts the cgroup of ``group``'s slice, relative to the root slice's own cgroup
+    (``acme/web`` under ``cgman``: ``cgman-acme.slice/cgman-acme-web.slice``)."""
+    parts = [] if group in (".", "") else group.split("/")
+    return "/".join(slice_name(root, "/".join(parts[:i + 1])) for i in range(len(parts))) or "."
+
+
+def scope_dir(root: str, group: str, container: str) -> str:
+    """The cgroup of container ``container``'s scope, relative to the root slice's cgroup."""
+    above = slice_dir(root, group)
+    return f"{above}/{scope_name(root, group, container)}" if above != "." else scope_name(root, group, container)
+
+
+def scope_placement(root: str, group: str, container: str) -> tuple[str, str]:
+    """(cgroup root, cgroup) of a container's workload under this driver: the root slice's cgroup
+    (``cgman.slice``) and, relative to it, the ``payload`` leaf of the container's scope."""
+    return slice_name(root), f"{scope_dir(root, group, container)}/{PAYLOAD}"
+
+
 def parent_slice(root: str, group: str) -> str:
     return slice_name(root, group.rsplit("/", 1)[0] if "/" in group else ".")
 
@@ -159,7 +182,22 @@ def properties(res: Resources, formula: convert.WeightFormula = "oci", *, who: s
     out += _io_devices(res, who)
     if res.pids.max is not None:
         out.append(Prop("TasksMax", "t", _u64(res.pids.max)))
+    for p in out:
+        _check_minimum(p, who)
     return out
+
+
+# systemd's lower bounds (BUS_DEFINE_SET_CGROUP_LIMIT in src/core/dbus-cgroup.c) where the kernel
+# takes 0: a limit of 0 there is an error of SetUnitProperties, caught here before any call.
+MINIMUM = {"MemoryMax": ("memory max", "bytes"), "MemoryHigh": ("memory high", "bytes"),
+           "TasksMax": ("pids max", "tasks")}
+
+
+def _check_minimum(p: Prop, who: str) -> None:
+    if p.name in MINIMUM and p.value == 0:
+        key, what = MINIMUM[p.name]
+        raise UnitPlanError(f"{who}: {key} 0, which systemd cannot express ({p.name}= takes 1 {what[:-1]} or more; "
+                            f"the cgroupfs driver writes 0): give 1 or more, or `frozen: true` to stop the group")
 
 
 def _cpu_quota(max_cpus: float | Unlimited, period_usec: int | None, who: str) -> list[Prop]:

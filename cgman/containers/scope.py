@@ -1,0 +1,159 @@
+"""A container under the systemd cgroup driver: a transient scope of its group's slice.
+
+systemd removes a scope's cgroup as soon as the last process in it is gone, and the final
+usage of a container (cpu.stat, memory.peak, io.stat, pids.peak) can only be read while its
+cgroup exists. So the scope is made with ``Delegate=yes`` and two leaves cgman owns below it,
+as systemd's delegation document describes:
+
+    cgman-acme-web-c1.scope/          systemd's: the container's limits as unit properties
+        keeper/                       cgman-keeper (cgman-init without a workload) sleeps here
+        payload/                      the container: its first process is cloned straight in
+
+The keeper is the scope's first process (StartTransientUnit needs one); cgman then moves it into
+``keeper/`` and enables the controllers for both leaves, so no cgroup holds processes and
+children at once. When the container has exited, cgman reads ``payload/`` as it reads a
+cgroupfs leaf, removes it, and ends the keeper through ``keeper/cgroup.kill``; systemd then
+stops the empty scope. Only SIGKILL ends a keeper, so a ``systemctl stop`` of the scope ends
+the container but leaves the scope until the container is billed. A keeper whose supervisor
+died keeps the scope, and the cgroup, until `cgman gc` collects the container.
+
+The container's own record names the payload as its cgroup under the root slice's cgroup
+(``cgroup_root`` ``cgman.slice``), so everything that reads, freezes or kills a container
+does so as for the cgroupfs driver, inside the delegated subtree.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CgmanError, LaunchError
+
+if TYPE_CHECKING:
+    from ..drivers import Host
+
+CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")    # what a scope's two leaves get, where offered
+
+
+def placement(root: str, group: str, name: str) -> tuple[str, str]:
+    """(cgroup root, cgroup) of container ``name`` of ``group``: the root slice's cgroup
+    (``cgman.slice``) and its scope's payload leaf relative to it."""
+    from ..drivers.systemd.units import scope_placement
+    return scope_placement(root, group, name)
+
+
+def group_dir(root: str, group: str) -> str:
+    """The cgroup of ``group``'s slice, relative to the root slice's cgroup."""
+    from ..drivers.systemd.units import slice_dir
+    return slice_dir(root, group)
+
+
+def spawn_keeper() -> int:
+    """cgman-keeper (the sealed cgman-init, no workload): its own session, stdio on /dev/null."""
+    from ..security.init import memfd
+    fd = memfd()
+    null = [(os.POSIX_SPAWN_OPEN, n, "/dev/null", os.O_RDWR, 0) for n in (0, 1, 2)]
+    try:
+        return os.posix_spawn(f"/proc/self/fd/{fd}", ["cgman-keeper"], {}, file_actions=null, setsid=True)
+    except OSError as e:
+        raise LaunchError(f"starting the scope's keeper (cgman-init): {e.strerror}") from None
+
+
+def open_scope(host: "Host", bus: Any, root: str, group: str, name: str, resources: Any, formula: Any) -> int:
+    """Start the scope of container ``name`` with its limits, the keeper in ``keeper/`` and an
+    empty ``payload/`` ready for the container; the keeper's pid. On failure nothing is left."""
+    from ..drivers.systemd.reconcile import start_scope
+    from ..drivers.systemd.units import KEEPER, PAYLOAD, scope_name
+    scope = placement(root, group, name)[1].rsplit("/", 1)[0]
+    keeper = spawn_keeper()
+    try:
+        start_scope(bus, root, group, name, keeper, resources, formula, delegate=True)
+    except BaseException:
+        _end_keeper(keeper)
+        raise
+    try:
+        host.create(f"{scope}/{KEEPER}")
+        host.attach(f"{scope}/{KEEPER}", keeper)
+        host.create(f"{scope}/{PAYLOAD}")
+        _enable_below(host, scope)
+    except BaseException:
+        _end_keeper(keeper)          # the scope empties, and systemd stops it and removes its cgroups
+        _stop_quietly(bus, scope_name(root, group, name))
+        raise
+    return keeper
+
+
+def _enable_below(host: "Host", scope: str) -> None:
+    from ..plan import Write, subtree_control_write
+    offered = set(host.read(Write(scope, "cgroup", "cgroup.controllers", "")).split())
+    wanted = [c for c in CONTROLLERS if c in offered]
+    if wanted:
+        host.write(subtree_control_write(scope, wanted))
+
+
+def scope_host(host: "Host", root: str) -> "Host":
+    """A Host rooted at the root slice's cgroup (``cgman.slice``), where the scopes' cgroups are."""
+    from ..drivers import Host as HostClass
+    from ..drivers.systemd.units import slice_name
+    if host.layout.mode != "v2":
+        raise LaunchError(f"the systemd cgroup driver needs a pure cgroup v2 host; this one is {host.layout.mode} "
+                          f"(unset CGMAN_CGROUP_DRIVER to use the default cgroupfs driver)")
+    return HostClass(host.info, slice_name(root))
+
+
+def has_slice(host: "Host", root: str, group: str) -> bool:
+    """Whether ``group`` exists as a slice of the systemd driver (for an error's hint)."""
+    try:
+        return scope_host(host, root).exists(group_dir(root, group))
+    except CgmanError:
+        return False
+
+
+def release_scope(host: "Host", leaf: str) -> None:
+    """After the payload is billed and removed: end the keeper, so that systemd stops the scope."""
+    from ..drivers.systemd.units import KEEPER
+    keep = f"{leaf.rsplit('/', 1)[0]}/{KEEPER}"
+    if host.exists(keep):
+        host.kill(keep)
+        try:
+            host.remove(keep)
+        except CgmanError:
+            pass                     # systemd removes what is left with the scope
+
+
+def reap(keeper: int) -> None:
+    """Reap the keeper this process started, if it has ended (release_scope or a failed launch)."""
+    try:
+        os.waitpid(keeper, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def is_scope_leaf(leaf: str) -> bool:
+    """Whether ``leaf`` is a container's payload cgroup inside its systemd scope."""
+    from ..drivers.systemd.units import PAYLOAD
+    head, _, tail = leaf.rpartition("/")
+    return tail == PAYLOAD and head.endswith(".scope")
+
+
+def _end_keeper(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)     # our own child, not yet reaped: the pid is still its
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _stop_quietly(bus: Any, unit: str) -> None:
+    try:
+        bus.stop(unit)
+    except CgmanError:
+        pass
