@@ -53,7 +53,7 @@ class Settings:
 
     @classmethod
     def resolve(cls, environ: Mapping[str, str], *, cgroup_root: str | None = None, run_dir: str | None = None,
-                state_dir: str | None = None, verbose: bool = False) -> "Settings":
+                state_dir: str | None = None, verbose: bool = False, cgroup_driver: str | None = None) -> "Settings":
         """Flags first, then the environment; CgmanError naming the variable if one is malformed."""
         return cls(cgroup_root=cgroup_root or environ.get(CGROUP_ROOT_ENV) or None,
                    run_dir=run_dir or environ.get(RUN_DIR_ENV) or None,
@@ -64,15 +64,16 @@ class Settings:
                    ledger_timeout_s=ledger_timeout_s(environ.get(LEDGER_TIMEOUT_ENV)),
                    input_limits=input_limits(environ.get(MAX_INPUT_BYTES_ENV, ""), environ.get(MAX_GROUPS_ENV, "")),
                    term=environ.get("TERM"), verbose=verbose,
-                   cgroup_driver=cgroup_driver(environ.get(CGROUP_DRIVER_ENV)))
+                   cgroup_driver=driver_of(cgroup_driver, "--cgroup-driver") if cgroup_driver
+                   else driver_of(environ.get(CGROUP_DRIVER_ENV), CGROUP_DRIVER_ENV))
 
 
-def cgroup_driver(raw: str | None) -> str:
-    """CGMAN_CGROUP_DRIVER: cgroupfs (the default) or systemd."""
+def driver_of(raw: str | None, where: str) -> str:
+    """--cgroup-driver or CGMAN_CGROUP_DRIVER (``where``): cgroupfs (the default) or systemd."""
     if raw in (None, ""):
         return "cgroupfs"
     if raw not in CGROUP_DRIVERS:
-        raise CgmanError(f"{CGROUP_DRIVER_ENV}={raw!r}: use {' or '.join(CGROUP_DRIVERS)}")
+        raise CgmanError(f"{where}={raw!r}: use {' or '.join(CGROUP_DRIVERS)}")
     return raw
 
 

@@ -585,15 +585,22 @@ def test_bad_run_input_is_one_clear_line_and_leaves_nothing(cli, pol, host, tmp_
 
 
 @pytest.mark.v1host
-@pytest.mark.parametrize("driver, message", [
-    ("systemd", "the systemd cgroup driver needs a pure cgroup v2 host; this one is hybrid"),
-    ("launchd", "CGMAN_CGROUP_DRIVER='launchd': use cgroupfs or systemd"),
+@pytest.mark.parametrize("how, driver, message", [
+    ("env", "systemd", "the systemd cgroup driver needs a pure cgroup v2 host; this one is hybrid"),
+    ("flag", "systemd", "the systemd cgroup driver needs a pure cgroup v2 host; this one is hybrid"),
+    ("env", "launchd", "CGMAN_CGROUP_DRIVER='launchd': use cgroupfs or systemd"),
+    ("flag", "launchd", "--cgroup-driver='launchd': use cgroupfs or systemd"),
+    ("typer", "launchd", "--cgroup-driver='launchd': use cgroupfs or systemd"),
+    ("typer", "systemd", "the systemd cgroup driver needs a pure cgroup v2 host; this one is hybrid"),
 ])
 def test_a_cgroup_driver_this_host_cannot_use_is_one_line_and_leaves_nothing(root_name, pol, host, tmp_path,
-                                                                            driver, message):
-    env = dict(cli_env(root_name, tmp_path), CGMAN_CGROUP_DRIVER=driver)
-    p = subprocess.run([PY, "-m", "cgman", "run", "-f", str(pol), "-p", "acme/web", "--", "true"], capture_output=True,
-                       text=True, env=env, timeout=180, cwd=REPO)
+                                                                            how, driver, message):
+    env = dict(cli_env(root_name, tmp_path), **({"CGMAN_CGROUP_DRIVER": driver} if how == "env" else {}))
+    words = ["run"] + ([] if how == "env" else ["--cgroup-driver", driver]) + ["-f", str(pol), "-p", "acme/web", "--",
+                                                                              "true"]
+    # `python -m cgman` reads run's options by the option tables; "typer" goes through the typer command
+    cmd = ["-m", "cgman", *words] if how != "typer" else ["-c", f"from cgman.cli.app import run; run({words!r}, 'run')"]
+    p = subprocess.run([PY, *cmd], capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
     assert p.returncode != 0 and message in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
     assert not list((tmp_path / "run" / "containers").glob("*")) if (tmp_path / "run" / "containers").exists() else True
     assert host.children("acme/web") == []

@@ -145,7 +145,8 @@ def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> "S
     """The global options (typer's, or the option table's) and the environment as one Settings."""
     from ..settings import Settings
     return Settings.resolve(environ, cgroup_root=flags.get("cgroup_root"), run_dir=flags.get("run_dir"),
-                            state_dir=flags.get("state_dir"), verbose=bool(flags.get("verbose")))
+                            state_dir=flags.get("state_dir"), verbose=bool(flags.get("verbose")),
+                            cgroup_driver=flags.get("cgroup_driver"))
 
 
 def guarded(run: "Callable[[], T]", verbose: bool) -> "T":

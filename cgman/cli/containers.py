@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from .common import argv_after_dashes, env_pairs, hosts, store
 from .params import JsonOpt, print_json, seconds, settings, usage_error
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 Opt = typer.Option
 PolicyOpt = Opt(..., "--policy", "-p", help="Group the container belongs to (acme/web); its `container:` limits "
@@ -56,6 +59,10 @@ VolumeOpt = Opt(None, "--volume", help="A host path the container may write (PAT
                 "host is read-only to a container without --rootfs); repeat. Within the group's launch.volumes, "
                 "or with allow_privileged.")
 
+DriverOpt = Opt(None, "--cgroup-driver", show_default=False,
+                help="cgroupfs (default: a leaf <root>/<group>/<name>) or systemd (a transient scope of the group's "
+                     "slice, over D-Bus; apply the policy with the same driver). Default: $CGMAN_CGROUP_DRIVER.")
+
 
 def run(ctx: typer.Context,
         command: Optional[list[str]] = typer.Argument(None, help="The workload, after `--`.", show_default=False),
@@ -68,12 +75,14 @@ def run(ctx: typer.Context,
         files: Optional[list[Path]] = FileOpt, privileged: bool = PrivilegedOpt,
         cap_add: Optional[list[str]] = CapAddOpt, cap_drop: Optional[list[str]] = CapDropOpt,
         device: Optional[list[str]] = DeviceOpt, security_opt: Optional[list[str]] = SecurityOpt,
-        volume: Optional[list[str]] = VolumeOpt) -> None:
+        volume: Optional[list[str]] = VolumeOpt, cgroup_driver: Optional[str] = DriverOpt) -> None:
     """Run CMD in a new container under a policy group; exit with its status (128+N for signal N).
 
     The container gets a leaf cgroup <root>/<group>/<name> with the group's `container` limits plus
     --cpus/--memory/--pids, and new namespaces (uts, ipc, pid, net, mount, cgroup; user with --userns).
-    Its first instruction already runs inside its cgroup. Examples:
+    Its first instruction already runs inside its cgroup. With --cgroup-driver systemd the cgroup is
+    instead the payload leaf of a transient scope of the group's slice, cgman-<group>-<name>.scope,
+    whose unit properties carry the limits (`systemctl status` shows it). Examples:
 
       cgman run --policy acme/web -- sleep 10
 
@@ -92,7 +101,16 @@ def run(ctx: typer.Context,
         request = run_request({**ctx.params, "command": argv_after_dashes(command)})
     except BadOption as e:
         raise usage_error(e) from None
-    raise typer.Exit(execute(settings(ctx), **request))
+    raise typer.Exit(execute(_with_driver(settings(ctx), cgroup_driver), **request))
+
+
+def _with_driver(s: "Settings", driver: Optional[str]) -> "Settings":
+    """The run's own --cgroup-driver over the global settings (the option tables' path reads it
+    with the rest: common.resolve_settings)."""
+    import dataclasses
+
+    from ..settings import driver_of
+    return dataclasses.replace(s, cgroup_driver=driver_of(driver, "--cgroup-driver")) if driver else s
 
 
 def _env(pairs: Optional[list[str]]) -> tuple[tuple[str, str], ...]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple, Optional
 
-from ..settings import CGROUP_ROOT_ENV, POLICY_DIR_ENV, RUN_DIR_ENV, STATE_DIR_ENV
+from ..settings import CGROUP_DRIVER_ENV, CGROUP_ROOT_ENV, POLICY_DIR_ENV, RUN_DIR_ENV, STATE_DIR_ENV
 
 FLAG, VALUE, MULTI = "flag", "value", "multi"      # no argument; one argument; one argument, repeatable
 
@@ -59,6 +59,7 @@ RUN: Table = {
     **opt("--cap-add", dest="cap_add", arity=MULTI), **opt("--cap-drop", dest="cap_drop", arity=MULTI),
     **opt("--device", dest="device", arity=MULTI), **opt("--security-opt", dest="security_opt", arity=MULTI),
     **opt("--volume", dest="volume", arity=MULTI),
+    **opt("--cgroup-driver", dest="cgroup_driver"),     # CGMAN_CGROUP_DRIVER: read by Settings.resolve
 }
 # The HTTP server's options, the same for `exporter` and `agent`.
 HTTP: Table = {
@@ -78,7 +79,7 @@ AGENT: Table = {
     **opt("--ledger-url", dest="ledger_url", envvar="CGMAN_LEDGER_URL"), **opt("--node", dest="node"),
     **opt("--interval", dest="interval"),
     **opt("--prune", dest="prune", arity=FLAG), **opt("--poll", dest="poll", arity=FLAG),
-    **opt("--cgroup-driver", dest="cgroup_driver", envvar="CGMAN_CGROUP_DRIVER"),
+    **opt("--cgroup-driver", dest="cgroup_driver", envvar=CGROUP_DRIVER_ENV),
 }
 COMMANDS: dict[str, Table] = {"run": RUN, "exporter": EXPORTER, "agent": AGENT}
 ARGUMENTS = {"run": "command"}          # where a command's words go (run's workload); others take none
