@@ -68,11 +68,19 @@ class Settings:
                    else driver_of(environ.get(CGROUP_DRIVER_ENV), CGROUP_DRIVER_ENV))
 
 
+class BadFlag(CgmanError):
+    """A flag's value no command takes: a usage error (exit 2), as typer's own."""
+
+    exit_code = 2
+
+
 def driver_of(raw: str | None, where: str) -> str:
     """--cgroup-driver or CGMAN_CGROUP_DRIVER (``where``): cgroupfs (the default) or systemd."""
     if raw in (None, ""):
         return "cgroupfs"
     if raw not in CGROUP_DRIVERS:
+        if where.startswith("--"):
+            raise BadFlag(f"{where}: {raw!r} is not one of {', '.join(CGROUP_DRIVERS)}")
         raise CgmanError(f"{where}={raw!r}: use {' or '.join(CGROUP_DRIVERS)}")
     return raw
 

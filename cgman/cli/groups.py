@@ -58,10 +58,16 @@ def status(ctx: typer.Context, path: str = typer.Argument(".", help="Group to sh
                                                             "cgman root)."),
            as_json: bool = JsonOpt) -> None:
     """Tree of groups with their limits and current usage."""
-    from ..reconcile.status import status as do_status
+    from ..reconcile.status import status as do_status, unit_status
     from ..units import format_bytes
-    h = host(settings(ctx))
-    rows = do_status(h, group_path(h, path))
+    s = settings(ctx)
+    if s.cgroup_driver == "systemd":          # the groups are slices below the root slice
+        from ..containers.scope import scope_host
+        h = scope_host(host(s), store(s).root)
+        rows = unit_status(h, store(s).root, path.strip("/") or ".")
+    else:
+        h = host(s)
+        rows = do_status(h, group_path(h, path))
     if as_json:
         print_json({"mode": h.info.mode, "root": h.root, "groups": rows})
         return
@@ -81,17 +87,39 @@ def status(ctx: typer.Context, path: str = typer.Argument(".", help="Group to sh
 
 
 def freeze(ctx: typer.Context, target: str = TargetArg, timeout: str = TimeoutOpt) -> None:
-    """Freeze every process in TARGET and below; confirmed, or thawed again on timeout."""
-    h, path = host_and_cgroup(settings(ctx), target)
-    h.freeze(path, seconds(timeout))
+    """Freeze every process in TARGET and below; confirmed, or thawed again on timeout.
+    A group of the systemd driver (CGMAN_CGROUP_DRIVER=systemd) is frozen as `systemctl freeze` does."""
+    if not _unit_freeze(settings(ctx), target, True, seconds(timeout)):
+        h, path = host_and_cgroup(settings(ctx), target)
+        h.freeze(path, seconds(timeout))
     typer.echo(f"frozen {target}")
 
 
 def thaw(ctx: typer.Context, target: str = TargetArg, timeout: str = TimeoutOpt) -> None:
     """Resume a frozen TARGET (alias: resume)."""
-    h, path = host_and_cgroup(settings(ctx), target)
-    h.thaw(path, seconds(timeout))
+    if not _unit_freeze(settings(ctx), target, False, seconds(timeout)):
+        h, path = host_and_cgroup(settings(ctx), target)
+        h.thaw(path, seconds(timeout))
     typer.echo(f"thawed {target}")
+
+
+def _unit_freeze(s: "Settings", target: str, frozen: bool, timeout_s: float) -> bool:
+    """systemd driver, TARGET a group: FreezeUnit/ThawUnit of its slice (systemd owns the slice's
+    cgroup.freeze); False for anything else (a container's payload is cgman's to freeze)."""
+    if s.cgroup_driver != "systemd" or ("/" not in target and store(s).exists(target)):
+        return False
+    from ..drivers import split_path
+    from ..drivers.systemd.bus import SystemdBus
+    from ..drivers.systemd.units import slice_name
+    from ..errors import NotFound
+    path = target.strip("/") or "."
+    split_path(path)
+    name = slice_name(store(s).root, path)
+    with SystemdBus(timeout_s=timeout_s) as bus:
+        if bus.unit(name) is None:
+            raise NotFound(f"no group {target!r}: systemd has no slice {name} (see `cgman status`)")
+        bus.freeze(name, frozen)
+    return True
 
 
 def resume(ctx: typer.Context, target: str = TargetArg, timeout: str = TimeoutOpt) -> None:

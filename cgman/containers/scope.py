@@ -24,8 +24,10 @@ does so as for the cgroupfs driver, inside the delegated subtree.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CgmanError, LaunchError
@@ -111,23 +113,39 @@ def has_slice(host: "Host", root: str, group: str) -> bool:
 
 
 def release_scope(host: "Host", leaf: str) -> None:
-    """After the payload is billed and removed: end the keeper, so that systemd stops the scope."""
+    """After the payload is billed and removed: end the keeper (keeper/cgroup.kill), so that systemd
+    stops the scope. No wait for it to go: the moment the keeper is gone, systemd removes the
+    scope's cgroups, keeper/ with them (a read there may then fail with ENODEV, as the
+    benchmark's 20th round once did)."""
     from ..drivers.systemd.units import KEEPER
+    from ..errors import NotFound
     keep = f"{leaf.rsplit('/', 1)[0]}/{KEEPER}"
-    if host.exists(keep):
-        host.kill(keep)
-        try:
-            host.remove(keep)
-        except CgmanError:
-            pass                     # systemd removes what is left with the scope
-
-
-def reap(keeper: int) -> None:
-    """Reap the keeper this process started, if it has ended (release_scope or a failed launch)."""
+    v2 = host.v2
     try:
-        os.waitpid(keeper, os.WNOHANG)
-    except ChildProcessError:
+        if v2 is not None and v2.kill(keep):
+            return
+        for pid in host.procs(keep):           # a kernel before 5.14: no cgroup.kill
+            os.kill(pid, signal.SIGKILL)
+    except NotFound:
+        pass                                   # gone already: the scope is stopping
+    except ProcessLookupError:
         pass
+    except CgmanError as e:
+        if getattr(e, "errno", None) not in (errno.ENODEV, errno.ENOENT):
+            raise
+
+
+def reap(keeper: int, wait_s: float = 2.0) -> None:
+    """Reap the keeper this process started once it has ended (release_scope, or a failed launch;
+    SIGKILL ends it within milliseconds); one that has not ended within ``wait_s`` is left."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if os.waitpid(keeper, os.WNOHANG)[0] == keeper or time.monotonic() > deadline:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.001)
 
 
 def is_scope_leaf(leaf: str) -> bool:

@@ -98,6 +98,18 @@ def escape(name: str) -> str:
     return "".join(out)
 
 
+def unescape(part: str) -> str:
+    """escape() undone: ``\\xHH`` back to its character."""
+    import re
+    return re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), part)
+
+
+def member_name(unit: str) -> str:
+    """The group or container name a slice or scope below the root carries: its last
+    dash-separated part, unescaped (``cgman-acme-no\\x2disy.slice`` -> ``no-isy``)."""
+    return unescape(unit.rsplit(".", 1)[0].rsplit("-", 1)[-1])
+
+
 def slice_name(root: str, group: str = ".") -> str:
     """The slice of ``group`` ("." is the cgman root itself) under the root ``root``."""
     if not root or "/" in root.strip("/"):
