@@ -48,9 +48,9 @@ def policies_for_run(st: "Store", root: str, files: "Optional[list[Path]]",
 
 
 def _memory_bytes(text: Optional[str]) -> Optional[int]:
-    from ..units import UnitError, parse_quantity
     if text is None:
         return None
+    from ..units import UnitError, parse_quantity
     try:
         q = parse_quantity(text)
     except UnitError as e:
