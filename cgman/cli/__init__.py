@@ -31,6 +31,9 @@ def main() -> None:
     from .options import command_of, hoist, parse
     words = sys.argv[1:]
     command = command_of(words)
+    if command != "run":
+        import gc
+        gc.enable()                     # bin/cgman turned it off for `run` (or a line with "run" in it)
     fast = COMMANDS[command].fast if command in COMMANDS else None
     if fast and command:
         # the tables read global options after the command too, and stop at the workload:
