@@ -157,6 +157,7 @@ def test_precompiled_file_not_trusted_if_others_could_write_it(tmp_path) -> None
 
 
 @pytest.mark.kernel
+@pytest.mark.cgroup2
 def test_run_says_which_spec_it_used(host, cli, tmp_path) -> None:
     """-v names the path: the group's precompiled parameters, or the applied policies and why."""
     p = tmp_path / "p.yaml"
