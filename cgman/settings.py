@@ -20,7 +20,6 @@ from typing import Mapping
 
 from .errors import CgmanError
 from .inputs import DEFAULT_LIMITS, Limits
-from .units import UnitError, parse_quantity
 
 CGROUP_ROOT_ENV = "CGMAN_CGROUP_ROOT"
 RUN_DIR_ENV = "CGMAN_RUN_DIR"
@@ -115,6 +114,7 @@ def input_limits(size: str, groups: str) -> Limits:
     and CGMAN_MAX_GROUPS per apply; empty strings keep the defaults."""
     limits = DEFAULT_LIMITS
     if size:
+        from .units import UnitError, parse_quantity    # units imports the model: not on every run
         try:
             n = parse_quantity(size)
         except UnitError:

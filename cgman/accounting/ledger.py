@@ -17,7 +17,6 @@ import os
 import sqlite3
 import stat
 import time
-import urllib.parse
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator
@@ -86,6 +85,16 @@ def _has_schema(db: sqlite3.Connection) -> bool:
 
 def _not_regular(mode: int) -> str:
     return "it is a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+
+_URI_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+def _uri_quote(path: str) -> str:
+    """``urllib.parse.quote(path)`` (tests/test_ledger.py compares them), without importing
+    urllib (~1 ms of every `cgman run`)."""
+    return "".join(c if c in _URI_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogateescape"))
+                   for c in path)
+
 
 class LedgerError(CgmanError):
     """The ledger cannot be opened, read or written (locked, corrupt, not writable)."""
@@ -200,7 +209,7 @@ class Ledger:
         self._prepare()
         # A file: URI with the path percent-quoted: a '?' or '#' in the state dir is part of
         # the name, not the start of URI parameters (mode=ro must not be overridable).
-        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode={'ro' if self.readonly else 'rwc'}"
+        uri = f"file:{_uri_quote(os.path.abspath(self.path))}?mode={'ro' if self.readonly else 'rwc'}"
         try:
             db = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None,
                                  check_same_thread=False)

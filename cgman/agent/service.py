@@ -262,9 +262,9 @@ class Agent:
         key = (repr(ps.groups),)
         if key == self._saved:
             return
-        from ..state.applied import save
+        from ..containers.spec import save_applied
         try:
-            save(self.store, self.host.root, ps, replace=True)
+            save_applied(self.store, self.host.root, ps, replace=True)
             self._saved = key
         except OSError as e:
             log.error("cannot save the applied policies in %s: %s", self.store.run, e.strerror)

@@ -87,8 +87,8 @@ def apply(ctx: typer.Context, files: Optional[list[Path]] = FilesArg,
     res = do_apply(ps, h, dry_run=dry_run, prune=prune, force=force, timeout_s=seconds(timeout),
                    progress=lambda msg: typer.echo(msg, err=True))
     if not dry_run:
-        from ..state.applied import save
-        save(store(settings(ctx)), h.root, ps, replace=prune)
+        from ..containers.spec import save_applied
+        save_applied(store(settings(ctx)), h.root, ps, replace=prune)
     if as_json:
         print_json(res.as_dict())
         return

@@ -7,6 +7,7 @@ launches and waits. No typer import here.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
@@ -48,9 +49,9 @@ def policies_for_run(st: "Store", root: str, files: "Optional[list[Path]]",
 
 
 def _memory_bytes(text: Optional[str]) -> Optional[int]:
-    from ..units import UnitError, parse_quantity
     if text is None:
         return None
+    from ..units import UnitError, parse_quantity
     try:
         q = parse_quantity(text)
     except UnitError as e:
@@ -100,13 +101,53 @@ def execute(settings: "Settings", *, policy: str, command: list[str], name: Opti
             timeout_text: str = "", auto_remove: bool = False, files: "Optional[list[Path]]" = None,
             security: "Optional[RunSecurity]" = None, image: Optional[str] = None) -> int:
     """Run a container; the exit code for the CLI (the workload's, or 0 after -d)."""
-    import dataclasses
-
     from ..containers import spec as C
     from ..containers.lifecycle import run_detached, run_foreground
     from ..security.resolve import RunSecurity
+    gc.enable()                         # bin/cgman turned it off for the imports, which are done
     h, st = host(settings), store(settings)
-    policies, source = policies_for_run(st, h.root, files, settings)
+    kw: dict[str, Any] = dict(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
+                              userns=userns, init=init, auto_remove=auto_remove, security=security or RunSecurity())
+    spec = None
+    if not files and image is None and not rootfs and not layers:
+        spec = _precompiled(st, h.root, policy.strip("/"), name, command, C.Overrides(env=env, **kw),
+                            settings.verbose)
+    if spec is None:
+        spec = _spec_from_policies(settings, st, h.root, files, policy, name, command, image, rootfs, layers, env, kw)
+    collect_quietly(settings)
+    if detach:
+        rec = run_detached(h, st, spec, timeout_s)
+        print(rec.name, flush=True)
+        return 0
+    sys.stdout.flush()
+    return run_foreground(h, st, spec, timeout_s, on_timeout=lambda: print(
+        f"cgman: container {spec.name} timed out after {timeout_text}; stopping it", file=sys.stderr))
+
+
+def _precompiled(st: "Store", root: str, group: str, name: Optional[str], command: list[str],
+                 o: Any, verbose: bool) -> Any:
+    """The spec from ``group``'s launch parameters as compiled when it was applied, or None
+    (then the run reads the applied policies); -v says which."""
+    from ..containers import spec as C
+    from ..state.applied import load_launch
+    params, why = load_launch(st, root, group)
+    spec = None if params is None else C.from_params(params, group, name, command, o)
+    if verbose:
+        how = (f"launch parameters of {group} as compiled when it was applied" if spec is not None else
+               f"reading the applied policies (no precompiled launch parameters of {group}: "
+               f"{why or 'this run overrides them'})")
+        print(f"cgman: run: {how}", file=sys.stderr)
+    return spec
+
+
+def _spec_from_policies(settings: "Settings", st: "Store", root: str, files: "Optional[list[Path]]", policy: str,
+                        name: Optional[str], command: list[str], image: Optional[str], rootfs: Optional[str],
+                        layers: tuple[str, ...], env: tuple[tuple[str, str], ...], kw: dict[str, Any]) -> Any:
+    """The spec from the policies (-f files, else the applied ones), with an image's settings."""
+    import dataclasses
+
+    from ..containers import spec as C
+    policies, source = policies_for_run(st, root, files, settings)
     g = policies.get(policy.strip("/"))
     if image is None and not rootfs and not layers and g is not None and g.launch is not None:
         image = g.launch.image                     # the group's default image
@@ -119,20 +160,11 @@ def execute(settings: "Settings", *, policy: str, command: list[str], name: Opti
             raise LaunchError("give --image, or --rootfs/--layer, not both")
         image_run = run_settings(ImageStore(st.state), image, command)
         command, layers, env = list(image_run.argv), image_run.layers, image_run.env + env
-    o = C.Overrides(cpus=cpus, memory_bytes=memory_bytes, pids=pids, hostname=hostname, network=network,
-                    rootfs=rootfs, layers=layers, userns=userns, init=init, env=env, auto_remove=auto_remove,
-                    security=security or RunSecurity())
-    spec = C.spec_for(policies, policy, name, command, o, **source)
+    spec = C.spec_for(policies, policy, name, command, C.Overrides(rootfs=rootfs, layers=layers, env=env, **kw),
+                      **source)
     if image_run is not None:
         spec = dataclasses.replace(spec, cwd=image_run.cwd, user=image_run.user)
-    collect_quietly(settings)
-    if detach:
-        rec = run_detached(h, st, spec, timeout_s)
-        print(rec.name, flush=True)
-        return 0
-    sys.stdout.flush()
-    return run_foreground(h, st, spec, timeout_s, on_timeout=lambda: print(
-        f"cgman: container {spec.name} timed out after {timeout_text}; stopping it", file=sys.stderr))
+    return spec
 
 
 def fast(settings: "Settings", opts: dict[str, Any]) -> Optional[int]:

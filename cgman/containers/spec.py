@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import LaunchError, NotFound
 from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
 from ..security.resolve import RunSecurity, resolve
 from .launch import DEFAULT_USER_MAP, ContainerSpec
+
+if TYPE_CHECKING:
+    from ..state.records import Store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,15 @@ class Overrides:
     security: RunSecurity = RunSecurity()
 
 
+def _check_argv(argv: list[str]) -> None:
+    if not argv:
+        raise LaunchError("no command given: put it after --, e.g. `cgman run --policy acme/web -- sleep 60`")
+
+
+def _default_name(group: str) -> str:
+    return f"{group.rsplit('/', 1)[-1]}-{os.urandom(3).hex()}"
+
+
 def _check_dir(path: str, what: str) -> str:
     if not os.path.isabs(path):
         path = os.path.abspath(path)
@@ -47,9 +60,8 @@ def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str],
     if g is None:
         known = ", ".join(x.path for x in policies.groups) or "none"
         raise NotFound(f"no group {group!r} {where} (known: {known}); {hint}")
-    if not argv:
-        raise LaunchError("no command given: put it after --, e.g. `cgman run --policy acme/web -- sleep 60`")
-    name = name or f"{group.rsplit('/', 1)[-1]}-{os.urandom(3).hex()}"
+    _check_argv(argv)
+    name = name or _default_name(group)
     res = g.container or Resources()
     if o.cpus is not None:
         if o.cpus <= 0:
@@ -94,3 +106,47 @@ def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str],
                          network=NetworkSpec(mode=net.mode, bridge=net.bridge, subnet=net.subnet),
                          rootfs=rootfs, user_map=user_map, env=o.env, init=o.init, auto_remove=o.auto_remove,
                          security=security)
+
+
+# ------------------------------------------------------------------ precompiled at apply
+# A group's launch parameters are its spec for a container named NAME_SLOT with the default
+# overrides: spec_for itself makes them when the group is applied (one source of truth), and
+# a run with only the overrides below fills in the slot.
+NAME_SLOT = "{name}"
+_TEMPLATE_OVERRIDES = ("hostname", "env", "init", "auto_remove")   # what a run may still set
+
+
+def launch_params(policies: PolicySet, group: str) -> ContainerSpec | None:
+    """``group``'s spec with the name left as NAME_SLOT; None if its runs cannot start from one
+    (a default image, a hostname pattern cut at 64 characters, a policy spec_for refuses)."""
+    g = policies.get(group)
+    if g is None or (g.launch is not None and g.launch.image is not None):
+        return None
+    try:
+        t = spec_for(policies, group, NAME_SLOT, ["-"], Overrides())
+    except (LaunchError, NotFound):
+        return None
+    return t if t.hostname is not None and len(t.hostname) < 64 else None
+
+
+def from_params(t: object, group: str, name: str | None, argv: list[str], o: Overrides) -> ContainerSpec | None:
+    """The spec of a run from its group's precompiled parameters ``t``; None if ``t`` is not
+    usable for this run (other overrides than _TEMPLATE_OVERRIDES, a root gone since)."""
+    if not isinstance(t, ContainerSpec) or t.group != group or t.name != NAME_SLOT:
+        return None
+    if o != Overrides(**{k: getattr(o, k) for k in _TEMPLATE_OVERRIDES}):
+        return None
+    if t.rootfs is not None and not all(os.path.isdir(p) for p in (t.rootfs.path or "", *t.rootfs.layers) if p):
+        return None                   # spec_for says which is missing
+    _check_argv(argv)
+    name = name or _default_name(group)
+    assert t.hostname is not None
+    return dataclasses.replace(t, name=name, argv=tuple(argv), hostname=(o.hostname or t.hostname.replace(
+        NAME_SLOT, name))[:64], env=o.env, init=o.init, auto_remove=o.auto_remove)
+
+
+def save_applied(store: "Store", root: str, policies: PolicySet, replace: bool = False) -> None:
+    """What `cgman apply` (or the agent) applied, and each group's launch parameters."""
+    from ..state import applied
+    merged = applied.save(store, root, policies, replace)
+    applied.save_launch(store, root, {g.path: launch_params(merged, g.path) for g in merged.groups})

@@ -14,7 +14,6 @@ never reaches a process outside the container.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -126,6 +125,7 @@ def _namespaces(v: Any) -> str:
 
 
 def _ipv4(v: Any, net: bool = False) -> bool:
+    import ipaddress        # only a bridged container's record has addresses to check
     try:
         (ipaddress.IPv4Network if net else ipaddress.IPv4Address)(v)
         return isinstance(v, str)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import stat
 import time
 from contextlib import contextmanager
@@ -224,7 +223,7 @@ class SafeDir:
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
+                _remove_dir(name, dfd)
             else:
                 os.unlink(name, dir_fd=dfd)
         except FileNotFoundError:
@@ -257,3 +256,32 @@ class SafeDir:
             yield
         finally:
             os.close(fd)
+
+
+def _remove_dir(name: str, dfd: int) -> None:
+    """Directory ``name`` of ``dfd`` and what is in it, never following a link. A flat one (a
+    container's record dir) by unlink and rmdir; one with directories inside by shutil.rmtree,
+    whose import (~3 ms) every `cgman run --rm` would otherwise pay."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except NotADirectoryError:
+        os.unlink(name, dir_fd=dfd)          # replaced by a file or a link since the stat
+        return
+    try:
+        with os.scandir(fd) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    break
+                try:
+                    os.unlink(e.name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+            else:
+                os.rmdir(name, dir_fd=dfd)
+                return
+    except OSError:
+        pass                                 # e.g. ENOTEMPTY: something appeared; rmtree takes it
+    finally:
+        os.close(fd)
+    import shutil
+    shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
