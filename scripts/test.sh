@@ -19,10 +19,10 @@ if [ "${CGMAN_SKIP_VM:-0}" = 1 ]; then
   echo "== skipping the cgroup v2 VM (CGMAN_SKIP_VM=1)"
 elif [ -x "$VM" ] || [ -f "$VM" ]; then
   echo "== pure cgroup v2 kernel (VM): pytest -m cgroup2"
-  CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-1500} bash "$VM" .venv/bin/python -m pytest -q -p no:cacheprovider -m "cgroup2 and not v1host" tests/
+  CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-1500} bash "$VM" .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 -m "cgroup2 and not v1host" tests/
   echo "== systemd 252 as PID 1 on a pure cgroup v2 kernel (VM): the shipped units, the systemd driver and its container scopes, the limit and billing tests under both drivers, and bridge networking"
   CGMAN_SYSTEMD_VM=1 CG2VM_INIT=systemd CG2VM_TIMEOUT=${CG2VM_TIMEOUT:-1500} bash "$VM" .venv/bin/python -m pytest -q \
-    -p no:cacheprovider tests/test_systemd_host.py tests/test_systemd_driver.py tests/test_driver_limits.py \
+    -p no:cacheprovider --durations=15 tests/test_systemd_host.py tests/test_systemd_driver.py tests/test_driver_limits.py \
     tests/test_systemd_scopes.py tests/test_systemd_status.py tests/test_launch.py \
     -k "test_systemd_host or test_systemd_driver or test_driver_limits or test_systemd_scopes or test_systemd_status or bridge_container"
 else

@@ -32,7 +32,7 @@ from cgman.settings import Settings
 from cgman.state.records import Store
 
 from .conftest import REPO, destroy_root
-from .test_accounting import value
+from .test_accounting import collect, value
 from .test_systemd_host import CGROUP2, _in_systemd_vm, cgroup_of, kernel, show, systemctl, until
 
 pytestmark = [pytest.mark.systemd, pytest.mark.kernel]
@@ -104,15 +104,6 @@ def rows(lib) -> list:
         return []                   # no container has been billed under this state dir yet
     with Ledger(ledger_path(lib.store.state), readonly=True) as led:
         return led.entries()
-
-
-def collect(lib) -> str:
-    from cgman.exporter.collector import Collector
-    col = Collector(lib.host.info, lib.store.run, lib.store.state)
-    try:
-        return col.collect()
-    finally:
-        col.close()
 
 
 def scope_of(lib, name: str) -> str:
