@@ -111,13 +111,18 @@ def has_slice(host: "Host", root: str, group: str) -> bool:
 
 
 def release_scope(host: "Host", leaf: str) -> None:
-    """After the payload is billed and removed: end the keeper, so that systemd stops the scope."""
+    """After the payload is billed and removed: end the keeper, so that systemd stops the scope.
+
+    The whole scope is killed (its cgroup.kill), not only ``keeper/``: a supervisor killed in launch
+    just after systemd started the scope left the keeper in the scope's own cgroup, and nothing
+    else of the container is left in the scope by now."""
     from ..drivers.systemd.units import KEEPER
-    keep = f"{leaf.rsplit('/', 1)[0]}/{KEEPER}"
-    if host.exists(keep):
-        host.kill(keep)
+    scope_dir = leaf.rsplit("/", 1)[0]
+    if host.exists(scope_dir):
+        host.kill(scope_dir)
         try:
-            host.remove(keep)
+            if host.exists(f"{scope_dir}/{KEEPER}"):
+                host.remove(f"{scope_dir}/{KEEPER}")
         except CgmanError:
             pass                     # systemd removes what is left with the scope
 
