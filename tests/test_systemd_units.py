@@ -388,3 +388,16 @@ def test_the_keeper_holds_no_fd_and_no_directory_of_whoever_started_it(tmp_path,
         os.close(w)
     assert fds == [0, 1, 2], f"the keeper holds {fds}"
     assert cwd == "/", f"the keeper's working directory is {cwd}"
+
+
+@pytest.mark.parametrize("root", ["cgman", "cgman-test-0e1a7b21", "a.b_c:d"])
+def test_root_of_slice_inverts_slice_name(root):
+    from cgman.drivers.systemd.units import root_of_slice
+    assert root_of_slice(slice_name(root)) == root
+
+
+@pytest.mark.parametrize("name", ["cgman-acme.slice", "init.scope", "-.slice", ".slice", "cgman.slice/x",
+                                  "cgman\\x2Dtest.slice", "cgman\\x2d.slice/.."])
+def test_root_of_slice_is_none_for_what_no_root_writes(name):
+    from cgman.drivers.systemd.units import root_of_slice
+    assert root_of_slice(name) is None
