@@ -25,15 +25,29 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "_proto.h"
 
 extern char **environ;
 
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+/* The keeper outlives the command that started it (a detached container's scope: days), so it
+ * keeps nothing of that command's: no fd above stderr (a pipe someone waits on for EOF, a
+ * flock'd file), no working directory (a mount that could not be unmounted). */
 static int keep(void)
 {
     prctl(PR_SET_NAME, "cgman-keeper");
+    if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) {          /* before Linux 5.9 */
+        long max = sysconf(_SC_OPEN_MAX);
+        for (long fd = 3; fd < (max > 0 && max < (1L << 20) ? max : 1024); fd++) close((int)fd);
+    }
+    if (chdir("/") < 0) return 127;
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);     /* SIGKILL and SIGSTOP cannot be blocked */

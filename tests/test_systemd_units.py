@@ -357,3 +357,47 @@ def test_the_agent_without_a_system_bus_or_with_a_bad_driver_says_so_in_one_line
         assert len(p.stderr.splitlines()) == 1 and "apt-get install dbus" in p.stderr
     p = subprocess.run(cmd + ["--cgroup-driver", "bogus"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 2 and "--cgroup-driver: 'bogus' is not one of cgroupfs, systemd" in p.stderr
+
+
+def test_the_keeper_holds_no_fd_and_no_directory_of_whoever_started_it(tmp_path, monkeypatch):
+    """The keeper lives as long as the container's scope (a detached container: days), so it must
+    not keep what its supervisor inherited: an fd above stderr (a pipe someone waits on for EOF, a
+    flock'd file) or the working directory (a mount that then cannot be unmounted)."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from cgman.containers.scope import spawn_keeper
+    r, w = os.pipe()
+    os.set_inheritable(w, True)              # as a shell passes fd 3+ to `cgman run`
+    monkeypatch.chdir(tmp_path)
+    keeper = spawn_keeper()
+    try:
+        for _ in range(500):                  # until it has exec'd the init and closed what it inherited
+            if Path(f"/proc/{keeper}/comm").read_text().strip() == "cgman-keeper" and \
+                    os.readlink(f"/proc/{keeper}/cwd") == "/":
+                break
+            time.sleep(0.01)
+        fds = sorted(int(n) for n in os.listdir(f"/proc/{keeper}/fd"))
+        cwd = os.readlink(f"/proc/{keeper}/cwd")
+    finally:
+        os.kill(keeper, signal.SIGKILL)
+        os.waitpid(keeper, 0)
+        os.close(r)
+        os.close(w)
+    assert fds == [0, 1, 2], f"the keeper holds {fds}"
+    assert cwd == "/", f"the keeper's working directory is {cwd}"
+
+
+@pytest.mark.parametrize("root", ["cgman", "cgman-test-0e1a7b21", "a.b_c:d"])
+def test_root_of_slice_inverts_slice_name(root):
+    from cgman.drivers.systemd.units import root_of_slice
+    assert root_of_slice(slice_name(root)) == root
+
+
+@pytest.mark.parametrize("name", ["cgman-acme.slice", "init.scope", "-.slice", ".slice", "cgman.slice/x",
+                                  "cgman\\x2Dtest.slice", "cgman\\x2d.slice/.."])
+def test_root_of_slice_is_none_for_what_no_root_writes(name):
+    from cgman.drivers.systemd.units import root_of_slice
+    assert root_of_slice(name) is None

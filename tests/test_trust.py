@@ -90,6 +90,25 @@ def test_an_edited_cgroup_root_never_reaches_another_root(cli, pol, tmp_path, ot
     assert alive(sleeper) and other_root.exists("acme/web/victim")
 
 
+def test_a_systemd_record_of_another_root_is_that_roots_not_invalid(cli, pol, host, tmp_path):
+    """A systemd-driver container of root R (its record names R's root slice) in a run dir shared with
+    another root: `ps` shows it as another root's, and `rm --force` refuses it as for the cgroupfs
+    driver, rather than calling it invalid and dropping the record of a live container (whose scope
+    and keeper nothing would collect then)."""
+    from cgman.drivers.systemd.units import scope_placement
+    other = f"cgman-test-{secrets.token_hex(4)}"
+    slice_root, cgroup = scope_placement(other, "acme/web", "theirs")
+    path = forge(tmp_path, "theirs", slice_root, cgroup=cgroup, driver="systemd")
+    p = cli("ps", "-a", "--json")
+    assert p.returncode == 0, p.stderr
+    [row] = json.loads(p.stdout)
+    assert row["state"] == "other-root" and f"--cgroup-root {other}" in row["problem"], row
+    g = cli("gc", "--json")      # was: exit 1 on an "invalid" record (the agent: a collect error each pass)
+    assert g.returncode == 0 and json.loads(g.stdout) == {"collected": []}, g.stderr
+    assert cli("rm", "--force", "theirs").returncode == 1, "another root's record is that root's to remove"
+    assert path.exists()
+
+
 def test_an_edited_pid_is_never_signalled_nor_its_group_removed(cli, pol, host, tmp_path, sleeper):
     """A pid outside the container's leaf: stop sends it nothing (review: it got SIGTERM)."""
     host.create("acme/web/ghost")

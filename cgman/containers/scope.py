@@ -116,10 +116,15 @@ def release_scope(host: "Host", leaf: str) -> None:
     """After the payload is billed and removed: end the keeper (keeper/cgroup.kill), so that systemd
     stops the scope. No wait for it to go: the moment the keeper is gone, systemd removes the
     scope's cgroups, keeper/ with them (a read there may then fail with ENODEV, as the
-    benchmark's 20th round once did)."""
+    benchmark's 20th round once did). A supervisor killed in launch just after systemd started the
+    scope left the keeper in the scope's own cgroup (keeper/ not made yet): then the scope's own
+    cgroup.kill, whose only process is that keeper by now (found by review)."""
     from ..drivers.systemd.units import KEEPER
     from ..errors import NotFound
-    keep = f"{leaf.rsplit('/', 1)[0]}/{KEEPER}"
+    scope_dir = leaf.rsplit("/", 1)[0]
+    keep = f"{scope_dir}/{KEEPER}"
+    if not host.exists(keep):
+        keep = scope_dir
     v2 = host.v2
     try:
         if v2 is not None and v2.kill(keep):
@@ -146,13 +151,6 @@ def reap(keeper: int, wait_s: float = 2.0) -> None:
         except ChildProcessError:
             return
         time.sleep(0.001)
-
-
-def is_scope_leaf(leaf: str) -> bool:
-    """Whether ``leaf`` is a container's payload cgroup inside its systemd scope."""
-    from ..drivers.systemd.units import PAYLOAD
-    head, _, tail = leaf.rpartition("/")
-    return tail == PAYLOAD and head.endswith(".scope")
 
 
 def _end_keeper(pid: int) -> None:

@@ -197,6 +197,8 @@ def check(d: object, path: str, dirname: str, root: str) -> dict[str, Any]:
     except CgmanError as e:                  # a root the systemd driver cannot name
         raise InvalidRecord(path, "driver", str(e)) from None
     scoped = d.get("driver", "cgroupfs") != "cgroupfs"
+    if scoped and d["cgroup_root"] != want_root and (theirs := _scope_root(d)) is not None:
+        raise OtherRoot(path, theirs, root)      # the right scope of another root's slice
     if d["cgroup"] != want_cgroup:
         raise InvalidRecord(path, "cgroup", f"{d['cgroup']!r} is not "
                             + (f"its systemd scope's payload ({want_cgroup})" if scoped else f"group/name ({want_cgroup})"))
@@ -219,6 +221,16 @@ def placement(d: dict[str, Any], root: str) -> tuple[str, str]:
         return root, f"{d['group']}/{d['name']}"
     from ..drivers.systemd.units import scope_placement
     return scope_placement(root, d["group"], d["name"])
+
+
+def _scope_root(d: dict[str, Any]) -> str | None:
+    """The other cgman root a systemd record was written under, if its cgroup_root is that root's
+    slice and its cgroup that root's scope of the container; else None (the record is invalid)."""
+    from ..drivers.systemd.units import root_of_slice, scope_placement
+    theirs = root_of_slice(d["cgroup_root"])
+    if theirs is None or not NAME_RE.fullmatch(theirs) or scope_placement(theirs, d["group"], d["name"]) != (d["cgroup_root"], d["cgroup"]):
+        return None
+    return theirs
 
 
 # ---------------------------------------------------------------------------- live pids

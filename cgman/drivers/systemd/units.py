@@ -22,6 +22,7 @@ anything is applied (UnitPlanError).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,18 @@ def slice_name(root: str, group: str = ".") -> str:
     if len(name) > 255:
         raise UnitPlanError(f"group {group}: its slice name {name[:60]}... is longer than systemd's 255 characters")
     return name
+
+
+def root_of_slice(name: str) -> str | None:
+    """The cgman root whose root slice is ``name`` (``slice_name``'s inverse), or None if no root's is."""
+    body = name[:-len(".slice")] if name.endswith(".slice") else ""
+    if not body or "-" in body:
+        return None
+    root = re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), body)
+    try:
+        return root if slice_name(root) == name else None
+    except UnitPlanError:
+        return None
 
 
 def scope_name(root: str, group: str, container: str) -> str:
