@@ -67,7 +67,8 @@ MEMORY_MAX_BYTES = 256 * 1024 * 1024
 PIDS_MAX = 64
 UNSHARE = ["unshare", "--uts", "--ipc", "--pid", "--net", "--mount", "--cgroup", "--fork", "--mount-proc"]
 ORDER = ["unshare", "bwrap", "libcgroup", "runc", "crun", "cgman", "agent", "agent-raw", "cgman-priv", "inprocess",
-         "inprocess-priv", "inprocess-b2b", "inprocess-priv-b2b", "lifecycle", "python", "client", "imports"]
+         "inprocess-priv", "inprocess-b2b", "inprocess-priv-b2b", "lifecycle", "systemd", "systemd-lifecycle",
+         "python", "client", "imports"]
 NOTES = {
     "unshare": "no cgroup, no limits",
     "bwrap": "no cgroup, no limits (+ user ns)",
@@ -84,6 +85,8 @@ NOTES = {
     "inprocess-priv": "library launch, privileged: the defaults' cost is inprocess minus this",
     "inprocess-priv-b2b": "the same, back to back, alternating with inprocess-b2b",
     "lifecycle": "library launch + wait + finish (usage read, cgroup removed)",
+    "systemd": "library launch, systemd driver: a transient scope over D-Bus (systemd hosts only)",
+    "systemd-lifecycle": "the same + wait + finish (payload billed, keeper ended, scope stopped)",
     "python": "floor: the venv's python -c pass",
     "imports": "floor: python + the modules `cgman run` imports",
 }
@@ -92,6 +95,7 @@ _stop: list[int] = []                      # signals received; the run stops aft
 PARTS: dict[str, list[float]] = {}         # breakdown samples (ms): what one launch spends where
 _agents: list[subprocess.Popen] = []       # agents started here, stopped by PID at the end
 _agent_env: dict[str, str] = {}
+_slices: list[str] = []                    # the systemd driver's root slices made here, stopped at the end
 
 
 def _request_stop(signum: int, _frame: object) -> None:
@@ -295,26 +299,28 @@ FACTORIES: dict[str, Callable[[str, Path], Launcher]] = {
 }
 
 
-def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False) -> Launcher:
+def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False,
+                 driver: str = "cgroupfs") -> Launcher:
     """The library API in this process: launch() returns once the workload has exec'd inside its
     cgroup and namespaces (``inprocess``); ``lifecycle`` adds wait() and finish() (final usage
-    read, cgroup removed, record deleted)."""
+    read, cgroup removed, record deleted). ``driver`` systemd: the group is a slice and each
+    container a transient scope (``systemd``, ``systemd-lifecycle``; systemd hosts only)."""
     from cgman.drivers import open_host
     from cgman.model import MemoryLimits, NetworkSpec, PidsLimits, Resources
     from cgman.policy import load_files
-    from cgman.reconcile.apply import apply
     from cgman.containers.launch import ContainerSpec, launch
     from cgman.settings import Settings
     from cgman.state.records import Store
     from cgman.security.resolve import Security
     sec = Security(privileged=True) if privileged else Security()
-    root = f"{PREFIX}{tag}-lib{'c' if full_cycle else ''}{'p' if privileged else ''}"
+    kind = f"{'c' if full_cycle else ''}{'p' if privileged else ''}{'s' if driver == 'systemd' else ''}"
+    root = f"{PREFIX}{tag}-lib{kind}"
     host = open_host(root)
-    policy = tmp / f"lib-{int(full_cycle)}{int(privileged)}.yaml"
+    policy = tmp / f"lib-{kind}.yaml"
     policy.write_text("version: 1\npolicies:\n  bench: {}\n")
-    apply(load_files([policy]), host)
-    store = Store(Settings(run_dir=str(tmp / f"lib-run-{int(full_cycle)}{int(privileged)}"),
-                           state_dir=str(tmp / f"lib-state-{int(full_cycle)}{int(privileged)}")))
+    _apply(load_files([policy]), host, root, driver)
+    store = Store(Settings(run_dir=str(tmp / f"lib-run-{kind}"), state_dir=str(tmp / f"lib-state-{kind}"),
+                           cgroup_driver=driver))
     res = Resources(memory=MemoryLimits(max_bytes=MEMORY_MAX_BYTES), pids=PidsLimits(max=PIDS_MAX))
 
     def one(i: int) -> float:
@@ -341,7 +347,29 @@ def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False
     return probe(one)
 
 
+def _apply(policies: object, host: object, root: str, driver: str) -> None:
+    if driver == "cgroupfs":
+        from cgman.reconcile.apply import apply
+        apply(policies, host)
+        return
+    if open("/proc/1/comm").read().strip() != "systemd" or host.info.mode != "v2":
+        raise Skip("the systemd driver needs systemd as PID 1 on a pure cgroup v2 host (run this in the "
+                   "systemd VM: CG2VM_INIT=systemd, see ../shared/cgroup2-vm/README.md)")
+    from cgman.drivers.systemd.bus import SystemdBus
+    from cgman.drivers.systemd.reconcile import apply_units
+    from cgman.drivers.systemd.units import slice_name
+    from cgman.errors import CgmanError
+    try:
+        with SystemdBus() as bus:
+            _slices.append(slice_name(root))
+            apply_units(policies, root, bus)
+    except CgmanError as e:
+        raise Skip(str(e)) from e
+
+
 FACTORIES["inprocess"] = lambda tag, tmp: make_library(tag, tmp, False)
+FACTORIES["systemd"] = lambda tag, tmp: make_library(tag, tmp, False, driver="systemd")
+FACTORIES["systemd-lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True, driver="systemd")
 FACTORIES["inprocess-priv"] = lambda tag, tmp: make_library(tag, tmp, False, privileged=True)
 FACTORIES["lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True)
 FACTORIES["python"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "pass"]))
@@ -365,6 +393,8 @@ def cleanup(tag: str) -> tuple[set[str], list[str]]:
     """Remove every cgroup of this run, deepest first; return (paths removed, failures)."""
     removed: set[str] = set()
     failed: list[str] = []
+    for unit in _slices:          # the systemd driver's: systemd removes their cgroups
+        subprocess.run(["systemctl", "stop", unit], check=False, capture_output=True)
     for top in ours(tag):
         gone, bad = rmdir_tree(top)
         removed.update(d[len(os.path.dirname(top)) + 1:] for d in gone)
@@ -439,6 +469,10 @@ def report(samples: dict, skipped: dict, rounds: int, as_json: bool) -> None:
         if a in medians and b in medians:
             print(f"secure defaults: {a} - {b} = {medians[a] - medians[b]:+.2f} ms "
                   f"(x{medians[a] / medians[b]:.2f})")
+    for a, b in (("systemd", "inprocess"), ("systemd-lifecycle", "lifecycle")):
+        if a in medians and b in medians:
+            print(f"systemd driver: {a} / {b} = x{medians[a] / medians[b]:.2f} (a transient scope over D-Bus "
+                  f"against a cgroupfs leaf)")
     if PARTS:
         print("breakdown (medians):")
         floors = [("client start (python + thin client imports)", "client")]
