@@ -320,7 +320,7 @@ def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False
     policy.write_text("version: 1\npolicies:\n  bench: {}\n")
     _apply(load_files([policy]), host, root, driver)
     store = Store(Settings(run_dir=str(tmp / f"lib-run-{kind}"), state_dir=str(tmp / f"lib-state-{kind}"),
-                           cgroup_driver=driver))
+                           cgroup_root=root, cgroup_driver=driver))
     res = Resources(memory=MemoryLimits(max_bytes=MEMORY_MAX_BYTES), pids=PidsLimits(max=PIDS_MAX))
 
     def one(i: int) -> float:

@@ -271,12 +271,12 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
 
     ``before_spawn`` runs once the name is claimed, just before the clone (the detached
     supervisor points stdout and stderr at the container's log there)."""
-    driver = store.settings.cgroup_driver
-    if driver == "systemd":
-        host = scope.scope_host(host, store.root)
-        _, leaf = scope.placement(store.root, spec.group, spec.name)
+    driver, root = store.settings.cgroup_driver, host.root
+    if driver == "systemd":      # the root names the slices; the scopes' cgroups are below its slice's
+        host = scope.scope_host(host, root)
+        _, leaf = scope.placement(root, spec.group, spec.name)
         rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached, driver, leaf)
-        _check_slice(host, store.root, spec.group)
+        _check_slice(host, root, spec.group)
     else:
         rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached)
         _check_group(host, spec.group)
@@ -286,7 +286,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         store.reserve(rec)
         undo.push("its record", lambda: store.delete(spec.name))
         if driver == "systemd":
-            keeper = _make_scope(host, store, spec, rec, undo)
+            keeper = _make_scope(host, store, spec, rec, undo, root)
         else:
             _make_cgroup(host, store, spec, rec, undo)
         confine_devices(host, rec.cgroup, spec.security)
@@ -342,7 +342,7 @@ def _check_slice(host: "Host", root: str, group: str) -> None:
                           f"(`cgman thaw {group}` first)")
 
 
-def _make_scope(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo) -> int:
+def _make_scope(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo, root: str) -> int:
     """systemd driver: the container's transient scope, with its limits as unit properties and
     the payload leaf it is cloned into (containers/scope.py); the keeper's pid. Its undo
     collects the payload, then ends the keeper, so that systemd stops the scope.
@@ -352,7 +352,7 @@ def _make_scope(host: "Host", store: Store, spec: ContainerSpec, rec: Record, un
     the billed peak of the payload could exceed the limit (seen: 33.5 MiB under 32 MiB)."""
     from ..drivers.systemd.bus import SystemdBus
     with SystemdBus() as bus:
-        keeper = scope.open_scope(host, bus, store.root, spec.group, spec.name, spec.resources, spec.formula)
+        keeper = scope.open_scope(host, bus, root, spec.group, spec.name, spec.resources, spec.formula)
 
     def undo_scope() -> None:
         collect_cgroup(host, store, rec, None, "failed to start")
