@@ -100,7 +100,7 @@ def scope_host(host: "Host", root: str) -> "Host":
     from ..drivers.systemd.units import slice_name
     if host.layout.mode != "v2":
         raise LaunchError(f"the systemd cgroup driver needs a pure cgroup v2 host; this one is {host.layout.mode} "
-                          f"(unset CGMAN_CGROUP_DRIVER to use the default cgroupfs driver)")
+                          f"(use the default cgroupfs driver: --cgroup-driver cgroupfs, or unset CGMAN_CGROUP_DRIVER)")
     return HostClass(host.info, slice_name(root))
 
 
