@@ -273,10 +273,11 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     supervisor points stdout and stderr at the container's log there)."""
     driver, root = store.settings.cgroup_driver, host.root
     if driver == "systemd":      # the root names the slices; the scopes' cgroups are below its slice's
+        from ..drivers.systemd.units import scope_placement
         host = scope.scope_host(host, root)
-        _, leaf = scope.placement(root, spec.group, spec.name)
+        _, leaf = scope_placement(root, spec.group, spec.name)
         rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached, driver, leaf)
-        _check_slice(host, root, spec.group)
+        scope.check_slice(host, root, spec.group)
     else:
         rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached)
         _check_group(host, spec.group)
@@ -329,17 +330,6 @@ def _make_cgroup(host: "Host", store: Store, spec: ContainerSpec, rec: Record, u
     undo.push(f"its cgroup {leaf}", lambda: collect_cgroup(host, store, rec, None, "failed to start"))
     for w in writes:
         host.write(w)
-
-
-def _check_slice(host: "Host", root: str, group: str) -> None:
-    """systemd driver: the group's slice must be active (its cgroup exists), and not frozen."""
-    where = scope.group_dir(root, group)
-    if not host.exists(where):
-        raise NotFound(f"group {group!r} has no slice under the root slice {host.root!r}: apply its policy "
-                       f"with the systemd driver first (`cgman apply --cgroup-driver systemd FILE`)")
-    if host.is_frozen(where):
-        raise LaunchError(f"group {group} is frozen: a container started there could not run "
-                          f"(`cgman thaw {group}` first)")
 
 
 def _make_scope(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo, root: str) -> int:

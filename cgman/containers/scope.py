@@ -30,25 +30,12 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CgmanError, LaunchError
+from ..errors import CgmanError, LaunchError, NotFound
 
 if TYPE_CHECKING:
     from ..drivers import Host
 
 CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")    # what a scope's two leaves get, where offered
-
-
-def placement(root: str, group: str, name: str) -> tuple[str, str]:
-    """(cgroup root, cgroup) of container ``name`` of ``group``: the root slice's cgroup
-    (``cgman.slice``) and its scope's payload leaf relative to it."""
-    from ..drivers.systemd.units import scope_placement
-    return scope_placement(root, group, name)
-
-
-def group_dir(root: str, group: str) -> str:
-    """The cgroup of ``group``'s slice, relative to the root slice's cgroup."""
-    from ..drivers.systemd.units import slice_dir
-    return slice_dir(root, group)
 
 
 def spawn_keeper() -> int:
@@ -66,8 +53,8 @@ def open_scope(host: "Host", bus: Any, root: str, group: str, name: str, resourc
     """Start the scope of container ``name`` with its limits, the keeper in ``keeper/`` and an
     empty ``payload/`` ready for the container; the keeper's pid. On failure nothing is left."""
     from ..drivers.systemd.reconcile import start_scope
-    from ..drivers.systemd.units import KEEPER, PAYLOAD, scope_name
-    scope = placement(root, group, name)[1].rsplit("/", 1)[0]
+    from ..drivers.systemd.units import KEEPER, PAYLOAD, scope_dir, scope_name
+    scope = scope_dir(root, group, name)
     keeper = spawn_keeper()
     try:
         start_scope(bus, root, group, name, keeper, resources, formula, delegate=True)
@@ -104,10 +91,23 @@ def scope_host(host: "Host", root: str) -> "Host":
     return HostClass(host.info, slice_name(root))
 
 
+def check_slice(host: "Host", root: str, group: str) -> None:
+    """The group's slice must be active (its cgroup exists), and not frozen. ``host``: scope_host's."""
+    from ..drivers.systemd.units import slice_dir
+    where = slice_dir(root, group)
+    if not host.exists(where):
+        raise NotFound(f"group {group!r} has no slice under the root slice {host.root!r}: apply its policy "
+                       f"with the systemd driver first (`cgman apply --cgroup-driver systemd FILE`)")
+    if host.is_frozen(where):
+        raise LaunchError(f"group {group} is frozen: a container started there could not run "
+                          f"(`cgman thaw {group}` first)")
+
+
 def has_slice(host: "Host", root: str, group: str) -> bool:
     """Whether ``group`` exists as a slice of the systemd driver (for an error's hint)."""
+    from ..drivers.systemd.units import slice_dir
     try:
-        return scope_host(host, root).exists(group_dir(root, group))
+        return scope_host(host, root).exists(slice_dir(root, group))
     except CgmanError:
         return False
 
@@ -120,7 +120,6 @@ def release_scope(host: "Host", leaf: str) -> None:
     scope left the keeper in the scope's own cgroup (keeper/ not made yet): then the scope's own
     cgroup.kill, whose only process is that keeper by now (found by review)."""
     from ..drivers.systemd.units import KEEPER
-    from ..errors import NotFound
     scope_dir = leaf.rsplit("/", 1)[0]
     keep = f"{scope_dir}/{KEEPER}"
     if not host.exists(keep):
@@ -158,14 +157,7 @@ def _end_keeper(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)     # our own child, not yet reaped: the pid is still its
     except ProcessLookupError:
         pass
-    _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+    reap(pid)
 
 
 def _stop_quietly(bus: Any, unit: str) -> None:
