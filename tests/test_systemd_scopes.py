@@ -227,6 +227,36 @@ def test_a_group_without_its_slice_is_refused_and_nothing_is_left(scoped):
     assert plain.records() == [] and not (CGROUP2 / scoped.root).exists()
 
 
+def keepers() -> set[int]:
+    """Every cgman-keeper on the machine (this test's are the only ones in the VM)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "comm").read_text().strip() == "cgman-keeper":
+                out.add(int(d.name))
+        except OSError:
+            pass
+    return out
+
+
+def test_a_frozen_slice_or_a_limit_systemd_refuses_leaves_no_scope_keeper_or_record(scoped):
+    from cgman.drivers.systemd.units import UnitPlanError
+    from cgman.errors import LaunchError
+    before = keepers()
+    systemctl("freeze", slice_name(scoped.root, "acme/web"))
+    try:
+        with pytest.raises(LaunchError, match=r"group acme/web is frozen: .*\(`cgman thaw acme/web` first\)"):
+            launch(scoped.host, scoped.store, spec("cold", ["true"]))
+    finally:
+        systemctl("thaw", slice_name(scoped.root, "acme/web"))
+    # Refused by cgman's plan once the keeper is started, before systemd is asked for the scope: the keeper goes.
+    with pytest.raises(UnitPlanError, match=r"container zero: memory high 0, which systemd cannot express"):
+        launch(scoped.host, scoped.store, spec("zero", ["true"], Resources(memory=MemoryLimits(high_bytes=0))))
+    assert scoped.store.records() == [] and rows(scoped) == []
+    assert gone(scope_of(scoped, "cold")) and gone(scope_of(scoped, "zero"))
+    assert keepers() == before, "no keeper left behind"
+
+
 def _env(lib) -> dict[str, str]:
     return dict(os.environ, CGMAN_CGROUP_ROOT=lib.root, CGMAN_RUN_DIR=lib.store.run, CGMAN_STATE_DIR=lib.store.state,
                 CGMAN_CGROUP_DRIVER="systemd", PYTHONPATH=str(REPO))
