@@ -67,7 +67,7 @@ MEMORY_MAX_BYTES = 256 * 1024 * 1024
 PIDS_MAX = 64
 UNSHARE = ["unshare", "--uts", "--ipc", "--pid", "--net", "--mount", "--cgroup", "--fork", "--mount-proc"]
 ORDER = ["unshare", "bwrap", "libcgroup", "runc", "crun", "cgman", "agent", "agent-raw", "cgman-priv", "inprocess",
-         "inprocess-priv", "inprocess-b2b", "inprocess-priv-b2b", "lifecycle", "systemd", "systemd-lifecycle",
+         "inprocess-priv", "inprocess-b2b", "inprocess-priv-b2b", "lifecycle", "systemd", "systemd-lifecycle", "systemd-run",
          "python", "client", "imports"]
 NOTES = {
     "unshare": "no cgroup, no limits",
@@ -87,6 +87,7 @@ NOTES = {
     "lifecycle": "library launch + wait + finish (usage read, cgroup removed)",
     "systemd": "library launch, systemd driver: a transient scope over D-Bus (systemd hosts only)",
     "systemd-lifecycle": "the same + wait + finish (payload billed, keeper ended, scope stopped)",
+    "systemd-run": "systemd's own: systemd-run --scope --slice= /bin/true, whole process, no limits",
     "python": "floor: the venv's python -c pass",
     "imports": "floor: python + the modules `cgman run` imports",
 }
@@ -370,6 +371,18 @@ def _apply(policies: object, host: object, root: str, driver: str) -> None:
 FACTORIES["inprocess"] = lambda tag, tmp: make_library(tag, tmp, False)
 FACTORIES["systemd"] = lambda tag, tmp: make_library(tag, tmp, False, driver="systemd")
 FACTORIES["systemd-lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True, driver="systemd")
+
+
+def make_systemd_run(tag: str, tmp: Path) -> Launcher:
+    if open("/proc/1/comm").read().strip() != "systemd":
+        raise Skip("needs systemd as PID 1 (the systemd VM)")
+    need("systemd-run")
+    unit = f"{PREFIX}{tag}-run.slice".replace("-", "_")
+    _slices.append(unit)
+    return probe(lambda i: timed(["systemd-run", "--scope", "--quiet", f"--slice={unit}", "/bin/true"]))
+
+
+FACTORIES["systemd-run"] = make_systemd_run
 FACTORIES["inprocess-priv"] = lambda tag, tmp: make_library(tag, tmp, False, privileged=True)
 FACTORIES["lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True)
 FACTORIES["python"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "pass"]))

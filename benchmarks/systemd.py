@@ -10,11 +10,7 @@ Run it only in the throw-away systemd VM (it installs units and starts the agent
    (a top-level root) and with `--cgroup-driver systemd` (slices over D-Bus), in interleaved rounds.
 2. The shipped agent unit: `systemctl start` until its first reconcile is served on /metrics, with
    the root top-level (layout (a)) and inside the unit (layout (b)).
-3. A container's launch under each driver (`--only launch`): the library's launch() of `/bin/true`
-   until it exec'd, and launch + wait + finish (the final usage into the ledger), with the
-   cgroupfs driver (a leaf under a top-level root) and the systemd driver (a transient scope over
-   D-Bus, its keeper, the payload leaf); `systemd-run --scope --slice=` of `/bin/true` as systemd's
-   own reference. Interleaved in the same rounds; ratios against the cgroupfs driver.
+A container's launch under each driver: benchmarks/launch.py's systemd contenders.
 Medians are printed; the VM's CPU is ~10x slower than a real one, so compare ratios.
 """
 
@@ -97,75 +93,11 @@ def bench_agent(rounds: int) -> None:
         print(f"agent start to first reconcile, layout {layout:<16} median {statistics.median(times) * 1000:6.0f} ms")
 
 
-LAUNCH_POLICY = "version: 1\npolicies:\n  acme:\n    memory: {max: 512Mi}\n    children:\n      web: {}\n"
-
-
-def _launcher(driver: str, tmp: Path):
-    """(launch one container and return (launch s, whole cycle s), clean up) under ``driver``."""
-    from cgman.containers.launch import ContainerSpec, launch
-    from cgman.drivers import open_host
-    from cgman.model import MemoryLimits, NetworkSpec, PidsLimits, Resources
-    from cgman.settings import Settings
-    from cgman.state.records import Store
-    sys.path.insert(0, str(REPO))
-    from tests.test_systemd_scopes import _apply
-    root = f"cgman-bench-{secrets.token_hex(3)}"
-    (tmp / f"{driver}.yaml").write_text(LAUNCH_POLICY)
-    _apply(driver, root, tmp / f"{driver}.yaml")
-    store = Store(Settings(cgroup_root=root, run_dir=str(tmp / driver / "run"), state_dir=str(tmp / driver / "state"),
-                           cgroup_driver=driver, sample_interval_s=0))
-    host = open_host(root)
-    res = Resources(memory=MemoryLimits(max_bytes=64 << 20), pids=PidsLimits(max=64))
-    n = [0]
-
-    def one() -> tuple[float, float]:
-        n[0] += 1
-        t = time.perf_counter()
-        c = launch(host, store, ContainerSpec(name=f"b{n[0]}", group="acme/web", tenant="acme", argv=("/bin/true",),
-                                              resources=res, network=NetworkSpec(mode="none"), auto_remove=True))
-        launched = time.perf_counter() - t
-        c.wait()
-        c.finish()
-        return launched, time.perf_counter() - t
-
-    def done() -> None:
-        from cgman.drivers.systemd.units import slice_name
-        from tests.conftest import destroy_root
-        if driver == "systemd":
-            subprocess.run(["systemctl", "stop", slice_name(root)], check=False)
-        else:
-            destroy_root(open_host(root))
-    return one, done
-
-
-def bench_launch(rounds: int, tmp: Path) -> None:
-    got: dict[str, list[float]] = {}
-    launchers = {d: _launcher(d, tmp) for d in ("cgroupfs", "systemd")}
-    try:
-        for _ in range(rounds + 1):                     # the first round warms up, and is dropped
-            for driver, (one, _) in launchers.items():
-                launched, whole = one()
-                got.setdefault(f"{driver} launch", []).append(launched)
-                got.setdefault(f"{driver} launch+wait+finish", []).append(whole)
-            t = time.perf_counter()
-            subprocess.run(["systemd-run", "--scope", "--quiet", "--slice=cgman-bench.slice", "/bin/true"], check=True)
-            got.setdefault("systemd-run --scope /bin/true (whole process)", []).append(time.perf_counter() - t)
-    finally:
-        for _, done in launchers.values():
-            done()
-        subprocess.run(["systemctl", "stop", "cgman-bench.slice"], check=False)
-    med = {k: statistics.median(v[1:]) for k, v in got.items()}
-    for k, v in med.items():
-        base = med.get(k.replace("systemd ", "cgroupfs ")) if k.startswith("systemd ") else None
-        ratio = f"  {v / base:5.2f}x cgroupfs" if base else ""
-        print(f"{k:<48} median {v * 1000:8.1f} ms{ratio}  ({rounds} rounds)")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--groups", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", choices=("apply", "agent", "launch"), help="one part only")
+    ap.add_argument("--only", choices=("apply", "agent"), help="one part only")
     args = ap.parse_args()
     if os.environ.get("CGMAN_SYSTEMD_VM") != "1" or Path("/proc/1/comm").read_text().strip() != "systemd":
         sys.exit("benchmarks/systemd.py: run it in the systemd VM (see its header); it installs units")
@@ -173,11 +105,9 @@ def main() -> None:
         os.makedirs(d, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", d], check=True)
     os.makedirs("/etc/cgman/policies")
-    with tempfile.TemporaryDirectory() as d:
-        if args.only in (None, "apply"):
+    if args.only in (None, "apply"):
+        with tempfile.TemporaryDirectory() as d:
             bench_drivers(args.groups, args.rounds, Path(d))
-        if args.only in (None, "launch"):
-            bench_launch(args.rounds * 10, Path(d))
     if args.only in (None, "agent"):
         bench_agent(args.rounds)
 
