@@ -30,6 +30,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]' 2>&1 | grep -v '^WARNING: Location' >&2 || true
+# An editable install leaves cgman's own modules uncompiled; with PYTHONDONTWRITEBYTECODE set (common on CI
+# images) every `cgman` command would compile them again.
+.venv/bin/python -m compileall -q cgman >/dev/null
 [ -x cgman/cgman-init ] || { echo "setup: cgman/cgman-init was not built" >&2; exit 1; }
 .venv/bin/python -c 'import cgman, cgman._spawn, cgman._fastread, cgman._secure, bcrypt, jeepney, typer, yaml, psutil, prometheus_client, pyroute2, pytest, hypothesis, psycopg' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }
