@@ -127,3 +127,32 @@ print("ok")
     p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", script],
                        capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "ok", p.stderr
+
+
+@pytest.mark.kernel
+def test_a_forked_child_does_not_take_its_parents_news_of_a_mount(tmp_path):
+    """The POLLPRI mark is on the open file, which a fork shares: a child (a run server's
+    supervisor) that polled the parent's file would consume the news, and the parent would keep
+    a stale table for every later fork. The child watches through its own file instead."""
+    import subprocess
+    import sys
+    script = f"""
+import os, subprocess
+from cgman.drivers.detect import read_mounts
+a = read_mounts()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(r, 1)                       # after the parent's mount
+    assert read_mounts() is a           # the table it inherited (its parent's was fresh)
+    os._exit(0)
+subprocess.run(["mount", "-t", "tmpfs", "cgman-probe", {str(tmp_path)!r}], check=True)
+os.write(w, b"x")
+assert os.waitpid(pid, 0)[1] == 0
+c = read_mounts()
+assert any(m.mountpoint == {str(tmp_path)!r} for m in c), "the parent missed a mount its child saw first"
+print("ok")
+"""
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", script],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "ok", p.stderr

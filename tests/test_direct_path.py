@@ -156,6 +156,22 @@ def test_precompiled_file_not_trusted_if_others_could_write_it(tmp_path) -> None
     assert params is None and "writable by group or others" in why
 
 
+def test_applied_group_paths_are_read_once_and_again_after_any_change(tmp_path) -> None:
+    """A long-lived process (the run server, the agent) keeps the applied groups until the file
+    changes: replaced by another apply, or made untrusted by a chmod (the ctime moves)."""
+    from cgman.containers import spec as C
+    from cgman.model import PolicySet
+    from cgman.state import applied
+    ps, st = _policies(tmp_path), _store(tmp_path)
+    C.save_applied(st, "r", ps)
+    first = applied.group_paths(st, "r")
+    assert first == {g.path for g in ps.groups} and applied.group_paths(st, "r") is first
+    C.save_applied(st, "r", PolicySet(tuple(g for g in ps.groups if g.path in ("acme", "acme/plain"))), replace=True)
+    assert applied.group_paths(st, "r") == {"acme", "acme/plain"}
+    os.chmod(tmp_path / "run" / "applied-r.pickle", 0o666)         # others could plant a pickle: not trusted
+    assert applied.group_paths(st, "r") == frozenset()
+
+
 @pytest.mark.kernel
 @pytest.mark.cgroup2
 def test_run_says_which_spec_it_used(host, cli, tmp_path) -> None:

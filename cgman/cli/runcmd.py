@@ -114,7 +114,9 @@ def execute(settings: "Settings", *, policy: str, command: list[str], name: Opti
                             settings.verbose)
     if spec is None:
         spec = _spec_from_policies(settings, st, h.root, files, policy, name, command, image, rootfs, layers, env, kw)
-    collect_quietly(settings)
+    from .thin import IN_AGENT
+    if not IN_AGENT:          # a served run: the agent collects, every interval (O(containers) here)
+        collect_quietly(settings)
     if detach:
         rec = run_detached(h, st, spec, timeout_s)
         print(rec.name, flush=True)

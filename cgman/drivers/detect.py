@@ -78,16 +78,24 @@ def mounts(text: str) -> list[Mount]:
     return out
 
 
-_TABLE: dict[str, tuple[int, list[Mount]]] = {}
+_TABLE: dict[str, tuple[int, int, list[Mount]]] = {}
 
 
 def read_mounts(mountinfo: str = MOUNTINFO) -> list[Mount]:
     """The mount table, parsed again only when it changed: the kernel marks an open mountinfo
-    file POLLPRI after any mount or unmount, so a launcher reads it once, not per container."""
+    file POLLPRI after any mount or unmount, so a launcher reads it once, not per container.
+
+    The mark belongs to the open file, which a fork shares: a child that polled the parent's
+    would take the parent's news. A forked child keeps the table it inherited (its parent
+    polled just before the fork: cli/served.py) and watches through a file of its own."""
     import select
     cached = _TABLE.get(mountinfo)
     if cached is not None:
-        fd, table = cached
+        fd, pid, table = cached
+        if pid != os.getpid():
+            os.close(fd)                  # our reference only: the parent's stays open
+            _TABLE[mountinfo] = (os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC), os.getpid(), table)
+            return table
         p = select.poll()
         p.register(fd, select.POLLPRI | select.POLLERR)
         if not p.poll(0):
@@ -99,7 +107,7 @@ def read_mounts(mountinfo: str = MOUNTINFO) -> list[Mount]:
     while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
     table = mounts(b"".join(chunks).decode("utf-8", "replace"))
-    _TABLE[mountinfo] = (fd, table)
+    _TABLE[mountinfo] = (fd, os.getpid(), table)
     return table
 
 

@@ -111,6 +111,28 @@ def load(store: Store, root: str) -> PolicySet | None:
     return ps if isinstance(ps, PolicySet) else None
 
 
+_GROUPS: dict[str, tuple[tuple[int, ...], frozenset[str]]] = {}
+
+
+def group_paths(store: Store, root: str) -> frozenset[str]:
+    """The paths of the applied groups, unpickled again only when the file changed (a new
+    inode, mtime, size or ctime: a chmod that makes it untrusted changes the ctime), so that
+    a long-lived process and the supervisors its forks make read it once."""
+    path = _path(store, root)
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return frozenset()
+    ident = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+    hit = _GROUPS.get(path)
+    if hit is not None and hit[0] == ident:
+        return hit[1]
+    applied = load(store, root)
+    groups = frozenset(g.path for g in applied.groups) if applied else frozenset()
+    _GROUPS[path] = (ident, groups)     # a file replaced since the stat: a new identity next time
+    return groups
+
+
 def dump(path: str, obj: object) -> None:
     """Pickle ``obj`` to ``path`` atomically (mode 0600; a crash leaves the old file or the new)."""
     tmp = f"{path}.{os.getpid()}.tmp"

@@ -230,9 +230,8 @@ class Store:
     def _policy_groups(self) -> frozenset[str]:
         """The groups `cgman apply` applied under this root: never a container's leaf."""
         if self._groups is None:
-            from .applied import load
-            applied = load(self, self.root) if self.rundir.exists() else None
-            self._groups = frozenset(g.path for g in applied.groups) if applied else frozenset()
+            from .applied import group_paths
+            self._groups = group_paths(self, self.root) if self.rundir.exists() else frozenset()
         return self._groups
 
     def exists(self, name: str) -> bool:
