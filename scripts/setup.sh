@@ -33,6 +33,8 @@ fi
 # An editable install leaves cgman's own modules uncompiled; with PYTHONDONTWRITEBYTECODE set (common on CI
 # images) every `cgman` command would compile them again.
 .venv/bin/python -m compileall -q cgman >/dev/null
+# Likewise the code of cgman's dataclass methods, which @dataclass compiles at every import (cgman/_dcache.py).
+.venv/bin/python -c 'from cgman import _dcache; _dcache.warm()'
 [ -x cgman/cgman-init ] || { echo "setup: cgman/cgman-init was not built" >&2; exit 1; }
 .venv/bin/python -c 'import cgman, cgman._spawn, cgman._fastread, cgman._secure, bcrypt, jeepney, typer, yaml, psutil, prometheus_client, pyroute2, pytest, hypothesis, psycopg' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }

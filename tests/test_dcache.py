@@ -1,0 +1,82 @@
+"""cgman/_dcache.py: the code of dataclass methods kept across starts.
+
+Each case runs in a fresh interpreter whose cache dir is a temp dir, so that what is kept,
+loaded or refused is this test's alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(cache_dir, body: str) -> str:
+    code = textwrap.dedent(f"""
+        import sys
+        sys.dont_write_bytecode = False
+        import cgman._dcache as D
+        D.CACHE_DIR = {str(cache_dir)!r}
+    """) + textwrap.dedent(body)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+MODEL = """
+    from cgman.model import MemoryLimits, Resources
+    a = Resources(memory=MemoryLimits(max_bytes=5))
+    print(a == Resources(memory=MemoryLimits(max_bytes=5)), repr(a.memory), sorted(D._new))
+"""
+
+
+def test_kept_code_is_written_then_used_and_the_classes_behave_the_same(tmp_path):
+    first = run(tmp_path, MODEL)
+    assert first.startswith("True MemoryLimits(max_bytes=5") and "cgman.model" in first
+    assert any(n.startswith("cgman.model.dataclasses.") for n in os.listdir(tmp_path))
+    second = run(tmp_path, MODEL)
+    assert second == first.replace(first[first.index("["):], "[]")    # every text found: nothing compiled
+
+
+PLANT = """
+    import marshal, os, stat
+    from cgman.model import MemoryLimits
+    os.remove(D._path("cgman.model"))
+    import importlib, sys
+    # the kept __repr__ of the classes with a max_bytes field (MemoryLimits among them), swapped
+    # for one that says it was planted
+    keys = [k for k in D._codes["cgman.model"] if "def __repr__" in k and "max_bytes=" in k]
+    assert keys
+    for key in keys:
+        evil = compile(key.replace("  return ", "  return 'PLANTED' or "), "<string>", "exec", dont_inherit=True)
+        D._codes["cgman.model"][key] = evil
+    D._new.add("cgman.model")
+    D.save()
+    os.chmod(D._path("cgman.model"), MODE)
+"""
+
+
+def test_a_planted_file_is_used_only_when_nobody_else_could_write_it(tmp_path):
+    """The check is what protects: the same planted code runs when its mode is 0644, and is
+    ignored (compiled afresh) when others could have written it (0666)."""
+    for mode, planted in ((0o644, True), (0o666, False)):
+        d = tmp_path / f"m{mode:o}"
+        d.mkdir()
+        run(d, MODEL)
+        run(d, PLANT.replace("MODE", oct(mode)))
+        out = run(d, "from cgman.model import MemoryLimits\nprint(repr(MemoryLimits(max_bytes=1)))\n")
+        assert (out == "PLANTED") is planted, (mode, out)
+
+
+def test_other_packages_dataclasses_are_compiled_as_exec_would(tmp_path):
+    out = run(tmp_path, """
+        import dataclasses, json
+        @dataclasses.dataclass
+        class Mine:
+            x: int = 1
+        print(Mine() == Mine(), sorted(D._new), D._codes)
+    """)
+    assert out == "True [] {}"
