@@ -601,7 +601,8 @@ def test_a_cgroup_driver_this_host_cannot_use_is_one_line_and_leaves_nothing(roo
     # `python -m cgman` reads run's options by the option tables; "typer" goes through the typer command
     cmd = ["-m", "cgman", *words] if how != "typer" else ["-c", f"from cgman.cli.app import run; run({words!r}, 'run')"]
     p = subprocess.run([PY, *cmd], capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
-    assert p.returncode == (2 if "is not one of" in message else 1) and message in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    assert p.returncode == (2 if "is not one of" in message else 1), p.stderr
+    assert message in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
     assert not list((tmp_path / "run" / "containers").glob("*")) if (tmp_path / "run" / "containers").exists() else True
     assert host.children("acme/web") == []
 

@@ -265,7 +265,7 @@ def test_diff_and_prune_stop_only_cgmans_slices(driver):
     assert driver.lib(diff_units, only_acme) == []
 
 
-def test_the_agent_keeps_unit_properties_and_corrects_drift(driver, agent):
+def test_the_agent_keeps_unit_properties_and_corrects_drift(driver, agent):    # noqa: F811 (the fixture)
     assert agent.root == driver.root
     agent.install(agent_env="CGMAN_CGROUP_DRIVER=systemd\n")
     (agent.policies / "acme.yaml").write_text(POLICY.replace("FROZEN", "false"))

@@ -16,7 +16,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -193,7 +192,8 @@ def test_systemctl_stop_of_the_scope_ends_the_container_and_it_is_still_billed(s
 
 def test_a_killed_supervisor_leaves_the_scope_for_gc_to_bill(scoped):
     (scoped.tmp / "p.yaml").write_text(POLICY)
-    env = dict(os.environ, CGMAN_CGROUP_ROOT=scoped.root, CGMAN_RUN_DIR=scoped.store.run, CGMAN_STATE_DIR=scoped.store.state,
+    env = dict(os.environ, CGMAN_CGROUP_ROOT=scoped.root, CGMAN_RUN_DIR=scoped.store.run,
+               CGMAN_STATE_DIR=scoped.store.state,
                CGMAN_CGROUP_DRIVER="systemd", PYTHONPATH=str(REPO))
     p = subprocess.run([PY, "-m", "cgman", "run", "-d", "--name", "orphan", "-f", str(scoped.tmp / "p.yaml"),
                         "-p", "acme/web", "--", "sleep", "10"], capture_output=True, text=True, env=env, timeout=300,

@@ -350,7 +350,8 @@ def test_the_agent_without_a_system_bus_or_with_a_bad_driver_says_so_in_one_line
     (tmp_path / "policies").mkdir()
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="unix:path=/run/nothing-here", CGMAN_RUN_DIR=str(tmp_path / "run"),
                CGMAN_STATE_DIR=str(tmp_path / "state"), CGMAN_CGROUP_ROOT="cgman-test-nobus")
-    cmd = [sys.executable, "-m", "cgman", "agent", "--policy-dir", str(tmp_path / "policies"), "--listen", "127.0.0.1:0"]
+    cmd = [sys.executable, "-m", "cgman", "agent", "--policy-dir", str(tmp_path / "policies"),
+           "--listen", "127.0.0.1:0"]
     for args, extra in ((["--cgroup-driver", "systemd"], {}), ([], {"CGMAN_CGROUP_DRIVER": "systemd"})):
         p = subprocess.run(cmd + args, capture_output=True, text=True, env=dict(env, **extra), timeout=60)
         assert p.returncode == 1 and p.stderr.startswith("cgman: error: cannot reach systemd over D-Bus"), p.stderr

@@ -151,7 +151,8 @@ def test_an_edited_field_is_reported_with_file_and_field(cli, pol, host, tmp_pat
 
 @pytest.mark.parametrize("fields, says", [
     # A systemd-driver record whose cgroup points at a cgroup systemd owns (another unit's).
-    ({"cgroup_root": "system.slice", "cgroup": "ssh.service"}, "cgroup: 'ssh.service' is not its systemd scope's payload"),
+    ({"cgroup_root": "system.slice", "cgroup": "ssh.service"},
+     "cgroup: 'ssh.service' is not its systemd scope's payload"),
     # ... or at another container's scope, or at the scope itself instead of its payload.
     ({"cgroup": "{slice}/{scope2}/payload"}, "is not its systemd scope's payload"),
     ({"cgroup": "{slice}/{scope}"}, "is not its systemd scope's payload"),
@@ -167,7 +168,8 @@ def test_a_systemd_record_pointing_outside_its_scope_is_reported(cli, pol, host,
     edits.update({k: v.format(**names) for k, v in fields.items()})
     path = forge(tmp_path, "edited", host.root, **edits)
     p = cli("gc")
-    assert p.returncode == 1 and f"{path}: " in p.stderr and says in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert p.returncode == 1 and f"{path}: " in p.stderr and says in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert path.exists(), "left alone"
     ok = forge(tmp_path, "edited", host.root, driver="systemd", cgroup_root=root, cgroup=good, state="exited")
     assert cli("ps", "-a").returncode == 0 and ok.exists(), "the record as cgman writes it is valid"

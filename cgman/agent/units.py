@@ -10,7 +10,6 @@ the last apply had made that is gone again is drift too. One D-Bus connection pe
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from ..drivers.systemd.bus import SystemdBus
 from ..drivers.systemd.reconcile import ApplyRolledBack, UnitResult, apply_units, prune_units

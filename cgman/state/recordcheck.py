@@ -200,11 +200,12 @@ def check(d: object, path: str, dirname: str, root: str) -> dict[str, Any]:
     if scoped and d["cgroup_root"] != want_root and (theirs := _scope_root(d)) is not None:
         raise OtherRoot(path, theirs, root)      # the right scope of another root's slice
     if d["cgroup"] != want_cgroup:
-        raise InvalidRecord(path, "cgroup", f"{d['cgroup']!r} is not "
-                            + (f"its systemd scope's payload ({want_cgroup})" if scoped else f"group/name ({want_cgroup})"))
+        what = f"its systemd scope's payload ({want_cgroup})" if scoped else f"group/name ({want_cgroup})"
+        raise InvalidRecord(path, "cgroup", f"{d['cgroup']!r} is not {what}")
     if d["cgroup_root"] != want_root:
         if scoped:
-            raise InvalidRecord(path, "cgroup_root", f"{d['cgroup_root']!r} is not the root slice's cgroup {want_root!r}")
+            raise InvalidRecord(path, "cgroup_root",
+                                f"{d['cgroup_root']!r} is not the root slice's cgroup {want_root!r}")
         if not valid_group(d["cgroup_root"]):
             raise InvalidRecord(path, "cgroup_root", f"{d['cgroup_root']!r} is not a cgroup root name")
         raise OtherRoot(path, d["cgroup_root"], root)
@@ -228,7 +229,8 @@ def _scope_root(d: dict[str, Any]) -> str | None:
     slice and its cgroup that root's scope of the container; else None (the record is invalid)."""
     from ..drivers.systemd.units import root_of_slice, scope_placement
     theirs = root_of_slice(d["cgroup_root"])
-    if theirs is None or not NAME_RE.fullmatch(theirs) or scope_placement(theirs, d["group"], d["name"]) != (d["cgroup_root"], d["cgroup"]):
+    if theirs is None or not NAME_RE.fullmatch(theirs) \
+            or scope_placement(theirs, d["group"], d["name"]) != (d["cgroup_root"], d["cgroup"]):
         return None
     return theirs
 

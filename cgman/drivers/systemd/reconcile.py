@@ -76,9 +76,17 @@ def differing(u: SliceUnit, state: dict[str, Any]) -> list[Prop]:
     return [p for p in u.props if live_value(p, state.get(p.name)) != p.render()]
 
 
+def _then(call: Callable[[], object], done: str) -> Callable[[], str]:
+    """An undo step: ``call``, then what it did (for the rollback's report)."""
+    def step() -> str:
+        call()
+        return done
+    return step
+
+
 def ours(live: dict[str, Any] | None) -> bool:
     """A transient unit cgman made: its Description starts with cgman's mark."""
-    return bool(live) and bool(live.get("Transient")) and str(live.get("Description", "")).startswith(DESCRIPTION)
+    return live is not None and bool(live.get("Transient")) and str(live.get("Description", "")).startswith(DESCRIPTION)
 
 
 def check_owner(name: str, live: dict[str, Any] | None, what: str) -> None:
@@ -111,7 +119,7 @@ def apply_units(policies: PolicySet, root: str, bus: Bus, *, dry_run: bool = Fal
     undo: list[Callable[[], str]] = []
     top = slice_name(root)                # systemd starts the root slice as the first one's parent
     if plan.units and not dry_run and (bus.unit(top) or {}).get("ActiveState") != "active":
-        undo.append(lambda: (bus.stop(top), f"stopped {top}")[1])
+        undo.append(_then(lambda: bus.stop(top), f"stopped {top}"))
     try:
         for u in plan.units:
             _apply_unit(u, live[u.name], bus, out, undo, dry_run)
@@ -139,7 +147,7 @@ def _apply_unit(u: SliceUnit, state: dict[str, Any] | None, bus: Bus, out: UnitR
                 undo: list[Callable[[], str]], dry_run: bool) -> None:
     if state is None or state.get("ActiveState") != "active":
         if not dry_run:           # undo first: a start that fails waiting may leave the unit
-            undo.append(lambda: (bus.stop(u.name), f"stopped {u.name}")[1])
+            undo.append(_then(lambda: bus.stop(u.name), f"stopped {u.name}"))
             bus.start_transient(u.name, u.props, extra=[("Description", "s", DESCRIPTION + u.group)])
         out.created.append(u.name)
     else:
@@ -176,7 +184,7 @@ def _freeze_differing(u: SliceUnit, state: dict[str, Any] | None, bus: Bus, out:
         return
     if not dry_run:
         bus.freeze(u.name, bool(u.frozen))
-        undo.append(lambda: (bus.freeze(u.name, have == "frozen"), f"{u.name}: FreezerState {have} again")[1])
+        undo.append(_then(lambda: bus.freeze(u.name, have == "frozen"), f"{u.name}: FreezerState {have} again"))
     out.changes.append(UnitChange(u.name, "FreezerState", have, want))
 
 
@@ -212,8 +220,8 @@ def _set_differing(u: SliceUnit, state: dict[str, Any], bus: Bus, out: UnitResul
     if differ and not dry_run:
         old = [_as_sent(p, state.get(p.name)) for p in differ]
         bus.set_properties(u.name, sendable(differ))
-        undo.append(lambda: (bus.set_properties(u.name, sendable(old)),
-                             f"{u.name}: restored {', '.join(p.name for p in old)}")[1])
+        undo.append(_then(lambda: bus.set_properties(u.name, sendable(old)),
+                          f"{u.name}: restored {', '.join(p.name for p in old)}"))
     out.changes += changes
 
 
@@ -271,7 +279,8 @@ def prunable(policies: PolicySet, root: str, bus: Bus, *, force: bool = False) -
     did not make is refused even with ``force`` (stopping the slice would stop it); one holding
     cgman's container scopes only with ``force``."""
     extra = extra_slices(policies, root, bus)
-    foreign, busy = [], []
+    foreign: list[str] = []
+    busy: list[str] = []
     for name in extra:
         for m in bus.members(name):
             if m not in extra:
