@@ -91,8 +91,12 @@ cg kill acme/batch
 wait "$pid" 2>/dev/null || true; pid=""
 
 # Containers in acme/web: bridge cgman0, 10.88.0.0/24, 0.5 CPU and 512Mi each (policies/acme.yaml)
-cg run -p acme/web --name web1 -d -- "$PY" -u -m http.server 8080
-for _ in $(seq 50); do cg logs web1 2>/dev/null | grep -q Serving && break; sleep 0.1; done
+# A plain TCPServer: `python -m http.server` first asks DNS for its own name (socket.getfqdn), and a
+# bridge without a reachable name server waits 10 s for that.
+cg run -p acme/web --name web1 -d -- "$PY" -u -c "import http.server as h, socketserver as s
+srv = s.TCPServer(('', 8080), h.SimpleHTTPRequestHandler); print('Serving on port 8080'); srv.serve_forever()"
+for i in $(seq 100); do cg logs web1 2>/dev/null | grep -q Serving && break; sleep 0.1
+  [ "$i" = 100 ] && { echo "web1 is not serving after 10 s: see \`cgman logs web1\`" >&2; exit 1; }; done
 cg ps
 cg run -p acme/web --name client --rm -- "$PY" -c \
   "import urllib.request; print('client got', len(urllib.request.urlopen('http://10.88.0.2:8080/').read()), 'bytes from web1')"
