@@ -10,11 +10,15 @@ has not seen (as ``exec`` would: no ``__future__`` flags inherited, file ``<stri
 the kept code of one it has. The methods are the same functions; only the compile is skipped.
 
 The kept code lives beside the package's .pyc files, one file per module,
-``cgman/__pycache__/<module>.dataclasses.<tag>.marshal`` (marshal, as .pyc files are; only cgman's
-own classes are kept), is read only if owned by root or us and writable by nobody else
-(loading it runs code, as a .pyc does), and is written when a process compiled something new
-and may write bytecode (not under PYTHONDONTWRITEBYTECODE): at exit, or by
-``warm()``, which setup.sh runs after compileall.
+``cgman/__pycache__/<module>.dataclasses.<tag>.marshal`` (marshal, as .pyc files are, behind
+the interpreter's bytecode magic number and a CRC of the rest; only cgman's own classes are
+kept). It is read only if it is a regular file owned by root or us, in a directory that only
+root or we may write (loading it runs code, as a .pyc does), and anything else about it
+(corrupt, another Python's, entries that are not code) means compiling as usual. It is written
+when a process compiled something new and may write bytecode (not under PYTHONDONTWRITEBYTECODE)
+and the directory is one it would read: at exit, or by ``warm()``, which setup.sh runs after
+compileall. A file holds the texts its module made when it was last written, so an old version
+of a class does not linger.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import sys
 
 MAX_BYTES = 4 << 20                  # one module's kept code (cgman.model's: ~60 KB)
 MAX_ENTRIES = 1024
-_codes: dict[str, dict[str, object]] = {}      # module -> text -> code, read at its first dataclass
-_new: set[str] = set()                         # modules with code compiled by this process
-
-
+FORMAT = b"cgdc1"
 CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+_codes: dict[str, dict[str, object]] = {}      # module -> text -> code, read at its first dataclass
+_used: dict[str, set[str]] = {}                # module -> the texts this process made
+_new: set[str] = set()                         # modules with code compiled by this process
+_hooked: list[bool] = []
 
 
 def _path(module: str) -> str:
@@ -42,86 +47,121 @@ def _trusted(st: os.stat_result) -> bool:
     return st.st_uid in (0, os.geteuid()) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+def _header() -> bytes:
+    from importlib.util import MAGIC_NUMBER
+    return FORMAT + MAGIC_NUMBER
+
+
 def _load(module: str) -> dict[str, object]:
     """The kept code of ``module``, or {} if there is none we may trust (it compiles as usual)."""
     path = _path(module)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return {}
     try:
         st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) and _trusted(st) and _trusted(os.stat(os.path.dirname(path)))
+        if not (stat.S_ISREG(st.st_mode) and _trusted(st) and _trusted(os.stat(CACHE_DIR))
                 and st.st_size <= MAX_BYTES):
             return {}
         data = os.read(fd, MAX_BYTES + 1)
+    except OSError:
+        return {}
     finally:
         os.close(fd)
-    try:
-        codes = marshal.loads(data)
-    except (ValueError, EOFError, TypeError):
+    import zlib
+    head = _header()
+    body = data[len(head) + 4:]
+    if data[:len(head)] != head or data[len(head):len(head) + 4] != zlib.crc32(body).to_bytes(4, "big"):
         return {}
-    return codes if isinstance(codes, dict) else {}
+    try:
+        codes = marshal.loads(body)
+    except Exception:                  # not what save() wrote: compile as usual
+        return {}
+    if not isinstance(codes, dict) or not all(isinstance(k, str) and isinstance(v, _CODE) for k, v in codes.items()):
+        return {}
+    return codes
 
 
 def _exec(source: object, globals: object = None, locals: object = None, /) -> None:
     """``exec`` for dataclasses: for a cgman module's class, the kept code of a text seen
-    before, else compiled now (and kept); anyone else's compiles as ``exec`` would."""
-    module = globals.get("__name__") if isinstance(globals, dict) else None
-    if not isinstance(source, str) or not isinstance(module, str) or not module.startswith("cgman."):
+    before, else compiled now (and kept). Every text compiles as ``exec`` compiles it for
+    dataclasses.py: no ``__future__`` flag of this module's is inherited."""
+    if not isinstance(source, str):
         return builtins.exec(source, globals, locals)   # type: ignore[arg-type, call-overload]
+    module = globals.get("__name__") if isinstance(globals, dict) else None
+    if not isinstance(module, str) or not module.startswith("cgman."):
+        code: object = compile(source, "<string>", "exec", dont_inherit=True)
+        return builtins.exec(code, globals, locals)     # type: ignore[arg-type, call-overload]
     codes = _codes.get(module)
     if codes is None:
         codes = _codes[module] = _load(module)
+    _used.setdefault(module, set()).add(source)
     code = codes.get(source)
     if code is None:
-        code = compile(source, "<string>", "exec", dont_inherit=True)
-        if len(codes) < MAX_ENTRIES:
-            codes[source] = code
-            if not _new:
-                import atexit
-                atexit.register(save)
-            _new.add(module)
+        code = codes[source] = compile(source, "<string>", "exec", dont_inherit=True)
+        if not _new:
+            import atexit
+            atexit.register(save)
+        _new.add(module)
     return builtins.exec(code, globals, locals)     # type: ignore[arg-type, call-overload]
+
+
+_CODE = type(_exec.__code__)
 
 
 def save(force: bool = False) -> None:
     """Write the kept code of each module this process compiled new texts for, if it may write
-    bytecode (``force``: even under PYTHONDONTWRITEBYTECODE); atomically; errors ignored: the
-    cache only saves time."""
+    bytecode (``force``: even under PYTHONDONTWRITEBYTECODE) into a directory it would read
+    from; atomically; errors ignored: the cache only saves time."""
     if sys.dont_write_bytecode and not force:
         return
+    try:
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        if not _trusted(os.stat(CACHE_DIR)):
+            return
+    except OSError:
+        return
     for module in sorted(_new):
-        path = _path(module)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            data = marshal.dumps({**_load(module), **_codes[module]})
-            if len(data) > MAX_BYTES:
-                continue
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        keep = {t: _codes[module][t] for t in sorted(_used.get(module, ()))[:MAX_ENTRIES]}
+        _write(_path(module), marshal.dumps(keep))
     _new.clear()
+
+
+def _write(path: str, body: bytes) -> None:
+    import zlib
+    data = _header() + zlib.crc32(body).to_bytes(4, "big") + body
+    if len(data) > MAX_BYTES:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 class _Finder:
     """Puts ``_exec`` into the dataclasses module as it is imported (it is not imported here:
-    the thin client never loads it)."""
+    the thin client never loads it). It stays on sys.meta_path, answering nothing once done:
+    removing itself could make another thread's import, walking the list, skip a finder."""
 
     @staticmethod
     def find_spec(name: str, path: object = None, target: object = None) -> object:
-        if name != "dataclasses":
+        if name != "dataclasses" or _hooked:
             return None
-        sys.meta_path.remove(_Finder)          # type: ignore[arg-type]
-        import importlib.util
-        spec = importlib.util.find_spec(name)
+        _hooked.append(True)
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if finder is not _Finder and find is not None else None
+            if spec is not None:
+                break
         if spec is None or spec.loader is None:
             return spec
         run = spec.loader.exec_module
@@ -138,6 +178,7 @@ def install() -> None:
     if sys.implementation.name != "cpython" or _Finder in sys.meta_path:   # type: ignore[comparison-overlap]
         return
     if "dataclasses" in sys.modules:
+        _hooked.append(True)
         sys.modules["dataclasses"].exec = _exec        # type: ignore[attr-defined]
     else:
         sys.meta_path.insert(0, _Finder)               # type: ignore[arg-type]
@@ -145,7 +186,8 @@ def install() -> None:
 
 def warm() -> None:
     """Compile every cgman dataclass once and keep the code, whatever PYTHONDONTWRITEBYTECODE
-    says (as compileall writes .pyc files): setup.sh runs it after compileall."""
+    says (as compileall writes .pyc files): setup.sh runs it after compileall. Every module's
+    file is written again, without the texts of classes that changed since."""
     import importlib
     import pkgutil
 
@@ -157,4 +199,5 @@ def warm() -> None:
                 importlib.import_module(m.name)
             except Exception:           # an optional dependency (psycopg) missing: its classes compile later
                 pass
+    _new.update(_used)
     save(force=True)

@@ -72,11 +72,41 @@ def test_a_planted_file_is_used_only_when_nobody_else_could_write_it(tmp_path):
 
 
 def test_other_packages_dataclasses_are_compiled_as_exec_would(tmp_path):
+    """Not kept, and compiled without this module's __future__ annotations: their __init__'s
+    annotations stay objects (get_type_hints works), as without cgman."""
     out = run(tmp_path, """
-        import dataclasses, json
+        import dataclasses, typing
         @dataclasses.dataclass
         class Mine:
             x: int = 1
-        print(Mine() == Mine(), sorted(D._new), D._codes)
+        print(Mine() == Mine(), typing.get_type_hints(Mine.__init__), sorted(D._new), D._codes)
     """)
-    assert out == "True [] {}"
+    assert out == "True {'x': <class 'int'>, 'return': <class 'NoneType'>} [] {}"
+
+
+def test_a_corrupt_foreign_or_odd_file_means_compiling_as_usual(tmp_path):
+    """A flipped byte, a file whose entries are not code, and a FIFO in its place: the import
+    works, compiles, and nothing hangs."""
+    run(tmp_path, MODEL)
+    path = next(tmp_path / n for n in os.listdir(tmp_path) if n.startswith("cgman.model."))
+    good = path.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0xFF
+    import marshal
+    import zlib
+    body = marshal.dumps({"def __create_fn__(): pass": 42})
+    head = good[:good.index(b"cgdc1") + 9]
+    for bad in (bytes(flipped), head + zlib.crc32(body).to_bytes(4, "big") + body, good[:20]):
+        path.write_bytes(bad)
+        assert "cgman.model" in run(tmp_path, MODEL)            # compiled again
+    path.unlink()
+    os.mkfifo(path)
+    assert "cgman.model" in run(tmp_path, MODEL)
+
+
+def test_nothing_is_written_where_it_would_not_be_read(tmp_path):
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    assert "cgman.model" in run(d, MODEL) and "cgman.model" in run(d, MODEL)
+    assert os.listdir(d) == []

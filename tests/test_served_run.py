@@ -186,6 +186,19 @@ def test_detach_rm_timeout_and_the_ledger_exactly_once(cg, host):
     assert len({r[0] for r in cg.rows()}) == len(names)
 
 
+def test_a_name_held_by_a_dead_supervisors_container_is_freed_by_the_next_run(cg):
+    """The direct path collects every dead supervisor's container first; a served run leaves
+    that to the agent's interval, but frees the name it asks for at once."""
+    p = cg("run", "-p", "acme/web", "-d", "--rm", "--name", "orphan", "--", "sleep", "60")
+    assert p.returncode == 0, p.stderr
+    rec = cg.record("orphan")
+    os.kill(rec["supervisor_pid"], signal.SIGKILL)
+    until(lambda: proc_state(rec["supervisor_pid"]) in ("gone", "Z"), 10, "the supervisor to die")
+    p = cg("run", "-p", "acme/web", "--rm", "--name", "orphan", "--", "true")
+    assert p.returncode == 0 and "collected container orphan" in p.stderr, p.stderr
+    assert [r[1] for r in cg.rows()].count("orphan") == 2          # each billed once
+
+
 @pytest.mark.parametrize("args", [
     ["run", "-p", "acme/none", "--", "true"],                 # unknown group: one line, exit 1
     ["run", "-p", "acme/web"],                                 # no command

@@ -22,12 +22,18 @@ if TYPE_CHECKING:
 from .common import BadOption, host, hosts, load, seconds, store
 
 
-def collect_quietly(settings: "Settings") -> None:
-    """The next cgman command collects containers whose waiter died (see `cgman gc`)."""
-    from ..containers.manage import gc
+def collect_quietly(settings: "Settings", only: Optional[str] = None) -> None:
+    """The next cgman command collects containers whose waiter died (see `cgman gc`); ``only``:
+    just that name, if it is taken."""
+    from ..containers.manage import gc, gc_name
     from ..errors import CgmanError
     try:
-        for name in gc(store(settings), hosts()):
+        st = store(settings)
+        if only is not None:
+            names = [only] if st.exists(only) and gc_name(st, hosts(), only) else []
+        else:
+            names = gc(st, hosts())
+        for name in names:
             print(f"cgman: collected container {name} (its supervisor had died)", file=sys.stderr)
     except (CgmanError, OSError) as e:
         print(f"cgman: warning: gc: {e}", file=sys.stderr)
@@ -115,8 +121,10 @@ def execute(settings: "Settings", *, policy: str, command: list[str], name: Opti
     if spec is None:
         spec = _spec_from_policies(settings, st, h.root, files, policy, name, command, image, rootfs, layers, env, kw)
     from .thin import IN_AGENT
-    if not IN_AGENT:          # a served run: the agent collects, every interval (O(containers) here)
+    if not IN_AGENT:
         collect_quietly(settings)
+    elif name:                # served: the agent collects every interval (gc here is O(containers))
+        collect_quietly(settings, name)
     if detach:
         rec = run_detached(h, st, spec, timeout_s)
         print(rec.name, flush=True)

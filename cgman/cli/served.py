@@ -98,8 +98,10 @@ def prewarm(root: str, state_dir: str | None = None) -> None:
         if host.v2 is not None:          # confine_devices attaches it to each cgroup2 leaf
             devices.program_fd(devices.DEFAULT)
         from ..containers.confine import spawn_security
+        from ..drivers.detect import read_mounts
         from ..security.resolve import Security
         spawn_security(Security(), state_dir)
+        read_mounts()                    # each fork then hands its child a fresh watch (detect.py)
     except Exception:        # a run reports it in its own words
         pass
 
@@ -167,13 +169,11 @@ def _accept_all(listener: socket.socket, parent_fd: int, agent: Agent, children:
 
 
 def refresh(agent: Agent) -> None:
-    """Bring what the supervisors inherit up to date before a fork (each check is a poll or a
-    stat): the mount table (detect.read_mounts) and the applied groups (applied.group_paths)."""
-    from ..drivers.detect import read_mounts
+    """Bring what the supervisors inherit up to date before a fork (a stat): the applied groups
+    (applied.group_paths). The mount table is brought up to date by every fork (detect.py)."""
     from ..settings import Settings
     from ..state import applied, records
     try:
-        read_mounts()
         applied.group_paths(records.Store(Settings(run_dir=agent.run_dir, state_dir=agent.state_dir,
                                                    cgroup_root=agent.root)), agent.root)
     except Exception:        # a run reports it in its own words

@@ -228,6 +228,17 @@ def gc(store: Store, hosts: HostFactory, on_collected: Callable[[str], None] | N
     return collected
 
 
+def gc_name(store: Store, hosts: HostFactory, name: str) -> bool:
+    """``gc`` of one container: a run served by the agent (which collects every interval, not
+    before each run) frees the name it asks for if a dead supervisor's container holds it."""
+    with store.lock("gc"):
+        try:
+            rec = store.load(name)
+        except CgmanError:
+            return False
+        return _collect_one(store, hosts, rec)
+
+
 def _collect_one(store: Store, hosts: HostFactory, rec: Record) -> bool:
     if rec.state == "exited" and (rec.cleanup_pending or rec.ledger_pending):
         rec = retry_cleanup(hosts(rec.cgroup_root), store, rec)

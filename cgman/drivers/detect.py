@@ -78,37 +78,67 @@ def mounts(text: str) -> list[Mount]:
     return out
 
 
-_TABLE: dict[str, tuple[int, int, list[Mount]]] = {}
+_TABLE: dict[str, tuple[int, int, list[Mount]]] = {}     # mountinfo -> (its fd, whose, the table)
+_SPARE: dict[str, int] = {}                               # an fd opened for the next fork's child
+_HOOKED: list[bool] = []
 
 
 def read_mounts(mountinfo: str = MOUNTINFO) -> list[Mount]:
     """The mount table, parsed again only when it changed: the kernel marks an open mountinfo
     file POLLPRI after any mount or unmount, so a launcher reads it once, not per container.
 
-    The mark belongs to the open file, which a fork shares: a child that polled the parent's
-    would take the parent's news. A forked child keeps the table it inherited (its parent
-    polled just before the fork: cli/served.py) and watches through a file of its own."""
+    The mark belongs to the open file, which a fork shares: a child that polled its parent's
+    would take the parent's news. So before each fork a fresh file is opened and only then is
+    the table checked (_before_fork); the child watches through that file, which is marked by
+    any mount made after the check, and the parent closes it."""
     import select
     cached = _TABLE.get(mountinfo)
     if cached is not None:
         fd, pid, table = cached
-        if pid != os.getpid():
-            os.close(fd)                  # our reference only: the parent's stays open
-            _TABLE[mountinfo] = (os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC), os.getpid(), table)
-            return table
-        p = select.poll()
-        p.register(fd, select.POLLPRI | select.POLLERR)
-        if not p.poll(0):
-            return table
-        os.close(fd)
+        if pid == os.getpid():
+            p = select.poll()
+            p.register(fd, select.POLLPRI | select.POLLERR)
+            if not p.poll(0):
+                return table
+        os.close(fd)           # changed; or a fork's child whose file was not handed over: read
         del _TABLE[mountinfo]
     fd = os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC)
     chunks = []
     while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
     table = mounts(b"".join(chunks).decode("utf-8", "replace"))
+    if not _HOOKED:
+        _HOOKED.append(True)
+        os.register_at_fork(before=_before_fork, after_in_child=_child_takes_spare,
+                            after_in_parent=_parent_drops_spare)
     _TABLE[mountinfo] = (fd, os.getpid(), table)
     return table
+
+
+def _before_fork() -> None:
+    for mountinfo in list(_TABLE):
+        try:
+            _SPARE[mountinfo] = os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC)
+            read_mounts(mountinfo)        # after the open: what changes later marks the spare
+        except Exception:            # a fork must not fail for it: the child reads the table itself
+            _SPARE.pop(mountinfo, None)
+
+
+def _child_takes_spare() -> None:
+    for mountinfo, spare in list(_SPARE.items()):
+        cached = _TABLE.get(mountinfo)
+        if cached is not None:
+            os.close(cached[0])           # our reference only: the parent's stays open
+            _TABLE[mountinfo] = (spare, os.getpid(), cached[2])
+        else:
+            os.close(spare)
+    _SPARE.clear()
+
+
+def _parent_drops_spare() -> None:
+    for spare in _SPARE.values():
+        os.close(spare)
+    _SPARE.clear()
 
 
 def detect(mountinfo: str = MOUNTINFO) -> HostInfo:

@@ -128,7 +128,9 @@ def group_paths(store: Store, root: str) -> frozenset[str]:
     if hit is not None and hit[0] == ident:
         return hit[1]
     applied = load(store, root)
-    groups = frozenset(g.path for g in applied.groups) if applied else frozenset()
+    if applied is None:                 # unreadable or untrusted now: asked again next time
+        return frozenset()
+    groups = frozenset(g.path for g in applied.groups)
     _GROUPS[path] = (ident, groups)     # a file replaced since the stat: a new identity next time
     return groups
 
