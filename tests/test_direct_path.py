@@ -172,6 +172,20 @@ def test_applied_group_paths_are_read_once_and_again_after_any_change(tmp_path) 
     assert applied.group_paths(st, "r") == frozenset()
 
 
+def test_a_failed_read_of_the_applied_groups_is_not_kept(tmp_path, monkeypatch) -> None:
+    """A read that fails for a moment (no fds left, say) must not stand for 'no policy groups'
+    until the file changes: that would turn off the check that no record names one."""
+    from cgman.containers import spec as C
+    from cgman.state import applied
+    ps, st = _policies(tmp_path), _store(tmp_path)
+    C.save_applied(st, "r", ps)
+    real = applied.load
+    monkeypatch.setattr(applied, "load", lambda *a: None)
+    assert applied.group_paths(st, "r") == frozenset()
+    monkeypatch.setattr(applied, "load", real)
+    assert applied.group_paths(st, "r") == {g.path for g in ps.groups}
+
+
 @pytest.mark.kernel
 @pytest.mark.cgroup2
 def test_run_says_which_spec_it_used(host, cli, tmp_path) -> None:

@@ -121,7 +121,9 @@ def _before_fork() -> None:
             _SPARE[mountinfo] = os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC)
             read_mounts(mountinfo)        # after the open: what changes later marks the spare
         except Exception:            # a fork must not fail for it: the child reads the table itself
-            _SPARE.pop(mountinfo, None)
+            spare = _SPARE.pop(mountinfo, None)
+            if spare is not None:
+                os.close(spare)
 
 
 def _child_takes_spare() -> None:
