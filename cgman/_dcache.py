@@ -167,10 +167,38 @@ class _Finder:
         run = spec.loader.exec_module
 
         def exec_module(module: object) -> None:
+            _defer("inspect")
             run(module)                            # type: ignore[arg-type]
             module.exec = _exec                    # type: ignore[attr-defined]
         spec.loader.exec_module = exec_module   # type: ignore[method-assign]
         return spec
+
+
+def _defer(name: str) -> None:
+    """Import the stdlib module ``name`` only when it is used. dataclasses imports ``inspect``
+    (3.5 ms: ast, dis, tokenize, linecache) for one use, the signature it puts in the docstring
+    of a class that has none; cgman's classes all have one (tests/test_house.py), so a
+    `cgman run` never loads it. Not when it is loaded already."""
+    if name not in sys.modules:
+        sys.modules[name] = _deferred_type()(name)
+
+
+def _deferred_type() -> type:
+    import types      # here: the thin client imports this module, and types only with dataclasses
+
+    class _Deferred(types.ModuleType):
+        """Stands in sys.modules for a stdlib module until one of its attributes is used, then
+        imports it (and puts it there instead) and hands that attribute over. An ``import`` of
+        it meanwhile gets this stand-in without loading anything (importlib's LazyLoader would
+        load the module there already: the import system reads ``__spec__``)."""
+
+        def __getattr__(self, attr: str) -> object:
+            import importlib
+            name = self.__name__
+            if sys.modules.get(name) is self:
+                del sys.modules[name]
+            return getattr(importlib.import_module(name), attr)
+    return _Deferred
 
 
 def install() -> None:

@@ -110,3 +110,30 @@ def test_nothing_is_written_where_it_would_not_be_read(tmp_path):
     os.chmod(d, 0o777)
     assert "cgman.model" in run(d, MODEL) and "cgman.model" in run(d, MODEL)
     assert os.listdir(d) == []
+
+
+def test_dataclasses_loads_inspect_only_when_a_class_needs_its_signature(tmp_path):
+    """dataclasses imports inspect for one use: the signature it writes as the docstring of a
+    class without one. cgman's classes all have one, so inspect stays unloaded; a class
+    without one still gets the same docstring, and ``import inspect`` gets the real module."""
+    out = run(tmp_path, """
+        import dataclasses
+        import cgman.model
+        loaded = type(sys.modules["inspect"]).__name__
+        @dataclasses.dataclass
+        class NoDoc:
+            a: int
+            b: str = "x"
+        import inspect
+        print(loaded, NoDoc.__doc__, inspect.signature(NoDoc), type(sys.modules["inspect"]).__name__)
+    """)
+    assert out == "_Deferred NoDoc(a: int, b: str = 'x') (a: int, b: str = 'x') -> None module"
+
+
+def test_inspect_loaded_before_cgman_is_left_alone(tmp_path):
+    out = run(tmp_path, """
+        import inspect
+        import dataclasses, cgman.model
+        print(sys.modules["inspect"] is inspect, type(inspect).__name__)
+    """)
+    assert out == "True module"
