@@ -8,16 +8,31 @@ every cgroup write included (DEBUG).
 
 from __future__ import annotations
 
-import logging
-from typing import Optional
 
-QUIET_LEVEL = {"agent": logging.INFO}          # the level without -v; WARNING for the rest
+from .. import lazylog
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
+
+QUIET_LEVEL = {"agent": lazylog.INFO}          # the level without -v; WARNING for the rest
 
 
 def setup(verbose: bool, component: Optional[str] = None) -> None:
     """Configure the root logger for a command (component None), `exporter` or `agent`;
     replaces an earlier set-up (the typer callback's, when a server starts after it)."""
+    import logging
     prefix = f"cgman {component}" if component else "cgman"
     name = "%(name)s: " if verbose else ""
-    logging.basicConfig(level=logging.DEBUG if verbose else QUIET_LEVEL.get(component or "", logging.WARNING),
+    logging.basicConfig(level=_level(verbose, component),
                         format=f"{prefix}: %(levelname)s: {name}%(message)s", force=True)
+
+
+def _level(verbose: bool, component: Optional[str]) -> int:
+    return lazylog.DEBUG if verbose else QUIET_LEVEL.get(component or "", lazylog.WARNING)
+
+
+def setup_when_needed(verbose: bool) -> None:
+    """``setup(verbose)`` for `cgman run`, done before the first record that would be shown:
+    the launch path logs through lazylog, so a run that logs nothing never imports logging."""
+    lazylog.configure_later(_level(verbose, None), lambda: setup(verbose))

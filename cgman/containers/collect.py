@@ -4,17 +4,17 @@ cgroup, veth, lease and scratch removed (exactly once, under the container's loc
 from __future__ import annotations
 
 import errno
-import logging
 import time
-from typing import TYPE_CHECKING
 
+from .. import lazylog
 from ..errors import Busy, CgmanError, CgroupIOError
 from ..state.records import Record, Store
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..drivers import Host
 
-log = logging.getLogger(__name__)
+log = lazylog.getLogger(__name__)   # logging only if a record is shown (lazylog.py)
 
 
 def finish(host: "Host", store: Store, rec: Record, code: int | None, reason: str) -> Record:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 import re
 
+from .. import lazylog
 from ..errors import CgroupIOError, NotFound, PermissionDenied, UnsafePath
 
-log = logging.getLogger(__name__)
+log = lazylog.getLogger(__name__)   # logging only if a record is shown (lazylog.py)
 _COMPONENT = re.compile(r"^[A-Za-z0-9_@:][A-Za-z0-9_.@:\\-]{0,254}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -117,7 +117,7 @@ class CgroupTree:
         fd = self._open(parent)
         try:
             os.mkdir(parts[-1], 0o755, dir_fd=fd)
-            if log.isEnabledFor(logging.DEBUG):
+            if log.isEnabledFor(lazylog.DEBUG):
                 log.debug("mkdir %s", self.path(rel))
             return True
         except FileExistsError:
@@ -167,7 +167,7 @@ class CgroupTree:
             name = parts[-1]
         try:
             os.rmdir(name, dir_fd=fd)
-            if log.isEnabledFor(logging.DEBUG):
+            if log.isEnabledFor(lazylog.DEBUG):
                 log.debug("rmdir %s", self.path(rel))
         except FileNotFoundError:
             pass
@@ -263,7 +263,7 @@ class CgroupTree:
         """One value, one write(2); never creates files."""
         ffd = self.open_for_writing(rel, file, value)
         try:
-            if log.isEnabledFor(logging.DEBUG):
+            if log.isEnabledFor(lazylog.DEBUG):
                 log.debug("write %s = %r", self.path(rel, file), value)
             os.write(ffd, value.encode())
         except OSError as e:
