@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING
 
 from ..errors import LaunchError, NotFound
 from ..model import UNLIMITED, LaunchSpec, NetworkSpec, PolicySet, Resources, RootfsSpec
 from ..security.resolve import RunSecurity, resolve
 from .launch import DEFAULT_USER_MAP, ContainerSpec
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..state.records import Store
 
@@ -51,6 +51,15 @@ def _check_dir(path: str, what: str) -> str:
     return path
 
 
+def _network(net: NetworkSpec, ns: frozenset[str], mode: str | None) -> tuple[NetworkSpec, frozenset[str]]:
+    """The network and namespaces with --network ``mode`` over them (None: as they are)."""
+    if mode is None:
+        return net, ns
+    if mode not in ("none", "loopback", "bridge"):
+        raise LaunchError(f"--network must be none, loopback or bridge, not {mode!r}")
+    return dataclasses.replace(net, mode=mode), ns | {"net"}  # type: ignore[arg-type]
+
+
 def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str], o: Overrides,
              where: str = "in the policies", hint: str = "see `cgman validate`") -> ContainerSpec:
     """The container spec for ``group`` from its policy blocks plus the overrides. ``where`` and
@@ -72,13 +81,8 @@ def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str],
     if o.pids is not None:
         res = dataclasses.replace(res, pids=dataclasses.replace(res.pids, max=o.pids if o.pids > 0 else UNLIMITED))
     ls = g.launch or LaunchSpec()
-    ns = set(ls.namespaces)
-    net = ls.network
-    if o.network is not None:
-        if o.network not in ("none", "loopback", "bridge"):
-            raise LaunchError(f"--network must be none, loopback or bridge, not {o.network!r}")
-        net = dataclasses.replace(net, mode=o.network)  # type: ignore[arg-type]
-        ns.add("net")
+    net, namespaces = _network(ls.network, frozenset(ls.namespaces), o.network)
+    ns = set(namespaces)
     user_map = None
     if o.userns or "user" in ns:
         ns.add("user")
@@ -113,7 +117,7 @@ def spec_for(policies: PolicySet, group: str, name: str | None, argv: list[str],
 # overrides: spec_for itself makes them when the group is applied (one source of truth), and
 # a run with only the overrides below fills in the slot.
 NAME_SLOT = "{name}"
-_TEMPLATE_OVERRIDES = ("hostname", "env", "init", "auto_remove")   # what a run may still set
+_TEMPLATE_OVERRIDES = ("hostname", "network", "env", "init", "auto_remove")   # what a run may still set
 
 
 def launch_params(policies: PolicySet, group: str) -> ContainerSpec | None:
@@ -141,8 +145,10 @@ def from_params(t: object, group: str, name: str | None, argv: list[str], o: Ove
     _check_argv(argv)
     name = name or _default_name(group)
     assert t.hostname is not None
+    network, namespaces = _network(t.network, t.namespaces, o.network)
     return dataclasses.replace(t, name=name, argv=tuple(argv), hostname=(o.hostname or t.hostname.replace(
-        NAME_SLOT, name))[:64], env=o.env, init=o.init, auto_remove=o.auto_remove)
+        NAME_SLOT, name))[:64], network=network, namespaces=namespaces, env=o.env, init=o.init,
+        auto_remove=o.auto_remove)
 
 
 def save_applied(store: "Store", root: str, policies: PolicySet, replace: bool = False) -> None:
