@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import math
 
-from .model import Unlimited, WeightFormula
+from .model import Unlimited
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .model import WeightFormula
 
 SHARES_MIN, SHARES_DEFAULT, SHARES_MAX = 2, 1024, 262144
 WEIGHT_MIN, WEIGHT_DEFAULT, WEIGHT_MAX = 1, 100, 10000

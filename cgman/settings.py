@@ -16,10 +16,13 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
-from typing import Mapping
 
 from .errors import CgmanError
 from .inputs import DEFAULT_LIMITS, Limits
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping
 
 CGROUP_ROOT_ENV = "CGMAN_CGROUP_ROOT"
 RUN_DIR_ENV = "CGMAN_RUN_DIR"

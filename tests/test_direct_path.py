@@ -80,7 +80,8 @@ def _policies(tmp_path):
 
 
 @pytest.mark.parametrize("group", ["acme", "acme/web", "acme/plain", "acme/priv"])
-@pytest.mark.parametrize("kw", [{}, {"hostname": "h1", "env": (("A", "1"),), "init": False, "auto_remove": True}])
+@pytest.mark.parametrize("kw", [{}, {"hostname": "h1", "env": (("A", "1"),), "init": False, "auto_remove": True},
+                                {"network": "loopback"}, {"network": "none"}, {"network": "bridge"}])
 def test_precompiled_spec_is_spec_for(tmp_path, group, kw) -> None:
     """What a run builds from the precompiled parameters equals what spec_for builds from the policies."""
     from cgman.containers import spec as C
@@ -94,7 +95,7 @@ def test_precompiled_spec_is_spec_for(tmp_path, group, kw) -> None:
     assert unnamed.hostname == C.spec_for(ps, group, unnamed.name, ["true"], C.Overrides()).hostname
 
 
-@pytest.mark.parametrize("kw", [{"cpus": 1.0}, {"memory_bytes": 1 << 20}, {"pids": 5}, {"network": "none"},
+@pytest.mark.parametrize("kw", [{"cpus": 1.0}, {"memory_bytes": 1 << 20}, {"pids": 5},
                                 {"userns": True}, {"rootfs": "/"}, {"layers": ("/",)}])
 def test_precompiled_not_used_when_a_run_overrides_the_group(tmp_path, kw) -> None:
     from cgman.containers import spec as C
@@ -110,6 +111,8 @@ def test_precompiled_none_where_spec_for_refuses_or_cannot_be_filled(tmp_path) -
     assert C.launch_params(ps, "nope") is None
     with pytest.raises(Exception, match="no command given"):
         C.from_params(C.launch_params(ps, "acme"), "acme", "c", [], C.Overrides())
+    with pytest.raises(Exception, match="--network must be none, loopback or bridge"):
+        C.from_params(C.launch_params(ps, "acme"), "acme", "c", ["true"], C.Overrides(network="host"))
 
 
 def _store(tmp_path):
@@ -203,3 +206,31 @@ def test_run_says_which_spec_it_used(host, cli, tmp_path) -> None:
     assert "g: they are older than the applied policies" in r.stderr
     r = cli("run", "-p", "nope", "--rm", "--", "true")
     assert r.returncode != 0 and "no group 'nope' applied under cgroup root" in r.stderr
+
+
+# Each of these costs 1-4 ms of every direct `cgman run` and is not needed on its way:
+# typing (string annotations only), logging (lazylog.py), inspect and what it loads
+# (_dcache.py defers it for dataclasses), decimal (durations only), and the policy parser.
+NOT_ON_THE_DIRECT_PATH = {"typing", "logging", "inspect", "ast", "dis", "tokenize", "decimal", "threading",
+                          "yaml", "typer", "click", "cgman.policy", "cgman.schema"}
+
+
+@pytest.mark.kernel
+@pytest.mark.cgroup2
+def test_a_direct_run_imports_none_of_what_it_does_not_need(host, tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import cli_env
+    env = cli_env(host.root, tmp_path)
+    cgman = str(Path(sys.executable).parent / "cgman")
+    p = tmp_path / "p.yaml"
+    p.write_text("version: 1\npolicies:\n  g:\n    container: {pids: {max: 16}}\n")
+    subprocess.run([cgman, "apply", str(p)], env=env, check=True, capture_output=True, timeout=60)
+    r = subprocess.run([sys.executable, "-X", "importtime", cgman, "run", "-p", "g", "--rm", "--network", "loopback",
+                        "--", "/bin/sh", "-c", "exit 3"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr[-2000:]
+    imported = {ln.split("|")[2].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
+    assert "cgman.containers.launch" in imported and "cgman.accounting.ledger" in imported
+    assert imported & NOT_ON_THE_DIRECT_PATH == set()

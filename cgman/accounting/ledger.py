@@ -19,9 +19,12 @@ import stat
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterator
 
 from ..errors import CgmanError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 LEDGER_FILE = "ledger.db"
 SCHEMA_VERSION = 1

@@ -13,20 +13,22 @@ after the last process exited, before the cgroup is removed (SPEC §6).
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
 
+from .. import lazylog
 from ..drivers import reads
 from ..errors import CgmanError
 from .ledger import Entry, Ledger, LedgerError, ledger_path
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..drivers import Host
     from ..state.records import Record, Store
 
-log = logging.getLogger(__name__)
+log = lazylog.getLogger(__name__)   # logging only if a record is shown (lazylog.py)
 
 DEFAULT_SAMPLE_INTERVAL_S = 5.0
 

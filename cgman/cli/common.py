@@ -5,18 +5,19 @@ one line."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, TypeVar
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing is not imported at run time: ~2 ms of every `cgman run`
     from pathlib import Path
+    from typing import Any, Callable, Mapping, Optional, TypeVar
 
     from ..drivers import Host
     from ..model import PolicySet
     from ..settings import Settings
     from ..state.records import Store
+    T = TypeVar("T")
 
 DEFAULT_POLICY_DIRS = ("/etc/cgman/policies", "policies")
-T = TypeVar("T")
 
 
 class BadOption(ValueError):

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
 from ..errors import LaunchError
 from ..kernel import at_least as kernel_at_least
@@ -18,7 +17,10 @@ from ..plan import Write
 from ..security.resolve import MASKED_PATHS, READONLY_PATHS, Security
 from . import rootfs as rfs
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..drivers import Host
     from .launch import ContainerSpec
 

@@ -25,14 +25,13 @@ scratch, and records usage and exit status in the record.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
 
+from .. import lazylog
 from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import NetworkSpec, Resources, RootfsSpec
 from ..plan import ACCOUNTING_CONTROLLERS, Write, ancestors, controllers_used, subtree_control_write, translate
@@ -44,10 +43,13 @@ from .collect import collect_cgroup, finish, release_network
 from .confine import confine_devices, mount_protection
 from .process import Process, clone_flags, spawn_helper, start_process
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Callable
+
     from ..drivers import Host
 
-log = logging.getLogger(__name__)
+log = lazylog.getLogger(__name__)   # logging only if a record is shown (lazylog.py)
 
 DEFAULT_USER_MAP = (100000, 100000, 65536)    # host uid, host gid, count (container root -> 100000)
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -157,7 +159,9 @@ class Container:
             from ..accounting.usage import sample_interval_s as configured
             sample_interval_s = configured(store.settings.sample_interval_s)
         self.sample_interval_s = sample_interval_s    # 0: no memory sampling (`cgman exec`)
-        self._next_sample = 0.0
+        # The first sample one interval into the wait, not at once: at the start the integral
+        # from zero adds nothing, and a short job's run would save its record once more for it.
+        self._next_sample: float | None = None
         self.rusage_cpu_usec: int | None = None
         self.keeper: int | None = None        # systemd driver: the scope's keeper, our child
 
@@ -196,6 +200,8 @@ class Container:
                     if wait_s is not None and wait_s <= 0:
                         return None
                     if self.sample_interval_s > 0:
+                        if self._next_sample is None:
+                            self._next_sample = now + self.sample_interval_s
                         if now >= self._next_sample:
                             self.sample()
                             continue

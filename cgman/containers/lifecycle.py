@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Busy, LaunchError
 from ..security.resolve import from_summary
@@ -24,7 +23,10 @@ from .launch import Container, ContainerSpec, clean_env, launch
 from .manage import state_of
 from .process import start_process
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Callable
+
     from ..drivers import Host
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)

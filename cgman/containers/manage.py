@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Busy, CgmanError, NotFound
 from ..state.recordcheck import OtherRoot, owned_pid, signal_owned
 from ..state.records import Record, Store, alive
 from .collect import finish, retry_cleanup
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..drivers import Host
+    from typing import Any, Callable
 
-HostFactory = Callable[[str], "Host"]
+    from ..drivers import Host
+    HostFactory = Callable[[str], Host]
+
 # The usage `cgman ps` shows: only the files that hold these are read.
 PS_VALUES = ("cpu_usage_usec", "memory_bytes")
 

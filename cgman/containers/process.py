@@ -19,13 +19,15 @@ import select
 import signal
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import LaunchError, NotFound
 from ..security.resolve import Security
 from .confine import spawn_security
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Iterable
+
     from ..drivers import Host
 
 SETUP_TIMEOUT_S = 60

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
 
 # <sys/mount.h> and the helper's operations, from the helper itself (one source of truth).
 from .._spawn import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                       MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, OP_BIND_HELD, OP_CHDIR, OP_HOLD, OP_MKDIR,
                       OP_MOUNT, OP_OPTIONAL, OP_OVERLAY_HELD, OP_PIVOT, OP_RDONLY_TREE, OP_SYMLINK, OP_TOLERANT,
                       OP_TOUCH)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
 
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")

@@ -28,11 +28,13 @@ import errno
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any
 
 from ..errors import CgmanError, LaunchError, NotFound
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..drivers import Host
 
 CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")    # what a scope's two leaves get, where offered

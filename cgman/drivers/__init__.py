@@ -7,13 +7,12 @@ managed v1 hierarchy and in the unified one (for freeze, kill and cpu.stat).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 import time
 from functools import cached_property
-from typing import Any
 
+from .. import lazylog
 from ..errors import Busy, CgroupIOError, FreezeTimeout, NotFound
 from ..plan import Features, Layout, Write
 from . import reads
@@ -23,9 +22,13 @@ from .detect import HostInfo, detect, probe_features
 from .v1 import V1Driver
 from .v2 import V2Driver
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["Host", "open_host", "HostInfo", "Usage", "split_path"]
 DEFAULT_ROOT = "cgman"
-log = logging.getLogger(__name__)
+log = lazylog.getLogger(__name__)   # logging only if a record is shown (lazylog.py)
 MANAGED_V1 = ("cpu", "cpuacct", "cpuset", "memory", "io", "pids", "freezer", "devices")
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+TYPE_CHECKING = False
+if TYPE_CHECKING:           # typing is not imported at run time: ~2 ms of every `cgman run`
+    from typing import Protocol
 
-if TYPE_CHECKING:
     from .cgfs import CgroupTree
+else:
+    Protocol = object        # Driver is an interface for the type checker only
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,13 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import CgmanError
-from ..plan import RESOURCE_CONTROLLERS, Features, Layout, Target
+from ..plan import RESOURCE_CONTROLLERS, Features, Layout
 from . import formats as fmt
 from .cgfs import read_in_hierarchy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..plan import Target
 
 MOUNTINFO = "/proc/self/mountinfo"
 # cgman controller name -> v1 subsystem name

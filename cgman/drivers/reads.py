@@ -7,7 +7,6 @@ files whose values they show), and every file is opened through the confined wal
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
 
 from ..errors import CgmanError, NotFound
 from ..plan import Write
@@ -15,7 +14,10 @@ from . import formats as fmt
 from .base import Usage
 from .statfiles import StatFile, Values, files_for, finalize, memory_usage_file, stat_files
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from . import Host
     from .cgfs import CgroupTree
 

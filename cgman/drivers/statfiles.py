@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import formats as fmt
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Callable, Iterable
+
     from .detect import HostInfo
 
 Values = dict[str, int]
-Parser = Callable[[str, Values], None]
+if TYPE_CHECKING:
+    Parser = Callable[[str, Values], None]
 
 _TICK_USEC = 1_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 

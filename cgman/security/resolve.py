@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import LaunchError
 from ..model import SecurityPolicy
@@ -18,6 +17,10 @@ from . import caps as C
 from . import seccomp as S
 from .devices import DEFAULT as DEFAULT_DEVICES
 from .devices import DeviceRule, from_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # runc's lists (libcontainer/specconv): paths a container must not read, and must not write.
 MASKED_PATHS = ("/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",

@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
 
 from ..errors import CgmanError
 from ..kernel import version as kernel_version
 from . import caps as C
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 try:             # the built-in sha256: hashlib loads OpenSSL first (~3 ms of every direct `cgman run`)
     from _sha256 import sha256

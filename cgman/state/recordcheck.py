@@ -18,10 +18,13 @@ import math
 import os
 import re
 import signal
-from typing import Any, Callable
 
 from ..errors import CgmanError
 from ..security.resolve import check_summary
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _HEX_ID = re.compile(r"[0-9a-f]{32}")

@@ -23,12 +23,15 @@ import json
 import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import Busy, CgmanError, NotFound
 from ..settings import Settings
 from .recordcheck import NAME_RE, InvalidRecord, check
 from .safedir import SafeDir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 BRIDGE_DIR = "/run/cgman-bridges"     # host-wide: a bridge is per host, not per run dir
 RUN_DIR = "/run/cgman"

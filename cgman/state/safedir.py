@@ -18,9 +18,12 @@ import os
 import stat
 import time
 from contextlib import contextmanager
-from typing import Iterator
 
 from ..errors import Busy, CgmanError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_READ = 4 << 20      # records, leases: a few KiB; a bigger file is not ours
