@@ -332,6 +332,53 @@ def test_a_client_killed_mid_run_takes_its_container_along_billed_once(cg, tmp_p
     assert [r[1] for r in cg.rows()].count("orphan") == 1
 
 
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] != "Z":
+                out.append(int(d))
+    return out
+
+
+def _private_dirty_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Private_Dirty:"):
+            return int(line.split()[1])
+    raise AssertionError("no Private_Dirty")
+
+
+def test_a_spare_supervisor_forked_ahead_serves_the_run_and_the_next_copies_what_it_wrote(host, tmp_path):
+    """The run server keeps one supervisor forked ahead of the next request (no fork on the
+    client's path): it is the run's supervisor. Its run reports the pages it wrote, and the
+    spare after it copies them while it waits (warmpages.py). The spare goes with the server."""
+    c = Cgman(host.root, tmp_path, "agent")
+    agent = c.start_agent()
+    try:
+        m = until(lambda: re.search(r"run server pid (\d+)", agent.text()), 30, "the run server's pid")
+        server = int(m.group(1))  # type: ignore[union-attr]
+        [first] = until(lambda: _children_of(server), 30, "the first spare")   # type: ignore[misc]
+        first_dirty = _private_dirty_kib(first)
+        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 4")
+        assert p.returncode == 4 and f"its supervisor of this run is pid {first})" in p.stderr, p.stderr
+        until(lambda: proc_state(first) == "gone", 30, "the first supervisor to end")
+        [second] = until(lambda: _children_of(server), 30, "the next spare")   # type: ignore[misc]
+        assert second != first
+        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "true")         # its run: learned from the first
+        assert p.returncode == 0 and f"its supervisor of this run is pid {second})" in p.stderr, p.stderr
+        [third] = until(lambda: [x for x in _children_of(server) if x != second], 30, "the third spare")
+        # It copied what the first run wrote (a few MiB; the first spare had nothing to copy).
+        until(lambda: _private_dirty_kib(third) > first_dirty + 1024, 30, "the spare to copy the pages")
+        os.kill(server, signal.SIGKILL)              # a server that dies takes its spare along
+        until(lambda: proc_state(third) in ("gone", "Z"), 30, "the spare to go with its server")
+    finally:
+        agent.stop(signal.SIGKILL)
+
+
 def test_only_root_can_use_the_socket(host, tmp_path):
     run_dir = Path(tempfile.mkdtemp(prefix="cgman-test-run-"))     # traversable by nobody, unlike tmp_path
     run_dir.chmod(0o711)
@@ -372,7 +419,7 @@ def test_the_thin_client_finds_the_socket_the_agent_binds(argv, environ):
     nor Settings); the served run checks them as the direct path reads them (options.py,
     Settings, records.run_dir, drivers.cgroup_root). Both must name the same socket, or a run
     the agent could serve is declined and launched directly."""
-    from cgman.cli.served import client_settings
+    from cgman.cli.supervise import client_settings
     from cgman.cli.thin import where
     from cgman.drivers import cgroup_root
     from cgman.state.agentsock import socket_path

@@ -4,13 +4,18 @@
 
     python -m cgman.cli.served LISTEN_FD PARENT_FD RUN_DIR STATE_DIR ROOT [STOP_AT]
 
-It imports everything the direct path of `cgman run` needs once, then waits. For each
-connection from uid 0 (SO_PEERCRED; the socket is 0600 as well) it forks a child before
-reading a byte, so a slow or hostile client holds up nobody. The child reads and bounds the
-request (cli/wire.py), takes the client's stdin/stdout/stderr, environment and working
-directory, tells the client it accepted, and runs the very same code as the direct path
-(``cgman.cli.main``) while a thread turns SIGNAL frames into signals to it. It is the run's
-supervisor: it waits on the container, records its final usage, and sends the exit status.
+It imports everything the direct path of `cgman run` needs once, then keeps one child, the
+spare supervisor, forked ahead of the next request: the fork (~2 ms of a run) is off the
+client's path. The spare takes the next connection from uid 0 (SO_PEERCRED; the socket is 0600
+as well), tells the server, which forks the next spare, and serves the connection
+(supervise.py): it reads and bounds the request (cli/wire.py), takes the client's
+stdin/stdout/stderr, environment and working directory, tells the client it accepted, and
+runs the very same code as the direct path (``cgman.cli.main``) while a thread turns SIGNAL
+frames into signals to it. It is the run's supervisor: it waits on the container, records its
+final usage, and sends the exit status. Then it tells the server which pages of memory its run
+wrote, and the next spare copies those while it waits (warmpages.py: ~5 ms of a run). A slow
+or hostile client holds up only its own supervisor. Without a spare (MAX_SUPERVISORS reached,
+or a fork that failed) the server accepts itself: BUSY, or a supervisor forked per connection.
 
 Why a forked process per run and not the agent itself: the container's PID 1 dies with the
 process that waits on it (PR_SET_PDEATHSIG; containers/lifecycle.py), and a container must
@@ -24,56 +29,22 @@ end of PARENT_FD closes and this server exits; the supervisors it forked run on.
 
 from __future__ import annotations
 
-import array
 import os
 import select
 import signal
 import socket
 import struct
 import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import NamedTuple
 
-from . import wire
+from . import supervise, warmpages, wire
+from .supervise import Agent, handle, say, send
 
-if TYPE_CHECKING:
-    from ..settings import Settings
-
-REQUEST_TIMEOUT_S = 5.0        # a client has this long to send its whole request
 MAX_SUPERVISORS = 4096         # runs served at once; beyond, the client launches by itself
-STOP_GAP_S = 0.2               # between the two SIGTERMs that stop a run whose client vanished
-_cli_main: Callable[[], None] | None = None     # cgman.cli.main (the function), bound by prewarm()
+RELEARN_EVERY = 64             # every so many spares, one copies nothing and reports what its run wrote
 
 
-class Agent(NamedTuple):
-    """Whose runs this server takes: the agent's directories and cgroup root."""
-    run_dir: str
-    state_dir: str
-    root: str
-    stop_at: str = ""          # fault injection for tests: "request" stops after reading one
-
-
-class Request(NamedTuple):
-    argv: list[bytes]
-    environ: list[bytes]
-    cwd: bytes
-    fds: list[int]
-
-
-class Declined(Exception):
-    """A request answered with DECLINED(reason): the client launches by itself."""
-
-
-def _say(text: str) -> None:
-    """One line to the agent's log (logging stays unconfigured: a served `-v` configures it)."""
-    try:
-        os.write(2, f"cgman agent: {text}\n".encode(errors="replace"))
-    except OSError:
-        pass
-
-
-# ---------------------------------------------------------------------------- the server
 def prewarm(root: str, state_dir: str | None = None) -> None:
     """Import what a run needs, open cgman-init's memfd, probe the host once (which compiles
     glob's patterns), load the default device program (the BPF verifier's few ms) and the
@@ -88,9 +59,8 @@ def prewarm(root: str, state_dir: str | None = None) -> None:
     from ..security import devices, init
     from ..state import applied, records  # noqa: F401
     thin.IN_AGENT = True
-    global _cli_main
     from . import main as cli_main        # the function: cli.main the module (typer) is not loaded yet
-    _cli_main = cli_main
+    supervise.use_cli(cli_main)
     try:
         init.memfd()
         host = drivers.open_host(root)
@@ -106,22 +76,147 @@ def prewarm(root: str, state_dir: str | None = None) -> None:
         pass
 
 
+class Spare(NamedTuple):
+    """The supervisor forked ahead of the next request: its pid, and the read end of the pipe
+    on which it says that it took one (a byte; end of file if it died)."""
+    pid: int
+    taken: int
+
+
 def serve(listen_fd: int, parent_fd: int, agent: Agent) -> None:
-    """Accept and fork until the agent's end of ``parent_fd`` closes."""
+    """Keep a spare supervisor waiting for the next request (accepting and forking here only
+    when there is none: at MAX_SUPERVISORS, or when a fork fails) until the agent's end of
+    ``parent_fd`` closes. Supervisors send back the pages their run wrote (warmpages.py),
+    which the next spare copies while it waits."""
     listener = socket.socket(fileno=listen_fd)
     listener.setblocking(False)
-    poller = select.poll()
-    poller.register(listener.fileno(), select.POLLIN)
-    poller.register(parent_fd, select.POLLIN)
+    learn_r, learn_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    learn_r.setblocking(False)
     children: set[int] = set()
+    spare: Spare | None = None
+    pages, spares = b"", 0
     while True:
+        if spare is None and len(children) < MAX_SUPERVISORS:
+            refresh(agent)
+            # A spare that copied pages would report them as its run's: only one that copied
+            # nothing reports, so the list stays one run's writes and does not grow run by run.
+            learn = not pages or spares % RELEARN_EVERY == 0
+            spare = _fork_spare(listener, parent_fd, learn_w if learn else None, agent, b"" if learn else pages)
+            spares += 1
+        poller = select.poll()
+        poller.register(parent_fd, select.POLLIN)
+        poller.register(learn_r.fileno(), select.POLLIN)
+        poller.register(spare.taken if spare is not None else listener.fileno(), select.POLLIN)
         events = dict(poller.poll(1000))
         _reap(children)
         if parent_fd in events:
             break                                   # the agent stopped or died
-        if listener.fileno() in events:
-            _accept_all(listener, parent_fd, agent, children)
-    _say(f"run server stopping; {len(children)} supervisor(s) keep their containers")
+        if learn_r.fileno() in events:
+            pages = _latest(learn_r, pages)
+        if spare is not None and spare.taken in events:
+            if os.read(spare.taken, 1):
+                children.add(spare.pid)             # it took a request: a supervisor now
+            else:
+                _reap({spare.pid})                  # it died waiting
+            os.close(spare.taken)
+            spare = None
+        elif spare is None and listener.fileno() in events:
+            _accept_all(listener, parent_fd, agent, children, learn_w)
+    if spare is not None:
+        os.kill(spare.pid, signal.SIGKILL)          # our child, holding no run
+        os.waitpid(spare.pid, 0)
+    say(f"run server stopping; {len(children)} supervisor(s) keep their containers")
+
+
+def _latest(learn_r: socket.socket, pages: bytes) -> bytes:
+    """The newest list of written pages a supervisor sent (the one kept so far if none)."""
+    while True:
+        try:
+            report = learn_r.recv(warmpages.MAX_BYTES + 1)
+        except (BlockingIOError, InterruptedError):
+            return pages
+        if report and len(report) <= warmpages.MAX_BYTES and not len(report) % 16:
+            pages = report
+
+
+def _fork_spare(listener: socket.socket, parent_fd: int, learn_w: socket.socket | None, agent: Agent,
+                pages: bytes) -> Spare | None:
+    """Fork the spare: it copies ``pages``, then waits for a connection from root; its run
+    reports the pages it wrote on ``learn_w`` (None: it does not). None if the fork fails (the
+    server then forks per request)."""
+    taken_r, taken_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(taken_r)
+        os.close(taken_w)
+        say(f"cannot fork a spare supervisor: {e.strerror}")
+        return None
+    if pid == 0:
+        code = 1
+        try:
+            os.close(taken_r)
+            warmpages.populate(pages)
+            conn = _wait_for_request(listener, parent_fd, taken_w)
+            if conn is not None:
+                code = _supervise(conn, listener, parent_fd, learn_w, agent)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(taken_w)
+    return Spare(pid, taken_r)
+
+
+def _wait_for_request(listener: socket.socket, parent_fd: int, taken_w: int) -> socket.socket | None:
+    """The spare's wait: the next connection from root, once the server knows it was taken;
+    None when the agent or the server goes first."""
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    poller.register(parent_fd, select.POLLIN)
+    poller.register(taken_w, 0)                     # POLLERR: the server is gone
+    while True:
+        events = dict(poller.poll())
+        if parent_fd in events or taken_w in events:
+            return None
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError as e:
+            say(f"run server cannot accept: {e.strerror}")
+            time.sleep(0.1)
+            continue
+        if _from_root(conn):
+            os.write(taken_w, b"x")
+            os.close(taken_w)
+            return conn
+        conn.close()
+
+
+def _from_root(conn: socket.socket) -> bool:
+    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid != 0:
+        say(f"refused a run from uid {uid} (pid {pid}): only root may launch containers")
+    return uid == 0
+
+
+def _supervise(conn: socket.socket, listener: socket.socket, parent_fd: int, learn_w: socket.socket | None,
+               agent: Agent) -> int:
+    """Serve ``conn`` as its run's supervisor; then send the server the pages the run wrote
+    (on ``learn_w``; None: not)."""
+    with conn:
+        listener.close()
+        os.close(parent_fd)
+        os.setsid()
+        code = handle(conn, agent)
+    if learn_w is not None:
+        try:
+            learn_w.send(warmpages.written(), socket.MSG_DONTWAIT)
+        except OSError:          # the server is gone, or busy with other reports: not needed
+            pass
+    return code
 
 
 def _reap(children: set[int]) -> None:
@@ -134,32 +229,29 @@ def _reap(children: set[int]) -> None:
             children.discard(pid)
 
 
-def _accept_all(listener: socket.socket, parent_fd: int, agent: Agent, children: set[int]) -> None:
+def _accept_all(listener: socket.socket, parent_fd: int, agent: Agent, children: set[int],
+                learn_w: socket.socket) -> None:
+    """Without a spare: BUSY at MAX_SUPERVISORS, else fork a supervisor per connection."""
     while True:
         try:
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:         # EMFILE and the like: the client sees the connection end
-            _say(f"run server cannot accept: {e.strerror}")
+            say(f"run server cannot accept: {e.strerror}")
             return
         with conn:
-            pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            if uid != 0:
-                _say(f"refused a run from uid {uid} (pid {pid}): only root may launch containers")
+            if not _from_root(conn):
                 continue
             if len(children) >= MAX_SUPERVISORS:
-                _send(conn, wire.DECLINED, wire.BUSY)
+                send(conn, wire.DECLINED, wire.BUSY)
                 continue
             refresh(agent)
             child = os.fork()
             if child == 0:
                 code = 1
                 try:
-                    listener.close()
-                    os.close(parent_fd)
-                    os.setsid()
-                    code = handle(conn, agent)
+                    code = _supervise(conn, listener, parent_fd, learn_w, agent)
                 except BaseException:
                     import traceback
                     traceback.print_exc()      # the agent's log, or the client's stderr once taken
@@ -178,177 +270,6 @@ def refresh(agent: Agent) -> None:
                                                    cgroup_root=agent.root)), agent.root)
     except Exception:        # a run reports it in its own words
         pass
-
-
-# --------------------------------------------------------------------------- one run
-def handle(conn: socket.socket, agent: Agent) -> int:
-    """Serve one connection in a fresh child; returns this process's exit code."""
-    try:
-        req = receive(conn)
-    except Declined as d:
-        _send(conn, wire.DECLINED, d.args[0])
-        return 0
-    except (wire.BadRequest, OSError) as e:
-        _say(f"dropped a run request: {e}")
-        return 1
-    try:
-        _take_client_world(req, agent)
-    except Declined as d:
-        for fd in req.fds:
-            os.close(fd)
-        _send(conn, wire.DECLINED, d.args[0])
-        return 0
-    if agent.stop_at == "request":
-        _say(f"stopping at request (pid {os.getpid()})")
-        os.kill(os.getpid(), signal.SIGSTOP)
-    _take_stdio(req.fds)
-    conn.settimeout(None)
-    os.register_at_fork(after_in_child=conn.close)     # `run -d` forks its own supervisor
-    _send(conn, wire.ACCEPTED, os.getpid())
-    done = threading.Event()
-    threading.Thread(target=_relay_signals, args=(conn, threading.get_ident(), done), daemon=True).start()
-    code = run_cli([os.fsdecode(a) for a in req.argv])
-    done.set()
-    _send(conn, wire.EXITED, code)
-    return 0
-
-
-def receive(conn: socket.socket) -> Request:
-    """Read one request within REQUEST_TIMEOUT_S; every fd received is closed on any error."""
-    deadline = time.monotonic() + REQUEST_TIMEOUT_S
-    fds: list[int] = []
-    try:
-        conn.settimeout(REQUEST_TIMEOUT_S)
-        data, anc, flags, _ = conn.recvmsg(wire.HEADER.size, socket.CMSG_SPACE(4 * (wire.N_FDS + 1)),
-                                           socket.MSG_CMSG_CLOEXEC)
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += array.array("i", payload[:len(payload) - len(payload) % 4])
-        if flags & socket.MSG_CTRUNC or len(fds) != wire.N_FDS:
-            raise wire.BadRequest(f"expected {wire.N_FDS} file descriptors (stdin, stdout, stderr)")
-        data += _read(conn, wire.HEADER.size - len(data), deadline)
-        length = wire.decode_header(data)
-        if wire.header_version(data) != wire.VERSION:
-            raise Declined(wire.VERSION_MISMATCH)
-        if length > wire.MAX_BODY_BYTES:
-            raise Declined(wire.TOO_LARGE)
-        argv, environ, cwd = wire.decode_body(_read(conn, length, deadline))
-        return Request(argv, environ, cwd, fds)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-
-
-def _read(conn: socket.socket, size: int, deadline: float) -> bytes:
-    chunks, got = [], 0
-    while got < size:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise wire.BadRequest(f"the request did not arrive within {REQUEST_TIMEOUT_S:g}s")
-        conn.settimeout(left)
-        chunk = conn.recv(min(size - got, 1 << 20))
-        if not chunk:
-            raise wire.BadRequest("the client went away in the middle of its request")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def _take_client_world(req: Request, agent: Agent) -> None:
-    """The client's environment and working directory; DECLINED if its run is not ours."""
-    from ..drivers import cgroup_root
-    from ..errors import CgmanError
-    from ..state.records import run_dir, state_dir
-    os.environb.clear()
-    os.environb.update(e.split(b"=", 1) for e in req.environ)   # type: ignore[misc]
-    try:          # the client's flags and environment
-        settings = client_settings([os.fsdecode(a) for a in req.argv[1:]], os.environ)
-        root = cgroup_root(settings.cgroup_root)
-    except CgmanError:           # a bad root or variable: the direct path says so in its words
-        raise Declined(wire.OTHER_DIRS) from None
-    mine = (os.path.realpath(agent.run_dir), os.path.realpath(agent.state_dir), agent.root)
-    theirs = (os.path.realpath(run_dir(settings.run_dir)), os.path.realpath(state_dir(settings.state_dir)), root)
-    if theirs != mine:
-        raise Declined(wire.OTHER_DIRS)
-    try:
-        os.chdir(req.cwd)
-    except OSError:
-        raise Declined(wire.NO_CWD) from None
-
-
-def client_settings(words: list[str], environ: "os._Environ[str] | dict[str, str]") -> "Settings":
-    """The Settings of `cgman WORDS` as its direct path reads them: by the option tables, which
-    stop at the workload, or as typer reads the line they give up on (globals hoisted)."""
-    from .common import resolve_settings
-    from .options import globals_of, hoist, parse
-    opts = parse(words, "run", environ)
-    return resolve_settings(opts if opts is not None else globals_of(hoist(words)), environ)
-
-
-def _take_stdio(fds: list[int]) -> None:
-    """The client's stdin, stdout and stderr become this process's (and the container's)."""
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    sys.stdin = open(0, "r", closefd=False)
-    sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)
-    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
-
-
-def run_cli(argv: list[str]) -> int:
-    """``cgman ARGV`` exactly as the direct path runs it; its exit code."""
-    assert _cli_main is not None, "prewarm() first"
-    sys.argv = argv
-    code: object = 0
-    try:
-        _cli_main()
-    except SystemExit as e:
-        code = e.code
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:
-        import traceback
-        traceback.print_exc()
-        code = 1
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        print(code, file=sys.stderr)          # as the interpreter does with sys.exit("text")
-        code = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    return code & 0xFF
-
-
-def _relay_signals(conn: socket.socket, main_thread: int, done: threading.Event) -> None:
-    """SIGNAL frames become signals to the main thread (which forwards them to the container,
-    as the direct path forwards its own). A client gone before the end stops the run, as a
-    `cgman run` killed in the direct path takes its container along: SIGTERM, then again
-    (the second escalates to SIGKILL)."""
-    from ..containers.lifecycle import FORWARDED
-    while True:
-        frame = wire.read_frame(conn)
-        if frame is None:
-            break
-        kind, value = frame
-        if kind == wire.SIGNAL and value in FORWARDED:
-            signal.pthread_kill(main_thread, value)
-    for _ in range(2):
-        if done.is_set():
-            return
-        signal.pthread_kill(main_thread, signal.SIGTERM)
-        done.wait(STOP_GAP_S)
-
-
-def _send(conn: socket.socket, kind: bytes, value: int) -> None:
-    try:
-        conn.sendall(wire.FRAME.pack(kind, value))
-    except OSError:
-        pass            # the client is gone; it learns nothing more
 
 
 def main(args: list[str]) -> None:
