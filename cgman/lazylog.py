@@ -44,18 +44,21 @@ def _configure_now() -> None:
 class Logger:
     """Stands in for ``logging.getLogger(name)``: the methods the launch path uses."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "_real")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._real: Any = None            # logging's logger of this name, once logging is loaded
 
     def isEnabledFor(self, level: int) -> bool:
         if _deferred:
             return level >= _deferred[0][0]
-        if "logging" not in sys.modules:
-            return level >= WARNING
-        import logging
-        return logging.getLogger(self.name).isEnabledFor(level)
+        if self._real is None:
+            if "logging" not in sys.modules:
+                return level >= WARNING
+            import logging
+            self._real = logging.getLogger(self.name)
+        return bool(self._real.isEnabledFor(level))
 
     def log(self, level: int, msg: object, *args: object, **kw: Any) -> None:
         self._emit(level, msg, args, kw)
@@ -76,9 +79,11 @@ class Logger:
         if not self.isEnabledFor(level):
             return
         _configure_now()
-        import logging
+        if self._real is None:
+            import logging
+            self._real = logging.getLogger(self.name)
         kw["stacklevel"] = kw.get("stacklevel", 1) + 2      # the caller's line, not this file's
-        logging.getLogger(self.name).log(level, msg, *args, **kw)
+        self._real.log(level, msg, *args, **kw)
 
 
 def getLogger(name: str) -> Logger:     # noqa: N802 (logging's name)

@@ -13,8 +13,9 @@ served run that takes about 20. A run writes nearly the same pages each time, so
   the run it then serves finds them copied.
 
 Memory: the spare copies what its run would copy anyway; a page no longer in the spare's own
-private anonymous memory is skipped, and a list is bounded (MAX_BYTES). Where pagemap or the
-advice is missing, nothing is learned or copied and runs fault as before.
+private anonymous memory is skipped, and a list and what one spare copies are bounded
+(MAX_BYTES, MAX_COPY: for the pages of a huge page, pagemap's "exclusive" is a guess). Where
+pagemap or the advice is missing, nothing is learned or copied and runs fault as before.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PRESENT, EXCLUSIVE = 1 << 63, 1 << 56
 MAX_BYTES = 64 << 10            # one list: 4,096 ranges, far more than a run writes (~300)
+MAX_COPY = 32 << 20             # copied by one spare at most (a run writes ~5 MiB)
 
 
 def _anonymous() -> list[tuple[int, int]]:
@@ -76,12 +78,14 @@ def populate(ranges: bytes) -> int:
         return 0
     pairs = array.array("Q", ranges)
     mine = _anonymous()
-    keep = array.array("Q")
+    keep, total = array.array("Q"), 0
     for i in range(0, len(pairs), 2):
         lo, hi = pairs[i], pairs[i] + pairs[i + 1]
         for mlo, mhi in mine:
             a, b = max(lo, mlo), min(hi, mhi)
+            b = min(b, a + MAX_COPY - total)
             if a < b and not a % PAGE:
                 keep.extend((a, b - a))
+                total += b - a
     from .._spawn import populate_write
     return populate_write(keep.tobytes())
