@@ -187,17 +187,26 @@ def _deferred_type() -> type:
     import types      # here: the thin client imports this module, and types only with dataclasses
 
     class _Deferred(types.ModuleType):
-        """Stands in sys.modules for a stdlib module until one of its attributes is used, then
-        imports it (and puts it there instead) and hands that attribute over. An ``import`` of
-        it meanwhile gets this stand-in without loading anything (importlib's LazyLoader would
-        load the module there already: the import system reads ``__spec__``)."""
+        """Stands in sys.modules for a stdlib module until one of its names is used, then
+        imports it (and puts it there instead), takes its names (so that a module that imported
+        the stand-in sees them) and hands that one over. An ``import`` of it meanwhile gets the
+        stand-in without loading anything (importlib's LazyLoader would load the module there
+        already: the import system reads ``__spec__``); so does a dunder lookup. Its limits:
+        ``importlib.util.find_spec`` of it says its ``__spec__`` is None, and it stays a
+        distinct object from the real module."""
 
         def __getattr__(self, attr: str) -> object:
+            if attr.startswith("__") and attr.endswith("__"):
+                # __file__, __path__, ...: asked by code that walks sys.modules, which must not
+                # change under it. The module's own names load it.
+                raise AttributeError(attr)
             import importlib
             name = self.__name__
             if sys.modules.get(name) is self:
-                del sys.modules[name]
-            return getattr(importlib.import_module(name), attr)
+                sys.modules.pop(name, None)
+            real = importlib.import_module(name)
+            self.__dict__.update({k: v for k, v in vars(real).items() if k not in ("__name__", "__spec__")})
+            return getattr(real, attr)
     return _Deferred
 
 

@@ -723,7 +723,8 @@ out:
 /* Fault in, writable, each (address, length) range of ``ranges`` (native uint64 pairs, page
  * aligned) as a write to every page would: a private page this process shares with its parent
  * since a fork is copied now, not when first written (served.py's spare supervisor). A range
- * no longer mapped is skipped. Returns the bytes populated; 0 on a kernel without the advice. */
+ * no longer mapped is skipped; EINVAL (a kernel without the advice, or a range it may not
+ * populate) ends the work. Returns the bytes populated. */
 static PyObject *py_populate_write(PyObject *self, PyObject *args)
 {
     Py_buffer buf;

@@ -7,7 +7,8 @@ the launch path writes ``log = lazylog.getLogger(__name__)`` instead of
 logging would, and hands every shown one to the real logger of that name:
 
 - while a command's set-up is deferred (``configure_later``, the CLI's), a record at or
-  above the level that set-up configures runs the set-up first; one below it is dropped;
+  above the level that set-up configures runs the set-up first; one below it is dropped; an
+  import of `logging` by anything runs it too (for modules that log through logging itself);
 - with nothing deferred, before anything imported `logging`, nothing configured it either:
   below WARNING is dropped (its default level), the rest goes to its last-resort handler;
 - once `logging` is imported, by anyone, the real logger decides everything.
@@ -27,12 +28,41 @@ _deferred: list[tuple[int, Callable[[], None]]] = []     # (level, set-up) the c
 
 def configure_later(level: int, configure: Callable[[], None]) -> None:
     """Run ``configure`` (which sets the root level to ``level``) before the first record at
-    or above ``level``; at once if `logging` is imported already (nothing would be saved)."""
+    or above ``level``, or as soon as anything imports `logging` (a module that logs through
+    it directly: its records get the command's format too); at once if `logging` is imported
+    already (nothing would be saved)."""
     if "logging" in sys.modules:
         _deferred.clear()
         configure()
-    else:
-        _deferred[:] = [(level, configure)]
+        return
+    _deferred[:] = [(level, configure)]
+    if _WhenImported not in sys.meta_path:      # type: ignore[comparison-overlap]
+        sys.meta_path.insert(0, _WhenImported)  # type: ignore[arg-type]
+
+
+class _WhenImported:
+    """Runs a deferred set-up right after `logging` is imported. It stays on sys.meta_path,
+    answering nothing once done (as _dcache's finder, for the same reason)."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> object:
+        if name != "logging" or not _deferred:
+            return None
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if finder is not _WhenImported and find is not None else None
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: object) -> None:
+            run(module)
+            _configure_now()
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def _configure_now() -> None:

@@ -7,7 +7,7 @@ calls its checkpoint (agent/service.py), which the command line never gives it.
 POINT: before-apply, write:N (after the N-th cgroup change of an apply), after-apply,
 collect:N (after the N-th container collected), or the fleet shipper's ship-mid:N and
 ship-acked:N (fleet/shipper.py: inside the N-th batch's transaction, or after its commit), or
-served:request (each served run's supervisor, once it has read its request; cli/served.py).
+served:request (each served run's supervisor, once it has read its request; cli/supervise.py).
 The environment (CGMAN_CGROUP_ROOT, CGMAN_RUN_DIR, ...) is read as `cgman agent` reads it.
 """
 

@@ -137,3 +137,17 @@ def test_inspect_loaded_before_cgman_is_left_alone(tmp_path):
         print(sys.modules["inspect"] is inspect, type(inspect).__name__)
     """)
     assert out == "True module"
+
+
+def test_the_inspect_stand_in_answers_dunders_without_loading_and_takes_the_names_once_loaded(tmp_path):
+    """Code that walks sys.modules asking each for __file__ must not see it change under it;
+    a module that imported the stand-in sees inspect's names once it is loaded."""
+    out = run(tmp_path, """
+        import dataclasses, cgman.model
+        import inspect as early
+        files = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
+        still = type(sys.modules["inspect"]).__name__
+        early.signature(len)
+        print(still, "signature" in vars(early), sys.modules["inspect"] is not early)
+    """)
+    assert out == "_Deferred True True"

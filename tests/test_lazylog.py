@@ -49,6 +49,32 @@ def test_a_deferred_setup_runs_before_the_first_shown_record_only():
     assert err.splitlines() == ["cgman: ERROR: e x", "cgman: WARNING: w"]
 
 
+def test_a_deferred_verbose_setup_shows_debug_with_the_logger_name():
+    out, err = run("""
+        import sys
+        from cgman import lazylog
+        from cgman.cli import logs
+        logs.setup_when_needed(True)
+        print("logging" in sys.modules)
+        lazylog.getLogger("cgman.y").debug("write %s", "f")
+    """)
+    assert out == "False" and err == "cgman: DEBUG: cgman.y: write f"
+
+
+def test_a_module_logging_through_logging_itself_gets_the_deferred_format():
+    out, err = run("""
+        import sys
+        from cgman import lazylog
+        from cgman.cli import logs
+        logs.setup_when_needed(False)
+        import logging                      # as a module that logs through logging directly
+        logging.getLogger("cgman.z").warning("w %d", 1)
+        logging.getLogger("cgman.z").info("not shown")
+        lazylog.getLogger("cgman.y").error("e")
+    """)
+    assert err.splitlines() == ["cgman: WARNING: w 1", "cgman: ERROR: e"]
+
+
 def test_verbose_shows_debug_with_the_logger_name_and_the_callers_line():
     _, err = run("""
         import logging

@@ -379,6 +379,60 @@ def test_a_spare_supervisor_forked_ahead_serves_the_run_and_the_next_copies_what
         agent.stop(signal.SIGKILL)
 
 
+def test_a_spare_that_dies_waiting_is_reaped_and_replaced_after_a_pause(host, tmp_path):
+    """A spare that dies before its request (killed here; a broken one would die at once) is
+    reaped, not left a zombie, and the next is forked only after SPARE_BACKOFF_S, so a spare
+    that cannot live does not make the server fork in a loop; runs are served meanwhile."""
+    from cgman.cli.served import SPARE_BACKOFF_S
+    c = Cgman(host.root, tmp_path, "agent")
+    agent = c.start_agent()
+    try:
+        m = until(lambda: re.search(r"run server pid (\d+)", agent.text()), 30, "the run server's pid")
+        server = int(m.group(1))  # type: ignore[union-attr]
+        [spare] = until(lambda: _children_of(server), 30, "the spare")   # type: ignore[misc]
+        os.kill(spare, signal.SIGKILL)
+        killed = time.monotonic()
+        until(lambda: proc_state(spare) == "gone", 10, "the dead spare to be reaped")
+        p = c("run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 3")       # no spare: forked for it
+        assert p.returncode == 3, p.stderr
+        [after] = until(lambda: [x for x in _children_of(server) if x != spare], 30, "the next spare")
+        assert time.monotonic() - killed >= SPARE_BACKOFF_S * 0.9
+        assert proc_state(after) not in ("gone", "Z")
+    finally:
+        agent.stop(signal.SIGKILL)
+
+
+def test_a_spare_that_took_a_run_as_the_agent_stops_runs_it_to_the_end(host, tmp_path):
+    """The agent stops while the spare has just taken a request, and the server sees both at
+    once: the spare is the run's supervisor now and must run on (the run's client gets its
+    status), not be ended with the idle spare it was a moment before."""
+    c = Cgman(host.root, tmp_path, "agent")
+    agent = c.start_agent()
+    m = until(lambda: re.search(r"run server pid (\d+)", agent.text()), 30, "the run server's pid")
+    server = int(m.group(1))  # type: ignore[union-attr]
+    until(lambda: _children_of(server), 30, "the spare")
+    os.kill(server, signal.SIGSTOP)                  # it will see the taken run and the stop together
+    p = c.popen("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "sleep 1; exit 6",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        until(lambda: (tmp_path / "run" / "containers").exists() and
+              list((tmp_path / "run" / "containers").glob("*/record.json")), 30, "the run to start")
+        os.kill(agent.p.pid, signal.SIGTERM)         # the agent closes its pipe, then waits for the server
+        time.sleep(0.3)
+        os.kill(server, signal.SIGCONT)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 6 and "served by the agent" in err, err
+        until(lambda: "supervisor(s) keep their containers" in agent.text(), 30, "the server to stop")
+        assert "1 supervisor(s) keep their containers" in agent.text()
+    finally:
+        if proc_state(server) == "T":
+            os.kill(server, signal.SIGCONT)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        agent.stop(signal.SIGKILL)
+
+
 def test_only_root_can_use_the_socket(host, tmp_path):
     run_dir = Path(tempfile.mkdtemp(prefix="cgman-test-run-"))     # traversable by nobody, unlike tmp_path
     run_dir.chmod(0o711)

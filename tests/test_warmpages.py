@@ -74,7 +74,9 @@ def test_a_child_reports_what_it_wrote_and_a_later_child_copies_it_ahead(region)
     assert not_written == 0                     # and none of the part left alone
 
     def faults_after(ranges: bytes) -> bytes:
+        before = bytes(buf)
         copied = warmpages.populate(ranges)
+        assert bytes(buf) == before                 # copied, not changed
         return f"{copied} {write_first_mib(buf)}".encode()
     copied, faults = map(int, in_child(lambda: faults_after(pages)).split())
     _, faults_without = map(int, in_child(lambda: faults_after(b"")).split())

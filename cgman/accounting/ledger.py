@@ -89,6 +89,7 @@ def _has_schema(db: sqlite3.Connection) -> bool:
 def _not_regular(mode: int) -> str:
     return "it is a symlink" if stat.S_ISLNK(mode) else "not a regular file"
 
+
 _URI_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import namedtuple
 
 
-
 # A namedtuple: no dataclass (~0.5 ms) and no typing.NamedTuple (typing: ~2 ms) on every `cgman run`.
 class Command(namedtuple("Command", ["module", "attr", "group", "context_settings", "fast"],
                          defaults=(False, None, None))):

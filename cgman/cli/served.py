@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import struct
 import sys
@@ -43,6 +42,8 @@ from .supervise import Agent, handle, say, send
 
 MAX_SUPERVISORS = 4096         # runs served at once; beyond, the client launches by itself
 RELEARN_EVERY = 64             # every so many spares, one copies nothing and reports what its run wrote
+SPARE_BACKOFF_S = 1.0          # no spare for this long after one died before its request (or a failed fork)
+SPARE_EXIT_WAIT_S = 1.0        # at the end, how long the server waits for its spare to go
 
 
 def prewarm(root: str, state_dir: str | None = None) -> None:
@@ -83,49 +84,87 @@ class Spare(NamedTuple):
     taken: int
 
 
+class Server:
+    """The run server's state: its listening socket and the agent's pipe, the supervisors it
+    forked, the spare, and the latest list of pages a run wrote (from ``learn_r``)."""
+
+    def __init__(self, listen_fd: int, parent_fd: int, agent: Agent) -> None:
+        self.listener = socket.socket(fileno=listen_fd)
+        self.listener.setblocking(False)
+        self.parent_fd, self.agent = parent_fd, agent
+        self.learn_r, self.learn_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.learn_r.setblocking(False)
+        self.children: set[int] = set()
+        self.spare: Spare | None = None
+        self.pages, self.spares, self.no_spare_until = b"", 0, 0.0
+
+    def serve(self) -> None:
+        """Keep a spare waiting (accepting here only when there is none) until the agent's
+        end of ``parent_fd`` closes."""
+        while True:
+            self._keep_a_spare()
+            poller = select.poll()
+            poller.register(self.parent_fd, select.POLLIN)
+            poller.register(self.learn_r.fileno(), select.POLLIN)
+            poller.register(self.spare.taken if self.spare else self.listener.fileno(), select.POLLIN)
+            events = dict(poller.poll(1000))
+            _reap(self.children)
+            if self.learn_r.fileno() in events:
+                self.pages = _latest(self.learn_r, self.pages)
+            if self.spare is not None and self.spare.taken in events:
+                self._spare_done(os.read(self.spare.taken, 1) == b"x")
+            elif self.spare is None and self.listener.fileno() in events:
+                _accept_all(self)
+            if self.parent_fd in events:
+                break                                   # the agent stopped or died
+        self._let_the_spare_go()
+        say(f"run server stopping; {len(self.children)} supervisor(s) keep their containers")
+
+    def _keep_a_spare(self) -> None:
+        if self.spare is not None or len(self.children) >= MAX_SUPERVISORS or time.monotonic() < self.no_spare_until:
+            return
+        refresh(self.agent)
+        # A spare that copied pages would report them as its run's: only one that copied
+        # nothing reports, so the list stays one run's writes and does not grow run by run.
+        learn = not self.pages or self.spares % RELEARN_EVERY == 0
+        self.spare = _fork_spare(self, learn)
+        if self.spare is not None:
+            self.spares += 1
+        else:
+            self.no_spare_until = time.monotonic() + SPARE_BACKOFF_S
+
+    def _spare_done(self, took: bool) -> None:
+        """The spare took a request (a supervisor now) or died before one."""
+        assert self.spare is not None
+        os.close(self.spare.taken)
+        self.children.add(self.spare.pid)           # reaped with the supervisors once it exits
+        self.spare = None
+        if not took:                                # learn afresh, and not at once
+            self.pages, self.no_spare_until = b"", time.monotonic() + SPARE_BACKOFF_S
+
+    def _let_the_spare_go(self) -> None:
+        """At the end: a spare that took a request runs on as its supervisor; one that did not
+        sees its pipe close and exits (waited for briefly: a unit's stop leaves no spare)."""
+        if self.spare is None:
+            return
+        spare, self.spare = self.spare, None
+        ready = select.select([spare.taken], [], [], 0)[0]
+        took = bool(ready) and os.read(spare.taken, 1) == b"x"
+        os.close(spare.taken)
+        if took:
+            self.children.add(spare.pid)
+            return
+        deadline = time.monotonic() + SPARE_EXIT_WAIT_S
+        while time.monotonic() < deadline:
+            if os.waitpid(spare.pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.005)
+        self.children.add(spare.pid)                # it took a run as we stopped: it goes on
+
+
 def serve(listen_fd: int, parent_fd: int, agent: Agent) -> None:
-    """Keep a spare supervisor waiting for the next request (accepting and forking here only
-    when there is none: at MAX_SUPERVISORS, or when a fork fails) until the agent's end of
-    ``parent_fd`` closes. Supervisors send back the pages their run wrote (warmpages.py),
-    which the next spare copies while it waits."""
-    listener = socket.socket(fileno=listen_fd)
-    listener.setblocking(False)
-    learn_r, learn_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    learn_r.setblocking(False)
-    children: set[int] = set()
-    spare: Spare | None = None
-    pages, spares = b"", 0
-    while True:
-        if spare is None and len(children) < MAX_SUPERVISORS:
-            refresh(agent)
-            # A spare that copied pages would report them as its run's: only one that copied
-            # nothing reports, so the list stays one run's writes and does not grow run by run.
-            learn = not pages or spares % RELEARN_EVERY == 0
-            spare = _fork_spare(listener, parent_fd, learn_w if learn else None, agent, b"" if learn else pages)
-            spares += 1
-        poller = select.poll()
-        poller.register(parent_fd, select.POLLIN)
-        poller.register(learn_r.fileno(), select.POLLIN)
-        poller.register(spare.taken if spare is not None else listener.fileno(), select.POLLIN)
-        events = dict(poller.poll(1000))
-        _reap(children)
-        if parent_fd in events:
-            break                                   # the agent stopped or died
-        if learn_r.fileno() in events:
-            pages = _latest(learn_r, pages)
-        if spare is not None and spare.taken in events:
-            if os.read(spare.taken, 1):
-                children.add(spare.pid)             # it took a request: a supervisor now
-            else:
-                _reap({spare.pid})                  # it died waiting
-            os.close(spare.taken)
-            spare = None
-        elif spare is None and listener.fileno() in events:
-            _accept_all(listener, parent_fd, agent, children, learn_w)
-    if spare is not None:
-        os.kill(spare.pid, signal.SIGKILL)          # our child, holding no run
-        os.waitpid(spare.pid, 0)
-    say(f"run server stopping; {len(children)} supervisor(s) keep their containers")
+    """Serve runs until the agent's end of ``parent_fd`` closes (Server.serve)."""
+    Server(listen_fd, parent_fd, agent).serve()
 
 
 def _latest(learn_r: socket.socket, pages: bytes) -> bytes:
@@ -139,11 +178,10 @@ def _latest(learn_r: socket.socket, pages: bytes) -> bytes:
             pages = report
 
 
-def _fork_spare(listener: socket.socket, parent_fd: int, learn_w: socket.socket | None, agent: Agent,
-                pages: bytes) -> Spare | None:
-    """Fork the spare: it copies ``pages``, then waits for a connection from root; its run
-    reports the pages it wrote on ``learn_w`` (None: it does not). None if the fork fails (the
-    server then forks per request)."""
+def _fork_spare(server: Server, learn: bool) -> Spare | None:
+    """Fork the spare: it copies the pages the last learning run wrote (``learn``: none, and its
+    own run reports what it writes instead), then waits for a connection from root. None if
+    the fork fails (the server then accepts and forks per connection for a while)."""
     taken_r, taken_w = os.pipe()
     try:
         pid = os.fork()
@@ -152,26 +190,31 @@ def _fork_spare(listener: socket.socket, parent_fd: int, learn_w: socket.socket 
         os.close(taken_w)
         say(f"cannot fork a spare supervisor: {e.strerror}")
         return None
-    if pid == 0:
-        code = 1
-        try:
-            os.close(taken_r)
-            warmpages.populate(pages)
-            conn = _wait_for_request(listener, parent_fd, taken_w)
-            if conn is not None:
-                code = _supervise(conn, listener, parent_fd, learn_w, agent)
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(taken_w)
-    return Spare(pid, taken_r)
+    if pid != 0:
+        os.close(taken_w)
+        return Spare(pid, taken_r)
+    code = 1
+    try:
+        os.close(taken_r)
+        if not learn:
+            try:
+                warmpages.populate(server.pages)
+            except Exception:            # nothing copied: its run faults as before
+                pass
+        conn = _wait_for_request(server.listener, server.parent_fd, taken_w)
+        if conn is not None:
+            code = _supervise(conn, server, report=learn)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
 def _wait_for_request(listener: socket.socket, parent_fd: int, taken_w: int) -> socket.socket | None:
-    """The spare's wait: the next connection from root, once the server knows it was taken;
-    None when the agent or the server goes first."""
+    """The spare's wait: the next connection from root, once it told the server it took it;
+    None when the agent or the server goes first (a connection taken as the server stopped
+    is closed: its client says nothing was started)."""
     poller = select.poll()
     poller.register(listener.fileno(), select.POLLIN)
     poller.register(parent_fd, select.POLLIN)
@@ -188,11 +231,16 @@ def _wait_for_request(listener: socket.socket, parent_fd: int, taken_w: int) -> 
             say(f"run server cannot accept: {e.strerror}")
             time.sleep(0.1)
             continue
-        if _from_root(conn):
+        if not _from_root(conn):
+            conn.close()
+            continue
+        try:
             os.write(taken_w, b"x")
-            os.close(taken_w)
-            return conn
-        conn.close()
+        except OSError:
+            conn.close()
+            return None
+        os.close(taken_w)
+        return conn
 
 
 def _from_root(conn: socket.socket) -> bool:
@@ -202,18 +250,20 @@ def _from_root(conn: socket.socket) -> bool:
     return uid == 0
 
 
-def _supervise(conn: socket.socket, listener: socket.socket, parent_fd: int, learn_w: socket.socket | None,
-               agent: Agent) -> int:
-    """Serve ``conn`` as its run's supervisor; then send the server the pages the run wrote
-    (on ``learn_w``; None: not)."""
+def _supervise(conn: socket.socket, server: Server, report: bool) -> int:
+    """Serve ``conn`` as its run's supervisor; then, if ``report``, send the server the pages
+    the run wrote."""
     with conn:
-        listener.close()
-        os.close(parent_fd)
+        server.listener.close()
+        server.learn_r.close()
+        if not report:
+            server.learn_w.close()
+        os.close(server.parent_fd)
         os.setsid()
-        code = handle(conn, agent)
-    if learn_w is not None:
+        code = handle(conn, server.agent)
+    if report:
         try:
-            learn_w.send(warmpages.written(), socket.MSG_DONTWAIT)
+            server.learn_w.send(warmpages.written(), socket.MSG_DONTWAIT)
         except OSError:          # the server is gone, or busy with other reports: not needed
             pass
     return code
@@ -229,12 +279,11 @@ def _reap(children: set[int]) -> None:
             children.discard(pid)
 
 
-def _accept_all(listener: socket.socket, parent_fd: int, agent: Agent, children: set[int],
-                learn_w: socket.socket) -> None:
+def _accept_all(server: Server) -> None:
     """Without a spare: BUSY at MAX_SUPERVISORS, else fork a supervisor per connection."""
     while True:
         try:
-            conn, _ = listener.accept()
+            conn, _ = server.listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:         # EMFILE and the like: the client sees the connection end
@@ -243,21 +292,21 @@ def _accept_all(listener: socket.socket, parent_fd: int, agent: Agent, children:
         with conn:
             if not _from_root(conn):
                 continue
-            if len(children) >= MAX_SUPERVISORS:
+            if len(server.children) >= MAX_SUPERVISORS:
                 send(conn, wire.DECLINED, wire.BUSY)
                 continue
-            refresh(agent)
+            refresh(server.agent)
             child = os.fork()
             if child == 0:
                 code = 1
                 try:
-                    code = _supervise(conn, listener, parent_fd, learn_w, agent)
+                    code = _supervise(conn, server, report=True)
                 except BaseException:
                     import traceback
                     traceback.print_exc()      # the agent's log, or the client's stderr once taken
                 finally:
                     os._exit(code)
-            children.add(child)
+            server.children.add(child)
 
 
 def refresh(agent: Agent) -> None:

@@ -53,7 +53,6 @@ def say(text: str) -> None:
         pass
 
 
-
 def use_cli(main: Callable[[], None]) -> None:
     """The function that runs a command line: cgman.cli.main (bound once, by the server)."""
     _cli_main[:] = [main]

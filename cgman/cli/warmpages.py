@@ -12,8 +12,9 @@ served run that takes about 20. A run writes nearly the same pages each time, so
   while it waits for its request (``populate``: madvise MADV_POPULATE_WRITE, Linux 5.14), so
   the run it then serves finds them copied.
 
-Memory: the spare copies what its run would copy anyway; a page no longer in the spare's own
-private anonymous memory is skipped, and a list and what one spare copies are bounded
+Memory: a spare holds the pages a run writes, whether its own run writes them all or not
+(measured: a supervisor ~0.5 MiB, ~12 %, more than without the copy); a page no longer in the
+spare's own private anonymous memory is skipped, and a list and what one spare copies are bounded
 (MAX_BYTES, MAX_COPY: for the pages of a huge page, pagemap's "exclusive" is a guess). Where
 pagemap or the advice is missing, nothing is learned or copied and runs fault as before.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:           # typing is not imported at run time: ~2 ms of every `cgman run`
     from typing import Protocol
