@@ -148,30 +148,16 @@ def _write(path: str, body: bytes) -> None:
 
 class _Finder:
     """Puts ``_exec`` into the dataclasses module as it is imported (it is not imported here:
-    the thin client never loads it). It stays on sys.meta_path, answering nothing once done:
-    removing itself could make another thread's import, walking the list, skip a finder."""
+    the thin client never loads it), and defers its import of inspect (_importhook.py)."""
 
     @staticmethod
     def find_spec(name: str, path: object = None, target: object = None) -> object:
         if name != "dataclasses" or _hooked:
             return None
         _hooked.append(True)
-        spec = None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if finder is not _Finder and find is not None else None
-            if spec is not None:
-                break
-        if spec is None or spec.loader is None:
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module: object) -> None:
-            _defer("inspect")
-            run(module)                            # type: ignore[arg-type]
-            module.exec = _exec                    # type: ignore[attr-defined]
-        spec.loader.exec_module = exec_module   # type: ignore[method-assign]
-        return spec
+        from ._importhook import spec_with_hooks
+        return spec_with_hooks(_Finder, name, path, target, before=lambda: _defer("inspect"),
+                               after=lambda module: setattr(module, "exec", _exec))
 
 
 def _defer(name: str) -> None:

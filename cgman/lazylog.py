@@ -41,28 +41,15 @@ def configure_later(level: int, configure: Callable[[], None]) -> None:
 
 
 class _WhenImported:
-    """Runs a deferred set-up right after `logging` is imported. It stays on sys.meta_path,
-    answering nothing once done (as _dcache's finder, for the same reason)."""
+    """Runs a deferred set-up right after `logging` is imported (_importhook.py)."""
 
     @staticmethod
     def find_spec(name: str, path: object = None, target: object = None) -> object:
         if name != "logging" or not _deferred:
             return None
-        spec = None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if finder is not _WhenImported and find is not None else None
-            if spec is not None:
-                break
-        if spec is None or spec.loader is None:
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module: object) -> None:
-            run(module)
-            _configure_now()
-        spec.loader.exec_module = exec_module
-        return spec
+        from ._importhook import spec_with_hooks
+        return spec_with_hooks(_WhenImported, name, path, target, before=lambda: None,
+                               after=lambda _module: _configure_now())
 
 
 def _configure_now() -> None:

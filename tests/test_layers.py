@@ -20,7 +20,7 @@ LAYER = {"errors": 0, "units": 0, "kernel": 0, "model": 0, "schema": 1, "convert
          "plan": 3, "drivers": 4, "state": 5, "reconcile": 6, "accounting": 7,
          "containers": 8, "_spawn": 8, "_fastread": 8, "fleet": 9, "hostcheck": 10,
          "exporter": 11, "images": 12, "agent": 13, "cli": 14, "__main__": 15, "__init__": 0, "_dcache": 0,
-         "lazylog": 0}
+         "lazylog": 0, "_importhook": 0}
 # third-party libraries and the only places that may import them
 THIRD_PARTY = {"typer": {"cli"}, "click": {"cli"}, "prometheus_client": {"exporter"},
                "yaml": {"policy", "accounting/prices.py", "exporter/server.py"},

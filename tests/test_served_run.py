@@ -345,6 +345,11 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
+def _run_server(agent: Agent) -> int:
+    m = until(lambda: re.search(r"run server pid (\d+)", agent.text()), 30, "the run server's pid")
+    return int(m.group(1))  # type: ignore[union-attr]
+
+
 def _private_dirty_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Private_Dirty:"):
@@ -359,8 +364,7 @@ def test_a_spare_supervisor_forked_ahead_serves_the_run_and_the_next_copies_what
     c = Cgman(host.root, tmp_path, "agent")
     agent = c.start_agent()
     try:
-        m = until(lambda: re.search(r"run server pid (\d+)", agent.text()), 30, "the run server's pid")
-        server = int(m.group(1))  # type: ignore[union-attr]
+        server = _run_server(agent)
         [first] = until(lambda: _children_of(server), 30, "the first spare")   # type: ignore[misc]
         first_dirty = _private_dirty_kib(first)
         p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 4")
@@ -387,8 +391,7 @@ def test_a_spare_that_dies_waiting_is_reaped_and_replaced_after_a_pause(host, tm
     c = Cgman(host.root, tmp_path, "agent")
     agent = c.start_agent()
     try:
-        m = until(lambda: re.search(r"run server pid (\d+)", agent.text()), 30, "the run server's pid")
-        server = int(m.group(1))  # type: ignore[union-attr]
+        server = _run_server(agent)
         [spare] = until(lambda: _children_of(server), 30, "the spare")   # type: ignore[misc]
         os.kill(spare, signal.SIGKILL)
         killed = time.monotonic()
@@ -408,8 +411,7 @@ def test_a_spare_that_took_a_run_as_the_agent_stops_runs_it_to_the_end(host, tmp
     status), not be ended with the idle spare it was a moment before."""
     c = Cgman(host.root, tmp_path, "agent")
     agent = c.start_agent()
-    m = until(lambda: re.search(r"run server pid (\d+)", agent.text()), 30, "the run server's pid")
-    server = int(m.group(1))  # type: ignore[union-attr]
+    server = _run_server(agent)
     until(lambda: _children_of(server), 30, "the spare")
     os.kill(server, signal.SIGSTOP)                  # it will see the taken run and the stop together
     p = c.popen("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "sleep 1; exit 6",
