@@ -8,7 +8,6 @@ every cgroup write included (DEBUG).
 
 from __future__ import annotations
 
-
 from .. import lazylog
 
 TYPE_CHECKING = False
