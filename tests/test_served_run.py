@@ -396,8 +396,11 @@ def test_a_spare_that_dies_waiting_is_reaped_and_replaced_after_a_pause(host, tm
         os.kill(spare, signal.SIGKILL)
         killed = time.monotonic()
         until(lambda: proc_state(spare) == "gone", 10, "the dead spare to be reaped")
-        p = c("run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 3")       # no spare: forked for it
+        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 3")  # no spare: forked for it
         assert p.returncode == 3, p.stderr
+        m = re.search(r"its supervisor of this run is pid (\d+)", p.stderr)
+        assert m, p.stderr
+        until(lambda: proc_state(int(m.group(1))) == "gone", 30, "the run's supervisor to end")  # not the spare
         [after] = until(lambda: [x for x in _children_of(server) if x != spare], 30, "the next spare")
         assert time.monotonic() - killed >= SPARE_BACKOFF_S * 0.9
         assert proc_state(after) not in ("gone", "Z")
