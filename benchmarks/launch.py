@@ -16,10 +16,12 @@ just before the first spawn to just after the last exit, with ``time.perf_counte
   runc       ``runc run`` of an OCI bundle (static busybox rootfs, memory + pids limits, own cgroup)
   crun       ``crun run`` of the same bundle (crun 1.8 refuses hybrid hosts: reported and skipped)
   cgman      ``cgman run --policy bench --rm --network loopback`` (skipped if ``cgman run --help`` fails)
-  agent      the same ``cgman run`` while ``cgman agent`` runs: a thin client served by the agent
+  agent      the same ``cgman run`` while ``cgman agent`` runs: the installed ``cgman``, a C front
+             (cgman/_client.c), hands it to the agent
   agent-raw  the agent's side alone: a request on its socket from this process, until EXITED
              (its breakdown: socket round trip until ACCEPTED, then launch + wait + ledger commit)
-  client     floor of the thin client: python + ``import cgman.cli.thin``
+  client     floor of the C front: ``cgman run`` to a socket where a thread of this process answers
+             at once (ACCEPTED, EXITED 0): its exec, request and wait, with no launch behind it
   cgman-priv the same with ``--privileged`` (capabilities, seccomp, devices, read-only cgroupfs all off)
   inprocess  the library: ``cgman.containers.launch.launch()`` in this process, until the workload exec'd
              (with the secure defaults: 11 capabilities, no_new_privs, seccomp, device filter, masked paths)
@@ -78,7 +80,7 @@ NOTES = {
     "cgman": "cgman run --rm, loopback net, new cgroup with limits",
     "agent": "cgman run --rm as above, served by a running cgman agent",
     "agent-raw": "the agent's side: socket request from this process until EXITED",
-    "client": "floor: python + import cgman.cli.thin (the thin client)",
+    "client": "floor: the C front, answered at once by a thread of this process",
     "cgman-priv": "the same with --privileged (no caps drop, seccomp, devices, masks)",
     "inprocess": "library launch() until the workload has exec'd (cgroup, limits, namespaces)",
     "inprocess-b2b": "the same, back to back after the interleaved rounds (no idle gap)",
@@ -386,7 +388,31 @@ FACTORIES["systemd-run"] = make_systemd_run
 FACTORIES["inprocess-priv"] = lambda tag, tmp: make_library(tag, tmp, False, privileged=True)
 FACTORIES["lifecycle"] = lambda tag, tmp: make_library(tag, tmp, True)
 FACTORIES["python"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "pass"]))
-FACTORIES["client"] = lambda tag, tmp: probe(lambda i: timed([sys.executable, "-c", "import cgman.cli.thin"]))
+def make_client(tag: str, tmp: Path) -> Launcher:
+    """The C front alone: a thread here takes each request and answers ACCEPTED and EXITED 0."""
+    import threading
+    from cgman.cli import wire
+    from cgman.state.agentsock import socket_path
+    root = f"{PREFIX}{tag}-front"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(socket_path(str(tmp), root))
+    listener.listen(8)
+
+    def answer() -> None:
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                _, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+                for _level, _kind, payload in anc:
+                    for fd in struct.unpack(f"{len(payload) // 4}i", payload):
+                        os.close(fd)
+                conn.sendall(wire.FRAME.pack(wire.ACCEPTED, 1) + wire.FRAME.pack(wire.EXITED, 0))
+    threading.Thread(target=answer, daemon=True).start()
+    env = dict(os.environ, CGMAN_RUN_DIR=str(tmp), CGMAN_CGROUP_ROOT=root)
+    return probe(lambda i: timed([str(VENV_BIN / "cgman"), "run", "-p", "bench", "--rm", "--", "/bin/true"], env=env))
+
+
+FACTORIES["client"] = make_client
 FACTORIES["imports"] = lambda tag, tmp: probe(lambda i: timed([
     sys.executable, "-c", "import cgman.cli.options, cgman.cli.runcmd, cgman.containers.lifecycle, cgman.drivers, "
     "cgman.state.applied"]))
@@ -488,7 +514,7 @@ def report(samples: dict, skipped: dict, rounds: int, as_json: bool) -> None:
                   f"against a cgroupfs leaf)")
     if PARTS:
         print("breakdown (medians):")
-        floors = [("client start (python + thin client imports)", "client")]
+        floors = [("the C front alone (exec, request, answer)", "client")]
         for label, key in floors:
             if key in medians:
                 print(f"  {label:<52} {medians[key]:8.2f} ms")

@@ -36,5 +36,8 @@ fi
 # Likewise the code of cgman's dataclass methods, which @dataclass compiles at every import (cgman/_dcache.py).
 .venv/bin/python -c 'from cgman import _dcache; _dcache.warm()'
 [ -x cgman/cgman-init ] || { echo "setup: cgman/cgman-init was not built" >&2; exit 1; }
+# The installed `cgman` is the C front (cgman/_client.c), with the Python CLI next to it.
+[ "$(head -c 4 .venv/bin/cgman | od -An -c | tr -d ' ')" = '177ELF' ] && [ -x .venv/bin/cgman-cli ] \
+  || { echo "setup: the cgman front (.venv/bin/cgman) or .venv/bin/cgman-cli was not installed" >&2; exit 1; }
 .venv/bin/python -c 'import cgman, cgman._spawn, cgman._fastread, cgman._secure, bcrypt, jeepney, typer, yaml, psutil, prometheus_client, pyroute2, pytest, hypothesis, psycopg' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }

@@ -228,8 +228,10 @@ def test_a_direct_run_imports_none_of_what_it_does_not_need(host, tmp_path) -> N
     p = tmp_path / "p.yaml"
     p.write_text("version: 1\npolicies:\n  g:\n    container: {pids: {max: 16}}\n")
     subprocess.run([cgman, "apply", str(p)], env=env, check=True, capture_output=True, timeout=60)
-    r = subprocess.run([sys.executable, "-X", "importtime", cgman, "run", "-p", "g", "--rm", "--network", "loopback",
-                        "--", "/bin/sh", "-c", "exit 3"], env=env, capture_output=True, text=True, timeout=60)
+    python_cli = cgman + "-cli"               # what the C front execs for a run no agent serves
+    r = subprocess.run([sys.executable, "-X", "importtime", python_cli, "run", "-p", "g", "--rm", "--network",
+                        "loopback", "--", "/bin/sh", "-c", "exit 3"],
+                       env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 3, r.stderr[-2000:]
     imported = {ln.split("|")[2].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
     assert "cgman.containers.launch" in imported and "cgman.accounting.ledger" in imported

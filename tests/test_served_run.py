@@ -1,4 +1,4 @@
-"""`cgman run` served by the agent (cli/thin.py, cli/served.py) and launched directly: the same
+"""`cgman run` served by the agent (the C front cgman/_client.c, cli/served.py) and launched directly: the same
 behaviour through both paths (exit codes, signals, stdio and a terminal, -d, --rm, --timeout,
 errors, the ledger exactly once), containers that outlive an agent SIGKILL, and a socket that
 only root can use and that survives hostile and vanishing clients."""
@@ -27,6 +27,7 @@ from .test_agent import Agent, old, proc_state, until
 
 pytestmark = pytest.mark.kernel
 PY = sys.executable
+FRONT = Path(PY).parent / "cgman"        # the installed command: the C front (cgman/_client.c)
 POLICY = """\
 version: 1
 policies:
@@ -44,7 +45,7 @@ policies:
 
 
 class Cgman:
-    """`python -m cgman` for one root, served (an agent runs) or direct (none runs)."""
+    """The installed `cgman` for one root, served (an agent runs) or direct (none runs)."""
 
     def __init__(self, root: str, tmp: Path, path: str, run_dir: Path | None = None) -> None:
         self.root, self.tmp, self.path = root, tmp, path
@@ -63,11 +64,11 @@ class Cgman:
         return self.agent
 
     def __call__(self, *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([PY, "-m", "cgman", *args], input=stdin, capture_output=True, text=True,
+        return subprocess.run([str(FRONT), *args], input=stdin, capture_output=True, text=True,
                               env=self.env, cwd=REPO, timeout=timeout)
 
     def popen(self, *args: str, **kw) -> subprocess.Popen:
-        return subprocess.Popen([PY, "-m", "cgman", *args], env=self.env, cwd=REPO, text=True, **kw)
+        return subprocess.Popen([str(FRONT), *args], env=self.env, cwd=REPO, text=True, **kw)
 
     def rows(self) -> list[tuple[str, str, int | None]]:
         db = sqlite3.connect(f"file:{self.tmp / 'state' / 'ledger.db'}?mode=ro", uri=True)
@@ -463,37 +464,136 @@ def test_only_root_can_use_the_socket(host, tmp_path):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-# ------------------------------------------------------------------ pure: the client's view of the options
+# ------------------------------------------------------------------ the C front's view of the line
+def _close_fds(ancillary: list) -> None:
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            for fd in struct.unpack(f"{len(payload) // 4}i", payload):
+                os.close(fd)
+
+
+class FakeAgent:
+    """A test process in the agent's place: it binds the socket ``path``, takes one request and
+    answers ACCEPTED 1, EXITED 7."""
+
+    def __init__(self, path: str) -> None:
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        self.listener.settimeout(60)
+
+    def serve(self) -> tuple[list[bytes], list[bytes], bytes, str, str]:
+        """(argv, environment, cwd) of the one request, the client's executable and memory map."""
+        from cgman.cli import wire
+        conn, _ = self.listener.accept()
+        with conn:
+            data, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+            _close_fds(anc)
+            while len(data) < wire.HEADER.size or len(data) < wire.HEADER.size + wire.decode_header(data[:12]):
+                data += conn.recv(1 << 20)
+            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+            client = os.readlink(f"/proc/{pid}/exe")
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            conn.sendall(wire.FRAME.pack(wire.ACCEPTED, 1) + wire.FRAME.pack(wire.EXITED, 7))
+        argv, environ, cwd = wire.decode_body(data[wire.HEADER.size:])
+        return argv, environ, cwd, client, maps
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 @pytest.mark.parametrize("argv, environ", [
     (["run", "-p", "g", "--", "x"], {}),
-    (["--run-dir", "/r", "run", "-p", "g"], {"CGMAN_CGROUP_ROOT": "/a/b/"}),
-    (["run", "--run-dir=/r2", "--cgroup-root", "x", "-p", "g", "--", "--run-dir", "/no"], {"CGMAN_RUN_DIR": "/e"}),
-    (["run", "-p", "g"], {"CGMAN_RUN_DIR": "/e", "CGMAN_CGROUP_ROOT": "r"}),
+    (["--run-dir", "{tmp}/r", "run", "-p", "g"], {"CGMAN_CGROUP_ROOT": "/a/b/"}),
+    (["run", "--run-dir={tmp}/r2", "--cgroup-root", "x", "-p", "g", "--", "--run-dir", "/no"],
+     {"CGMAN_RUN_DIR": "{tmp}/e"}),
+    (["run", "-p", "g"], {"CGMAN_RUN_DIR": "{tmp}/e", "CGMAN_CGROUP_ROOT": "r"}),
+    (["run", "-p", "g"], {"CGMAN_RUN_DIR": "{tmp}/e/", "CGMAN_CGROUP_ROOT": "r//"}),
     # the workload's own words are not cgman's options, even without `--`
-    (["run", "-p", "g", "--rm", "sh", "--run-dir", "/no", "-v"], {"CGMAN_RUN_DIR": "/e"}),
+    (["run", "-p", "g", "--rm", "sh", "--run-dir", "/no", "-v"], {"CGMAN_RUN_DIR": "{tmp}/e"}),
     (["--cgroup-root", "r", "run", "-d", "--name", "n", "-p", "g", "env", "--cgroup-root=no"], {}),
+    (["-v", "--cgroup-root=a/b", "run", "--rm", "-p", "g", "true"], {}),
 ])
-def test_the_thin_client_finds_the_socket_the_agent_binds(argv, environ):
-    """The client resolves --run-dir/--cgroup-root by hand (it imports neither the option tables
-    nor Settings); the served run checks them as the direct path reads them (options.py,
-    Settings, records.run_dir, drivers.cgroup_root). Both must name the same socket, or a run
-    the agent could serve is declined and launched directly."""
+def test_the_front_finds_the_socket_the_agent_binds(argv, environ, tmp_path):
+    """The C front resolves --run-dir/--cgroup-root by hand (cli/thin.py's tables); the served run
+    checks them as the direct path reads them (options.py, Settings, records.run_dir,
+    drivers.cgroup_root). Both must name the same socket, or a run the agent could serve is
+    launched directly. A test process plays the agent at the socket the direct path names."""
     from cgman.cli.supervise import client_settings
-    from cgman.cli.thin import where
     from cgman.drivers import cgroup_root
     from cgman.state.agentsock import socket_path
     from cgman.state.records import run_dir
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    environ = {k: v.replace("{tmp}", str(tmp_path)) for k, v in environ.items()}
+    env = {k: v for k, v in os.environ.items() if k not in ("CGMAN_RUN_DIR", "CGMAN_CGROUP_ROOT")}
     settings = client_settings(argv, dict(environ))
-    want = socket_path(run_dir(settings.run_dir), cgroup_root(settings.cgroup_root))
-    assert where(argv, dict(environ)) == (want, False)
+    run = run_dir(settings.run_dir) if settings.run_dir else str(tmp_path / "default-run")
+    if not settings.run_dir:
+        env["CGMAN_RUN_DIR"] = run                   # not /run/cgman, where a real agent may listen
+    want = socket_path(run, cgroup_root(settings.cgroup_root))
+    os.makedirs(os.path.dirname(want), exist_ok=True)
+    agent = FakeAgent(want)
+    try:
+        p = subprocess.Popen([str(FRONT), *argv], env=dict(env, **environ), cwd=tmp_path,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        got_argv, got_env, cwd, client, maps = agent.serve()
+        out, err = p.communicate(timeout=60)
+    finally:
+        agent.close()
+    assert p.returncode == 7, err
+    assert [a.decode() for a in got_argv] == [str(FRONT), *argv] and cwd == os.fsencode(tmp_path)
+    assert set(got_env) == {os.fsencode(f"{k}={v}") for k, v in dict(env, **environ).items()}
+    assert ("served by the agent" in err.decode()) == ("-v" in argv[:argv.index("run")]), err
+    assert client == os.path.realpath(FRONT) and "python" not in maps, maps   # the C front alone
 
 
-def test_the_thin_clients_valueless_options_are_the_tables():
-    """thin.FLAGS (the options that take no value) is what the option tables say, so the client
-    finds the workload's first word where the direct path does."""
-    from cgman.cli.options import FLAG, GLOBAL, RUN
-    from cgman.cli.thin import FLAGS
-    assert FLAGS == {name for table in (GLOBAL, RUN) for name, o in table.items() if o.arity == FLAG}
+def test_the_front_relays_signals_and_a_vanished_agent_is_one_line(tmp_path):
+    """After ACCEPTED the front forwards SIGTERM as a SIGNAL frame; an agent that hangs up
+    before EXITED is one error line and exit code 1 (its words: cli/thin.py's messages)."""
+    from cgman.cli import wire
+    env = dict(os.environ, CGMAN_RUN_DIR=str(tmp_path), CGMAN_CGROUP_ROOT="cgman-test-front")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "agent-cgman-test-front.sock"))
+    listener.listen(1)
+    listener.settimeout(60)
+    with listener:
+        p = subprocess.Popen([str(FRONT), "run", "-p", "g", "--", "true"], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        conn, _ = listener.accept()
+        with conn:
+            _, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+            _close_fds(anc)                  # its stdout and stderr: the pipes end with the front
+            conn.sendall(wire.FRAME.pack(wire.ACCEPTED, 4242))
+            until(lambda: _catches(p.pid, signal.SIGTERM), 10, "the front's signal handlers")
+            p.send_signal(signal.SIGTERM)
+            conn.settimeout(30)
+            frame = b""
+            while len(frame) < wire.FRAME.size:
+                frame += conn.recv(wire.FRAME.size - len(frame))
+        _, err = p.communicate(timeout=60)
+    assert wire.FRAME.unpack(frame) == (wire.SIGNAL, signal.SIGTERM)
+    assert p.returncode == 1 and err.count("\n") == 1, err
+    assert "closed the connection while it ran (its supervisor, pid 4242, is gone" in err
+
+
+def _catches(pid: int, sig: int) -> bool:
+    caught = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (sig - 1)))
+
+
+def test_the_front_hands_every_other_line_to_the_python_cli(tmp_path):
+    """No agent: `cgman run` is the direct path, and `cgman --help` is typer's, naming `cgman`; also
+    through a link to the front elsewhere (docs/operations.md links it into /usr/local/bin)."""
+    env = dict(os.environ, CGMAN_RUN_DIR=str(tmp_path), CGMAN_CGROUP_ROOT="cgman-test-front")
+    link = tmp_path / "bin" / "cgman"
+    link.parent.mkdir()
+    link.symlink_to(FRONT)
+    p = subprocess.run([str(link), "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "Usage: cgman " in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([str(FRONT), "-v", "run", "-p", "nosuchgroup", "--", "true"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert f"launching here (no agent serves {tmp_path}/agent-cgman-test-front.sock: No such file" in p.stderr
+    assert p.returncode != 0 and "nosuchgroup" in p.stderr, p.stderr
 
 
 def test_the_wire_bounds_every_field():
@@ -508,47 +608,6 @@ def test_the_wire_bounds_every_field():
                 wire.encode_request([b"x"], [], b"/") + b"extra"):
         with pytest.raises(wire.BadRequest):
             wire.decode_body(bad[wire.HEADER.size:])
-
-
-def test_the_installed_command_imports_next_to_nothing_when_served(tmp_path):
-    """A served `cgman run` is python's start-up, the thin client and a socket round trip. The
-    installed command (bin/cgman, not a generated entry point, which imports re: ~4 ms) and
-    the client may import only these few modules beyond what a bare `python -c pass` does.
-    A test process plays the agent here: it takes the request and answers ACCEPTED, EXITED 7."""
-    from cgman.cli import wire
-    from cgman.state.agentsock import socket_path
-
-    def imported(*argv: str, **kw) -> tuple[set[str], int]:
-        p = subprocess.Popen([PY, "-X", "importtime", *argv], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
-        if "env" in kw:
-            conn, _ = listener.accept()
-            with conn:
-                _, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
-                for level, kind, payload in anc:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        for fd in struct.unpack(f"{len(payload) // 4}i", payload):
-                            os.close(fd)
-                conn.sendall(wire.FRAME.pack(wire.ACCEPTED, 1) + wire.FRAME.pack(wire.EXITED, 7))
-        _, err = p.communicate(timeout=60)
-        return {ln.split("|")[2].strip() for ln in err.splitlines() if ln.startswith("import time:")
-                and not ln.endswith("| imported package")}, p.returncode
-
-    run = tmp_path / "run"
-    run.mkdir(mode=0o700)
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(socket_path(str(run), "cgman-test-served-imports"))
-    listener.listen(1)
-    listener.settimeout(60)
-    with listener:
-        bare, _ = imported("-c", "pass")
-        served, code = imported(str(Path(PY).parent / "cgman"), "run", "-p", "g", "--", "/bin/true",
-                                env=dict(os.environ, CGMAN_RUN_DIR=str(run),
-                                         CGMAN_CGROUP_ROOT="cgman-test-served-imports"))
-    assert code == 7
-    assert served - bare == {"cgman", "cgman.cli", "cgman.cli.thin", "cgman.cli.wire", "cgman.state",
-                             "cgman.state.agentsock", "_struct", "struct", "_socket", "__future__",
-                             "gc", "cgman._dcache"}      # built in (bin/cgman turns the collector off for `run`)
 
 
 def test_the_run_server_loads_the_device_program_once_for_all_its_runs():

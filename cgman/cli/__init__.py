@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import sys
 
+# Set in the agent's run server (served.py): its supervisors run `cgman run` lines as the direct
+# path does, but the server collects, and the client gets the exit code from the supervisor.
+IN_AGENT = False
+
 
 def main() -> None:
-    if "run" in sys.argv[1:]:          # served by a running agent if there is one (cli/thin.py)
-        from .thin import run_served
-        served = run_served(sys.argv[1:])
-        if served is not None:
-            _exit_now(served)       # ~1 ms of a served run
-
+    # A `cgman run` that an agent serves never gets here: the installed `cgman` is a C front
+    # that hands it to the agent itself (cli/thin.py), and execs bin/cgman-cli for the rest.
     from .commands import COMMANDS
     from .options import command_of, hoist, parse
     words = sys.argv[1:]
@@ -58,8 +58,7 @@ def _exit_now(code: int) -> None:
 
 def _in_agent() -> bool:
     """In the agent's run server, whose supervisor reports the exit code to the client itself."""
-    from . import thin
-    return thin.IN_AGENT
+    return IN_AGENT
 
 
 def _run_fast(where: str, opts: "dict[str, object]") -> "int | None":

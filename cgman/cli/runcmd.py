@@ -125,7 +125,7 @@ def execute(settings: "Settings", *, policy: str, command: list[str], name: Opti
                             settings.verbose)
     if spec is None:
         spec = _spec_from_policies(settings, st, h.root, files, policy, name, command, image, rootfs, layers, env, kw)
-    from .thin import IN_AGENT
+    from . import IN_AGENT
     if not IN_AGENT:
         collect_quietly(settings)
     elif name:                # served: the agent collects every interval (gc here is O(containers))

@@ -52,14 +52,15 @@ def prewarm(root: str, state_dir: str | None = None) -> None:
     default seccomp program (from the state dir's cache, 1-2 ms), so that no fork pays for
     them again."""
     import glob, resource  # noqa: F401,E401
-    from . import commands, common, logs, options, runcmd, thin  # noqa: F401
+    from . import commands, common, logs, options, runcmd  # noqa: F401
     from .. import _secure, drivers  # noqa: F401
     from ..accounting import ledger, usage  # noqa: F401
     from ..containers import collect, launch, lifecycle, rootfs, spec  # noqa: F401
     from ..reconcile import status  # noqa: F401
     from ..security import devices, init
     from ..state import applied, records  # noqa: F401
-    thin.IN_AGENT = True
+    from .. import cli
+    cli.IN_AGENT = True
     from . import main as cli_main        # the function: cli.main the module (typer) is not loaded yet
     supervise.use_cli(cli_main)
     try:

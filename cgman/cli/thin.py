@@ -1,130 +1,108 @@
-"""`cgman run` as a thin client of a running `cgman agent` (as chg is to Mercurial's server).
+"""What the `cgman` command's C front (cgman/_client.c) is built from: one source for both sides.
 
 A cold Python process cannot launch as fast as runc: its start-up alone is half of runc's
-launch. So when the agent of this cgroup root listens on its socket (state/agentsock.py), this
-client hands it the whole command line, environment, working directory and its stdin, stdout
-and stderr (SCM_RIGHTS: a terminal stays the container's terminal), relays the signals that
-the direct path forwards, and exits with the status the agent's supervisor reports. The agent
-runs the very same code as the direct path (cli/served.py), so output, errors and exit codes
-are the same. No agent, a non-root user, a declined request: ``run_served`` returns None and
-the caller launches by itself (the direct path).
+launch (~10 ms of ~25). So the installed `cgman` is a small C program, as Mercurial's chg is to
+its command server. For `cgman [GLOBAL...] run ...` it finds the socket of a running agent of
+that cgroup root (state/agentsock.py) and hands it the whole command line, environment,
+working directory and its stdin, stdout and stderr (SCM_RIGHTS: a terminal stays the
+container's terminal); it relays the signals the direct path forwards and exits with the
+status the agent's supervisor reports. The agent runs the very same code as the direct path
+(cli/served.py), so output, errors and exit codes are the same. Anything else (no agent, a
+non-root user, a declined request, any other command) it hands to the Python CLI next to it
+(``CLI_SCRIPT``, bin/cgman-cli) by exec: same pid, same arguments.
 
-Imports are only C modules and wire.py: ``socket`` and ``signal`` would pull in enum (~3 ms).
+Every name, number and message the C front shares with Python is here or in wire.py, and
+``header()`` writes them as the C header the build compiles the front with (setup.py), so the
+two sides cannot drift apart. Nothing here is imported on a launch path.
 """
 
 from __future__ import annotations
 
-import _signal
-import _socket
-import os
-import sys
+import signal
 
-from ..state.agentsock import socket_path
+from ..drivers import DEFAULT_ROOT
+from ..settings import CGROUP_ROOT_ENV, RUN_DIR_ENV
+from ..state import agentsock
+from ..state.records import RUN_DIR
 from . import wire
+from .options import FLAG, GLOBAL, RUN
 
-# Set in the agent's own server: a served run must not try to serve itself.
-IN_AGENT = False
+CLI_SCRIPT = "cgman-cli"          # the Python CLI, installed next to the front (pyproject script-files)
 # The signals the direct path forwards to the container (containers/lifecycle.FORWARDED).
-FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
-_STDIO_FDS = wire.struct.pack("3i", 0, 1, 2)     # SCM_RIGHTS payload (array would import collections)
-# The defaults of records.run_dir and drivers.cgroup_root (a test keeps them in step).
-DEFAULT_RUN_DIR, DEFAULT_ROOT = "/run/cgman", "cgman"
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# The global options that name where the agent listens (the rest of GLOBAL is -v).
+WHERE_OPTIONS = ("--run-dir", "--cgroup-root")
 
 
-# The options of `cgman [GLOBAL...] run` that take no value (cli/options.py's GLOBAL and RUN
-# tables: a test keeps this in step). Every other option takes one, so the workload is the first
-# word after the command that is neither an option nor an option's value.
-FLAGS = frozenset({"-v", "--verbose", "--detach", "-d", "--userns", "--init", "--no-init", "--rm", "--privileged"})
+def flags() -> list[str]:
+    """The options of `cgman [GLOBAL...] run` that take no value. Every other option takes one,
+    so the workload is the first word after the command that is neither an option nor an
+    option's value (the front reads no further: the rest is the workload's own)."""
+    return sorted(name for table in (GLOBAL, RUN) for name, o in table.items() if o.arity == FLAG)
 
 
-def global_values(argv: list[str]) -> tuple[dict[str, str], bool]:
-    """The valued global options (--run-dir, --cgroup-root, --state-dir) on a command line,
-    and whether -v was given. Only words before the workload are options; the last one wins."""
-    values: dict[str, str] = {}
-    verbose, command_seen, i = False, False, 0
-    while i < len(argv) and argv[i] != "--":
-        key, eq, value = argv[i].partition("=")
-        if not key.startswith("-") or key == "-":
-            if command_seen:
-                break                       # the workload's first word: the rest is its own
-            command_seen, i = True, i + 1
-        elif key in FLAGS:
-            verbose, i = verbose or key in ("-v", "--verbose"), i + 1
-        else:
-            if key in ("--run-dir", "--cgroup-root", "--state-dir"):
-                values[key] = value if eq else argv[i + 1] if i + 1 < len(argv) else ""
-            i += 1 if eq else 2
-    return values, verbose
+def verbose_flags() -> list[str]:
+    return sorted(name for name, o in GLOBAL.items() if o.dest == "verbose")
 
 
-def where(argv: list[str], environ: "os._Environ[str] | dict[str, str]") -> tuple[str, bool]:
-    """(the agent socket this command line would use, whether -v was given)."""
-    values, verbose = global_values(argv)
-    run = values.get("--run-dir") or environ.get("CGMAN_RUN_DIR") or DEFAULT_RUN_DIR
-    root = (values.get("--cgroup-root") or environ.get("CGMAN_CGROUP_ROOT") or DEFAULT_ROOT).strip("/")
-    return socket_path(run, root), verbose
+def messages() -> dict[str, str]:
+    """The front's words (printf formats), all in one place."""
+    return {
+        "NO_AGENT": "cgman: run: launching here (no agent serves %s: %s)\n",
+        "DECLINED": "cgman: run: launching here (the agent at %s declined: %s)\n",
+        "SERVED": "cgman: run: served by the agent at %s (its supervisor of this run is pid %u)\n",
+        "LOST_BEFORE": "cgman: error: the agent at %s closed the connection before it started the run; "
+                       "nothing was started\n",
+        "LOST_WHILE": "cgman: error: the agent at %s closed the connection while it ran (its supervisor, "
+                      "pid %u, is gone; `cgman ps` shows the container, `cgman gc` collects it)\n",
+        "NO_CLI": "cgman: error: cannot run %s: %s; reinstall cgman (pip install) so that it lies next "
+                  "to this program\n",
+    }
 
 
-def run_served(argv: list[str]) -> "int | None":
-    """Run ``cgman ARGV`` through the agent: its exit code, or None to launch here."""
-    if IN_AGENT:
-        return None
-    path, verbose = where(argv, os.environ)
-    try:
-        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return _served(conn, path, argv, verbose)
-    finally:
-        conn.close()
+def _c_string(s: str) -> str:
+    out = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    assert out.isascii(), s
+    return f'"{out}"'
 
 
-def _served(conn: "_socket.socket", path: str, argv: list[str], verbose: bool) -> "int | None":
-    try:
-        conn.connect(path)
-        request = wire.encode_request([os.fsencode(a) for a in sys.argv[:1] + argv],
-                                      [k + b"=" + v for k, v in os.environb.items()], os.getcwdb())
-        sent = conn.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _STDIO_FDS)])
-        if sent < len(request):
-            conn.sendall(request[sent:])
-    except OSError as e:     # no agent, not root (the socket is 0600), a closed stdio fd
-        if verbose:
-            _say(f"run: launching here (no agent serves {path}: {e.strerror or e})")
-        return None
-    kind, value = wire.read_frame(conn) or (b"", 0)
-    if kind == wire.DECLINED:
-        if verbose:
-            _say(f"run: launching here (the agent at {path} declined: "
-                 f"{wire.DECLINE_REASONS.get(value, f'reason {value}')})")
-        return None
-    if kind != wire.ACCEPTED:
-        return _lost(path, "before it started the run; nothing was started")
-    if verbose:
-        _say(f"run: served by the agent at {path} (its supervisor of this run is pid {value})")
-    return _relay(conn, path, value)
+def _c_strings(items: list[str]) -> str:
+    return "{" + ", ".join(_c_string(s) for s in items) + ", 0}"
 
 
-def _relay(conn: "_socket.socket", path: str, supervisor_pid: int) -> int:
-    """Forward signals until the supervisor reports the exit status."""
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            conn.sendall(wire.FRAME.pack(wire.SIGNAL, signum))
-        except OSError:
-            pass
-    for s in FORWARDED:
-        _signal.signal(s, forward)
-    kind, value = wire.read_frame(conn) or (b"", 0)
-    if kind != wire.EXITED:
-        return _lost(path, f"while it ran (its supervisor, pid {supervisor_pid}, is gone; `cgman ps` "
-                           f"shows the container, `cgman gc` collects it)")
-    return value
+def header() -> str:
+    """The C header of the front (cgman/_client.c), from the Python definitions."""
+    reasons = [wire.DECLINE_REASONS.get(i, "") for i in range(max(wire.DECLINE_REASONS) + 1)]
+    lines = [
+        "/* Generated by cgman/cli/thin.py (header()) at build time: do not edit. */",
+        "#ifndef CGMAN_CLIENT_H", "#define CGMAN_CLIENT_H",
+        f"#define CG_MAGIC {_c_string(wire.MAGIC.decode())}",
+        f"#define CG_VERSION {wire.VERSION}",
+        f"#define CG_HEADER_SIZE {wire.HEADER.size}",
+        f"#define CG_FRAME_SIZE {wire.FRAME.size}",
+        f"#define CG_N_FDS {wire.N_FDS}",
+        *(f"#define CG_{k} '{getattr(wire, k).decode()}'" for k in ("ACCEPTED", "DECLINED", "EXITED", "SIGNAL")),
+        f"static const char *const CG_DECLINE_REASONS[] = {_c_strings(reasons)};",
+        f"#define CG_N_DECLINE_REASONS {len(reasons)}",
+        f"static const char *const CG_FLAGS[] = {_c_strings(flags())};",
+        f"static const char *const CG_VERBOSE[] = {_c_strings(verbose_flags())};",
+        f"#define CG_RUN_DIR_OPTION {_c_string(WHERE_OPTIONS[0])}",
+        f"#define CG_ROOT_OPTION {_c_string(WHERE_OPTIONS[1])}",
+        f"#define CG_RUN_DIR_ENV {_c_string(RUN_DIR_ENV)}",
+        f"#define CG_ROOT_ENV {_c_string(CGROUP_ROOT_ENV)}",
+        f"#define CG_DEFAULT_RUN_DIR {_c_string(RUN_DIR)}",
+        f"#define CG_DEFAULT_ROOT {_c_string(DEFAULT_ROOT)}",
+        f"#define CG_SOCKET_PREFIX {_c_string(agentsock.PREFIX)}",
+        f"#define CG_SOCKET_SUFFIX {_c_string(agentsock.SUFFIX)}",
+        f"#define CG_ROOT_SEPARATOR_AS '{agentsock.SEPARATOR_AS}'",
+        f"#define CG_CLI_SCRIPT {_c_string(CLI_SCRIPT)}",
+        "static const int CG_FORWARDED[] = {" + ", ".join(str(int(s)) for s in FORWARDED) + ", 0};",
+        *(f"#define CG_MSG_{k} {_c_string(v)}" for k, v in messages().items()),
+        "#endif", "",
+    ]
+    return "\n".join(lines)
 
 
-def _lost(path: str, when: str) -> int:
-    print(f"cgman: error: the agent at {path} closed the connection {when}", file=sys.stderr)
-    return 1
-
-
-def _say(text: str) -> None:
-    print(f"cgman: {text}", file=sys.stderr, flush=True)
+if __name__ == "__main__":       # setup.py: python -m cgman.cli.thin > header
+    import sys
+    sys.stdout.write(header())

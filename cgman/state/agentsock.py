@@ -1,7 +1,7 @@
 """Where a running `cgman agent` serves `cgman run`: one Unix socket per cgroup root in the run dir.
 
 Named like the applied snapshot (state/applied.py): ``<run>/agent-<root>.sock``, ``/`` in the
-root spelled ``_``. Both sides (the agent that binds it, the thin client that connects) take
+root spelled ``_``. Both sides (the agent that binds it, the C front that connects: cli/thin.py) take
 the path from here. Only os is imported (every interpreter has loaded it already): the
 client's start-up is part of every launch.
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 
 
+PREFIX, SUFFIX, SEPARATOR_AS = "agent-", ".sock", "_"     # also the C front's (cli/thin.py)
+
+
 def socket_path(run_dir: str, root: str) -> str:
     """The socket of the agent for cgroup root ``root`` (already stripped of ``/`` at its ends)."""
-    return os.path.join(run_dir, f"agent-{root.replace('/', '_')}.sock")
+    return os.path.join(run_dir, PREFIX + root.replace("/", SEPARATOR_AS) + SUFFIX)
