@@ -11,6 +11,7 @@
   must not need a dynamic loader or libraries from whatever root the container has.
 """
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,11 @@ from distutils.command.build_scripts import build_scripts  # after setuptools: i
 _FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 
 
+def _c_compiler() -> list[str]:
+    """musl-gcc where installed (small static programs), else $CC (which may carry flags), else cc."""
+    return [shutil.which("musl-gcc")] if shutil.which("musl-gcc") else shlex.split(os.environ.get("CC", "cc"))
+
+
 class BuildExtAndInit(build_ext):
     """build_ext, plus the static init executable next to the extensions."""
 
@@ -31,8 +37,7 @@ class BuildExtAndInit(build_ext):
         out_dir = "cgman" if self.inplace else os.path.join(self.build_lib, "cgman")
         os.makedirs(out_dir, exist_ok=True)
         out = os.path.join(out_dir, "cgman-init")
-        cc = shutil.which("musl-gcc") or os.environ.get("CC", "cc")
-        cmd = [cc, "-static", "-Os", "-s", "-Wall", "-Wextra", "-o", out, "cgman/_init.c"]
+        cmd = [*_c_compiler(), "-static", "-Os", "-s", "-Wall", "-Wextra", "-o", out, "cgman/_init.c"]
         print(" ".join(cmd))
         subprocess.run(cmd, check=True)
 
@@ -46,13 +51,14 @@ class BuildScriptsAndFront(build_scripts):
         here = os.path.dirname(os.path.abspath(__file__))
         os.makedirs(self.build_dir, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
             header = subprocess.run([sys.executable, "-S", "-B", "-m", "cgman.cli.thin"], cwd=here, check=True,
-                                    capture_output=True, text=True).stdout
+                                    capture_output=True, text=True, env=dict(env, PYTHONPATH=here)).stdout
             with open(os.path.join(tmp, "_client.h"), "w") as f:
                 f.write(header)
             out = os.path.join(self.build_dir, "cgman")
-            cc = shutil.which("musl-gcc") or os.environ.get("CC", "cc")
-            cmd = [cc, "-static", "-Os", "-s", *_FLAGS[1:], "-I", tmp, "-o", out, os.path.join(here, "cgman/_client.c")]
+            source = os.path.join(here, "cgman", "_client.c")
+            cmd = [*_c_compiler(), "-static", "-Os", "-s", *_FLAGS[1:], "-I", tmp, "-o", out, source]
             print(" ".join(cmd))
             subprocess.run(cmd, check=True)
         os.chmod(out, 0o755)

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdint.h>
@@ -91,8 +92,8 @@ static int socket_path(const struct where *w, char *out, size_t size)
     for (size_t i = 0; i < rootlen; i++)
         name[i] = root[i] == '/' ? CG_ROOT_SEPARATOR_AS : root[i];
     name[rootlen] = 0;
-    int n = snprintf(out, size, "%s%s" CG_SOCKET_PREFIX "%s" CG_SOCKET_SUFFIX,
-                     run, run[strlen(run) - 1] == '/' ? "" : "/", name);
+    int n = snprintf(out, size, "%s%s%s%s%s", run, run[strlen(run) - 1] == '/' ? "" : "/",
+                     CG_SOCKET_PREFIX, name, CG_SOCKET_SUFFIX);
     if (n < 0 || (size_t)n >= size)
         return -1;
     return 0;
@@ -237,6 +238,36 @@ static int relay(int sock, const char *path, uint32_t supervisor)
     return (int)(value & 0xff);
 }
 
+/* A connection to the agent at ``addr``, or -1 to launch here. */
+static int connect_agent(const struct sockaddr_un *addr, int verbose)
+{
+    /* A closed stdin, stdout or stderr: the socket would take its number and be sent as the
+     * container's stdio. The direct path reports what it has to. */
+    for (int fd = 0; fd < CG_N_FDS; fd++)
+        if (fcntl(fd, F_GETFD) < 0) {
+            if (verbose)
+                dprintf(2, CG_MSG_CLOSED_STDIO, fd);
+            return -1;
+        }
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0 || connect(sock, (struct sockaddr *)addr, sizeof *addr) < 0) {
+        if (verbose)           /* no agent; not root (the socket is 0600) */
+            dprintf(2, CG_MSG_NO_AGENT, addr->sun_path, strerror(errno));
+        if (sock >= 0)
+            close(sock);
+        return -1;
+    }
+    struct ucred peer = {.uid = (uid_t)-1};
+    socklen_t len = sizeof peer;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &len) < 0 || peer.uid != 0) {
+        if (verbose)           /* the environment and the terminal go to root's agent only */
+            dprintf(2, CG_MSG_NOT_ROOTS, addr->sun_path, (unsigned)peer.uid);
+        close(sock);
+        return -1;
+    }
+    return sock;
+}
+
 /* The run's exit code, or -1 to launch here (the Python CLI's direct path). */
 static int served(int argc, char **argv, const char *path, int verbose)
 {
@@ -248,13 +279,13 @@ static int served(int argc, char **argv, const char *path, int verbose)
         return -1;
     }
     strcpy(addr.sun_path, path);
-    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0 ||
-        request(&b, argc, argv) < 0 || send_request(sock, &b) < 0) {
-        if (verbose)           /* no agent, not root (the socket is 0600), a closed stdio fd */
+    int sock = connect_agent(&addr, verbose);
+    if (sock < 0)
+        return -1;
+    if (request(&b, argc, argv) < 0 || send_request(sock, &b) < 0) {
+        if (verbose)
             dprintf(2, CG_MSG_NO_AGENT, path, strerror(errno));
-        if (sock >= 0)
-            close(sock);
+        close(sock);
         free(b.data);
         return -1;
     }
@@ -266,9 +297,10 @@ static int served(int argc, char **argv, const char *path, int verbose)
         return 1;
     }
     if (kind == CG_DECLINED) {
-        if (verbose)
-            dprintf(2, CG_MSG_DECLINED, path,
-                    value < CG_N_DECLINE_REASONS ? CG_DECLINE_REASONS[value] : "a reason it did not name");
+        if (verbose && value < CG_N_DECLINE_REASONS && *CG_DECLINE_REASONS[value])
+            dprintf(2, CG_MSG_DECLINED, path, CG_DECLINE_REASONS[value]);
+        else if (verbose)
+            dprintf(2, CG_MSG_DECLINED_UNNAMED, path, value);
         close(sock);
         return -1;
     }
@@ -285,7 +317,8 @@ static int exec_cli(char **argv)
     if (n > 0) {
         self[n] = 0;
     } else if (strchr(argv[0], '/') && strlen(argv[0]) < sizeof self) {
-        strcpy(self, argv[0]);     /* no /proc: the path we were started by */
+        if (!realpath(argv[0], self))  /* no /proc: the path we were started by */
+            strcpy(self, argv[0]);
     } else {
         dprintf(2, CG_MSG_NO_CLI, CG_CLI_SCRIPT, "cannot find this program's own directory (is /proc mounted?)");
         return 1;
@@ -293,7 +326,14 @@ static int exec_cli(char **argv)
     char *slash = strrchr(self, '/');
     if (!slash || (size_t)(slash - self) + sizeof "/" CG_CLI_SCRIPT > sizeof self)
         return 1;
-    strcpy(slash + 1, CG_CLI_SCRIPT);
+    char cli[PATH_MAX], real[PATH_MAX];
+    memcpy(cli, self, (size_t)(slash - self) + 1);
+    strcpy(cli + (slash - self) + 1, CG_CLI_SCRIPT);
+    if (realpath(cli, real) && strcmp(real, self) == 0) {      /* a link back to this program */
+        dprintf(2, CG_MSG_NO_CLI, cli, "it is this program");
+        return 1;
+    }
+    strcpy(self, cli);
     execv(self, argv);
     dprintf(2, CG_MSG_NO_CLI, self, strerror(errno));
     return 1;
@@ -309,6 +349,8 @@ int main(int argc, char **argv)
         int code = served(argc, argv, path, w.verbose);
         if (code >= 0)
             return code;
+    } else if (w.is_run && w.verbose) {
+        dprintf(2, CG_MSG_NO_SOCKET);
     }
     return exec_cli(argv);
 }

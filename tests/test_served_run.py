@@ -313,6 +313,46 @@ def test_hostile_and_vanishing_clients_leave_nothing_and_block_no_one(host, tmp_
         agent.stop(signal.SIGKILL)
 
 
+def test_a_served_run_reads_a_repeated_variable_as_the_direct_path_does(host, tmp_path):
+    """An environment may hold a key twice; getenv(3), python and so the direct path read the
+    first. So does the served run: the front names the agent's socket by the first
+    CGMAN_RUN_DIR, and the supervisor, which checks the run's dirs against the agent's, must not
+    read the second and decline. The environment is passed raw (execve), duplicates kept."""
+    c = Cgman(host.root, tmp_path, "agent")
+    c.start_agent()
+    execve = ("import ctypes, os, sys\n"
+              "libc = ctypes.CDLL(None, use_errno=True)\n"
+              "args = [a.encode() for a in sys.argv[1:]]\n"
+              "env = [e.encode() for e in os.environ['RAW_ENV'].split('\\n')]\n"
+              "libc.execve(args[0], (ctypes.c_char_p * (len(args) + 1))(*args, None),\n"
+              "            (ctypes.c_char_p * (len(env) + 1))(*env, None))\n"
+              "sys.exit(f'execve: {os.strerror(ctypes.get_errno())}')\n")
+    raw = [f"{k}={v}" for k, v in c.env.items()] + [f"CGMAN_RUN_DIR={tmp_path / 'elsewhere'}"]
+    try:
+        p = subprocess.run([PY, "-c", execve, str(FRONT), "-v", "run", "-p", "acme/web", "--rm", "--", "true"],
+                           env={"RAW_ENV": "\n".join(raw)}, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "served by the agent" in p.stderr, p.stderr
+    finally:
+        assert c.agent is not None
+        c.agent.stop(signal.SIGKILL)
+        _kill_supervisors_of(c.agent)
+
+
+def test_a_request_beyond_a_bound_is_declined_and_launched_directly(host, tmp_path):
+    """70,000 arguments (more strings than a request may hold, well within exec's limits): the
+    agent declines and the client launches by itself, as the direct path runs any line."""
+    c = Cgman(host.root, tmp_path, "agent")
+    c.start_agent()
+    try:
+        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", 'echo "$#"', "sh", *["x"] * 70_000)
+        assert "declined: the request is larger than it takes" in p.stderr, p.stderr[-500:]
+        assert (p.returncode, p.stdout) == (0, "70000\n"), p.stderr[-500:]
+    finally:
+        assert c.agent is not None
+        c.agent.stop(signal.SIGKILL)
+        _kill_supervisors_of(c.agent)
+
+
 def test_a_client_killed_mid_run_takes_its_container_along_billed_once(cg, tmp_path):
     p = cg.popen("run", "-p", "acme/web", "--name", "orphan", "--", "sleep", "600", stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)
@@ -596,6 +636,73 @@ def test_the_front_hands_every_other_line_to_the_python_cli(tmp_path):
     assert p.returncode != 0 and "nosuchgroup" in p.stderr, p.stderr
 
 
+def test_the_front_is_built_from_this_tree(tmp_path):
+    """The installed front carries the digest of its header's definitions and its source
+    (cli/thin.py): one built from other option tables, protocol or _client.c fails here (an
+    editable install not rebuilt: `pip install -e .`). The build makes the header with python -S
+    (setup.py): the definitions must need nothing but the standard library."""
+    from cgman.cli import thin
+    p = subprocess.run([PY, "-S", "-B", "-m", "cgman.cli.thin"], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    assert p.returncode == 0 and p.stdout == thin.header(), p.stderr
+    assert f"{thin.BUILD_MARK}{thin.digest()}".encode() in FRONT.read_bytes(), "rebuild: pip install -e ."
+
+
+def test_a_closed_stdio_fd_is_not_replaced_by_the_agents_socket(tmp_path):
+    """With fd 0 closed the socket would take number 0 and be sent as the container's stdin; the
+    front launches by itself instead, and the test's agent sees no request."""
+    env = dict(os.environ, CGMAN_RUN_DIR=str(tmp_path), CGMAN_CGROUP_ROOT="cgman-test-front")
+    agent = FakeAgent(str(tmp_path / "agent-cgman-test-front.sock"))
+    try:
+        for fd in (0, 1):
+            p = subprocess.run(["sh", "-c", f'exec "$0" "$@" {fd}>&-', str(FRONT), "-v", "run", "-p", "nosuchgroup",
+                                "--", "true"], env=env, stdout=subprocess.PIPE if fd == 0 else None,
+                               stderr=subprocess.PIPE, text=True, timeout=60)
+            assert f"launching here (file descriptor {fd}, its stdin, stdout or stderr, is closed)" in p.stderr
+            assert p.returncode != 0 and "nosuchgroup" in p.stderr, p.stderr
+        agent.listener.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            agent.listener.accept()
+    finally:
+        agent.close()
+
+
+def test_the_front_sends_nothing_to_a_socket_that_root_does_not_serve(tmp_path):
+    """The environment and the terminal go to root's agent only: a socket bound by another user
+    (a run dir others can write to) gets a connection and nothing more."""
+    run_dir = Path(tempfile.mkdtemp(prefix="cgman-test-run-"))       # traversable by nobody
+    try:
+        run_dir.chmod(0o777)
+        sock = run_dir / "agent-cgman-test-front.sock"
+        listen = (f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({str(sock)!r})\ns.listen(1)\n"
+                  f"print('ready', flush=True)\ns.settimeout(60)\nc, _ = s.accept()\nc.settimeout(60)\n"
+                  f"print('got', len(c.recv(1 << 20)), flush=True)")
+        nobody = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", listen],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert nobody.stdout.readline().strip() == "ready"
+            env = dict(os.environ, CGMAN_RUN_DIR=str(run_dir), CGMAN_CGROUP_ROOT="cgman-test-front")
+            p = subprocess.run([str(FRONT), "-v", "run", "-p", "nosuchgroup", "--", "true"], env=env,
+                               capture_output=True, text=True, timeout=60)
+            got = nobody.communicate(timeout=60)[0]
+        finally:
+            if nobody.poll() is None:
+                nobody.kill()
+                nobody.wait()
+        assert f"launching here (the socket {sock} is served by uid 65534, not by root)" in p.stderr, p.stderr
+        assert got.strip() == "got 0" and p.returncode != 0, (got, p.stderr)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_a_front_whose_cli_is_a_link_back_to_itself_says_so(tmp_path):
+    (tmp_path / "cgman").write_bytes(FRONT.read_bytes())
+    (tmp_path / "cgman").chmod(0o755)
+    (tmp_path / "cgman-cli").symlink_to("cgman")
+    p = subprocess.run([str(tmp_path / "cgman"), "ps"], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 1 and "it is this program" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
 def test_the_wire_bounds_every_field():
     from cgman.cli import wire
     req = wire.encode_request([b"cgman", b"run"], [b"A=1", b"B="], b"/tmp")
@@ -608,6 +715,11 @@ def test_the_wire_bounds_every_field():
                 wire.encode_request([b"x"], [], b"/") + b"extra"):
         with pytest.raises(wire.BadRequest):
             wire.decode_body(bad[wire.HEADER.size:])
+    # beyond a bound but well formed: declined (the client launches by itself), not dropped
+    for large in (wire.encode_request([b"x" * (wire.MAX_STRING_BYTES + 1)], [], b"/"),
+                  wire.encode_request([b"x"] * (wire.MAX_ITEMS + 1), [], b"/")):
+        with pytest.raises(wire.TooLarge):
+            wire.decode_body(large[wire.HEADER.size:])
 
 
 def test_the_run_server_loads_the_device_program_once_for_all_its_runs():

@@ -27,7 +27,7 @@ def main() -> None:
     command = command_of(words)
     if command != "run":
         import gc
-        gc.enable()                     # bin/cgman turned it off for `run` (or a line with "run" in it)
+        gc.enable()                     # bin/cgman-cli turned it off for `run` (or a line with "run" in it)
     fast = COMMANDS[command].fast if command in COMMANDS else None
     if fast and command:
         # the tables read global options after the command too, and stop at the workload:

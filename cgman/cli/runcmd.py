@@ -111,7 +111,7 @@ def execute(settings: "Settings", *, policy: str, command: list[str], name: Opti
     from ..containers import spec as C
     from ..containers.lifecycle import run_detached, run_foreground
     from ..security.resolve import RunSecurity
-    # bin/cgman turned the collector off for the imports, which are done. Their objects go to
+    # bin/cgman-cli turned the collector off for the imports, which are done. Their objects go to
     # the permanent generation first: enabled over them, the next allocation would start a
     # pass over every one of them (~3 ms, all of it on the launch path), and they are no garbage.
     gc.freeze()

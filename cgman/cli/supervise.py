@@ -109,7 +109,10 @@ def receive(conn: socket.socket) -> Request:
             raise Declined(wire.VERSION_MISMATCH)
         if length > wire.MAX_BODY_BYTES:
             raise Declined(wire.TOO_LARGE)
-        argv, environ, cwd = wire.decode_body(_read(conn, length, deadline))
+        try:
+            argv, environ, cwd = wire.decode_body(_read(conn, length, deadline))
+        except wire.TooLarge:
+            raise Declined(wire.TOO_LARGE) from None
         return Request(argv, environ, cwd, fds)
     except BaseException:
         for fd in fds:
@@ -137,8 +140,12 @@ def _take_client_world(req: Request, agent: Agent) -> None:
     from ..drivers import cgroup_root
     from ..errors import CgmanError
     from ..state.records import run_dir, state_dir
+    environ: dict[bytes, bytes] = {}
+    for entry in req.environ:         # a key given twice: its first value, as getenv(3) and python read it
+        key, _, value = entry.partition(b"=")
+        environ.setdefault(key, value)
     os.environb.clear()
-    os.environb.update(e.split(b"=", 1) for e in req.environ)   # type: ignore[misc]
+    os.environb.update(environ)
     try:          # the client's flags and environment
         settings = client_settings([os.fsdecode(a) for a in req.argv[1:]], os.environ)
         root = cgroup_root(settings.cgroup_root)

@@ -45,6 +45,11 @@ class BadRequest(ValueError):
     """A request that breaks the protocol; the server drops the connection."""
 
 
+class TooLarge(BadRequest):
+    """A well-formed request beyond a bound (strings in a list, a string's length): the server
+    declines it (TOO_LARGE), and the client launches by itself, as it would without an agent."""
+
+
 def encode_request(argv: list[bytes], environ: list[bytes], cwd: bytes) -> bytes:
     """HEADER + body for one run (the caller checks nothing: the server bounds it all)."""
     parts: list[bytes] = []
@@ -71,18 +76,21 @@ def header_version(data: bytes) -> int:
 
 
 def decode_body(body: bytes) -> tuple[list[bytes], list[bytes], bytes]:
-    """(argv, environment, cwd) from a body, every bound checked; BadRequest otherwise."""
+    """(argv, environment, cwd) from a body, every bound checked; BadRequest otherwise (TooLarge
+    for a well-formed body beyond a bound)."""
     lists: list[list[bytes]] = []
     pos = 0
     for _ in range(3):
         count, pos = _u32(body, pos)
         if count > MAX_ITEMS:
-            raise BadRequest(f"{count} strings in one list (at most {MAX_ITEMS})")
+            raise TooLarge(f"{count} strings in one list (at most {MAX_ITEMS})")
         items = []
         for _ in range(count):
             size, pos = _u32(body, pos)
-            if size > MAX_STRING_BYTES or pos + size > len(body):
-                raise BadRequest("a string longer than its bound or than the request")
+            if pos + size > len(body):
+                raise BadRequest("a string longer than the request")
+            if size > MAX_STRING_BYTES:
+                raise TooLarge(f"a string of {size} bytes (at most {MAX_STRING_BYTES})")
             s = body[pos:pos + size]
             if b"\0" in s:
                 raise BadRequest("a string with a NUL byte")
