@@ -55,8 +55,8 @@ def messages() -> dict[str, str]:
         "CLOSED_STDIO": "cgman: run: launching here (file descriptor %d, its stdin, stdout or stderr, "
                         "is closed)\n",
         "NOT_ROOTS": "cgman: run: launching here (the socket %s is served by uid %u, not by root)\n",
-        "NO_SOCKET": "cgman: run: launching here (no agent socket: the run dir or cgroup root is "
-                     "empty or too long)\n",
+        "NO_SOCKET": "cgman: run: launching here (no agent socket: the cgroup root is empty or the "
+                     "socket's path too long)\n",
         "SERVED": "cgman: run: served by the agent at %s (its supervisor of this run is pid %u)\n",
         "LOST_BEFORE": "cgman: error: the agent at %s closed the connection before it started the run; "
                        "nothing was started\n",
