@@ -424,6 +424,36 @@ def test_a_spare_supervisor_forked_ahead_serves_the_run_and_the_next_copies_what
         agent.stop(signal.SIGKILL)
 
 
+def test_a_spare_opens_the_ledger_ahead_and_a_ledger_moved_aside_meanwhile_gets_no_row(host, tmp_path):
+    """The spare opens the ledger while it waits (its run's commit then skips the open). An
+    operator who moves the ledger aside meanwhile (a corrupt one: README, the ledger) gets the
+    row in the new ledger at the path, not in the file the spare's connection still holds."""
+    c = Cgman(host.root, tmp_path, "agent")
+    agent = c.start_agent()
+    ledger = tmp_path / "state" / "ledger.db"
+    try:
+        server = _run_server(agent)
+        [spare] = until(lambda: _children_of(server), 30, "the spare")   # type: ignore[misc]
+        until(lambda: any(os.path.realpath(f"/proc/{spare}/fd/{fd}") == str(ledger)
+                          for fd in os.listdir(f"/proc/{spare}/fd")), 30, "the spare to open the ledger")
+        aside = tmp_path / "aside"
+        aside.mkdir()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{ledger}{suffix}"):
+                os.rename(f"{ledger}{suffix}", aside / f"ledger.db{suffix}")
+        p = c("-v", "run", "-p", "acme/web", "--name", "moved", "--rm", "--", "true")
+        assert p.returncode == 0 and f"its supervisor of this run is pid {spare})" in p.stderr, p.stderr
+        assert [r[1] for r in c.rows()] == ["moved"]
+        db = sqlite3.connect(f"file:{aside / 'ledger.db'}?mode=ro", uri=True)
+        try:
+            assert db.execute("SELECT count(*) FROM containers WHERE name = 'moved'").fetchone()[0] == 0
+        finally:
+            db.close()
+    finally:
+        agent.stop(signal.SIGKILL)
+        _kill_supervisors_of(agent)
+
+
 def test_a_spare_that_dies_waiting_is_reaped_and_replaced_after_a_pause(host, tmp_path):
     """A spare that dies before its request (killed here; a broken one would die at once) is
     reaped, not left a zombie, and the next is forked only after SPARE_BACKOFF_S, so a spare

@@ -19,7 +19,7 @@ import time
 from .. import lazylog
 from ..drivers import reads
 from ..errors import CgmanError
-from .ledger import Entry, Ledger, LedgerError, ledger_path
+from .ledger import Entry, LedgerError, for_commit, ledger_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def commit(store: "Store", rec: "Record") -> bool:
         rec.ledger_pending = False
         return False
     try:
-        with Ledger(ledger_path(store.state), busy_timeout_s=store.settings.ledger_timeout_s) as led:
+        with for_commit(ledger_path(store.state), store.settings.ledger_timeout_s) as led:
             if not led.record(entry_for(rec)):
                 log.info("container %s (%s) was already in the ledger", rec.name, rec.id)
         rec.ledger_pending = False
