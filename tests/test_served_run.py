@@ -433,9 +433,10 @@ def test_a_spare_opens_the_ledger_ahead_and_a_ledger_moved_aside_meanwhile_gets_
     ledger = tmp_path / "state" / "ledger.db"
     try:
         server = _run_server(agent)
+        def holds(pid: int) -> bool:
+            return any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(ledger) for fd in os.listdir(f"/proc/{pid}/fd"))
         [spare] = until(lambda: _children_of(server), 30, "the spare")   # type: ignore[misc]
-        until(lambda: any(os.path.realpath(f"/proc/{spare}/fd/{fd}") == str(ledger)
-                          for fd in os.listdir(f"/proc/{spare}/fd")), 30, "the spare to open the ledger")
+        until(lambda: holds(spare), 30, "the spare to open the ledger")
         aside = tmp_path / "aside"
         aside.mkdir()
         for suffix in ("", "-wal", "-shm"):
@@ -449,6 +450,17 @@ def test_a_spare_opens_the_ledger_ahead_and_a_ledger_moved_aside_meanwhile_gets_
             assert db.execute("SELECT count(*) FROM containers WHERE name = 'moved'").fetchone()[0] == 0
         finally:
             db.close()
+        # A run that outlives its first memory sample closes the early connection then: a long run
+        # does not keep the ledger open (pinned, if it is moved aside) with the checks of its start.
+        [spare2] = until(lambda: [x for x in _children_of(server) if x != spare], 30,  # type: ignore[misc]
+                         "the next spare")
+        until(lambda: holds(spare2), 30, "the next spare to open the ledger")
+        c.env["CGMAN_SAMPLE_INTERVAL"] = "0.2"
+        p2 = c.popen("run", "-p", "acme/web", "--name", "long", "--rm", "--", "sleep", "3",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        until(lambda: not holds(spare2), 10, "the long run's supervisor to close the early connection")
+        assert p2.poll() is None                                   # while the run still runs
+        assert p2.wait(60) == 0 and sorted(r[1] for r in c.rows()) == ["long", "moved"]
     finally:
         agent.stop(signal.SIGKILL)
         _kill_supervisors_of(agent)

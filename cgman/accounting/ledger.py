@@ -272,6 +272,8 @@ class Ledger:
         except OSError as e:
             raise LedgerError(f"ledger {self.path}: {e.strerror}; check that the state dir is writable "
                               f"(--state-dir, CGMAN_STATE_DIR)") from None
+        finally:
+            d.close()                # the ledger's own O_PATH fd is all that is needed from here
         try:
             st = os.fstat(fd)
             self._file = (st.st_dev, st.st_ino)
@@ -279,6 +281,9 @@ class Ledger:
                 raise LedgerError(f"refusing {self.path}: {_not_regular(st.st_mode)}; remove it")
             if st.st_mode & 0o077 and st.st_uid == os.geteuid():
                 os.chmod(f"/proc/self/fd/{fd}", 0o600)      # a ledger of an older cgman was 0644
+        except OSError as e:         # a read-only or immutable file: said as a ledger error
+            raise LedgerError(f"ledger {self.path}: {e.strerror} while making it private (0600); "
+                              f"check the state dir's filesystem (--state-dir, CGMAN_STATE_DIR)") from None
         finally:
             os.close(fd)
 
@@ -287,14 +292,24 @@ class Ledger:
             self._db.close()
             self._db = None
 
-    def _still_the_file(self) -> bool:
-        """Whether the file at its path is still the one its connection opened (an operator may
-        have moved the ledger aside: the rows must go to the file at the path)."""
+    def is_still_the_file(self) -> bool:
+        """Whether it is open and the file at its path is still the one it opened (an operator
+        may have moved the ledger aside: the rows must go to the file at the path)."""
         try:
             st = os.stat(self.path, follow_symlinks=False)
         except OSError:
             return False
         return self._db is not None and self._file == (st.st_dev, st.st_ino)
+
+    def set_busy_timeout(self, seconds: float | None) -> bool:
+        """Wait up to ``seconds`` (None: BUSY_TIMEOUT_S) for another process's lock from now on;
+        False if the open connection would not take it."""
+        self.busy_timeout_s = BUSY_TIMEOUT_S if seconds is None else seconds
+        try:
+            self.connect().execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        except (sqlite3.Error, LedgerError):
+            return False
+        return True
 
     def __enter__(self) -> "Ledger":
         return self
@@ -374,50 +389,6 @@ class Ledger:
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
-
-
-# The ledger opened ahead by this process (open_ahead), for its next commit; whether the hook
-# that closes it before a fork is in.
-_AHEAD: list[Ledger] = []
-_AHEAD_HOOKED: list[bool] = []
-
-
-def open_ahead(path: str) -> None:
-    """Open the ledger at ``path`` now, for this process's next ``for_commit(path)``: the agent's
-    spare supervisor does so while it waits for its run (in a fresh fork the open costs ~1.5 ms
-    of a served run). An error is left for the commit to meet and report.
-
-    It is closed before any fork (a `run -d` supervisor): SQLite's state of an open file must
-    not reach a child, not even one that opens the file anew (its locks are per process)."""
-    led = Ledger(path)
-    try:
-        led.connect()
-    except LedgerError:
-        return
-    if not _AHEAD_HOOKED:
-        os.register_at_fork(before=_close_ahead)
-        _AHEAD_HOOKED.append(True)
-    _close_ahead()
-    _AHEAD.append(led)
-
-
-def _close_ahead() -> None:
-    while _AHEAD:
-        _AHEAD.pop().close()
-
-
-def for_commit(path: str, busy_timeout_s: float | None = None) -> Ledger:
-    """The Ledger at ``path`` for one commit: the one opened ahead, if any, for this path and
-    still the file at it (an operator may have moved the ledger aside); else a new one."""
-    if _AHEAD:
-        led = _AHEAD.pop()
-        if led.path == path and led._still_the_file():
-            assert led._db is not None
-            led.busy_timeout_s = BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
-            led._db.execute(f"PRAGMA busy_timeout = {int(led.busy_timeout_s * 1000)}")
-            return led
-        led.close()
-    return Ledger(path, busy_timeout_s=busy_timeout_s)
 
 
 def _open_path(d: Any, dfd: int, name: str, create: bool) -> int:

@@ -19,7 +19,8 @@ import time
 from .. import lazylog
 from ..drivers import reads
 from ..errors import CgmanError
-from .ledger import Entry, LedgerError, for_commit, ledger_path
+from .ahead import close_ahead, for_commit
+from .ledger import Entry, LedgerError, ledger_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def add_sample(rec: "Record", now: float, mem: int) -> None:
 
 def sample(host: "Host", store: "Store", rec: "Record") -> None:
     """One memory sample of a running container, saved in its record."""
+    close_ahead()            # a run this long commits on a connection of its own (ahead.py)
     mem = reads.memory_bytes(host, rec.cgroup)
     if mem is None:
         return

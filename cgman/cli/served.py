@@ -37,7 +37,7 @@ import sys
 import time
 from typing import NamedTuple
 
-from ..accounting import ledger
+from ..accounting import ahead, ledger
 from . import supervise, warmpages, wire
 from .supervise import Agent, handle, say, send
 
@@ -203,7 +203,7 @@ def _fork_spare(server: Server, learn: bool) -> Spare | None:
                 warmpages.populate(server.pages)
             except Exception:            # nothing copied: its run faults as before
                 pass
-        ledger.open_ahead(ledger.ledger_path(server.agent.state_dir))   # its run's commit uses it
+        ahead.open_ahead(ledger.ledger_path(server.agent.state_dir))    # its run's commit uses it
         conn = _wait_for_request(server.listener, server.parent_fd, taken_w)
         if conn is not None:
             code = _supervise(conn, server, report=learn)

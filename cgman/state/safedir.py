@@ -72,6 +72,12 @@ class SafeDir:
         self._fd = fd
         return fd
 
+    def close(self) -> None:
+        """Close the directory's descriptor (a SafeDir made for one use; fd() opens it again)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def _check_link(self) -> None:
         try:
             st = os.lstat(self.path)
