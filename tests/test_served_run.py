@@ -52,6 +52,7 @@ class Cgman:
         self.run = run_dir or tmp / "run"
         self.env = dict(cli_env(root, tmp), CGMAN_RUN_DIR=str(self.run))
         self.agent: Agent | None = None
+        self.agents: list[Agent] = []          # every agent started here, the SIGKILLed included
         self.sock = self.run / f"agent-{root}.sock"
 
     def start_agent(self, stop_at: str | None = None) -> Agent:
@@ -60,6 +61,7 @@ class Cgman:
         old(pdir / "acme.yaml", POLICY)
         self.agent = Agent(self.root, self.tmp, pdir, env={"CGMAN_RUN_DIR": str(self.run)},
                            stop_at=stop_at)
+        self.agents.append(self.agent)
         until(lambda: self.sock.exists() and "applied 1 file" in self.agent.text(), 30, "the agent to serve")
         return self.agent
 
@@ -80,10 +82,34 @@ class Cgman:
     def record(self, name: str) -> dict:
         return json.loads((self.tmp / "run" / "containers" / name / "record.json").read_text())
 
+    def close(self) -> None:
+        """Every agent started here ends (by PID, with its run server), then every container left
+        is removed: an agent left running would make its groups again under a removed root."""
+        for a in self.agents:
+            a.stop(signal.SIGKILL)
+            _kill_supervisors_of(a)
+        for name in sorted((self.run / "containers").glob("*")):
+            self("rm", "--force", name.name)
+
+
+@pytest.fixture
+def cgman_for(host, tmp_path):
+    """Cgman(...) for this test's root; each one closed at teardown, also when the test fails."""
+    made: list[Cgman] = []
+
+    def make(path: str = "agent", run_dir: Path | None = None) -> Cgman:
+        made.append(Cgman(host.root, tmp_path, path, run_dir=run_dir))
+        return made[-1]
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
+
 
 @pytest.fixture(params=["direct", "agent"])
-def cg(request, host, tmp_path):
-    c = Cgman(host.root, tmp_path, request.param)
+def cg(request, cgman_for, tmp_path):
+    c = cgman_for(request.param)
     if request.param == "agent":
         c.start_agent()
     else:
@@ -94,19 +120,16 @@ def cg(request, host, tmp_path):
     served = "served by the agent" in p.stderr
     assert served == (request.param == "agent"), p.stderr.splitlines()[:2]   # -v says which path ran
     yield c
-    for name in list((tmp_path / "run" / "containers").glob("*")):
-        c("rm", "--force", name.name)
-    if c.agent is not None:
-        c.agent.stop(signal.SIGKILL)
-        _kill_supervisors_of(c.agent)
 
 
 def _kill_supervisors_of(agent: Agent) -> None:
-    """The run server exits with its agent; make sure it did (by PID, never by name)."""
+    """The run server exits with its agent; make sure it did, and end a supervisor a test stopped
+    at its request (stop_at), which would wait forever (by PID, never by name)."""
     for line in agent.text().splitlines():
-        m = re.search(r"run server pid (\d+)", line)
-        if m and proc_state(int(m.group(1))) not in ("gone", "Z"):
-            os.kill(int(m.group(1)), signal.SIGKILL)
+        m = re.search(r"run server pid (\d+)|stopping at request \(pid (\d+)\)", line)
+        pid = int(m.group(1) or m.group(2)) if m else 0
+        if pid and proc_state(pid) not in ("gone", "Z"):
+            os.kill(pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------ the same through both paths
@@ -208,60 +231,52 @@ def test_a_name_held_by_a_dead_supervisors_container_is_freed_by_the_next_run(cg
     ["run", "-p", "acme/web", "--bogus", "--", "true"],
     ["run", "--help"],
 ])
-def test_errors_read_the_same_through_both_paths(host, tmp_path, args):
-    c = Cgman(host.root, tmp_path, "agent")
-    agent = c.start_agent()
+def test_errors_read_the_same_through_both_paths(host, tmp_path, args, cgman_for):
+    c = cgman_for("agent")
+    c.start_agent()
+    served = c(*args)
+    c.sock.rename(c.sock.with_suffix(".off"))          # no agent to find: the direct path
     try:
-        served = c(*args)
-        c.sock.rename(c.sock.with_suffix(".off"))          # no agent to find: the direct path
-        try:
-            direct = c(*args)
-        finally:
-            c.sock.with_suffix(".off").rename(c.sock)
-        assert (served.returncode, served.stdout, served.stderr) == \
-               (direct.returncode, direct.stdout, direct.stderr)
-        assert served.returncode != 0 or args[-1] == "--help"
+        direct = c(*args)
     finally:
-        agent.stop(signal.SIGKILL)
+        c.sock.with_suffix(".off").rename(c.sock)
+    assert (served.returncode, served.stdout, served.stderr) == \
+           (direct.returncode, direct.stdout, direct.stderr)
+    assert served.returncode != 0 or args[-1] == "--help"
 
 
 # ------------------------------------------------------------------ containers outlive the agent
-def test_containers_outlive_an_agent_sigkill_and_are_billed_once(host, tmp_path):
-    c = Cgman(host.root, tmp_path, "agent")
+def test_containers_outlive_an_agent_sigkill_and_are_billed_once(host, tmp_path, cgman_for):
+    c = cgman_for("agent")
     agent = c.start_agent()
     names = [f"c{i:02d}" for i in range(20)]
-    try:
-        for n in names:
-            p = c("-v", "run", "-p", "acme/web", "-d", "--name", n, "--", "sleep", "600")
-            assert p.returncode == 0 and "served by the agent" in p.stderr, p.stderr
-        fg = c.popen("run", "-p", "acme/web", "--name", "fg", "--", "sh", "-c", "sleep 3; exit 5",
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        until(lambda: (tmp_path / "run" / "containers" / "fg").exists(), 30, "the foreground run")
-        recs = {n: c.record(n) for n in names}
-        ino = c.sock.stat().st_ino
-        agent.stop(signal.SIGKILL)
-        time.sleep(1.0)
-        assert all(proc_state(r["pid"]) not in ("gone", "Z") for r in recs.values()), "a container died"
-        assert fg.wait(60) == 5, fg.communicate()                # its client still gets the status
-        again = c.start_agent()
-        assert c.sock.stat().st_ino != ino                       # the socket was bound again
-        ps = json.loads(c("ps", "--json").stdout)
-        assert {r["name"] for r in ps if r["state"] == "running"} >= set(names)
-        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "true")
-        assert p.returncode == 0 and "served by the agent" in p.stderr
-        for n in names:
-            assert c("stop", n).returncode == 0
-        rows = [r for r in c.rows() if r[1] in names or r[1] == "fg"]
-        assert sorted(r[1] for r in rows) == sorted(names + ["fg"]), rows     # each exactly once
-        assert c("rm", names[0]).returncode == 0
-        again.stop(signal.SIGKILL)
-    finally:
-        for n in names:
-            c("rm", "--force", n)
+    for n in names:
+        p = c("-v", "run", "-p", "acme/web", "-d", "--name", n, "--", "sleep", "600")
+        assert p.returncode == 0 and "served by the agent" in p.stderr, p.stderr
+    fg = c.popen("run", "-p", "acme/web", "--name", "fg", "--", "sh", "-c", "sleep 3; exit 5",
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    until(lambda: (tmp_path / "run" / "containers" / "fg").exists(), 30, "the foreground run")
+    recs = {n: c.record(n) for n in names}
+    ino = c.sock.stat().st_ino
+    agent.stop(signal.SIGKILL)
+    time.sleep(1.0)
+    assert all(proc_state(r["pid"]) not in ("gone", "Z") for r in recs.values()), "a container died"
+    assert fg.wait(60) == 5, fg.communicate()                # its client still gets the status
+    c.start_agent()
+    assert c.sock.stat().st_ino != ino                       # the socket was bound again
+    ps = json.loads(c("ps", "--json").stdout)
+    assert {r["name"] for r in ps if r["state"] == "running"} >= set(names)
+    p = c("-v", "run", "-p", "acme/web", "--rm", "--", "true")
+    assert p.returncode == 0 and "served by the agent" in p.stderr
+    for n in names:
+        assert c("stop", n).returncode == 0
+    rows = [r for r in c.rows() if r[1] in names or r[1] == "fg"]
+    assert sorted(r[1] for r in rows) == sorted(names + ["fg"]), rows     # each exactly once
+    assert c("rm", names[0]).returncode == 0
 
 
-def test_an_agent_that_dies_mid_request_is_a_clear_error_and_leaves_nothing(host, tmp_path):
-    c = Cgman(host.root, tmp_path, "agent")
+def test_an_agent_that_dies_mid_request_is_a_clear_error_and_leaves_nothing(host, tmp_path, cgman_for):
+    c = cgman_for("agent")
     agent = c.start_agent(stop_at="served:request")
     p = c.popen("run", "-p", "acme/web", "--name", "halfway", "--", "true", stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE)
@@ -282,43 +297,40 @@ def test_an_agent_that_dies_mid_request_is_a_clear_error_and_leaves_nothing(host
                 if os.path.exists(os.path.join(t.mount, host.root, "acme/web/halfway"))]
 
 
-def test_hostile_and_vanishing_clients_leave_nothing_and_block_no_one(host, tmp_path):
-    c = Cgman(host.root, tmp_path, "agent")
+def test_hostile_and_vanishing_clients_leave_nothing_and_block_no_one(host, tmp_path, cgman_for):
+    c = cgman_for("agent")
     agent = c.start_agent()
-    try:
-        fds = struct.pack("3i", 0, 1, 2)
-        requests = [
-            (b"CGMR\x01\0\0\0\0\0\0\x10", 3),                   # announces 16 bytes, then hangs up
-            (b"XXXX\x01\0\0\0\0\0\0\0", 3),                     # a foreign magic
-            (b"CGMR\x01\0\0\0\xff\xff\xff\xff", 3),             # 4 GiB: declined
-            (b"CGMR\x01\0\0\0\0\0\0\x04\0\0\0\x09", 3),         # a list longer than the request
-            (b"CGMR\x01\0\0\0\0\0\0\0", 1),                     # one fd instead of three
-        ]
-        for data, nfds in requests:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(c.sock))
-                s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds[:4 * nfds])])
-                s.shutdown(socket.SHUT_WR)
-                s.settimeout(10)
-                reply = s.recv(5)
-                assert reply in (b"", b"D\0\0\0\x02"), reply
-        slow = socket.socket(socket.AF_UNIX)                       # says nothing at all
-        slow.connect(str(c.sock))
-        p = c("run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 9")
-        assert p.returncode == 9, p.stderr                         # the silent client blocks no one
-        slow.close()
-        assert not list((tmp_path / "run" / "containers").glob("*"))
-        assert "Traceback" not in agent.text()
-    finally:
-        agent.stop(signal.SIGKILL)
+    fds = struct.pack("3i", 0, 1, 2)
+    requests = [
+        (b"CGMR\x01\0\0\0\0\0\0\x10", 3),                   # announces 16 bytes, then hangs up
+        (b"XXXX\x01\0\0\0\0\0\0\0", 3),                     # a foreign magic
+        (b"CGMR\x01\0\0\0\xff\xff\xff\xff", 3),             # 4 GiB: declined
+        (b"CGMR\x01\0\0\0\0\0\0\x04\0\0\0\x09", 3),         # a list longer than the request
+        (b"CGMR\x01\0\0\0\0\0\0\0", 1),                     # one fd instead of three
+    ]
+    for data, nfds in requests:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(c.sock))
+            s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds[:4 * nfds])])
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            reply = s.recv(5)
+            assert reply in (b"", b"D\0\0\0\x02"), reply
+    slow = socket.socket(socket.AF_UNIX)                       # says nothing at all
+    slow.connect(str(c.sock))
+    p = c("run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 9")
+    assert p.returncode == 9, p.stderr                         # the silent client blocks no one
+    slow.close()
+    assert not list((tmp_path / "run" / "containers").glob("*"))
+    assert "Traceback" not in agent.text()
 
 
-def test_a_served_run_reads_a_repeated_variable_as_the_direct_path_does(host, tmp_path):
+def test_a_served_run_reads_a_repeated_variable_as_the_direct_path_does(host, tmp_path, cgman_for):
     """An environment may hold a key twice; getenv(3), python and so the direct path read the
     first. So does the served run: the front names the agent's socket by the first
     CGMAN_RUN_DIR, and the supervisor, which checks the run's dirs against the agent's, must not
     read the second and decline. The environment is passed raw (execve), duplicates kept."""
-    c = Cgman(host.root, tmp_path, "agent")
+    c = cgman_for("agent")
     c.start_agent()
     execve = ("import ctypes, os, sys\n"
               "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -328,29 +340,19 @@ def test_a_served_run_reads_a_repeated_variable_as_the_direct_path_does(host, tm
               "            (ctypes.c_char_p * (len(env) + 1))(*env, None))\n"
               "sys.exit(f'execve: {os.strerror(ctypes.get_errno())}')\n")
     raw = [f"{k}={v}" for k, v in c.env.items()] + [f"CGMAN_RUN_DIR={tmp_path / 'elsewhere'}"]
-    try:
-        p = subprocess.run([PY, "-c", execve, str(FRONT), "-v", "run", "-p", "acme/web", "--rm", "--", "true"],
-                           env={"RAW_ENV": "\n".join(raw)}, capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0 and "served by the agent" in p.stderr, p.stderr
-    finally:
-        assert c.agent is not None
-        c.agent.stop(signal.SIGKILL)
-        _kill_supervisors_of(c.agent)
+    p = subprocess.run([PY, "-c", execve, str(FRONT), "-v", "run", "-p", "acme/web", "--rm", "--", "true"],
+                       env={"RAW_ENV": "\n".join(raw)}, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "served by the agent" in p.stderr, p.stderr
 
 
-def test_a_request_beyond_a_bound_is_declined_and_launched_directly(host, tmp_path):
+def test_a_request_beyond_a_bound_is_declined_and_launched_directly(host, tmp_path, cgman_for):
     """70,000 arguments (more strings than a request may hold, well within exec's limits): the
     agent declines and the client launches by itself, as the direct path runs any line."""
-    c = Cgman(host.root, tmp_path, "agent")
+    c = cgman_for("agent")
     c.start_agent()
-    try:
-        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", 'echo "$#"', "sh", *["x"] * 70_000)
-        assert "declined: the request is larger than it takes" in p.stderr, p.stderr[-500:]
-        assert (p.returncode, p.stdout) == (0, "70000\n"), p.stderr[-500:]
-    finally:
-        assert c.agent is not None
-        c.agent.stop(signal.SIGKILL)
-        _kill_supervisors_of(c.agent)
+    p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", 'echo "$#"', "sh", *["x"] * 70_000)
+    assert "declined: the request is larger than it takes" in p.stderr, p.stderr[-500:]
+    assert (p.returncode, p.stdout) == (0, "70000\n"), p.stderr[-500:]
 
 
 def test_a_client_killed_mid_run_takes_its_container_along_billed_once(cg, tmp_path):
@@ -398,104 +400,94 @@ def _private_dirty_kib(pid: int) -> int:
     raise AssertionError("no Private_Dirty")
 
 
-def test_a_spare_supervisor_forked_ahead_serves_the_run_and_the_next_copies_what_it_wrote(host, tmp_path):
+def test_a_spare_supervisor_forked_ahead_serves_the_run_and_the_next_copies_what_it_wrote(host, tmp_path, cgman_for):
     """The run server keeps one supervisor forked ahead of the next request (no fork on the
     client's path): it is the run's supervisor. Its run reports the pages it wrote, and the
     spare after it copies them while it waits (warmpages.py). The spare goes with the server."""
-    c = Cgman(host.root, tmp_path, "agent")
+    c = cgman_for("agent")
     agent = c.start_agent()
-    try:
-        server = _run_server(agent)
-        [first] = until(lambda: _children_of(server), 30, "the first spare")   # type: ignore[misc]
-        first_dirty = _private_dirty_kib(first)
-        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 4")
-        assert p.returncode == 4 and f"its supervisor of this run is pid {first})" in p.stderr, p.stderr
-        until(lambda: proc_state(first) == "gone", 30, "the first supervisor to end")
-        [second] = until(lambda: _children_of(server), 30, "the next spare")   # type: ignore[misc]
-        assert second != first
-        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "true")         # its run: learned from the first
-        assert p.returncode == 0 and f"its supervisor of this run is pid {second})" in p.stderr, p.stderr
-        [third] = until(lambda: [x for x in _children_of(server) if x != second], 30, "the third spare")
-        # It copied what the first run wrote (a few MiB; the first spare had nothing to copy).
-        until(lambda: _private_dirty_kib(third) > first_dirty + 1024, 30, "the spare to copy the pages")
-        os.kill(server, signal.SIGKILL)              # a server that dies takes its spare along
-        until(lambda: proc_state(third) in ("gone", "Z"), 30, "the spare to go with its server")
-    finally:
-        agent.stop(signal.SIGKILL)
+    server = _run_server(agent)
+    [first] = until(lambda: _children_of(server), 30, "the first spare")   # type: ignore[misc]
+    first_dirty = _private_dirty_kib(first)
+    p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 4")
+    assert p.returncode == 4 and f"its supervisor of this run is pid {first})" in p.stderr, p.stderr
+    until(lambda: proc_state(first) == "gone", 30, "the first supervisor to end")
+    [second] = until(lambda: _children_of(server), 30, "the next spare")   # type: ignore[misc]
+    assert second != first
+    p = c("-v", "run", "-p", "acme/web", "--rm", "--", "true")         # its run: learned from the first
+    assert p.returncode == 0 and f"its supervisor of this run is pid {second})" in p.stderr, p.stderr
+    [third] = until(lambda: [x for x in _children_of(server) if x != second], 30, "the third spare")
+    # It copied what the first run wrote (a few MiB; the first spare had nothing to copy).
+    until(lambda: _private_dirty_kib(third) > first_dirty + 1024, 30, "the spare to copy the pages")
+    os.kill(server, signal.SIGKILL)              # a server that dies takes its spare along
+    until(lambda: proc_state(third) in ("gone", "Z"), 30, "the spare to go with its server")
 
 
-def test_a_spare_opens_the_ledger_ahead_and_a_ledger_moved_aside_meanwhile_gets_no_row(host, tmp_path):
+def test_a_spare_opens_the_ledger_ahead_and_a_ledger_moved_aside_meanwhile_gets_no_row(host, tmp_path, cgman_for):
     """The spare opens the ledger while it waits (its run's commit then skips the open). An
     operator who moves the ledger aside meanwhile (a corrupt one: README, the ledger) gets the
     row in the new ledger at the path, not in the file the spare's connection still holds."""
-    c = Cgman(host.root, tmp_path, "agent")
+    c = cgman_for("agent")
     agent = c.start_agent()
     ledger = tmp_path / "state" / "ledger.db"
+    server = _run_server(agent)
+    def holds(pid: int) -> bool:
+        return any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(ledger) for fd in os.listdir(f"/proc/{pid}/fd"))
+    [spare] = until(lambda: _children_of(server), 30, "the spare")   # type: ignore[misc]
+    until(lambda: holds(spare), 30, "the spare to open the ledger")
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{ledger}{suffix}"):
+            os.rename(f"{ledger}{suffix}", aside / f"ledger.db{suffix}")
+    p = c("-v", "run", "-p", "acme/web", "--name", "moved", "--rm", "--", "true")
+    assert p.returncode == 0 and f"its supervisor of this run is pid {spare})" in p.stderr, p.stderr
+    assert [r[1] for r in c.rows()] == ["moved"]
+    db = sqlite3.connect(f"file:{aside / 'ledger.db'}?mode=ro", uri=True)
     try:
-        server = _run_server(agent)
-        def holds(pid: int) -> bool:
-            return any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(ledger) for fd in os.listdir(f"/proc/{pid}/fd"))
-        [spare] = until(lambda: _children_of(server), 30, "the spare")   # type: ignore[misc]
-        until(lambda: holds(spare), 30, "the spare to open the ledger")
-        aside = tmp_path / "aside"
-        aside.mkdir()
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(f"{ledger}{suffix}"):
-                os.rename(f"{ledger}{suffix}", aside / f"ledger.db{suffix}")
-        p = c("-v", "run", "-p", "acme/web", "--name", "moved", "--rm", "--", "true")
-        assert p.returncode == 0 and f"its supervisor of this run is pid {spare})" in p.stderr, p.stderr
-        assert [r[1] for r in c.rows()] == ["moved"]
-        db = sqlite3.connect(f"file:{aside / 'ledger.db'}?mode=ro", uri=True)
-        try:
-            assert db.execute("SELECT count(*) FROM containers WHERE name = 'moved'").fetchone()[0] == 0
-        finally:
-            db.close()
-        # A run that outlives its first memory sample closes the early connection then: a long run
-        # does not keep the ledger open (pinned, if it is moved aside) with the checks of its start.
-        [spare2] = until(lambda: [x for x in _children_of(server) if x != spare], 30,  # type: ignore[misc]
-                         "the next spare")
-        until(lambda: holds(spare2), 30, "the next spare to open the ledger")
-        c.env["CGMAN_SAMPLE_INTERVAL"] = "0.2"
-        p2 = c.popen("run", "-p", "acme/web", "--name", "long", "--rm", "--", "sleep", "3",
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        until(lambda: not holds(spare2), 10, "the long run's supervisor to close the early connection")
-        assert p2.poll() is None                                   # while the run still runs
-        assert p2.wait(60) == 0 and sorted(r[1] for r in c.rows()) == ["long", "moved"]
+        assert db.execute("SELECT count(*) FROM containers WHERE name = 'moved'").fetchone()[0] == 0
     finally:
-        agent.stop(signal.SIGKILL)
-        _kill_supervisors_of(agent)
+        db.close()
+    # A run that outlives its first memory sample closes the early connection then: a long run
+    # does not keep the ledger open (pinned, if it is moved aside) with the checks of its start.
+    [spare2] = until(lambda: [x for x in _children_of(server) if x != spare], 30,  # type: ignore[misc]
+                     "the next spare")
+    until(lambda: holds(spare2), 30, "the next spare to open the ledger")
+    c.env["CGMAN_SAMPLE_INTERVAL"] = "0.2"
+    p2 = c.popen("run", "-p", "acme/web", "--name", "long", "--rm", "--", "sleep", "3",
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    until(lambda: not holds(spare2), 10, "the long run's supervisor to close the early connection")
+    assert p2.poll() is None                                   # while the run still runs
+    assert p2.wait(60) == 0 and sorted(r[1] for r in c.rows()) == ["long", "moved"]
 
 
-def test_a_spare_that_dies_waiting_is_reaped_and_replaced_after_a_pause(host, tmp_path):
+def test_a_spare_that_dies_waiting_is_reaped_and_replaced_after_a_pause(host, tmp_path, cgman_for):
     """A spare that dies before its request (killed here; a broken one would die at once) is
     reaped, not left a zombie, and the next is forked only after SPARE_BACKOFF_S, so a spare
     that cannot live does not make the server fork in a loop; runs are served meanwhile."""
     from cgman.cli.served import SPARE_BACKOFF_S
-    c = Cgman(host.root, tmp_path, "agent")
+    c = cgman_for("agent")
     agent = c.start_agent()
-    try:
-        server = _run_server(agent)
-        [spare] = until(lambda: _children_of(server), 30, "the spare")   # type: ignore[misc]
-        os.kill(spare, signal.SIGKILL)
-        killed = time.monotonic()
-        until(lambda: proc_state(spare) == "gone", 10, "the dead spare to be reaped")
-        p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 3")  # no spare: forked for it
-        assert p.returncode == 3, p.stderr
-        m = re.search(r"its supervisor of this run is pid (\d+)", p.stderr)
-        assert m, p.stderr
-        until(lambda: proc_state(int(m.group(1))) == "gone", 30, "the run's supervisor to end")  # not the spare
-        [after] = until(lambda: [x for x in _children_of(server) if x != spare], 30, "the next spare")
-        assert time.monotonic() - killed >= SPARE_BACKOFF_S * 0.9
-        assert proc_state(after) not in ("gone", "Z")
-    finally:
-        agent.stop(signal.SIGKILL)
+    server = _run_server(agent)
+    [spare] = until(lambda: _children_of(server), 30, "the spare")   # type: ignore[misc]
+    os.kill(spare, signal.SIGKILL)
+    killed = time.monotonic()
+    until(lambda: proc_state(spare) == "gone", 10, "the dead spare to be reaped")
+    p = c("-v", "run", "-p", "acme/web", "--rm", "--", "sh", "-c", "exit 3")  # no spare: forked for it
+    assert p.returncode == 3, p.stderr
+    m = re.search(r"its supervisor of this run is pid (\d+)", p.stderr)
+    assert m, p.stderr
+    until(lambda: proc_state(int(m.group(1))) == "gone", 30, "the run's supervisor to end")  # not the spare
+    [after] = until(lambda: [x for x in _children_of(server) if x != spare], 30, "the next spare")
+    assert time.monotonic() - killed >= SPARE_BACKOFF_S * 0.9
+    assert proc_state(after) not in ("gone", "Z")
 
 
-def test_a_spare_that_took_a_run_as_the_agent_stops_runs_it_to_the_end(host, tmp_path):
+def test_a_spare_that_took_a_run_as_the_agent_stops_runs_it_to_the_end(host, tmp_path, cgman_for):
     """The agent stops while the spare has just taken a request, and the server sees both at
     once: the spare is the run's supervisor now and must run on (the run's client gets its
     status), not be ended with the idle spare it was a moment before."""
-    c = Cgman(host.root, tmp_path, "agent")
+    c = cgman_for("agent")
     agent = c.start_agent()
     server = _run_server(agent)
     until(lambda: _children_of(server), 30, "the spare")
@@ -518,13 +510,12 @@ def test_a_spare_that_took_a_run_as_the_agent_stops_runs_it_to_the_end(host, tmp
         if p.poll() is None:
             p.kill()
             p.wait()
-        agent.stop(signal.SIGKILL)
 
 
-def test_only_root_can_use_the_socket(host, tmp_path):
+def test_only_root_can_use_the_socket(host, tmp_path, cgman_for):
     run_dir = Path(tempfile.mkdtemp(prefix="cgman-test-run-"))     # traversable by nobody, unlike tmp_path
     run_dir.chmod(0o711)
-    c = Cgman(host.root, tmp_path, "agent", run_dir=run_dir)
+    c = cgman_for("agent", run_dir=run_dir)
     agent = c.start_agent()
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c"]
     probe = (f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({str(c.sock)!r})\n"
@@ -542,7 +533,6 @@ def test_only_root_can_use_the_socket(host, tmp_path):
         assert p.stdout.strip() == "reply b''", (p.stdout, p.stderr)
         until(lambda: "refused a run from uid 65534" in agent.text(), 10, "the refusal logged")
     finally:
-        agent.stop(signal.SIGKILL)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
