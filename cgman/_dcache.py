@@ -148,7 +148,7 @@ def _write(path: str, body: bytes) -> None:
 
 class _Finder:
     """Puts ``_exec`` into the dataclasses module as it is imported (it is not imported here:
-    the thin client never loads it), and defers its import of inspect (_importhook.py)."""
+    a command that makes no dataclass never loads it), and defers its import of inspect (_importhook.py)."""
 
     @staticmethod
     def find_spec(name: str, path: object = None, target: object = None) -> object:
@@ -170,7 +170,7 @@ def _defer(name: str) -> None:
 
 
 def _deferred_type() -> type:
-    import types      # here: the thin client imports this module, and types only with dataclasses
+    import types      # here: every command imports this module, and types only with dataclasses
 
     class _Deferred(types.ModuleType):
         """Stands in sys.modules for a stdlib module until one of its names is used, then

@@ -14,7 +14,8 @@ Every frame after the request is FRAME: one type byte and a u32. A server must t
 request as hostile: each bound below is checked before anything is allocated or acted on,
 and a request that breaks one is dropped (or, if it is only too large, DECLINED so that the
 client launches by itself). A DECLINED client runs the direct path; nothing was started.
-Only struct and the C module _socket are imported: the client's start-up is part of every launch.
+The client is the C front (cgman/_client.c), built from these definitions (cli/thin.py); the
+Python encoder here is the benchmark's and the tests'.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Named like the applied snapshot (state/applied.py): ``<run>/agent-<root>.sock``, ``/`` in the
 root spelled ``_``. Both sides (the agent that binds it, the C front that connects: cli/thin.py) take
-the path from here. Only os is imported (every interpreter has loaded it already): the
-client's start-up is part of every launch.
+the path from here.
 """
 
 from __future__ import annotations
