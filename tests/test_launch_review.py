@@ -116,4 +116,7 @@ def test_a_child_whose_launcher_died_before_it_ran_does_not_start_the_workload(h
         assert not mark.exists(), "the workload ran after its launcher had died"
     finally:
         for pid in host.procs(leaf, recursive=True):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:       # it ended between the listing and the kill
+                pass

@@ -129,7 +129,10 @@ def _kill_supervisors_of(agent: Agent) -> None:
         m = re.search(r"run server pid (\d+)|stopping at request \(pid (\d+)\)", line)
         pid = int(m.group(1) or m.group(2)) if m else 0
         if pid and proc_state(pid) not in ("gone", "Z"):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:       # it ended between the look and the kill
+                pass
 
 
 # ------------------------------------------------------------------ the same through both paths
