@@ -467,3 +467,16 @@ def test_a_cached_program_that_does_not_match_its_digest_is_compiled_again(tmp_p
     seccomp._MEMO.clear()
     again, _ = seccomp.program("default", caps.DEFAULT, str(tmp_path))
     assert again == prog and again != allow_all
+
+
+def test_a_program_cached_by_another_build_of_the_compiler_is_not_reused(tmp_path, monkeypatch):
+    """The cache key names the compiler's build (cgman._secure's path, size and mtime): a rebuilt
+    one (other options, another libseccomp) compiles afresh rather than reuse an older output."""
+    from cgman.security import caps, seccomp
+    seccomp._MEMO.clear()
+    seccomp.program("default", caps.DEFAULT, str(tmp_path))
+    monkeypatch.setattr(seccomp, "_COMPILER", ["another build"])
+    seccomp._MEMO.clear()
+    seccomp.program("default", caps.DEFAULT, str(tmp_path))
+    assert len(list((tmp_path / "seccomp").iterdir())) == 2
+    seccomp._MEMO.clear()

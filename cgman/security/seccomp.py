@@ -57,6 +57,19 @@ def _secure() -> Any:
     return _secure
 
 
+_COMPILER: list[str] = []
+
+
+def _compiler() -> str:
+    """Which build of the compiler (cgman._secure) made a program: its path, size and mtime, so
+    that a rebuilt one (other options, another libseccomp) never reuses an older one's output."""
+    if not _COMPILER:
+        path = _secure().__file__
+        st = os.stat(path)
+        _COMPILER.append(f"{path}|{st.st_size}|{st.st_mtime_ns}")
+    return _COMPILER[0]
+
+
 class _Checker:
     def __init__(self, file: str) -> None:
         self.file = file
@@ -228,7 +241,7 @@ def program(setting: str, held: frozenset[str], cache_dir: str | None) -> tuple[
         return None
     data, shown = _read(path)
     h = sha256(data)
-    h.update(f"|{C.mask(held)}|{os.uname().release}|{os.uname().machine}|{_secure().__file__}".encode())
+    h.update(f"|{C.mask(held)}|{os.uname().release}|{os.uname().machine}|{_compiler()}".encode())
     key = h.hexdigest()
     prog = _MEMO.get(key) or _read_cache(cache_dir, key)
     if prog is None:
