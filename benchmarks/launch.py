@@ -26,6 +26,9 @@ just before the first spawn to just after the last exit, with ``time.perf_counte
   inprocess  the library: ``cgman.containers.launch.launch()`` in this process, until the workload exec'd
              (with the secure defaults: 11 capabilities, no_new_privs, seccomp, device filter, masked paths)
   inprocess-priv  the same, privileged: what the defaults cost is inprocess / inprocess-priv
+             (both as a launcher service runs them: a network namespace kept ready by a thread,
+             containers/netns_ahead.py, as the agent's spare supervisor makes its own;
+             ``--no-netns-ahead``: each launch clones its own, as the direct path does)
   lifecycle  the same plus wait() and finish() (final usage read, cgroup and record removed)
   python, imports  floors for any Python CLI: interpreter start, and start + `cgman run`'s imports
 
@@ -64,6 +67,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cgclean import rmdir_tree  # noqa: E402
 
 PREFIX = "cgman-bench-"
+NETNS_AHEAD = [True]             # --no-netns-ahead
 VENV_BIN = Path(sys.executable).parent
 MEMORY_MAX_BYTES = 256 * 1024 * 1024
 PIDS_MAX = 64
@@ -316,6 +320,9 @@ def make_library(tag: str, tmp: Path, full_cycle: bool, privileged: bool = False
     from cgman.state.records import Store
     from cgman.security.resolve import Security
     sec = Security(privileged=True) if privileged else Security()
+    if NETNS_AHEAD[0]:
+        from cgman.containers import netns_ahead
+        netns_ahead.keep_ready()
     kind = f"{'c' if full_cycle else ''}{'p' if privileged else ''}{'s' if driver == 'systemd' else ''}"
     root = f"{PREFIX}{tag}-lib{kind}"
     host = open_host(root)
@@ -495,10 +502,12 @@ def report(samples: dict, skipped: dict, rounds: int, as_json: bool) -> None:
         print(json.dumps({"rounds": rounds, "warmup_rounds_dropped": 1, "kernel": os.uname().release,
                           "breakdown_ms": {k: round(statistics.median(v), 2) for k, v in PARTS.items()},
                           "pure_cgroup2": pure_v2, "versions": versions, "results": rows,
+                          "library_netns_ahead": NETNS_AHEAD[0],
                           "skipped": skipped}, indent=2))
         return
     print(f"launch /bin/true, {rounds} interleaved rounds (+1 warm-up dropped), kernel "
-          f"{os.uname().release}, {'cgroup v2' if pure_v2 else 'hybrid/v1 cgroups'}")
+          f"{os.uname().release}, {'cgroup v2' if pure_v2 else 'hybrid/v1 cgroups'}; library contenders "
+          f"{'with a network namespace kept ready' if NETNS_AHEAD[0] else 'cloning their network namespace'}")
     print(f"{'contender':<18} {'median ms':>9} {'p90 ms':>8} {'x runc':>7} {'x cgman':>7}  note")
     for row in rows:
         ratios = [f"{row[k]:.2f}" if row[k] is not None else "-" for k in ("vs_runc", "vs_cgman")]
@@ -548,7 +557,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=50, help="measured rounds (one more is run and dropped)")
     ap.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(ORDER)}")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--no-netns-ahead", dest="netns_ahead", action="store_false",
+                    help="library contenders: clone each network namespace at launch (no thread making it ahead)")
     args = ap.parse_args()
+    NETNS_AHEAD[0] = args.netns_ahead
     selected = [k for k in args.only.split(",") if k] or ORDER
     if unknown := set(selected) - set(ORDER):
         ap.error(f"unknown contender(s) {sorted(unknown)}; choose from {ORDER}")

@@ -49,6 +49,7 @@
 #include <grp.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -744,7 +745,45 @@ static PyObject *py_populate_write(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLongLong(done);
 }
 
+/* A network namespace made now, for a later launch to join (containers/netns_ahead.py): a thread of
+ * its own unshares it (the calling thread, and so this process, never leaves its namespace),
+ * brings lo up where asked and opens it; the thread then ends, the descriptor keeps it. */
+struct netns_job { int lo_up, fd, err; };
+
+static void *netns_thread(void *arg)
+{
+    struct netns_job *n = arg;
+    if (unshare(CLONE_NEWNET) < 0 || (n->lo_up && loopback_up() < 0)) {
+        n->err = errno;
+        return NULL;
+    }
+    n->fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (n->fd < 0) n->err = errno;
+    return NULL;
+}
+
+static PyObject *py_new_netns(PyObject *self, PyObject *args)
+{
+    int lo_up = 1, r;
+    if (!PyArg_ParseTuple(args, "|p", &lo_up)) return NULL;
+    struct netns_job n = {lo_up, -1, 0};
+    pthread_t t;
+    Py_BEGIN_ALLOW_THREADS
+    r = pthread_create(&t, NULL, netns_thread, &n);
+    if (r == 0) pthread_join(t, NULL);
+    Py_END_ALLOW_THREADS
+    if (r != 0 || n.fd < 0) {
+        errno = r ? r : n.err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(n.fd);
+}
+
 static PyMethodDef methods[] = {
+    {"new_netns", py_new_netns, METH_VARARGS,
+     "new_netns(lo_up=True) -> int\n\n"
+     "A new network namespace (lo up where asked), made by a thread of its own: an O_CLOEXEC\n"
+     "descriptor of it, for a child to join with setns_fds."},
     {"populate_write", py_populate_write, METH_VARARGS,
      "populate_write(ranges: bytes) -> int\n\n"
      "madvise(MADV_POPULATE_WRITE) over each (address, length) pair of native uint64s in ranges;\n"

@@ -13,7 +13,9 @@ stdin/stdout/stderr, environment and working directory, tells the client it acce
 runs the very same code as the direct path (``cgman.cli.main``) while a thread turns SIGNAL
 frames into signals to it. It is the run's supervisor: it waits on the container, records its
 final usage, and sends the exit status. Then it tells the server which pages of memory its run
-wrote, and the next spare copies those while it waits (warmpages.py: ~5 ms of a run). A slow
+wrote, and the next spare copies those while it waits (warmpages.py: ~5 ms of a run). While
+it waits it also opens the ledger (accounting/ahead.py: ~1 ms) and makes its container's
+network namespace (containers/netns_ahead.py: ~0.5 ms). A slow
 or hostile client holds up only its own supervisor. Without a spare (MAX_SUPERVISORS reached,
 or a fork that failed) the server accepts itself: BUSY, or a supervisor forked per connection.
 
@@ -38,6 +40,7 @@ import time
 from typing import NamedTuple
 
 from ..accounting import ahead, ledger
+from ..containers import netns_ahead
 from . import supervise, warmpages, wire
 from .supervise import Agent, handle, say, send
 
@@ -204,6 +207,7 @@ def _fork_spare(server: Server, learn: bool) -> Spare | None:
             except Exception:            # nothing copied: its run faults as before
                 pass
         ahead.open_ahead(ledger.ledger_path(server.agent.state_dir))    # its run's commit uses it
+        netns_ahead.prepare()                                           # and its container's network
         conn = _wait_for_request(server.listener, server.parent_fd, taken_w)
         if conn is not None:
             code = _supervise(conn, server, report=learn)

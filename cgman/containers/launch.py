@@ -6,7 +6,8 @@ The sequence (the child side is C, in cgman/_spawn.c):
    the group's ``container`` limits plus the command-line overrides.
 2. clone3(CLONE_INTO_CGROUP | CLONE_NEW*): the child is born inside its cgroup2
    leaf and moves itself into every v1 hierarchy's leaf (their ``tasks`` files, opened
-   by the parent). With a user namespace or a bridge network it then blocks on a pipe
+   by the parent); a network namespace made ahead of the launch (netns_ahead.py) it joins
+   instead of a new one. With a user namespace or a bridge network it then blocks on a pipe
    (it is *held*); otherwise it was cloned as posix_spawn clones, sharing the parent's
    memory (no page tables copied), and goes straight on (process.py).
 3. Held: the parent writes the user namespace maps and plugs in the network, then
@@ -37,11 +38,11 @@ from ..model import NetworkSpec, Resources, RootfsSpec
 from ..plan import ACCOUNTING_CONTROLLERS, Write, ancestors, controllers_used, subtree_control_write, translate
 from ..security.resolve import Security
 from ..state.records import Record, Store, proc_start_ticks
+from . import netns_ahead, scope
 from . import rootfs as rfs
-from . import scope
 from .collect import collect_cgroup, finish, release_network
 from .confine import confine_devices, mount_protection
-from .process import Process, clone_flags, spawn_helper, start_process
+from .process import Process, clone_flags, map_user, spawn_helper, start_process
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -306,7 +307,7 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         # zombie still, our own until we reap it, so its start time is read all the same.
         rec.pid, rec.pid_start = proc.pid, proc_start_ticks(proc.pid, zombie=True)
         if "user" in spec.namespaces:
-            _map_user(proc.pid, spec.user_map or DEFAULT_USER_MAP)
+            map_user(proc.pid, spec.user_map or DEFAULT_USER_MAP)
         if _bridged(spec):
             _plug_in(store, spec, rec, proc.pid, undo)
         rec.state, rec.started = "running", time.time()
@@ -315,6 +316,8 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     except BaseException:
         undo.unwind()
         raise
+    finally:
+        netns_ahead.launched()
     c = Container(host, store, rec, spec)
     c.keeper = keeper
     return c
@@ -383,29 +386,29 @@ def _mount_ops(host: "Host", store: Store, spec: ContainerSpec, rec: Record, und
 
 
 def _start(host: "Host", store: Store, spec: ContainerSpec, leaf: str, ops: list[Any]) -> Process:
-    """Clone the container's first process into its leaf, held until release()."""
+    """Clone the container's first process into its leaf, held until release(). Its network
+    namespace is the one made ahead (netns_ahead.py) where this process has one and it fits."""
     ns = spec.namespaces
     userns = "user" in ns
-    return start_process(host, leaf, [os.fsencode(a) for a in spec.argv],
-                         clean_env(spec.hostname, spec.env, store.settings.term),
-                         clone_flags=clone_flags(ns),
-                         unshare_flags=spawn_helper().CLONE_NEWCGROUP if "cgroup" in ns else 0,
-                         hostname=spec.hostname if "uts" in ns else None,
-                         lo_up="net" in ns and spec.network.mode in ("loopback", "bridge"),
-                         ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1,
-                         security=spec.security, cache_dir=store.state, run_user=spec.user,
-                         hold=userns or _bridged(spec))
+    lo_up = "net" in ns and spec.network.mode in ("loopback", "bridge")
+    netns = netns_ahead.take() if lo_up and not userns else None
+    try:
+        return start_process(host, leaf, [os.fsencode(a) for a in spec.argv],
+                             clean_env(spec.hostname, spec.env, store.settings.term),
+                             clone_flags=clone_flags(ns - {"net"} if netns is not None else ns),
+                             unshare_flags=spawn_helper().CLONE_NEWCGROUP if "cgroup" in ns else 0,
+                             hostname=spec.hostname if "uts" in ns else None,
+                             lo_up=lo_up and netns is None, setns_fds=[netns] if netns is not None else None,
+                             ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1,
+                             security=spec.security, cache_dir=store.state, run_user=spec.user,
+                             hold=userns or _bridged(spec))
+    finally:
+        if netns is not None:
+            os.close(netns)       # the child has joined it (or failed): it holds the namespace now
 
 
 def _bridged(spec: ContainerSpec) -> bool:
     return "net" in spec.namespaces and spec.network.mode == "bridge"
-
-
-def _map_user(pid: int, user_map: tuple[int, int, int]) -> None:
-    """Container root is host ``uid``/``gid``, for ``count`` ids."""
-    uid, gid, count = user_map
-    _write_map(pid, "uid_map", f"0 {uid} {count}\n")
-    _write_map(pid, "gid_map", f"0 {gid} {count}\n")
 
 
 def _plug_in(store: Store, spec: ContainerSpec, rec: Record, pid: int, undo: _Undo) -> None:
@@ -427,14 +430,6 @@ def _start_ticks(pid: int) -> int | None:
     if pid not in _START_TICKS:
         _START_TICKS[pid] = proc_start_ticks(pid)
     return _START_TICKS[pid]
-
-
-def _write_map(pid: int, which: str, text: str) -> None:
-    try:
-        with open(f"/proc/{pid}/{which}", "w") as f:
-            f.write(text)
-    except OSError as e:
-        raise LaunchError(f"writing the user namespace {which} ({text.strip()!r}): {e.strerror}") from None
 
 
 def _limits_summary(res: Resources) -> dict[str, Any]:

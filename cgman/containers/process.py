@@ -193,3 +193,18 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
         proc.abort()
         raise
     return proc
+
+
+def map_user(pid: int, user_map: tuple[int, int, int]) -> None:
+    """A held child's user namespace: its root is host ``uid``/``gid``, for ``count`` ids."""
+    uid, gid, count = user_map
+    _write_map(pid, "uid_map", f"0 {uid} {count}\n")
+    _write_map(pid, "gid_map", f"0 {gid} {count}\n")
+
+
+def _write_map(pid: int, which: str, text: str) -> None:
+    try:
+        with open(f"/proc/{pid}/{which}", "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise LaunchError(f"writing the user namespace {which} ({text.strip()!r}): {e.strerror}") from None

@@ -1,0 +1,128 @@
+"""A network namespace made ahead of a launch (containers/netns_ahead.py): the container joins
+that very namespace, which is new (lo alone, up); it serves one container only, never a forked
+child's too; a launch that cannot use it leaves it for the next; a failed launch closes it."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from cgman.containers import netns_ahead
+from cgman.containers.launch import ContainerSpec, launch
+from cgman.errors import LaunchError
+from cgman.model import NetworkSpec
+from cgman.settings import Settings
+from cgman.state.records import Store
+
+pytestmark = pytest.mark.kernel
+
+POLICY = "version: 1\npolicies:\n  acme:\n    children:\n      web: {}\n"
+SHOW = ["sh", "-c", "readlink /proc/self/ns/net; ip -o link"]
+
+
+@pytest.fixture
+def lib(host, tmp_path):
+    from cgman.policy import load_files
+    from cgman.reconcile.apply import apply
+    p = tmp_path / "p.yaml"
+    p.write_text(POLICY)
+    apply(load_files([p]), host)
+    netns_ahead.discard()
+    try:
+        yield SimpleNamespace(host=host, store=Store(Settings(run_dir=str(tmp_path / "run"),
+                                                              state_dir=str(tmp_path / "state"),
+                                                              cgroup_root=host.root)))
+    finally:
+        netns_ahead.discard()
+
+
+def spec(name: str, argv: list[str], mode: str = "loopback", userns: bool = False) -> ContainerSpec:
+    ns = {"uts", "ipc", "pid", "net", "mount", "cgroup"} | ({"user"} if userns else set())
+    return ContainerSpec(name=name, group="acme/web", tenant="acme", argv=tuple(argv), namespaces=frozenset(ns),
+                         network=NetworkSpec(mode=mode), auto_remove=True)
+
+
+def ready_inode() -> int | None:
+    """The inode of the namespace made ahead in this process (None if none is)."""
+    with netns_ahead._lock:
+        return os.fstat(netns_ahead._ready[0][1]).st_ino if netns_ahead._ready else None
+
+
+def held_namespaces() -> set[str]:
+    """What this process's descriptors refer to (the listing's own descriptor is gone by then)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def run_shown(lib, capfd, name: str, **kw) -> tuple[str, list[str]]:
+    """Run SHOW in a container: (its network namespace, its links)."""
+    capfd.readouterr()
+    c = launch(lib.host, lib.store, spec(name, SHOW, **kw))
+    assert c.wait(60) == 0
+    c.finish()
+    ns, *links = capfd.readouterr().out.splitlines()
+    return ns, links
+
+
+def test_the_container_joins_the_namespace_made_for_it_which_is_new_with_lo_up(lib, capfd):
+    assert netns_ahead.prepare()
+    made = ready_inode()
+    ns, links = run_shown(lib, capfd, "a")
+    assert ns == f"net:[{made}]"
+    assert ns != os.readlink("/proc/self/ns/net")
+    assert len(links) == 1 and links[0].split()[1] == "lo:" and "UP" in links[0], links
+    assert netns_ahead.take() is None                 # used once
+    assert ns not in held_namespaces()                            # the launch closed its descriptor
+
+
+def test_two_containers_never_share_one(lib, capfd):
+    netns_ahead.keep_ready()
+    seen = {run_shown(lib, capfd, f"c{i}")[0] for i in range(3)}
+    assert len(seen) == 3 and os.readlink("/proc/self/ns/net") not in seen
+
+
+def test_a_forked_child_neither_uses_nor_keeps_its_parents(lib):
+    assert netns_ahead.prepare()
+    made = ready_inode()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            kept = f"net:[{made}]" in held_namespaces()
+            os.write(w, b"ok" if netns_ahead.take() is None and not kept else f"kept {kept}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    said = os.read(r, 100)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert said == b"ok"
+    fd = netns_ahead.take()                           # still the parent's
+    assert fd is not None and os.fstat(fd).st_ino == made
+    os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["network none", "user namespace"])
+def test_a_container_that_cannot_use_it_clones_its_own_and_leaves_it(lib, capfd, how):
+    assert netns_ahead.prepare()
+    made = ready_inode()
+    kw = {"mode": "none"} if how == "network none" else {"userns": True}
+    ns, links = run_shown(lib, capfd, "own", **kw)
+    assert ns != f"net:[{made}]" and ns != os.readlink("/proc/self/ns/net")
+    assert ready_inode() == made
+
+
+def test_a_failed_launch_closes_it(lib):
+    assert netns_ahead.prepare()
+    made = ready_inode()
+    with pytest.raises(LaunchError):
+        launch(lib.host, lib.store, spec("bad", ["/nonexistent/cmd"]))
+    assert netns_ahead.take() is None
+    assert f"net:[{made}]" not in held_namespaces()
