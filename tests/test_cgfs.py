@@ -157,3 +157,39 @@ def test_every_read_opens_its_file_in_one_place(tmp_path, monkeypatch):
             assert name == "read_files" and got is None, name
     src = open(cgfs.__file__).read()
     assert src.count("_READ_FLAGS, dir_fd=") == 1, "a file to read is opened somewhere else in cgfs.py"
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_kept_walks_start_from_what_this_thread_walked_and_leave_nothing_open(tmp_path):
+    """Inside KeptWalks a walk starts from the directories kept: a group renamed away is still
+    reached through them (the proof they are used), by this thread only; the walk's refusals
+    are unchanged; at close every descriptor is closed (nested: at the outer close)."""
+    import threading
+    from cgman.drivers.cgfs import KeptWalks
+    mount = tmp_path / "mnt"
+    (mount / "root" / "grp" / "leaf").mkdir(parents=True)
+    (mount / "root" / "grp" / "leaf" / "memory.max").write_text("max\n")
+    (mount / "root" / "trap").symlink_to(tmp_path)
+    t = CgroupTree(str(mount), "root")
+    t._cached_mount_fd()                                    # kept by the tree itself, not by KeptWalks
+    before = _fds()
+    with KeptWalks():
+        with KeptWalks():                                   # nested: the outer one keeps them
+            assert t.read("grp/leaf", "memory.max") == "max\n"
+        os.rename(mount / "root" / "grp", mount / "root" / "moved")
+        assert t.read("grp/leaf", "memory.max") == "max\n"  # through the kept directories
+        other: list[object] = []
+        th = threading.Thread(target=lambda: other.append(t.exists("grp/leaf")))
+        th.start()
+        th.join()
+        assert other == [False]                             # another thread walks afresh
+        with pytest.raises(NotFound):
+            t.read("gone", "memory.max")
+        with pytest.raises(UnsafePath):
+            t.read("trap", "memory.max")
+    assert _fds() == before
+    with pytest.raises(NotFound):                           # and the walk is a fresh one again
+        t.read("grp/leaf", "memory.max")

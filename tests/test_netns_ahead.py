@@ -5,6 +5,8 @@ child's too; a launch that cannot use it leaves it for the next; a failed launch
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -33,15 +35,18 @@ def lib(host, tmp_path):
     try:
         yield SimpleNamespace(host=host, store=Store(Settings(run_dir=str(tmp_path / "run"),
                                                               state_dir=str(tmp_path / "state"),
+                                                              bridge_dir=str(tmp_path / "bridges"),
                                                               cgroup_root=host.root)))
     finally:
         netns_ahead.discard()
 
 
-def spec(name: str, argv: list[str], mode: str = "loopback", userns: bool = False) -> ContainerSpec:
+def spec(name: str, argv: list[str], mode: str = "loopback", userns: bool = False,
+         bridge: str | None = None) -> ContainerSpec:
     ns = {"uts", "ipc", "pid", "net", "mount", "cgroup"} | ({"user"} if userns else set())
+    net = NetworkSpec(mode=mode, bridge=bridge, subnet="10.213.13.0/29") if bridge else NetworkSpec(mode=mode)
     return ContainerSpec(name=name, group="acme/web", tenant="acme", argv=tuple(argv), namespaces=frozenset(ns),
-                         network=NetworkSpec(mode=mode), auto_remove=True)
+                         network=net, auto_remove=True)
 
 
 def ready_inode() -> int | None:
@@ -109,14 +114,31 @@ def test_a_forked_child_neither_uses_nor_keeps_its_parents(lib):
     os.close(fd)
 
 
-@pytest.mark.parametrize("how", ["network none", "user namespace"])
-def test_a_container_that_cannot_use_it_clones_its_own_and_leaves_it(lib, capfd, how):
+@pytest.fixture
+def bridge():
+    """A bridge name of this test's own; whatever the test leaves is removed."""
+    name = f"cgt{secrets.token_hex(3)}"
+    yield name
+    left = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in left.splitlines():
+        ifname = line.split(":")[1].strip().split("@")[0]
+        if ifname == name or f"master {name} " in line:
+            subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+
+
+@pytest.mark.parametrize("how", ["network none", "user namespace", "bridge"])
+def test_a_container_that_cannot_use_it_clones_its_own_and_leaves_it(lib, capfd, how, bridge):
+    """A bridge container's veth must land in the namespace it runs in: it shows eth0 with its
+    leased address (with the namespace made ahead, the veth went to the host's instead)."""
     assert netns_ahead.prepare()
     made = ready_inode()
-    kw = {"mode": "none"} if how == "network none" else {"userns": True}
+    kw = {"mode": "none"} if how == "network none" else {"userns": True} if how == "user namespace" else \
+        {"mode": "bridge", "bridge": bridge}
     ns, links = run_shown(lib, capfd, "own", **kw)
     assert ns != f"net:[{made}]" and ns != os.readlink("/proc/self/ns/net")
     assert ready_inode() == made
+    if how == "bridge":
+        assert sorted(line.split()[1].split("@")[0] for line in links) == ["eth0", "lo:"], links
 
 
 def test_a_failed_launch_closes_it(lib):

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import lazylog
+from ..drivers.cgfs import KeptWalks
 from ..errors import Busy, CgmanError, LaunchError, NotFound
 from ..model import NetworkSpec, Resources, RootfsSpec
 from ..plan import ACCOUNTING_CONTROLLERS, Write, ancestors, controllers_used, subtree_control_write, translate
@@ -42,7 +43,7 @@ from . import netns_ahead, scope
 from . import rootfs as rfs
 from .collect import collect_cgroup, finish, release_network
 from .confine import confine_devices, mount_protection
-from .process import Process, clone_flags, map_user, spawn_helper, start_process
+from .process import Process, clean_env, clone_flags, map_user, spawn_helper, start_process
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 log = lazylog.getLogger(__name__)   # logging only if a record is shown (lazylog.py)
 
 DEFAULT_USER_MAP = (100000, 100000, 65536)    # host uid, host gid, count (container root -> 100000)
-CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -104,20 +104,6 @@ def _check_group(host: "Host", group: str) -> None:
     if host.is_frozen(group):
         raise LaunchError(f"group {group} is frozen: a container started there could not run "
                           f"(`cgman thaw {group}` first)")
-
-
-def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = (), term: str | None = None) -> list[bytes]:
-    """A container's environment (`run` and `exec` alike): clean, as Docker gives, since the
-    operator's (tokens, credentials) is not the tenant's to read; only the operator's ``term``
-    (TERM, from the store's settings) comes along, and `-e KEY` passes one variable through on purpose."""
-    env = {"PATH": CLEAN_PATH, "HOME": "/root"}
-    if term is not None:
-        env["TERM"] = term
-    if hostname:
-        env["HOSTNAME"] = hostname
-    env["container"] = "cgman"
-    env.update(extra)
-    return [os.fsencode(f"{k}={v}") for k, v in env.items()]
 
 
 def _limit_writes(host: "Host", leaf: str, spec: ContainerSpec) -> list[Write]:
@@ -280,22 +266,13 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     supervisor points stdout and stderr at the container's log there)."""
     driver, root = store.settings.cgroup_driver, host.root
     if driver == "systemd":      # the root names the slices; the scopes' cgroups are below its slice's
-        from ..drivers.systemd.units import scope_placement
         host = scope.scope_host(host, root)
-        _, leaf = scope_placement(root, spec.group, spec.name)
-        rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached, driver, leaf)
-        scope.check_slice(host, root, spec.group)
-    else:
-        rec = _new_record(host, spec, supervisor_pid or os.getpid(), detached)
-        _check_group(host, spec.group)
     undo = _Undo()
-    keeper = None
+    walks = KeptWalks()          # the same root, group and leaf are walked ~25 times below
     try:
-        store.reserve(rec)
-        undo.push("its record", lambda: store.delete(spec.name))
-        if driver == "systemd":
-            keeper = _make_scope(host, store, spec, rec, undo, root)
-        else:
+        rec = _claim(host, store, spec, supervisor_pid or os.getpid(), detached, undo, root)
+        keeper = _make_scope(host, store, spec, rec, undo, root) if driver == "systemd" else None
+        if driver != "systemd":
             _make_cgroup(host, store, spec, rec, undo)
         confine_devices(host, rec.cgroup, spec.security)
         ops = _mount_ops(host, store, spec, rec, undo)
@@ -314,13 +291,32 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         store.save(rec)
         proc.release()
     except BaseException:
+        walks.close()            # before the undo, which removes what was walked
         undo.unwind()
         raise
     finally:
+        walks.close()
         netns_ahead.launched()
     c = Container(host, store, rec, spec)
     c.keeper = keeper
     return c
+
+
+def _claim(host: "Host", store: Store, spec: ContainerSpec, supervisor_pid: int, detached: bool,
+           undo: _Undo, root: str) -> Record:
+    """The container's record, once its group is known to be there (a slice, with the systemd
+    driver: ``host`` is then scope_host's, ``root`` the cgman root), written: the name is claimed."""
+    if store.settings.cgroup_driver == "systemd":
+        from ..drivers.systemd.units import scope_placement
+        _, leaf = scope_placement(root, spec.group, spec.name)
+        rec = _new_record(host, spec, supervisor_pid, detached, "systemd", leaf)
+        scope.check_slice(host, root, spec.group)
+    else:
+        rec = _new_record(host, spec, supervisor_pid, detached)
+        _check_group(host, spec.group)
+    store.reserve(rec)
+    undo.push("its record", lambda: store.delete(spec.name))
+    return rec
 
 
 def _make_cgroup(host: "Host", store: Store, spec: ContainerSpec, rec: Record, undo: _Undo) -> None:
@@ -387,11 +383,13 @@ def _mount_ops(host: "Host", store: Store, spec: ContainerSpec, rec: Record, und
 
 def _start(host: "Host", store: Store, spec: ContainerSpec, leaf: str, ops: list[Any]) -> Process:
     """Clone the container's first process into its leaf, held until release(). Its network
-    namespace is the one made ahead (netns_ahead.py) where this process has one and it fits."""
+    namespace is the one made ahead (netns_ahead.py) where this process has one and it fits:
+    not with a user namespace (which must own it), lo down (``none``), or a bridge (a held child
+    joins namespaces only once released, and its veth goes into its namespace before that)."""
     ns = spec.namespaces
     userns = "user" in ns
     lo_up = "net" in ns and spec.network.mode in ("loopback", "bridge")
-    netns = netns_ahead.take() if lo_up and not userns else None
+    netns = netns_ahead.take() if lo_up and not userns and not _bridged(spec) else None
     try:
         return start_process(host, leaf, [os.fsencode(a) for a in spec.argv],
                              clean_env(spec.hostname, spec.env, store.settings.term),

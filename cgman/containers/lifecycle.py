@@ -19,9 +19,9 @@ from ..errors import Busy, LaunchError
 from ..security.resolve import from_summary
 from ..state.recordcheck import owned_pid
 from ..state.records import Record, Store
-from .launch import Container, ContainerSpec, clean_env, launch
+from .launch import Container, ContainerSpec, launch
 from .manage import state_of
-from .process import start_process
+from .process import clean_env, start_process
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

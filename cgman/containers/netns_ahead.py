@@ -11,21 +11,26 @@ Each one serves one container, in the process that made it: ``take`` hands it ou
 in that process (a forked child closes its copy at once: two containers never share one), and
 the launch closes its descriptor once the child has joined. A container with a user namespace
 clones its own (the user namespace must own it, so that container root can administer it), as
-does one whose lo stays down (network ``none``).
+do one whose lo stays down (network ``none``) and one on a bridge (its child is held, and joins
+namespaces only once released: its veth must go into its namespace before that).
 """
 
 from __future__ import annotations
 
+import _thread                           # threading itself only for a keeper: not on the direct path
 import os
-import threading
 
 from .. import lazylog
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import threading
+
 log = lazylog.getLogger(__name__)
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _ready: list[tuple[int, int]] = []       # (pid of the process that made it, its descriptor); one at most
-_wanted = threading.Event()              # set by launched(): the keeper makes the next one
+_wanted: list["threading.Event"] = []    # the keeper's, if one runs: launched() sets it
 
 
 def prepare() -> bool:
@@ -65,26 +70,26 @@ def take() -> int | None:
 def launched() -> None:
     """A launch is done (its workload runs): the keeper, if any, makes the next namespace now,
     not while the launch was still under way, when the two would contend for the same locks."""
-    _wanted.set()
+    if _wanted:
+        _wanted[0].set()
 
 
 def keep_ready() -> None:
     """For a process that launches again and again: a daemon thread makes the next namespace
-    each time one is taken, so that none of them is made on a launch's path."""
+    after each launch, so that none of them is made on a launch's path."""
+    import threading
     with _lock:
-        if any(t.name == _KEEPER for t in threading.enumerate()):
+        if _wanted:
             return
-        threading.Thread(target=_keep, name=_KEEPER, daemon=True).start()
+        _wanted.append(threading.Event())
+        threading.Thread(target=_keep, args=(_wanted[0],), name="cgman-netns-ahead", daemon=True).start()
 
 
-_KEEPER = "cgman-netns-ahead"
-
-
-def _keep() -> None:
+def _keep(wanted: "threading.Event") -> None:
     while True:
         prepare()
-        _wanted.wait()
-        _wanted.clear()
+        wanted.wait()
+        wanted.clear()
 
 
 def discard() -> None:
@@ -104,8 +109,9 @@ def _drop_locked() -> None:
 
 def _after_fork_in_child() -> None:
     """A forked child never uses, nor keeps, its parent's namespace (nor its keeper thread)."""
-    global _lock, _wanted
-    _lock, _wanted = threading.Lock(), threading.Event()
+    global _lock
+    _lock = _thread.allocate_lock()
+    _wanted.clear()
     _drop_locked()
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..drivers import Host
 
 SETUP_TIMEOUT_S = 60
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def spawn_helper() -> Any:
@@ -208,3 +209,17 @@ def _write_map(pid: int, which: str, text: str) -> None:
             f.write(text)
     except OSError as e:
         raise LaunchError(f"writing the user namespace {which} ({text.strip()!r}): {e.strerror}") from None
+
+
+def clean_env(hostname: str | None, extra: tuple[tuple[str, str], ...] = (), term: str | None = None) -> list[bytes]:
+    """A container's environment (`run` and `exec` alike): clean, as Docker gives, since the
+    operator's (tokens, credentials) is not the tenant's to read; only the operator's ``term``
+    (TERM, from the store's settings) comes along, and `-e KEY` passes one variable through on purpose."""
+    env = {"PATH": CLEAN_PATH, "HOME": "/root"}
+    if term is not None:
+        env["TERM"] = term
+    if hostname:
+        env["HOSTNAME"] = hostname
+    env["container"] = "cgman"
+    env.update(extra)
+    return [os.fsencode(f"{k}={v}") for k, v in env.items()]

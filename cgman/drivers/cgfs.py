@@ -13,9 +13,10 @@ import errno
 import functools
 import os
 import re
+from _thread import get_ident as _thread_id     # threading itself is not on the direct path
 
 from .. import lazylog
-from ..errors import CgroupIOError, NotFound, PermissionDenied, UnsafePath
+from ..errors import CgmanError, CgroupIOError, NotFound, PermissionDenied, UnsafePath
 
 log = lazylog.getLogger(__name__)   # logging only if a record is shown (lazylog.py)
 _COMPONENT = re.compile(r"^[A-Za-z0-9_@:][A-Za-z0-9_.@:\\-]{0,254}$")
@@ -283,9 +284,41 @@ class CgroupTree:
         return CgroupIOError(self.path(rel), file, value, e.errno or 0, e.strerror or str(e))
 
 
+class KeptWalks:
+    """From its creation to close() (or the end of a ``with`` block), every directory walked
+    in this thread is kept open, and a later walk starts from the deepest one kept: a launch
+    walks the same root, group and leaf in every hierarchy ~25 times (85 opens, ~0.2 ms here;
+    ~40 with this). Only for a short stretch that removes no directory it walks again (a
+    removed one would stay kept): close before removing. Another thread never sees them."""
+
+    def __init__(self) -> None:
+        self.thread = _thread_id()
+        self.open = self.thread not in _KEPT         # nested: the outer one keeps them
+        if self.open:
+            _KEPT[self.thread] = {}
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            for fd in _KEPT.pop(self.thread).values():
+                os.close(fd)
+
+    def __enter__(self) -> "KeptWalks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_KEPT: dict[int, dict[tuple[int, tuple[str, ...]], int]] = {}   # thread -> {(mount fd, parts): dir fd}
+
+
 def _walk(mfd: int, parts: list[str], where: str) -> int:
     """A new descriptor of the directory ``parts`` below the mount ``mfd`` (the caller closes
     it), walked without following symlinks. NotFound, UnsafePath, or the OSError."""
+    kept = _KEPT.get(_thread_id()) if _KEPT else None
+    if kept is not None:
+        return _walk_kept(kept, mfd, tuple(parts), where)
     fd = mfd
     try:
         for part in parts:
@@ -296,12 +329,32 @@ def _walk(mfd: int, parts: list[str], where: str) -> int:
     except OSError as e:
         if fd != mfd:
             os.close(fd)
-        if e.errno == errno.ENOENT:
-            raise NotFound(f"no cgroup {where}") from None
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(f"refusing {where}: a symlink or non-directory in the path") from None
-        raise
+        raise _walk_error(e, where) from None
     return fd if fd != mfd else os.dup(mfd)
+
+
+def _walk_kept(kept: dict[tuple[int, tuple[str, ...]], int], mfd: int, parts: tuple[str, ...], where: str) -> int:
+    """_walk from the deepest directory of ``parts`` kept, keeping each one it opens."""
+    start, fd = 0, mfd
+    for i in range(len(parts), 0, -1):
+        if (mfd, parts[:i]) in kept:
+            start, fd = i, kept[(mfd, parts[:i])]
+            break
+    for i in range(start, len(parts)):
+        try:
+            fd = os.open(parts[i], _DIR_FLAGS, dir_fd=fd)
+        except OSError as e:
+            raise _walk_error(e, where) from None
+        kept[(mfd, parts[:i + 1])] = fd
+    return os.dup(fd)
+
+
+def _walk_error(e: OSError, where: str) -> OSError | CgmanError:
+    if e.errno == errno.ENOENT:
+        return NotFound(f"no cgroup {where}")
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return UnsafePath(f"refusing {where}: a symlink or non-directory in the path")
+    return e
 
 
 def _open_at(dirfd: int, file: str) -> int:
