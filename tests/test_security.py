@@ -459,12 +459,12 @@ def test_a_records_security_summary_is_checked_like_input(summary, ok):
 
 def test_a_cached_program_that_does_not_match_its_digest_is_compiled_again(tmp_path):
     from cgman.security import caps, seccomp
-    seccomp._MEMO.clear()
+    seccomp.forget()
     prog, _ = seccomp.program("default", caps.DEFAULT, str(tmp_path))
     (cached,) = (tmp_path / "seccomp").iterdir()
     allow_all = bytes.fromhex("0600000000 00ff7f".replace(" ", ""))      # BPF_RET|K SECCOMP_RET_ALLOW
     cached.write_bytes(cached.read_bytes()[:32] + allow_all)              # digest of the real one kept
-    seccomp._MEMO.clear()
+    seccomp.forget()
     again, _ = seccomp.program("default", caps.DEFAULT, str(tmp_path))
     assert again == prog and again != allow_all
 
@@ -473,10 +473,33 @@ def test_a_program_cached_by_another_build_of_the_compiler_is_not_reused(tmp_pat
     """The cache key names the compiler's build (cgman._secure's path, size and mtime): a rebuilt
     one (other options, another libseccomp) compiles afresh rather than reuse an older output."""
     from cgman.security import caps, seccomp
-    seccomp._MEMO.clear()
+    seccomp.forget()
     seccomp.program("default", caps.DEFAULT, str(tmp_path))
     monkeypatch.setattr(seccomp, "_COMPILER", ["another build"])
-    seccomp._MEMO.clear()
+    seccomp.forget()
     seccomp.program("default", caps.DEFAULT, str(tmp_path))
     assert len(list((tmp_path / "seccomp").iterdir())) == 2
-    seccomp._MEMO.clear()
+    seccomp.forget()
+
+
+def test_a_profile_rewritten_in_place_is_read_again_even_with_its_size_and_mtime_kept(tmp_path):
+    """A process remembers a profile by what stat says of it; the ctime (which nobody can set
+    back) tells a rewrite with the same size and a restored mtime from the file it read."""
+    import json
+    from cgman.security import caps, seccomp
+    seccomp.forget()
+    prof = tmp_path / "p.json"
+
+    def write(action: str) -> None:
+        prof.write_text(json.dumps({"defaultAction": action, "syscalls": [
+            {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}))
+    write("SCMP_ACT_KILL")
+    first, _ = seccomp.program(str(prof), caps.DEFAULT, None)
+    assert seccomp.program(str(prof), caps.DEFAULT, None)[0] == first       # remembered
+    st = prof.stat()
+    write("SCMP_ACT_TRAP")                                                    # same length
+    os.utime(prof, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert prof.stat().st_size == st.st_size and prof.stat().st_mtime_ns == st.st_mtime_ns
+    again, _ = seccomp.program(str(prof), caps.DEFAULT, None)
+    assert again != first
+    seccomp.forget()

@@ -46,6 +46,13 @@ _RULE_KEYS = {"names", "name", "action", "errnoRet", "args", "includes", "exclud
 _ARG_KEYS = {"index", "value", "valueTwo", "op"}
 _COND_KEYS = {"caps", "arches", "minKernel"}
 _MEMO: dict[str, bytes] = {}
+_SEEN: dict[tuple[Any, ...], tuple[bytes, str]] = {}    # (the profile file as stat saw it, caps) -> program
+
+
+def forget() -> None:
+    """Drop what this process remembers of profiles and programs (the next use reads the file)."""
+    _MEMO.clear()
+    _SEEN.clear()
 
 
 class ProfileError(CgmanError):
@@ -239,6 +246,15 @@ def program(setting: str, held: frozenset[str], cache_dir: str | None) -> tuple[
     path = profile_path(setting)
     if path is None:
         return None
+    # The same file as last time? Its ctime moves on any change and cannot be set back (a rewrite
+    # within the clock tick of the last read is the one it misses, as make's timestamps do).
+    try:
+        st = os.stat(path)
+        seen = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, C.mask(held))
+    except OSError:
+        seen = None
+    if seen is not None and seen in _SEEN:
+        return _SEEN[seen]
     data, shown = _read(path)
     h = sha256(data)
     h.update(f"|{C.mask(held)}|{os.uname().release}|{os.uname().machine}|{_compiler()}".encode())
@@ -251,7 +267,10 @@ def program(setting: str, held: frozenset[str], cache_dir: str | None) -> tuple[
             raise ProfileError(f"{shown}: {e}") from None
         _write_cache(cache_dir, key, prog)
     _MEMO[key] = prog
-    return prog, sha256(prog).hexdigest()
+    out = prog, sha256(prog).hexdigest()
+    if seen is not None:
+        _SEEN[seen] = out
+    return out
 
 
 def _read_cache(cache_dir: str | None, key: str) -> bytes | None:
