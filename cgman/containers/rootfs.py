@@ -8,6 +8,7 @@ overlay's upper and work directories live on the host, in the state dir.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -66,6 +67,13 @@ _FLAG_OPTS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noat
 def mount_flags(options: Iterable[str]) -> int:
     """The flags a read-only remount must repeat: in a user namespace the kernel refuses to
     change the locked ones (nosuid, nodev, noexec, atime) of a mount copied from the host."""
+    if isinstance(options, frozenset):      # a Mount's: the same few sets at every launch
+        return _set_flags(options)
+    return sum(f for o, f in _FLAG_OPTS.items() if o in options)
+
+
+@functools.lru_cache(maxsize=256)
+def _set_flags(options: frozenset[str]) -> int:
     return sum(f for o, f in _FLAG_OPTS.items() if o in options)
 
 
