@@ -7,6 +7,7 @@ import errno
 import time
 
 from .. import lazylog
+from ..drivers.cgfs import KeptWalks
 from ..errors import Busy, CgmanError, CgroupIOError
 from ..state.records import Record, Store
 
@@ -62,18 +63,20 @@ def collect_cgroup(host: "Host", store: Store, rec: Record, code: int | None, re
     from ..accounting import usage as accounting
     leaf = rec.cgroup
     rec.exit_code, rec.exit_reason = code, reason
-    if host.procs(leaf):
-        host.kill(leaf)           # e.g. `cgman exec` processes outside the pid namespace
-    if rec.started is not None:   # it ran: bill it
-        if not (rec.ledger_pending and rec.final_usage):    # not read by an earlier attempt
-            rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
-        if rec.final_usage is not None:
-            # Into the ledger before the cgroup goes, so that the exporter, which reads
-            # live cgroups first and the ledger second, never misses this container.
-            accounting.commit(store, rec)
-            if rec.ledger_pending:
-                store.save(rec)   # the usage must outlive us before the cgroup goes
-    if host.exists(leaf):
+    with KeptWalks():             # the leaf is read in every hierarchy; nothing is removed in here
+        if host.procs(leaf):
+            host.kill(leaf)       # e.g. `cgman exec` processes outside the pid namespace
+        if rec.started is not None:   # it ran: bill it
+            if not (rec.ledger_pending and rec.final_usage):    # not read by an earlier attempt
+                rec.final_usage = accounting.final_usage(host, rec, collected="collected" in reason)
+            if rec.final_usage is not None:
+                # Into the ledger before the cgroup goes, so that the exporter, which reads
+                # live cgroups first and the ledger second, never misses this container.
+                accounting.commit(store, rec)
+                if rec.ledger_pending:
+                    store.save(rec)   # the usage must outlive us before the cgroup goes
+        present = host.exists(leaf)
+    if present:
         _remove_cgroup(host, leaf)
     _release_scope(host, rec)
 
