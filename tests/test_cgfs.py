@@ -193,3 +193,66 @@ def test_kept_walks_start_from_what_this_thread_walked_and_leave_nothing_open(tm
     assert _fds() == before
     with pytest.raises(NotFound):                           # and the walk is a fresh one again
         t.read("grp/leaf", "memory.max")
+
+
+def test_kept_walks_are_per_mount_path_not_per_descriptor_number(tmp_path):
+    """A tree that closes its mount descriptor frees its number for the next tree's: kept walks
+    keyed by that number led the second tree into the first one's hierarchy (a review found it)."""
+    from cgman.drivers.cgfs import KeptWalks
+    for name in ("a", "b"):
+        (tmp_path / name / "root" / "grp").mkdir(parents=True)
+        (tmp_path / name / "root" / "grp" / "tasks").write_text(f"hierarchy {name}\n")
+    with KeptWalks():
+        a = CgroupTree(str(tmp_path / "a"), "root")
+        assert a.read("grp", "tasks") == "hierarchy a\n"
+        number = a._cached_mount_fd()
+        a.close()
+        b = CgroupTree(str(tmp_path / "b"), "root")
+        assert b._cached_mount_fd() == number          # the number is reused, as the kernel does
+        assert b.read("grp", "tasks") == "hierarchy b\n"
+        b.close()
+
+
+def test_a_directory_removed_through_the_tree_is_not_walked_from_again(tmp_path):
+    from cgman.drivers.cgfs import KeptWalks
+    mount = tmp_path / "mnt"
+    (mount / "root" / "grp" / "leaf").mkdir(parents=True)
+    t = CgroupTree(str(mount), "root")
+    with KeptWalks():
+        assert t.exists("grp/leaf")
+        t.rmdir("grp/leaf")
+        assert not t.exists("grp/leaf")
+        (mount / "root" / "grp" / "leaf").mkdir()
+        (mount / "root" / "grp" / "leaf" / "pids.max").write_text("new\n")
+        assert t.read("grp/leaf", "pids.max") == "new\n"
+    t.close()
+
+
+def test_a_forked_child_does_not_walk_from_its_parents_kept_directories(tmp_path):
+    """After fork the child's main thread has the parent's thread id: without the fork hook it
+    would walk from the parent's kept (here: renamed away) directory."""
+    from cgman.drivers.cgfs import KeptWalks
+    mount = tmp_path / "mnt"
+    (mount / "root" / "grp").mkdir(parents=True)
+    (mount / "root" / "grp" / "f").write_text("old grp\n")
+    t = CgroupTree(str(mount), "root")
+    with KeptWalks():
+        assert t.read("grp", "f") == "old grp\n"
+        os.rename(mount / "root" / "grp", mount / "root" / "moved")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                try:
+                    said = t.read("grp", "f").encode()
+                except NotFound:
+                    said = b"not found"
+                os.write(w, said)
+            finally:
+                os._exit(0)
+        os.close(w)
+        said = os.read(r, 100)
+        os.close(r)
+        os.waitpid(pid, 0)
+    t.close()
+    assert said == b"not found"

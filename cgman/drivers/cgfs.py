@@ -89,6 +89,9 @@ class CgroupTree:
             raise self._err(rel, "", None, e) from None
 
     def _walk(self, parts: list[str], where: str) -> int:
+        kept = _KEPT.get(_thread_id()) if _KEPT else None
+        if kept is not None:       # inside KeptWalks: by the mount's path (a descriptor's number is reused)
+            return _walk_kept(kept, self._cached_mount_fd(), self.mount, tuple(parts), where)
         return _walk(self._cached_mount_fd(), parts, where)
 
     def open_dir(self, rel: str) -> int:
@@ -179,6 +182,7 @@ class CgroupTree:
             raise self._err(rel, "", None, e) from None
         finally:
             os.close(fd)
+            _forget_kept(self.mount, self._root_parts + parts)
 
     def children(self, rel: str = ".") -> list[str]:
         """Names of child groups, sorted."""
@@ -285,11 +289,13 @@ class CgroupTree:
 
 
 class KeptWalks:
-    """From its creation to close() (or the end of a ``with`` block), every directory walked
-    in this thread is kept open, and a later walk starts from the deepest one kept: a launch
-    walks the same root, group and leaf in every hierarchy ~25 times (85 opens, ~0.2 ms here;
-    ~40 with this). Only for a short stretch that removes no directory it walks again (a
-    removed one would stay kept): close before removing. Another thread never sees them."""
+    """From its creation to close() (or the end of a ``with`` block), every directory a
+    CgroupTree walks in this thread is kept open, by mount path and components, and a later
+    walk starts from the deepest one kept: a launch walks the same root, group and leaf in
+    every hierarchy ~25 times (85 opens, ~0.2 ms here; ~40 with this). For a short stretch
+    only: a directory that CgroupTree.rmdir removes is dropped, but one removed or renamed by
+    anyone else stays kept until the close. Another thread never sees them, nor does a forked
+    child (it closes its copies)."""
 
     def __init__(self) -> None:
         self.thread = _thread_id()
@@ -310,15 +316,33 @@ class KeptWalks:
         self.close()
 
 
-_KEPT: dict[int, dict[tuple[int, tuple[str, ...]], int]] = {}   # thread -> {(mount fd, parts): dir fd}
+_KEPT: dict[int, dict[tuple[str, tuple[str, ...]], int]] = {}   # thread -> {(mount path, parts): dir fd}
+
+
+def _forget_kept(mount: str, parts: list[str]) -> None:
+    """A directory just removed, and what was below it: no kept walk may start there again."""
+    kept = _KEPT.get(_thread_id()) if _KEPT else None
+    if kept:
+        n = len(parts)
+        for key in [k for k in kept if k[0] == mount and k[1][:n] == tuple(parts)]:
+            os.close(kept.pop(key))
+
+
+def _drop_all_kept() -> None:
+    """In a forked child: the parent's kept directories are not its own (and a thread of the
+    child may get the parent launcher's thread id)."""
+    for walks in _KEPT.values():
+        for fd in walks.values():
+            os.close(fd)
+    _KEPT.clear()
+
+
+os.register_at_fork(after_in_child=_drop_all_kept)
 
 
 def _walk(mfd: int, parts: list[str], where: str) -> int:
     """A new descriptor of the directory ``parts`` below the mount ``mfd`` (the caller closes
     it), walked without following symlinks. NotFound, UnsafePath, or the OSError."""
-    kept = _KEPT.get(_thread_id()) if _KEPT else None
-    if kept is not None:
-        return _walk_kept(kept, mfd, tuple(parts), where)
     fd = mfd
     try:
         for part in parts:
@@ -333,19 +357,20 @@ def _walk(mfd: int, parts: list[str], where: str) -> int:
     return fd if fd != mfd else os.dup(mfd)
 
 
-def _walk_kept(kept: dict[tuple[int, tuple[str, ...]], int], mfd: int, parts: tuple[str, ...], where: str) -> int:
-    """_walk from the deepest directory of ``parts`` kept, keeping each one it opens."""
+def _walk_kept(kept: dict[tuple[str, tuple[str, ...]], int], mfd: int, mount: str, parts: tuple[str, ...],
+               where: str) -> int:
+    """_walk from the deepest directory of ``parts`` kept for ``mount``, keeping each one it opens."""
     start, fd = 0, mfd
     for i in range(len(parts), 0, -1):
-        if (mfd, parts[:i]) in kept:
-            start, fd = i, kept[(mfd, parts[:i])]
+        if (mount, parts[:i]) in kept:
+            start, fd = i, kept[(mount, parts[:i])]
             break
     for i in range(start, len(parts)):
         try:
             fd = os.open(parts[i], _DIR_FLAGS, dir_fd=fd)
         except OSError as e:
             raise _walk_error(e, where) from None
-        kept[(mfd, parts[:i + 1])] = fd
+        kept[(mount, parts[:i + 1])] = fd
     return os.dup(fd)
 
 
