@@ -503,3 +503,33 @@ def test_a_profile_rewritten_in_place_is_read_again_even_with_its_size_and_mtime
     again, _ = seccomp.program(str(prof), caps.DEFAULT, None)
     assert again != first
     seccomp.forget()
+
+
+def test_a_profile_path_that_changes_while_it_is_read_is_remembered_as_the_file_read(tmp_path, monkeypatch):
+    """The program is remembered under what fstat said of the file it was compiled from: a path
+    that pointed elsewhere when it was stat'ed (a symlink flipped meanwhile) must not leave the
+    other file's program under the first file's identity (a review found it)."""
+    import json
+    from cgman.security import caps, seccomp
+    seccomp.forget()
+    strict, loose, link = tmp_path / "strict.json", tmp_path / "loose.json", tmp_path / "profile.json"
+    strict.write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}))
+    loose.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW"}))
+    link.symlink_to(strict)
+    real_read = seccomp._read
+
+    def flipped_read(path, seen=None):           # between the stat and the read, the link moves
+        link.unlink()
+        link.symlink_to(loose)
+        return real_read(path) if seen is None else real_read(path, seen)
+    monkeypatch.setattr(seccomp, "_read", flipped_read)
+    raced, _ = seccomp.program(str(link), caps.DEFAULT, None)
+    monkeypatch.setattr(seccomp, "_read", real_read)
+    link.unlink()
+    link.symlink_to(strict)                        # back to the strict file, unchanged
+    now, _ = seccomp.program(str(link), caps.DEFAULT, None)
+    assert now != raced
+    seccomp.forget()
+    assert now == seccomp.program(str(strict), caps.DEFAULT, None)[0]
+    seccomp.forget()

@@ -111,7 +111,8 @@ class _Checker:
         return v
 
 
-def _read(path: str) -> tuple[bytes, str]:
+def _read(path: str, seen: list[os.stat_result] | None = None) -> tuple[bytes, str]:
+    """The profile's bytes and how errors name it; ``seen`` gets what fstat said of the file read."""
     shown = "cgman's default profile" if path == DEFAULT_FILE else path
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -119,8 +120,11 @@ def _read(path: str) -> tuple[bytes, str]:
         raise ProfileError(f"{shown}: cannot open the seccomp profile: {e.strerror}") from None
     try:
         import stat
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ProfileError(f"{shown}: not a regular file")
+        if seen is not None:
+            seen.append(st)
         data = os.read(fd, MAX_PROFILE_BYTES + 1)
     finally:
         os.close(fd)
@@ -249,13 +253,13 @@ def program(setting: str, held: frozenset[str], cache_dir: str | None) -> tuple[
     # The same file as last time? Its ctime moves on any change and cannot be set back (a rewrite
     # within the clock tick of the last read is the one it misses, as make's timestamps do).
     try:
-        st = os.stat(path)
-        seen = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, C.mask(held))
+        hit = _SEEN.get(_identity(path, os.stat(path), held))
     except OSError:
-        seen = None
-    if seen is not None and seen in _SEEN:
-        return _SEEN[seen]
-    data, shown = _read(path)
+        hit = None
+    if hit is not None:
+        return hit
+    read: list[os.stat_result] = []
+    data, shown = _read(path, read)
     h = sha256(data)
     h.update(f"|{C.mask(held)}|{os.uname().release}|{os.uname().machine}|{_compiler()}".encode())
     key = h.hexdigest()
@@ -268,9 +272,14 @@ def program(setting: str, held: frozenset[str], cache_dir: str | None) -> tuple[
         _write_cache(cache_dir, key, prog)
     _MEMO[key] = prog
     out = prog, sha256(prog).hexdigest()
-    if seen is not None:
-        _SEEN[seen] = out
+    if len(_SEEN) >= 64:
+        _SEEN.clear()
+    _SEEN[_identity(path, read[0], held)] = out     # as fstat saw the file read, not as stat saw the path
     return out
+
+
+def _identity(path: str, st: os.stat_result, held: frozenset[str]) -> tuple[Any, ...]:
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, C.mask(held))
 
 
 def _read_cache(cache_dir: str | None, key: str) -> bytes | None:
