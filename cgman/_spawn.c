@@ -126,6 +126,7 @@ struct job {
     Py_ssize_t n_ops;
     int *setns_fds;
     Py_ssize_t n_setns;
+    int netns_fd;                   /* a network namespace to join (setns CLONE_NEWNET: no other kind), or -1 */
     int *join_fds;                  /* v1 `tasks` files (opened by the parent) this thread joins */
     Py_ssize_t n_join;
     unsigned long unshare_flags;    /* after release (cgroup ns: after joining the cgroups) */
@@ -386,6 +387,7 @@ static int child_main(struct job *j)
 
     for (Py_ssize_t i = 0; i < j->n_setns; i++)
         if (setns(j->setns_fds[i], 0) < 0) fail(j, ST_SETNS);
+    if (j->netns_fd >= 0 && setns(j->netns_fd, CLONE_NEWNET) < 0) fail(j, ST_SETNS);
     if (j->gid >= 0) {
         if (raw_setgroups0() < 0) fail(j, ST_SETGROUPS);
         if (raw_setresgid(j->gid) < 0) fail(j, ST_SETGID);
@@ -684,23 +686,25 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"argv", "envp", "clone_flags", "cgroup_fd", "unshare_flags", "hostname",
                              "lo_up", "ops", "init_fd", "setsid", "pdeathsig", "uid", "gid", "setns_fds",
                              "drop_caps", "cap_keep", "no_new_privs", "seccomp", "run_uid", "run_gid", "join_fds",
-                             "held", NULL};
+                             "held", "netns_fd", NULL};
     PyObject *argv_o, *envp_o, *hostname_o = Py_None, *ops_o = NULL, *setns_o = NULL, *join_o = NULL;
     unsigned long long clone_flags = 0, cap_keep = 0;
     unsigned long unshare_flags = 0;
     int cgroup_fd = -1, lo_up = 0, init_fd = -1, setsid_ = 1, pdeathsig = SIGKILL, drop = 0, nnp = 0, held = 1;
+    int netns_fd = -1;
     long uid = -1, gid = -1, run_uid = -1, run_gid = -1;
     struct job_refs refs;
     memset(&refs, 0, sizeof refs);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*llOp", kwlist, &argv_o, &envp_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|KikOpOipillOpKpz*llOpi", kwlist, &argv_o, &envp_o,
                                      &clone_flags, &cgroup_fd, &unshare_flags, &hostname_o, &lo_up,
                                      &ops_o, &init_fd, &setsid_, &pdeathsig, &uid, &gid, &setns_o,
-                                     &drop, &cap_keep, &nnp, &refs.filter, &run_uid, &run_gid, &join_o, &held))
+                                     &drop, &cap_keep, &nnp, &refs.filter, &run_uid, &run_gid, &join_o, &held,
+                                     &netns_fd))
         return NULL;
 
     struct job j;
     memset(&j, 0, sizeof j);
-    j.parent_pidfd = -1; j.cur_op = -1; j.init_fd = init_fd;
+    j.parent_pidfd = -1; j.cur_op = -1; j.init_fd = init_fd; j.netns_fd = netns_fd;
     j.drop_caps = drop; j.cap_keep = cap_keep; j.nnp = nnp;
     j.unshare_flags = unshare_flags;
     j.lo_up = lo_up; j.setsid_ = setsid_; j.pdeathsig = pdeathsig;
@@ -792,12 +796,13 @@ static PyMethodDef methods[] = {
      "spawn(argv, envp, clone_flags=0, cgroup_fd=-1, unshare_flags=0, hostname=None, lo_up=False,\n"
      "      ops=None, init_fd=-1, setsid=True, pdeathsig=SIGKILL, uid=-1, gid=-1, setns_fds=None,\n"
      "      drop_caps=False, cap_keep=0, no_new_privs=False, seccomp=None, run_uid=-1, run_gid=-1,\n"
-     "      join_fds=None, held=True)\n"
+     "      join_fds=None, held=True, netns_fd=-1)\n"
      "      -> (pid, in_cgroup, release_fd, error_fd)\n\n"
      "Clone a child that joins the v1 cgroups of join_fds (their `tasks` files, open for writing),\n"
      "waits for one byte on release_fd (held; otherwise it goes straight on, sharing this process's\n"
      "memory until it execs, and release_fd is -1), then sets itself up and execs argv\n"
-     "(through cgman-init from the sealed memfd init_fd when that is >= 0).\n"
+     "(through cgman-init from the sealed memfd init_fd when that is >= 0). netns_fd >= 0: the\n"
+     "network namespace it joins (setns with CLONE_NEWNET, so nothing else is taken for one).\n"
      "See cgman/containers/launch.py for the protocol."},
     {NULL, NULL, 0, NULL},
 };

@@ -87,10 +87,20 @@ def test_the_container_joins_the_namespace_made_for_it_which_is_new_with_lo_up(l
     assert ns not in held_namespaces()                            # the launch closed its descriptor
 
 
-def test_two_containers_never_share_one(lib, capfd):
+def test_containers_never_share_one(lib):
+    """Alive at once (a freed namespace's inode number may be reused by the next one)."""
     netns_ahead.keep_ready()
-    seen = {run_shown(lib, capfd, f"c{i}")[0] for i in range(3)}
-    assert len(seen) == 3 and os.readlink("/proc/self/ns/net") not in seen
+    cs = []
+    try:
+        for i in range(4):
+            cs.append(launch(lib.host, lib.store, spec(f"c{i}", ["sleep", "30"])))
+            netns_ahead.prepare()        # as the keeper would by now
+        seen = {os.readlink(f"/proc/{c.pid}/ns/net") for c in cs}
+        assert len(seen) == 4 and os.readlink("/proc/self/ns/net") not in seen
+    finally:
+        for c in cs:
+            c.stop(0)
+            c.finish()
 
 
 def test_a_forked_child_neither_uses_nor_keeps_its_parents(lib):
@@ -148,3 +158,14 @@ def test_a_failed_launch_closes_it(lib):
         launch(lib.host, lib.store, spec("bad", ["/nonexistent/cmd"]))
     assert netns_ahead.take() is None
     assert f"net:[{made}]" not in held_namespaces()
+
+
+def test_only_a_network_namespace_is_joined_for_one(lib):
+    """The child joins it with setns(CLONE_NEWNET): a descriptor of another kind of namespace
+    (here the host's IPC namespace, harmless to join) is refused, the launch fails cleanly."""
+    fd = os.open("/proc/self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+    with netns_ahead._lock:
+        netns_ahead._ready.append((os.getpid(), fd))
+    with pytest.raises(LaunchError, match="joining a namespace"):
+        launch(lib.host, lib.store, spec("wrong", ["true"]))
+    assert not lib.store.exists("wrong")

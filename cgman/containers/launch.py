@@ -268,8 +268,9 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     if driver == "systemd":      # the root names the slices; the scopes' cgroups are below its slice's
         host = scope.scope_host(host, root)
     undo = _Undo()
-    walks = KeptWalks()          # the same root, group and leaf are walked ~25 times below
+    walks = None
     try:
+        walks = KeptWalks()      # the same root, group and leaf are walked ~25 times below
         rec = _claim(host, store, spec, supervisor_pid or os.getpid(), detached, undo, root)
         keeper = _make_scope(host, store, spec, rec, undo, root) if driver == "systemd" else None
         if driver != "systemd":
@@ -291,11 +292,13 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
         store.save(rec)
         proc.release()
     except BaseException:
-        walks.close()            # before the undo, which removes what was walked
+        if walks is not None:
+            walks.close()        # before the undo, which removes what was walked
         undo.unwind()
         raise
     finally:
-        walks.close()
+        if walks is not None:
+            walks.close()
         netns_ahead.launched()
     c = Container(host, store, rec, spec)
     c.keeper = keeper
@@ -396,7 +399,7 @@ def _start(host: "Host", store: Store, spec: ContainerSpec, leaf: str, ops: list
                              clone_flags=clone_flags(ns - {"net"} if netns is not None else ns),
                              unshare_flags=spawn_helper().CLONE_NEWCGROUP if "cgroup" in ns else 0,
                              hostname=spec.hostname if "uts" in ns else None,
-                             lo_up=lo_up and netns is None, setns_fds=[netns] if netns is not None else None,
+                             lo_up=lo_up and netns is None, netns_fd=-1 if netns is None else netns,
                              ops=ops, init=spec.init, uid=0 if userns else -1, gid=0 if userns else -1,
                              security=spec.security, cache_dir=store.state, run_user=spec.user,
                              hold=userns or _bridged(spec))

@@ -13,6 +13,11 @@ the launch closes its descriptor once the child has joined. A container with a u
 clones its own (the user namespace must own it, so that container root can administer it), as
 do one whose lo stays down (network ``none``) and one on a bridge (its child is held, and joins
 namespaces only once released: its veth must go into its namespace before that).
+
+Two differences from a namespace cloned at launch, both small: its net.* sysctls start from the
+host's defaults when it was made, not when it is used; and a process forked by another thread
+while a launch holds a taken descriptor keeps a copy of it (the namespace lives as long as that
+process, unused).
 """
 
 from __future__ import annotations

@@ -145,13 +145,14 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
                   ops: list[Any] | None = None, init: bool = True, uid: int = -1, gid: int = -1,
                   setns_fds: list[int] | None = None, security: Security | None = None,
                   cache_dir: str | None = None, run_user: tuple[int, int] | None = None,
-                  hold: bool = False) -> Process:
+                  hold: bool = False, netns_fd: int = -1) -> Process:
     """Clone a child into ``leaf`` (v2 at birth, v1 by itself before anything of its own runs).
 
     ``hold``: the child waits for release() (the caller acts on its pid first); otherwise it
     has exec'd on return and release() waits for the workload's exec. ``security`` (default:
     the secure defaults) is applied by the child right before exec; ``init``: exec cgman-init
-    from its sealed memfd, which then starts ``argv``."""
+    from its sealed memfd, which then starts ``argv``. ``netns_fd``: a network namespace the
+    child joins (setns, network namespaces only; not closed here) instead of cloning one."""
     sp = spawn_helper()
     sec_kw = spawn_security(security or Security(), cache_dir)
     from ..security.init import memfd
@@ -175,7 +176,8 @@ def start_process(host: "Host", leaf: str, argv: list[bytes], envp: list[bytes],
                                             unshare_flags=unshare_flags,
                                             hostname=os.fsencode(hostname) if hostname else None,
                                             lo_up=lo_up, ops=ops or None, init_fd=init_fd, uid=uid, gid=gid,
-                                            setns_fds=setns_fds, join_fds=join_fds, held=hold, **sec_kw,
+                                            setns_fds=setns_fds, join_fds=join_fds, held=hold, netns_fd=netns_fd,
+                                            **sec_kw,
                                             **({"run_uid": run_user[0], "run_gid": run_user[1]} if run_user else {}))
     except OSError as e:
         raise LaunchError(f"cannot create the container's process: {e.strerror}"
