@@ -120,3 +120,49 @@ def test_a_child_whose_launcher_died_before_it_ran_does_not_start_the_workload(h
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:       # it ended between the listing and the kill
                 pass
+
+
+# ------------------------------------------------ kept walks (a review of cgfs.KeptWalks)
+@pytest.fixture
+def nested_root(root_name):
+    """A nested cgman root, OUTER/inner, OUTER named as every test root is; OUTER removed after.
+    v1 cpuset: OUTER gets the host's cpus and mems, so that inner can inherit them."""
+    from cgman.drivers import open_host
+    from .conftest import destroy_root
+    root = f"{root_name}/inner"
+    outer_host = open_host(root_name)
+    cpuset = "/sys/fs/cgroup/cpuset"
+    if os.path.isdir(cpuset):
+        os.mkdir(f"{cpuset}/{root_name}")
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            Path(cpuset, root_name, f).write_text(Path(cpuset, f).read_text())
+    try:
+        yield root
+    finally:
+        destroy_root(outer_host)
+
+
+def test_a_launch_under_a_nested_root_joins_its_leaf_in_every_hierarchy(nested_root, tmp_path):
+    """Found by a review: kept walks keyed by a mount descriptor's number, which a probe of the
+    root's parent frees for the next tree, sent this launch's leaf into another hierarchy."""
+    from cgman.containers.launch import ContainerSpec, launch
+    from cgman.drivers import open_host
+    from cgman.model import NetworkSpec
+    from cgman.policy import load_files
+    from cgman.reconcile.apply import apply
+    from cgman.settings import Settings
+    from cgman.state.records import Store
+    p = write_policy(tmp_path, "p.yaml", "version: 1\npolicies:\n  acme:\n    children:\n      web: {}\n")
+    apply(load_files([p]), open_host(nested_root))
+    host = open_host(nested_root)               # fresh: nothing probed, no mount descriptor open
+    store = Store(Settings(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"),
+                           cgroup_root=nested_root))
+    c = launch(host, store, ContainerSpec(name="c1", group="acme/web", tenant="acme", argv=("sleep", "30"),
+                                          network=NetworkSpec(mode="loopback"), auto_remove=True))
+    try:
+        for d in host.drivers:
+            for t in d.hierarchies():
+                assert str(c.pid) in Path(t.path("acme/web/c1"), "cgroup.procs").read_text().split(), t.mount
+    finally:
+        c.stop(0)
+        c.finish()
