@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -150,3 +150,32 @@ def server_line(argv: list[str], command: str = "exporter") -> dict | None:
         return None if opts is None else server_options(opts)
     except BadOption:
         return None
+
+
+@pytest.fixture
+def bridge():
+    """A bridge name of this test's own; whatever the test leaves is removed."""
+    name = f"cgt{secrets.token_hex(3)}"
+    yield name
+    left = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in left.splitlines():
+        ifname = line.split(":")[1].strip().split("@")[0]
+        if ifname == name or f"master {name} " in line:
+            subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+
+
+def in_fork(child: "Callable[[], bytes]") -> bytes:
+    """What ``child()`` returns when run in a forked child of this process (at most 4 KiB)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, child()[:4096])
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return os.read(r, 4096)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)

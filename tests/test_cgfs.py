@@ -12,6 +12,8 @@ from cgman.drivers.cgfs import CgroupTree, split_path
 from cgman.drivers import cgroup_root
 from cgman.errors import CgroupIOError, NotFound, UnsafePath
 
+from .conftest import in_fork
+
 
 @pytest.mark.parametrize("bad", ["..", "a/..", "../x", "a//b", "/abs", ".hidden", "a/./b", "a b", "x\n"])
 def test_split_path_refuses_escapes(bad):
@@ -239,20 +241,12 @@ def test_a_forked_child_does_not_walk_from_its_parents_kept_directories(tmp_path
     with KeptWalks():
         assert t.read("grp", "f") == "old grp\n"
         os.rename(mount / "root" / "grp", mount / "root" / "moved")
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
+
+        def child() -> bytes:
             try:
-                try:
-                    said = t.read("grp", "f").encode()
-                except NotFound:
-                    said = b"not found"
-                os.write(w, said)
-            finally:
-                os._exit(0)
-        os.close(w)
-        said = os.read(r, 100)
-        os.close(r)
-        os.waitpid(pid, 0)
+                return t.read("grp", "f").encode()
+            except NotFound:
+                return b"not found"
+        said = in_fork(child)
     t.close()
     assert said == b"not found"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -476,18 +475,7 @@ def test_the_next_command_collects_a_dead_supervisors_container(run, host, cli, 
 
 
 # ---------------------------------------------------------------------- bridge
-@pytest.fixture
-def bridge(tmp_path):
-    """A bridge name of this test's own; whatever the test leaves is removed (and reported)."""
-    name = f"cgt{secrets.token_hex(3)}"
-    yield name
-    left = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    for line in left.splitlines():
-        ifname = line.split(":")[1].strip().split("@")[0]
-        if ifname == name or f"master {name} " in line:
-            subprocess.run(["ip", "link", "del", ifname], capture_output=True)
-
-
+# the bridge fixture (a bridge name of the test's own, removed after) is in conftest.py
 def bridge_policy(cli, tmp_path: Path, bridge: str, subnet: str) -> Path:
     """Apply a group `net` whose containers get addresses from ``subnet`` on ``bridge``."""
     pol = write_policy(tmp_path, "net.yaml", f"""

@@ -5,8 +5,6 @@ child's too; a launch that cannot use it leaves it for the next; a failed launch
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +15,8 @@ from cgman.errors import LaunchError
 from cgman.model import NetworkSpec
 from cgman.settings import Settings
 from cgman.state.records import Store
+
+from .conftest import in_fork
 
 pytestmark = pytest.mark.kernel
 
@@ -106,34 +106,14 @@ def test_containers_never_share_one(lib):
 def test_a_forked_child_neither_uses_nor_keeps_its_parents(lib):
     assert netns_ahead.prepare()
     made = ready_inode()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            kept = f"net:[{made}]" in held_namespaces()
-            os.write(w, b"ok" if netns_ahead.take() is None and not kept else f"kept {kept}".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    said = os.read(r, 100)
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert said == b"ok"
+
+    def child() -> bytes:
+        kept = f"net:[{made}]" in held_namespaces()
+        return b"ok" if netns_ahead.take() is None and not kept else f"kept {kept}".encode()
+    assert in_fork(child) == b"ok"
     fd = netns_ahead.take()                           # still the parent's
     assert fd is not None and os.fstat(fd).st_ino == made
     os.close(fd)
-
-
-@pytest.fixture
-def bridge():
-    """A bridge name of this test's own; whatever the test leaves is removed."""
-    name = f"cgt{secrets.token_hex(3)}"
-    yield name
-    left = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    for line in left.splitlines():
-        ifname = line.split(":")[1].strip().split("@")[0]
-        if ifname == name or f"master {name} " in line:
-            subprocess.run(["ip", "link", "del", ifname], capture_output=True)
 
 
 @pytest.mark.parametrize("how", ["network none", "user namespace", "bridge"])
