@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO, cli_env, destroy_root, write_policy
-from .test_launch import POLICY, _links, bridge, bridge_policy, record  # noqa: F401  (bridge: fixture)
+from .test_launch import POLICY, _links, bridge_policy, record   # the bridge fixture: conftest.py
 
 pytestmark = pytest.mark.kernel
 

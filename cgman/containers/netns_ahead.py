@@ -3,7 +3,7 @@
 A new network namespace costs ~0.5 ms here (the kernel registers lo, its sysctls, a netlink
 socket per protocol, ...), a sixth of a launch. A process that knows it will launch makes the
 next one beforehand: the agent's spare supervisor while it waits for its request
-(agent/served.py), a launcher service in a thread of its own (``keep_ready``). ``launch`` then
+(cli/served.py), a launcher service in a thread of its own (``keep_ready``). ``launch`` then
 has the child join it (setns) instead of cloning one; it does what CLONE_NEWNET would have
 done, since the namespace is new, unused, owned by the initial user namespace, with lo up.
 
