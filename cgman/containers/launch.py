@@ -268,12 +268,13 @@ def launch(host: "Host", store: Store, spec: ContainerSpec, *, supervisor_pid: i
     if driver == "systemd":      # the root names the slices; the scopes' cgroups are below its slice's
         host = scope.scope_host(host, root)
     undo = _Undo()
-    walks = None
+    walks, keeper = None, None
     try:
         walks = KeptWalks()      # the same root, group and leaf are walked ~25 times below
         rec = _claim(host, store, spec, supervisor_pid or os.getpid(), detached, undo, root)
-        keeper = _make_scope(host, store, spec, rec, undo, root) if driver == "systemd" else None
-        if driver != "systemd":
+        if driver == "systemd":
+            keeper = _make_scope(host, store, spec, rec, undo, root)
+        else:
             _make_cgroup(host, store, spec, rec, undo)
         confine_devices(host, rec.cgroup, spec.security)
         ops = _mount_ops(host, store, spec, rec, undo)
