@@ -46,7 +46,7 @@ _RULE_KEYS = {"names", "name", "action", "errnoRet", "args", "includes", "exclud
 _ARG_KEYS = {"index", "value", "valueTwo", "op"}
 _COND_KEYS = {"caps", "arches", "minKernel"}
 _MEMO: dict[str, bytes] = {}
-_SEEN: dict[tuple[Any, ...], tuple[bytes, str]] = {}    # (the profile file as stat saw it, caps) -> program
+_SEEN: dict[tuple[Any, ...], tuple[bytes, str]] = {}    # (the file read, as fstat saw it; caps) -> program
 
 
 def forget() -> None:
