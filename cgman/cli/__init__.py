@@ -36,7 +36,7 @@ def main() -> None:
         if opts is not None:
             from .common import guarded
             code = guarded(lambda: _run_fast(fast, opts), bool(opts.get("verbose")))
-            if code is not None and command == "run" and not _in_agent():
+            if code is not None and command == "run" and not IN_AGENT:
                 _exit_now(code)     # ~8 ms of a direct run: ~150 modules to tear down
             if code is not None:
                 sys.exit(code)
@@ -54,11 +54,6 @@ def _exit_now(code: int) -> None:
         except (AttributeError, OSError, ValueError):   # None, or a closed pipe
             pass
     os._exit(code)
-
-
-def _in_agent() -> bool:
-    """In the agent's run server, whose supervisor reports the exit code to the client itself."""
-    return IN_AGENT
 
 
 def _run_fast(where: str, opts: "dict[str, object]") -> "int | None":

@@ -213,7 +213,7 @@ def _relay_signals(conn: socket.socket, main_thread: int, done: threading.Event)
     as the direct path forwards its own). A client gone before the end stops the run, as a
     `cgman run` killed in the direct path takes its container along: SIGTERM, then again
     (the second escalates to SIGKILL)."""
-    from ..containers.lifecycle import FORWARDED
+    from ..containers.signals import FORWARDED
     while True:
         frame = wire.read_frame(conn)
         if frame is None:

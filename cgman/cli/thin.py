@@ -18,8 +18,7 @@ two sides cannot drift apart. Nothing here is imported on a launch path.
 
 from __future__ import annotations
 
-import signal
-
+from ..containers.signals import FORWARDED
 from ..drivers import DEFAULT_ROOT
 from ..settings import CGROUP_ROOT_ENV, RUN_DIR_ENV
 from ..state import agentsock
@@ -29,8 +28,6 @@ from .options import FLAG, GLOBAL, RUN
 
 CLI_SCRIPT = "cgman-cli"          # the Python CLI, installed next to the front (pyproject script-files)
 BUILD_MARK = "cgman-front-build:"  # before digest() in the built front
-# The signals the direct path forwards to the container (containers/lifecycle.FORWARDED).
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # The global options that name where the agent listens (the rest of GLOBAL is -v).
 WHERE_OPTIONS = ("--run-dir", "--cgroup-root")
 

@@ -22,6 +22,7 @@ from ..state.records import Record, Store
 from .launch import Container, ContainerSpec, launch
 from .manage import state_of
 from .process import clean_env, start_process
+from .signals import FORWARDED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
     from ..drivers import Host
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_TIMEOUT = 124          # as timeout(1)
 
 
