@@ -149,3 +149,22 @@ def test_only_a_network_namespace_is_joined_for_one(lib):
     with pytest.raises(LaunchError, match="joining a namespace"):
         launch(lib.host, lib.store, spec("wrong", ["true"]))
     assert not lib.store.exists("wrong")
+
+
+def test_a_kernel_that_refuses_one_leaves_the_launch_to_clone_its_own(lib, capfd, monkeypatch):
+    """new_netns failing (ENOMEM, no CLONE_NEWNET) is no error: none is ready, the launch clones."""
+    from cgman.containers import process
+
+    class Refusing:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        @staticmethod
+        def new_netns(lo_up: bool = True) -> int:
+            raise OSError(12, "Cannot allocate memory")
+    real = process.spawn_helper()
+    monkeypatch.setattr(process, "spawn_helper", lambda: Refusing())
+    assert netns_ahead.prepare() is False and ready_inode() is None
+    monkeypatch.undo()
+    ns, links = run_shown(lib, capfd, "own")
+    assert ns != os.readlink("/proc/self/ns/net") and len(links) == 1 and "UP" in links[0]
